@@ -109,7 +109,8 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 def _describe(error: ValidationError, origin: dict[str, str]) -> str:
     first = error.errors()[0]
     dotted = ".".join(str(p) for p in first["loc"])
-    where = origin.get(dotted, "config")
+    where = origin.get(dotted) or next(
+        (src for key, src in origin.items() if key.startswith(dotted + ".")), "config")
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown config key '{dotted}'"
     return f"{where}: {dotted}: {first['msg']}"

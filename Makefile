@@ -1,0 +1,49 @@
+# circadian: `make demo` sets everything up and runs the main job; `make test` runs the tests.
+# The environment lives in .venv inside the checkout; nothing is installed outside it.
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODEL  := models/smollm2-135m-instruct/circadian-model.json
+UNAME  := $(shell uname -s)
+CUDA   := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+
+.PHONY: demo setup test test-fast bench clean-venv
+
+demo: setup
+	$(BIN)/circadian demo
+
+setup: $(STAMP) $(MODEL)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+ifeq ($(UNAME),Linux)
+ifeq ($(CUDA),yes)
+	$(PY) -m pip install --quiet torch
+	$(PY) -m pip install --quiet -e '.[test,cuda]'
+else
+	# the CPU build of torch that lies on this kind of machine's disk (a looser spec pulls a CUDA build)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+endif
+else
+	$(PY) -m pip install --quiet -e '.[test]'
+endif
+	touch $(STAMP)
+
+$(MODEL): $(STAMP)
+	$(BIN)/circadian models build
+
+test: setup
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+bench: setup
+	$(PY) bench/chat_overhead.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,140 @@
+"""Chat-layer overhead: circadian's turn (template, stream, stats, logging with fsync) against the
+plain library call a user would otherwise make, on the same model, prompt and token budget.
+
+Run as: .venv/bin/python bench/chat_overhead.py [--tokens 64] [--reps 3] [--backends torch,mlx]
+
+torch: `model.generate` (transformers) vs `ChatSession.respond` on the torch backend.
+mlx:   `mlx_lm.generate` vs `ChatSession.respond` on the mlx backend (slow on Linux CPU).
+Prints time-to-first-token, tokens/s and the overhead ratio per backend (target: under 5%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from circadian.assistant import Assistant, ChatSession  # noqa: E402
+from circadian.config import Config  # noqa: E402
+from circadian.paths import Paths  # noqa: E402
+
+PROMPT = "Write a short story about a lighthouse keeper and a storm."
+
+
+def plain_torch(model_dir: Path, tokens: int):
+    """Return a function timing plain transformers generate: (ttft, seconds, new tokens)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+
+    class FirstToken(BaseStreamer):
+        def __init__(self):
+            self.calls, self.first = 0, None
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls == 2 and self.first is None:
+                self.first = time.perf_counter()
+
+        def end(self):
+            pass
+
+    def run():
+        streamer = FirstToken()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=tokens, do_sample=False, streamer=streamer,
+                                 pad_token_id=tokenizer.pad_token_id)
+        end = time.perf_counter()
+        n = out.shape[1] - inputs["input_ids"].shape[1]
+        text = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return streamer.first - start, end - start, n, text.strip()
+
+    return run
+
+
+def plain_mlx(model_dir: Path, tokens: int):
+    """Return a function timing plain mlx_lm.stream_generate: (ttft, seconds, new tokens)."""
+    from mlx_lm import load, stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    model, tokenizer = load(str(model_dir))
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
+
+    def run():
+        start = time.perf_counter()
+        first, n, text = None, 0, ""
+        for response in stream_generate(model, tokenizer, prompt, max_tokens=tokens, sampler=make_sampler(0.0)):
+            first = first or time.perf_counter()
+            n += 1
+            text += response.text
+        return first - start, time.perf_counter() - start, n, text.strip()
+
+    return run
+
+
+def circadian_turn(backend: str, home: Path, models: Path, tokens: int):
+    """Return a function timing one logged circadian turn: (ttft, seconds, new tokens)."""
+    config = Config()
+    config.model.backend = backend
+    config.chat.max_tokens = tokens
+    assistant = Assistant(Paths(home, "bench", models).ensure(), config)
+
+    def run():
+        session = ChatSession(assistant, source="bench")
+        start = time.perf_counter()
+        result = session.respond(PROMPT)
+        return result.ttft_s, time.perf_counter() - start, result.tokens, result.reply
+
+    return run
+
+
+def measure(run, reps: int):
+    run()  # warm-up
+    samples = [run() for _ in range(reps)]
+    ttft = statistics.median(s[0] for s in samples)
+    seconds = statistics.median(s[1] for s in samples)
+    return ttft, seconds, samples[0][2], samples[0][3]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--backends", default="torch,mlx")
+    args = parser.parse_args()
+    from circadian import embedded
+
+    models = Paths.resolve(None).models
+    model_dir = embedded.build(models)
+    print(f"model: embedded SmolLM2-135M-Instruct · prompt tokens budget {args.tokens} · median of {args.reps}")
+    print(f"{'backend':<8} {'path':<26} {'ttft s':>8} {'tok/s':>8} {'total s':>8} {'tokens':>7}")
+    for backend in args.backends.split(","):
+        plain = plain_torch(model_dir, args.tokens) if backend == "torch" else plain_mlx(model_dir, args.tokens)
+        with tempfile.TemporaryDirectory() as home:
+            ours = circadian_turn(backend, Path(home), models, args.tokens)
+            rows = {}
+            for name, run in (("plain", plain), ("circadian", ours)):
+                rows[name] = measure(run, args.reps)
+        label = {"torch": "transformers.generate", "mlx": "mlx_lm.stream_generate"}[backend]
+        for name, (ttft, secs, n, _text) in rows.items():
+            print(f"{backend:<8} {label if name == 'plain' else 'circadian ChatSession':<26} "
+                  f"{ttft:>8.3f} {n / secs:>8.1f} {secs:>8.2f} {n:>7}")
+        (_, p_secs, p_n, p_text), (_, c_secs, c_n, c_text) = rows["plain"], rows["circadian"]
+        overhead = (c_secs / c_n) / (p_secs / p_n) - 1
+        print(f"{backend:<8} overhead per token: {overhead * 100:+.1f}%  "
+              f"(same tokens: {p_n == c_n}, same text: {p_text == c_text})")
+
+
+if __name__ == "__main__":
+    main()

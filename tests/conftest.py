@@ -1,0 +1,107 @@
+"""Shared fixtures: every test gets its own home; models come from one shared cache.
+
+- autouse `home`: CIRCADIAN_HOME is a fresh temp folder, CIRCADIAN_MODELS_DIR the checkout's
+  model cache (the embedded model is built there once by `make setup`, or here if missing).
+- `tiny_model`: a 2-layer Llama with random weights and the embedded model's tokenizer, built
+  once per session; it loads in transformers and mlx-lm and generates in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = Path(os.environ.get("CIRCADIAN_TEST_MODELS", ROOT / "models"))
+CLI = [sys.executable, "-m", "circadian"]
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> Path:
+    """The real embedded model folder (built once into the shared cache)."""
+    from circadian import embedded
+
+    return embedded.build(MODELS)
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh home for each test; the model cache is shared."""
+    folder = tmp_path / "home"
+    monkeypatch.setenv("CIRCADIAN_HOME", str(folder))
+    monkeypatch.setenv("CIRCADIAN_MODELS_DIR", str(MODELS))
+    for var in [v for v in os.environ if v.startswith("CIRCADIAN_") and "__" in v]:
+        monkeypatch.delenv(var)
+    return folder
+
+
+@pytest.fixture
+def paths(home):
+    from circadian.paths import Paths
+
+    return Paths.resolve().ensure()
+
+
+def build_tiny_model(target: Path, tokenizer_source: Path, *, max_positions: int = 32768) -> Path:
+    """Write a 2-layer Llama (random weights, fixed seed) with the given tokenizer into `target`."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=max_positions, tie_word_embeddings=True, initializer_range=0.3,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2, rope_theta=100000.0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        # wide random weights give varied words; the end tokens never win greedily, so replies run to max_tokens
+        model.model.embed_tokens.weight[[0, 1, 2]] = 0.0
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    config_path = target / "config.json"
+    data = json.loads(config_path.read_text())
+    data["rope_theta"] = 100000.0  # mlx-lm reads the top-level key
+    config_path.write_text(json.dumps(data, indent=2))
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, embedded_model) -> Path:
+    """A tiny Llama sharing the embedded model's tokenizer and chat template."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", embedded_model)
+
+
+@pytest.fixture
+def use_tiny(tiny_model, monkeypatch) -> Path:
+    """Configure the current home to answer with the tiny model (through the environment)."""
+    monkeypatch.setenv("CIRCADIAN_MODEL__NAME", str(tiny_model))
+    monkeypatch.setenv("CIRCADIAN_CHAT__MAX_TOKENS", "24")
+    return tiny_model
+
+
+def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 600):
+    """Run the real `circadian` command in a subprocess; return the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=full_env, input=input,
+                           timeout=timeout, cwd=ROOT)
+
+
+def assert_one_line_error(result) -> None:
+    """A user error: non-zero exit, exactly one line on stderr, no traceback."""
+    assert result.returncode != 0, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[0].startswith("circadian: ")
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,182 @@
+"""Backends: discovery through entry points (a third-party one too), loading, streaming,
+cancelling, adapter switching and refusing an adapter whose weights do not match its manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import threading
+
+import pytest
+
+from circadian import adapters
+from circadian.backends import (GenerationSettings, LoadRequest, auto_backend_name, backend_names,
+                                get_backend, select_backend)
+from circadian.errors import CircadianError
+from circadian.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from conftest import assert_one_line_error, run_cli
+
+HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+def test_builtin_backends_are_registered_through_entry_points():
+    assert {"mlx", "torch"} <= set(backend_names())
+    assert auto_backend_name() == "torch"  # this is Linux; Apple Silicon picks mlx
+    assert select_backend("auto").name == "torch"
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(CircadianError, match="unknown backend 'nope'.*mlx.*torch"):
+        get_backend("nope")
+
+
+PLUGIN = '''
+"""A third-party backend: answers by echoing the last user message, word by word."""
+from circadian.backends import Chunk
+
+
+class EchoModel:
+    backend = "echo"
+    device = "none"
+
+    def __init__(self, request):
+        self.model_name = request.model_name
+        self.adapter_version = request.adapter_version
+
+    def stream(self, messages, settings, cancel=None):
+        for word in ("echo: " + messages[-1]["content"]).split(" "):
+            yield Chunk(word + " ", 1)
+
+    def set_adapter(self, adapter_path, adapter_version):
+        self.adapter_version = adapter_version
+
+
+class EchoBackend:
+    name = "echo"
+
+    def unavailable_reason(self):
+        return None
+
+    def load(self, request):
+        return EchoModel(request)
+'''
+
+
+@pytest.fixture
+def echo_distribution(tmp_path):
+    """Install a fake distribution `circadian-echo` (module + dist-info with an entry point) on a path."""
+    site = tmp_path / "site"
+    (site / "circadian_echo").mkdir(parents=True)
+    (site / "circadian_echo" / "__init__.py").write_text(PLUGIN)
+    info = site / "circadian_echo-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: circadian-echo\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[circadian.backends]\necho = circadian_echo:EchoBackend\n")
+    return site
+
+
+def test_third_party_backend_registers_without_touching_circadian(echo_distribution, tiny_model):
+    env = {"PYTHONPATH": str(echo_distribution) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    listed = run_cli("backends", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["name"]: r for r in json.loads(listed.stdout)["backends"]}
+    assert rows["echo"]["distribution"] == "circadian-echo" and rows["echo"]["available"]
+    answered = run_cli("ask", "are you there", "--json", env={
+        **env, "CIRCADIAN_MODEL__BACKEND": "echo", "CIRCADIAN_MODEL__NAME": str(tiny_model)})
+    assert answered.returncode == 0, answered.stderr
+    result = json.loads(answered.stdout)
+    assert result["reply"] == "echo: are you there" and result["backend"] == "echo" and result["logged"]
+
+
+def test_cli_unknown_backend_is_one_line_error(tiny_model):
+    result = run_cli("ask", "hi", env={"CIRCADIAN_MODEL__BACKEND": "nope", "CIRCADIAN_MODEL__NAME": str(tiny_model)})
+    assert_one_line_error(result)
+    assert "unknown backend 'nope'" in result.stderr
+
+
+def test_missing_hub_model_is_one_line_error():
+    result = run_cli("ask", "hi", env={"CIRCADIAN_MODEL__NAME": "nobody-here/not-a-model-xyz",
+                                       "HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(result)
+    assert "not in the local Hugging Face cache and the hub cannot be reached" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def torch_tiny(tiny_model):
+    return get_backend("torch").load(LoadRequest("tiny", tiny_model))
+
+
+def _reply(model, max_tokens=12, cancel=None):
+    chunks = list(model.stream(HELLO, GenerationSettings(max_tokens=max_tokens), cancel))
+    return "".join(c.text for c in chunks), sum(c.tokens for c in chunks)
+
+
+def test_torch_stream_is_greedy_deterministic_and_counts_tokens(torch_tiny):
+    text, tokens = _reply(torch_tiny)
+    assert text and tokens == 12
+    assert _reply(torch_tiny) == (text, tokens)
+
+
+def test_torch_stream_stops_when_cancelled(torch_tiny):
+    cancel = threading.Event()
+    stream = torch_tiny.stream(HELLO, GenerationSettings(max_tokens=500), cancel)
+    produced = 0
+    for chunk in stream:
+        produced += chunk.tokens
+        if produced >= 3:
+            cancel.set()
+    assert produced < 20
+
+
+def _make_peft_adapter(base_path, folder, version, *, scale=5.0):
+    """Save a real PEFT LoRA adapter for the tiny model with non-zero B, plus its manifest."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, scale)
+    model.save_pretrained(folder)
+    weights = {p.name: sha256_file(p) for p in folder.iterdir() if p.suffix == ".safetensors"}
+    atomic_write_json(folder / "manifest.json", {"schema_version": 1, "version": version, "backend": "torch",
+                                                 "base_model": str(base_path), "weights": weights})
+    return folder
+
+
+def test_torch_set_adapter_changes_and_restores_replies(torch_tiny, tiny_model, tmp_path):
+    base_text, _ = _reply(torch_tiny)
+    folder = _make_peft_adapter(tiny_model, tmp_path / "v0001-test", "v0001-test")
+    torch_tiny.set_adapter(folder, "v0001-test")
+    adapted, _ = _reply(torch_tiny)
+    assert torch_tiny.adapter_version == "v0001-test" and adapted != base_text
+    torch_tiny.set_adapter(None, None)
+    assert _reply(torch_tiny)[0] == base_text and torch_tiny.adapter_version is None
+
+
+def test_active_adapter_refuses_weights_that_do_not_match_manifest(paths, tiny_model):
+    folder = _make_peft_adapter(tiny_model, paths.adapters / "v0001-x", "v0001-x")
+    atomic_write_text(paths.current, "v0001-x\n")
+    assert adapters.active_adapter(paths).version == "v0001-x"
+    weights = folder / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CircadianError, match="does not match the sha256"):
+        adapters.active_adapter(paths)
+    result = run_cli("ask", "hi", env={"CIRCADIAN_MODEL__NAME": str(tiny_model)})
+    assert_one_line_error(result)
+    assert "refusing to load" in result.stderr
+
+
+def test_mlx_backend_loads_and_streams_tiny_model(tiny_model):
+    model = get_backend("mlx").load(LoadRequest("tiny", tiny_model))
+    chunks = list(model.stream(HELLO, GenerationSettings(max_tokens=8)))
+    assert sum(c.tokens for c in chunks) == 8
+    assert "".join(c.text for c in chunks).strip()
+    assert model.backend == "mlx" and model.adapter_version is None

@@ -1,0 +1,166 @@
+"""The chat: driven through prompt_toolkit's pipe input on the tiny model, slash commands,
+logging, following adapters/CURRENT between turns, and Ctrl-C in a real terminal."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+from rich.console import Console
+
+from circadian import memories
+from circadian.assistant import Assistant, ChatSession
+from circadian.chat import run_chat
+from circadian.config import load_config
+from circadian.fsutil import atomic_write_text
+from conftest import CLI, ROOT
+
+
+def _session(paths, log=True):
+    config, _ = load_config(paths.config)
+    return ChatSession(Assistant(paths, config), log=log)
+
+
+def _drive(session, keys: str) -> str:
+    """Type `keys` into a real prompt_toolkit session over a pipe; return what the chat printed."""
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    out = io.StringIO()
+    with create_pipe_input() as pipe:
+        pipe.send_text(keys)
+        run_chat(session, console=Console(file=out, width=120), pt_input=pipe, pt_output=DummyOutput())
+    return out.getvalue()
+
+
+def test_chat_logs_turns_with_context_and_slash_commands(paths, use_tiny):
+    session = _session(paths)
+    shown = _drive(session, "hello\r/notrain\rmy PIN is 4921\r/forget\rthird\r/adapter\r/bogus\r/quit\r")
+    assert "no-train ON" in shown and "forgot: 'my PIN is 4921'" in shown
+    assert "adapter: none (base model)" in shown and "unknown command /bogus" in shown
+    assert "tok/s" in shown and "first token" in shown
+    records = [json.loads(line) for line in paths.memories.read_text().splitlines()]
+    assert [r["messages"][0]["content"] for r in records] == ["hello", "my PIN is 4921", "third"]
+    assert records[0]["tags"] == [] and records[1]["tags"] == ["no-train"] and records[2]["tags"] == ["no-train"]
+    assert len({r["session"] for r in records}) == 1
+    assert all(r["messages"][1]["role"] == "assistant" and r["messages"][1]["content"] for r in records)
+    assert [r.messages[0].content for r in memories.live_records(paths)] == ["hello", "third"]
+    # the forgotten exchange also left the context: the third turn's prompt holds only "hello"
+    prompt = session.messages_for("next")
+    assert [m["content"] for m in prompt if m["role"] == "user"] == ["hello", "third", "next"]
+
+
+def test_chat_multiline_input_and_new_session(paths, use_tiny):
+    session = _session(paths)
+    _drive(session, "line one\x1b\rline two\r/new\rafter\r\x04")
+    records = [json.loads(line) for line in paths.memories.read_text().splitlines()]
+    assert records[0]["messages"][0]["content"] == "line one\nline two"
+    assert records[0]["session"] != records[1]["session"]
+    assert session.messages_for("x") == [{"role": "user", "content": "after"},
+                                         {"role": "assistant", "content": records[1]["messages"][1]["content"]},
+                                         {"role": "user", "content": "x"}]
+
+
+def test_chat_system_prompt_reaches_the_model_and_the_log(paths, use_tiny):
+    session = _session(paths)
+    _drive(session, "/system You are terse.\rhi\r/quit\r")
+    record = json.loads(paths.memories.read_text())
+    assert record["system"] == "You are terse."
+    assert session.messages_for("x")[0] == {"role": "system", "content": "You are terse."}
+
+
+def test_chat_follows_current_adapter_between_turns(paths, use_tiny, tiny_model):
+    from test_backends import _make_peft_adapter
+
+    session = _session(paths)
+    first = session.respond("Hello there")
+    _make_peft_adapter(tiny_model, paths.adapters / "v0001-20261122-031500", "v0001-20261122-031500")
+    atomic_write_text(paths.current, "v0001-20261122-031500\n")
+    second = session.respond("Hello there")
+    assert first.adapter is None and second.adapter == "v0001-20261122-031500"
+    atomic_write_text(paths.current, "base\n")
+    third = session.respond("Hello there")
+    assert third.adapter is None
+    adapters_logged = [json.loads(line)["adapter"] for line in paths.memories.read_text().splitlines()]
+    assert adapters_logged == [None, "v0001-20261122-031500", None]
+
+
+def test_respond_interrupted_keeps_partial_reply_and_session(paths, use_tiny):
+    session = _session(paths)
+    seen = []
+
+    def on_text(text):
+        seen.append(text)
+        if len(seen) == 3:
+            raise KeyboardInterrupt  # what Ctrl-C does in the middle of streaming
+
+    result = session.respond("Tell me a story", on_text)
+    assert result.interrupted and result.reply == "".join(seen).strip()
+    assert result.tags == ["interrupted"]
+    after = session.respond("still there?")
+    assert not after.interrupted and after.reply
+    assert len(session.history) == 2
+
+
+def test_ask_no_log_and_json(paths, use_tiny):
+    from conftest import run_cli
+
+    logged = run_cli("ask", "hello", "--json")
+    assert logged.returncode == 0, logged.stderr
+    result = json.loads(logged.stdout)
+    assert result["logged"] and result["tokens"] == 24 and result["reply"]
+    unlogged = run_cli("ask", "hello", "--no-log")
+    assert unlogged.returncode == 0 and unlogged.stdout.strip() == result["reply"]
+    assert len(paths.memories.read_text().splitlines()) == 1
+    assert run_cli("ask", "  ").returncode != 0
+
+
+def _read_until(fd, needle: bytes, timeout: float) -> bytes:
+    seen = b""
+    deadline = time.time() + timeout
+    while needle not in seen and time.time() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:
+                break
+    return seen
+
+
+def test_chat_ctrl_c_in_a_real_terminal_stops_reply_and_keeps_session(paths, use_tiny):
+    env = {**os.environ, "CIRCADIAN_CHAT__MAX_TOKENS": "30000", "TERM": "xterm"}
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the real command on a real terminal
+        os.chdir(ROOT)
+        os.execvpe(sys.executable, [*CLI, "chat"], env)
+    try:
+        assert b"you>" in _read_until(fd, b"you>", 120)
+        os.write(fd, b"Tell me a very long story\r")
+        assert b"story" in _read_until(fd, b"story", 20)
+        time.sleep(2.0)
+        os.write(fd, b"\x03")  # Ctrl-C while the reply streams
+        shown = _read_until(fd, b"stopped", 30)
+        assert b"stopped" in shown, shown[-500:]
+        os.write(fd, b"/quit\r")
+        assert b"bye" in _read_until(fd, b"bye", 20)
+    finally:
+        for _ in range(100):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, 9)
+            _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    record = json.loads(paths.memories.read_text())
+    assert record["tags"] == ["interrupted"] and 0 < record["stats"]["tokens"] < 30000
