@@ -7,6 +7,7 @@ as markdown with tokens/s and latency after each one. Slash commands steer the s
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -76,6 +77,13 @@ def _key_bindings():
     return bindings
 
 
+def _plain_prompt() -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\n")
+
+
 def stats_line(result) -> str:
     """Given a TurnResult, return the dim line shown under a reply."""
     parts = [f"{result.tokens} tokens"]
@@ -98,6 +106,8 @@ def run_chat(session: ChatSession, *, console: Console | None = None, pt_input=N
     from prompt_toolkit.history import FileHistory, InMemoryHistory
 
     console = console or Console()
+    if prompt is None and pt_input is None and not sys.stdin.isatty():
+        prompt = _plain_prompt  # piped input: read lines, no terminal UI
     if prompt is None:
         history = FileHistory(str(history_path)) if history_path else InMemoryHistory()
         pt = PromptSession(history=history, key_bindings=_key_bindings(), input=pt_input, output=pt_output)
@@ -133,6 +143,8 @@ def run_chat(session: ChatSession, *, console: Console | None = None, pt_input=N
                 live.update(Markdown(reply))
 
             result = session.respond(line, on_text)
+        if not console.is_terminal:
+            console.print()  # Live leaves the cursor after the reply when it cannot redraw
         console.print(f"[dim]{stats_line(result)}[/dim]", highlight=False)
         exchanges += 1
     return exchanges

@@ -180,3 +180,51 @@ def test_mlx_backend_loads_and_streams_tiny_model(tiny_model):
     assert sum(c.tokens for c in chunks) == 8
     assert "".join(c.text for c in chunks).strip()
     assert model.backend == "mlx" and model.adapter_version is None
+
+
+def _make_mlx_adapter(base_path, folder, version):
+    """Save a real mlx-lm LoRA adapter for the tiny model (non-zero B), plus its manifest."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_map_with_path
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model, _tokenizer = load(str(base_path))
+    model.freeze()
+    lora = {"rank": 4, "scale": 20.0, "dropout": 0.0}
+    linear_to_lora_layers(model, 2, lora)
+    mx.random.seed(1)
+    model.update(tree_map_with_path(
+        lambda path, p: mx.random.normal(p.shape) * 0.5 if path.endswith("lora_b") else p,
+        model.trainable_parameters()))
+    folder.mkdir(parents=True)
+    mx.save_safetensors(str(folder / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"fine_tune_type": "lora", "num_layers": 2, "lora_parameters": lora}))
+    atomic_write_json(folder / "manifest.json", {
+        "schema_version": 1, "version": version, "backend": "mlx", "base_model": str(base_path),
+        "weights": {"adapters.safetensors": sha256_file(folder / "adapters.safetensors")}})
+    return folder
+
+
+def test_mlx_set_adapter_changes_and_restores_replies(tiny_model, tmp_path):
+    model = get_backend("mlx").load(LoadRequest("tiny", tiny_model))
+    base = "".join(c.text for c in model.stream(HELLO, GenerationSettings(max_tokens=8)))
+    folder = _make_mlx_adapter(tiny_model, tmp_path / "v0001-mlx", "v0001-mlx")
+    model.set_adapter(folder, "v0001-mlx")
+    adapted = "".join(c.text for c in model.stream(HELLO, GenerationSettings(max_tokens=8)))
+    assert model.adapter_version == "v0001-mlx" and adapted != base
+    model.set_adapter(None, None)
+    assert "".join(c.text for c in model.stream(HELLO, GenerationSettings(max_tokens=8))) == base
+
+
+def test_adapter_of_another_backend_falls_back_to_base_with_a_note(paths, tiny_model, use_tiny):
+    from circadian.assistant import Assistant
+    from circadian.config import load_config
+
+    _make_mlx_adapter(tiny_model, paths.adapters / "v0001-mlx", "v0001-mlx")
+    atomic_write_text(paths.current, "v0001-mlx\n")
+    notes = []
+    assistant = Assistant(paths, load_config(paths.config)[0], say=notes.append)
+    assert assistant.backend.name == "torch" and assistant.adapter_version is None
+    assert any("trained with the mlx backend" in n for n in notes)
