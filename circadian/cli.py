@@ -25,6 +25,10 @@ models_app = typer.Typer(no_args_is_help=True, help="The model cache (the embedd
 app.add_typer(config_app, name="config")
 app.add_typer(backends_app, name="backends")
 app.add_typer(models_app, name="models")
+adapters_app = typer.Typer(no_args_is_help=True, help="The adapter store: versions, manifests, pins.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure the current adapter.")
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(eval_app, name="eval")
 
 HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="state directory (default: $CIRCADIAN_HOME, "
                                                  "the source checkout, or the user data directory)")]
@@ -202,6 +206,159 @@ def models_show(home: HomeOpt = None, json_out: JsonOpt = False):
     print(f"{folder}\n  from {manifest['source']['package']} {manifest['source']['version']} "
           f"({manifest['source']['file']})\n  {len(manifest['files'])} files verified · "
           f"smoke test: {manifest['smoke_test']['answer']!r}")
+
+
+@app.command()
+def sleep(home: HomeOpt = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="show what tonight would train; write nothing")] = False,
+          json_out: JsonOpt = False):
+    """One nightly cycle now: distill the day into a new adapter, evaluate, promote if better."""
+    from circadian.sleep import dry_run as plan_only, run_sleep
+
+    paths, config = _setup(home)
+    if dry_run:
+        result = plan_only(paths, config)
+        if json_out:
+            _print_json(result)
+        else:
+            _print_plan(result)
+        return
+    summary = run_sleep(paths, config)
+    if json_out:
+        _print_json({k: v for k, v in summary.items() if k not in ("before", "after")} |
+                    {"before": _brief(summary.get("before")), "after": _brief(summary.get("after"))})
+
+
+def _brief(metrics):
+    from circadian.sleep import _brief as brief
+
+    return brief(metrics) if metrics else None
+
+
+def _print_plan(result: dict) -> None:
+    counts = result["counts"]
+    print(f"would train: {'yes' if result['would_train'] else 'no (nothing to learn tonight)'}")
+    print(f"turns: {counts['turns_new']} new, {counts['turns_replay_pool']} already learned; "
+          + ", ".join(f"{k[8:]} {v}" for k, v in counts.items() if k.startswith("skipped_")))
+    print(f"rows: {counts['rows_train']} train, {counts['rows_valid']} valid; probes: {counts['probes']}")
+    print("redacted: " + (", ".join(f"{v} {k}" for k, v in sorted(result["redactions"].items())) or "nothing"))
+    if result["masks"]:
+        masks = result["masks"]
+        print(f"masks: {masks['targets']} of {masks['tokens']} tokens trained ({masks['target_ratio']:.0%})")
+    for fact in result["facts"]:
+        print(f"  fact: {fact['answer']}  (from: {fact['sentence'][:70]!r})")
+
+
+@app.command()
+def report(cycle: Annotated[Optional[str], typer.Argument(help="cycle id (default: the latest)")] = None,
+           home: HomeOpt = None,
+           fmt: Annotated[str, typer.Option("--format", help="md (rendered here), html (printed), json")] = "md"):
+    """The morning report of a cycle."""
+    from circadian import report as reports
+
+    paths = _paths(home)
+    folder = paths.runs / cycle if cycle else reports.latest_cycle(paths.runs)
+    if folder is None or not (folder / "summary.json").exists():
+        raise CircadianError(f"no report for {'cycle ' + cycle if cycle else 'any cycle yet'}; run `circadian sleep`")
+    summary, events = reports.load(folder)
+    if fmt == "json":
+        _print_json(summary)
+    elif fmt == "html":
+        print(reports.render_html(summary, events))
+    elif fmt == "md":
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        Console().print(Markdown(reports.render_markdown(summary)))
+        print(f"\n(html with plots: {folder / 'report.html'})")
+    else:
+        raise CircadianError(f"unknown format '{fmt}' (md, html, json)")
+
+
+@adapters_app.command("list")
+def adapters_list(home: HomeOpt = None, json_out: JsonOpt = False):
+    """Stored versions, newest last: outcome, recall before/after, pins, which is current."""
+    from circadian import adapters
+
+    paths = _paths(home)
+    current, pinned = adapters.current_version(paths), set(adapters.pins(paths))
+    rows = [{"version": m.version, "parent": m.parent, "created_at": m.created_at,
+             "decision": m.gate.get("decision"), "current": m.version == current, "pinned": m.version in pinned,
+             "recall_before": m.metrics.get("before", {}).get("recall"),
+             "recall_after": m.metrics.get("after", {}).get("recall"), "backend": m.backend}
+            for m in adapters.list_versions(paths)]
+    if json_out:
+        _print_json({"current": current, "versions": rows})
+        return
+    if not rows:
+        print("no adapters yet (the base model answers); `circadian sleep` trains one")
+        return
+    for r in rows:
+        flags = ("*" if r["current"] else " ") + ("P" if r["pinned"] else " ")
+        recall = (f"recall {r['recall_before']:.0%}->{r['recall_after']:.0%}"
+                  if r["recall_before"] is not None and r["recall_after"] is not None else "")
+        print(f"{flags} {r['version']}  {r['decision'] or '?':<9} parent {r['parent'] or 'base':<24} {recall}")
+    print("* current  P pinned" + ("" if current else "   (current: base model)"))
+
+
+@adapters_app.command("show")
+def adapters_show(version: Annotated[str, typer.Argument(help="version name")], home: HomeOpt = None):
+    """A version's full manifest (JSON)."""
+    from circadian import adapters
+
+    found = adapters.get(_paths(home), version)
+    _print_json(json.loads((found.path / adapters.MANIFEST).read_text()))
+
+
+@adapters_app.command("pin")
+def adapters_pin(version: Annotated[str, typer.Argument(help="version name")], home: HomeOpt = None):
+    """Keep a version forever (retention never deletes it)."""
+    from circadian import adapters
+
+    adapters.set_pinned(_paths(home), version, True)
+    print(f"pinned {version}")
+
+
+@adapters_app.command("unpin")
+def adapters_unpin(version: Annotated[str, typer.Argument(help="version name")], home: HomeOpt = None):
+    """Let retention delete a version again."""
+    from circadian import adapters
+
+    adapters.set_pinned(_paths(home), version, False)
+    print(f"unpinned {version}")
+
+
+@app.command()
+def rollback(version: Annotated[Optional[str], typer.Argument(help="version to make current, or 'base' "
+                                                               "(default: the current one's parent)")] = None,
+             home: HomeOpt = None):
+    """Make the parent (or VERSION, or the base model) current; the chat follows at its next turn."""
+    from circadian import adapters
+
+    previous, new = adapters.rollback(_paths(home), version)
+    print(f"current: {new or 'base model'} (was {previous or 'base model'})")
+
+
+@eval_app.command("recall")
+def eval_recall(probes: Annotated[Path, typer.Option("--probes", help='JSONL: {"question", "answers": [...]} per line')],
+                home: HomeOpt = None, json_out: JsonOpt = False,
+                max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1)] = None):
+    """Ask each probe with the current adapter; a hit when an expected answer appears in the reply."""
+    from circadian.assistant import Assistant
+    from circadian.evaluate import ask_all, read_probes
+
+    paths, config = _setup(home)
+    items = read_probes(probes)
+    assistant = Assistant(paths, config, say=_say)
+    result = ask_all(assistant.model, items, key="question", max_tokens=max_tokens or config.sleep.probe_max_tokens)
+    out = {"recall": result["score"], "n": result["n"], "adapter": assistant.adapter_version,
+           "items": [{"question": i["question"], "answer": i["answer"], "hit": i["hit"]} for i in result["items"]]}
+    if json_out:
+        _print_json(out)
+        return
+    for item in out["items"]:
+        print(f"{'HIT ' if item['hit'] else 'miss'} {item['question']} -> {item['answer'][:80]!r}")
+    print(f"recall {out['recall']:.0%} of {out['n']} (adapter {out['adapter'] or 'base'})")
 
 
 @app.command()

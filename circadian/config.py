@@ -48,6 +48,57 @@ class ChatSettings(_Section):
     context_turns: int = Field(20, ge=0, description="earlier exchanges of the session kept in the prompt")
 
 
+class TrainSettings(_Section):
+    """How one night trains an adapter (LoRA on all linear layers; early stop keeps the best step)."""
+
+    rank: int = Field(16, ge=1, le=512, description="LoRA rank")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha / rank)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout")
+    dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
+    learning_rate: float = Field(1e-3, gt=0, description="peak learning rate (warm-up, then cosine to 10%)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(5, ge=0, description="linear warm-up steps")
+    batch_size: int = Field(8, ge=1, description="rows per step (length-bucketed)")
+    max_epochs: float = Field(8.0, gt=0, description="upper bound on passes over the data")
+    max_steps: int = Field(400, ge=1, description="upper bound on optimizer steps")
+    eval_every: int = Field(8, ge=1, description="steps between validation losses")
+    patience: int = Field(3, ge=1, description="evaluations without improvement before early stop")
+    min_steps: int = Field(24, ge=0, description="never stop early before this many steps")
+    min_delta: float = Field(0.005, ge=0, description="smallest validation improvement that counts")
+    grad_checkpoint: bool = Field(False, description="gradient checkpointing (less memory, slower)")
+    max_length: int = Field(512, ge=16, description="longest training row, in tokens")
+    seed: int = Field(0, description="seed for batching and initialisation")
+
+
+class SleepSettings(_Section):
+    """What a night is made of."""
+
+    min_new_facts: int = Field(1, ge=0, description="fewer new facts (and no new conversations) = nothing to learn tonight")
+    replay_facts: int = Field(40, ge=0, description="older facts replayed each night against forgetting")
+    general_replay: int = Field(30, ge=0, description="general prompts answered by the base model (self-distillation replay)")
+    probe_wordings: int = Field(1, ge=1, description="question wordings per fact held out for the recall check")
+    valid_wordings: int = Field(1, ge=1, description="question wordings per fact held out for validation")
+    probe_max_tokens: int = Field(40, ge=4, description="reply length when checking recall")
+    capability_max_tokens: int = Field(24, ge=4, description="reply length for the capability harness")
+    redact_region: str = Field("US", description="default region for phone numbers without a country code")
+
+
+class GateSettings(_Section):
+    """When a candidate adapter is promoted."""
+
+    min_recall_gain: float = Field(0.0, ge=0, description="recall must rise by more than this, or validation loss fall")
+    min_val_improvement: float = Field(0.0, ge=0, description="validation loss must fall by more than this, or recall rise")
+    max_capability_drop: float = Field(0.0, ge=0, le=1, description="largest allowed drop of the capability score")
+    max_ppl_drift: float = Field(0.02, ge=0, description="largest allowed general-perplexity rise vs the current adapter")
+    max_total_ppl_drift: float = Field(0.05, ge=0, description="largest allowed general-perplexity rise vs the base model")
+
+
+class StoreSettings(_Section):
+    """The adapter store."""
+
+    keep: int = Field(5, ge=1, description="versions kept besides the current one, its parent and pinned ones")
+
+
 class LoggingSettings(_Section):
     """What is kept of the day."""
 
@@ -60,6 +111,10 @@ class Config(_Section):
     model: ModelSettings = ModelSettings()
     chat: ChatSettings = ChatSettings()
     logging: LoggingSettings = LoggingSettings()
+    train: TrainSettings = TrainSettings()
+    sleep: SleepSettings = SleepSettings()
+    gate: GateSettings = GateSettings()
+    store: StoreSettings = StoreSettings()
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -17,8 +17,9 @@ import threading
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
+from circadian.config import TrainSettings  # noqa: F401  (re-exported: backends receive it in train())
 from circadian.errors import CircadianError
 
 GROUP = "circadian.backends"
@@ -55,14 +56,39 @@ class LoadRequest:
     options: dict = field(default_factory=dict)
 
 
+@dataclass
+class TrainResult:
+    """What a training run did; the best checkpoint (not the last) is left active in the model."""
+
+    steps: int
+    best_step: int
+    initial_val_loss: float | None
+    best_val_loss: float | None
+    stop_reason: str
+    trained_tokens: int
+    tokens_per_second: float
+    train_seconds: float
+    peak_memory_mb: float
+    curve: list[dict] = field(default_factory=list)
+
+
+# A training callback gets plain dicts with stable names (iteration, train_loss, val_loss,
+# learning_rate, tokens_per_second, trained_tokens, peak_memory_mb, best_val_loss, total_steps)
+# and returns None to go on or "stop" to end training now (the best checkpoint is kept).
+
+
 @runtime_checkable
 class LoadedModel(Protocol):
-    """A model in memory, ready to answer."""
+    """A model in memory, ready to answer, score and train.
+
+    `tokenizer` is a Hugging Face tokenizer with a chat template (both shipped backends use one).
+    """
 
     backend: str
     model_name: str
     adapter_version: str | None
     device: str
+    tokenizer: object
 
     def stream(self, messages: list[dict], settings: GenerationSettings,
                cancel: threading.Event | None = None) -> Iterator[Chunk]:
@@ -71,6 +97,19 @@ class LoadedModel(Protocol):
 
     def set_adapter(self, adapter_path: Path | None, adapter_version: str | None) -> None:
         """Switch to another adapter folder (None: the base model) without restarting the program."""
+        ...
+
+    def score(self, examples: list, batch_size: int = 8) -> list[tuple[float, int]]:
+        """Given tokens.Example rows, return (summed negative log-likelihood, target count) for each."""
+        ...
+
+    def train(self, train: list, valid: list, settings: TrainSettings,
+              callback: Callable[[dict], str | None]) -> TrainResult:
+        """Train the active adapter (continuing it, or a new one on the base) on tokens.Example rows."""
+        ...
+
+    def save_adapter(self, folder: Path) -> dict[str, str]:
+        """Write the active adapter's files into folder; return {file name: sha256}."""
         ...
 
 

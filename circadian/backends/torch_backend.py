@@ -44,6 +44,21 @@ def resolve_dtype(requested: str, device: str):
     return getattr(torch, requested)
 
 
+def _pick(logits, settings: GenerationSettings, generator) -> int:
+    """Given next-token logits, return the greedy token, or a temperature/top-p sample."""
+    import torch
+
+    if settings.temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / settings.temperature, dim=-1)
+    if settings.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < settings.top_p
+        sorted_probs = sorted_probs * keep
+        return int(order[torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
 class TorchBackend:
     """Backend entry point `torch`."""
 
@@ -100,6 +115,8 @@ class TorchModel:
         self.base = base
         self.model = base
         self.adapter_version: str | None = None
+        self.adapter_path: Path | None = None
+        self.quantized = request.quantize == "4bit"
         self.eos_ids = self._eos_ids()
         if request.adapter_path is not None:
             self.set_adapter(request.adapter_path, request.adapter_version)
@@ -121,6 +138,7 @@ class TorchModel:
             self.base = self.model.unload()
         self.model = self.base
         self.adapter_version = None
+        self.adapter_path = adapter_path
         if adapter_path is not None:
             try:
                 self.model = PeftModel.from_pretrained(self.base, str(adapter_path), is_trainable=False)
@@ -178,16 +196,188 @@ class TorchModel:
             yield Chunk("", pending)
 
 
-def _pick(logits, settings: GenerationSettings, generator) -> int:
-    """Given next-token logits, return the greedy token, or a temperature/top-p sample."""
-    import torch
+    # ----------------------------------------------------------------------------- scoring
 
-    if settings.temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / settings.temperature, dim=-1)
-    if settings.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < settings.top_p
-        sorted_probs = sorted_probs * keep
-        return int(order[torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)])
-    return int(torch.multinomial(probs, 1, generator=generator))
+    def _pad(self, rows: list) -> tuple:
+        """Given tokens.Example rows, return (input_ids, attention_mask, target_mask) tensors."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        targets = torch.zeros((len(rows), width), dtype=torch.float32)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row.ids)
+            attention[i, :len(row)] = 1
+            targets[i, :len(row)] = torch.tensor(row.mask, dtype=torch.float32)
+        device = self.model.device
+        return ids.to(device), attention.to(device), targets.to(device)
+
+    def _token_nll(self, ids, attention, targets):
+        """Return per-position NLL (batch, width-1) and the shifted target mask."""
+        import torch.nn.functional as F
+
+        logits = self.model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        return nll, targets[:, 1:]
+
+    def score(self, examples: list, batch_size: int = 8) -> list[tuple[float, int]]:
+        import torch
+
+        from circadian.tokens import length_batches
+
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            for batch in length_batches([len(e) for e in examples], batch_size, seed=0, shuffle=False):
+                nll, mask = self._token_nll(*self._pad([examples[i] for i in batch]))
+                sums = (nll * mask).sum(dim=1).tolist()
+                counts = mask.sum(dim=1).tolist()
+                for i, total, count in zip(batch, sums, counts):
+                    out[i] = (float(total), int(count))
+        if was_training:
+            self.model.train()
+        return out
+
+    def _mean_loss(self, examples: list, batch_size: int) -> float:
+        scored = self.score(examples, batch_size)
+        return sum(s for s, _ in scored) / max(1, sum(n for _, n in scored))
+
+    # ----------------------------------------------------------------------------- training
+
+    def _make_trainable(self, settings) -> str:
+        """Turn the loaded model into a trainable PEFT model; return how it started."""
+        from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+        if isinstance(self.model, PeftModel):
+            self.base = self.model.unload()
+        if self.quantized:
+            self.base = prepare_model_for_kbit_training(self.base, use_gradient_checkpointing=settings.grad_checkpoint)
+        if self.adapter_path is not None:
+            self.model = PeftModel.from_pretrained(self.base, str(self.adapter_path), is_trainable=True)
+            started = f"continued from adapter {self.adapter_version}"
+        else:
+            config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                                target_modules="all-linear", use_dora=settings.dora, task_type="CAUSAL_LM")
+            self.model = get_peft_model(self.base, config)
+            started = "new adapter on the base model"
+        if settings.grad_checkpoint and not self.quantized:
+            self.model.enable_input_require_grads()
+            self.model.gradient_checkpointing_enable()
+        return started
+
+    def _optimizer(self, params, settings):
+        import torch
+
+        if self.quantized:
+            import bitsandbytes as bnb
+
+            return bnb.optim.PagedAdamW8bit(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+    def _peak_memory_mb(self) -> float:
+        import resource
+
+        import torch
+
+        if self.device == "cuda":
+            return torch.cuda.max_memory_allocated() / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+    def train(self, train: list, valid: list, settings, callback):
+        import math
+        import time
+
+        import torch
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        from circadian.backends import TrainResult
+        from circadian.tokens import length_batches
+
+        torch.manual_seed(settings.seed)
+        started = self._make_trainable(settings)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self._optimizer(params, settings)
+        lengths = [len(e) for e in train]
+        per_epoch = math.ceil(len(train) / settings.batch_size)
+        total = max(1, min(settings.max_steps, math.ceil(settings.max_epochs * per_epoch)))
+
+        def lr_factor(step: int) -> float:  # linear warm-up, cosine decay to 10%
+            if step < settings.warmup_steps:
+                return (step + 1) / settings.warmup_steps
+            progress = (step - settings.warmup_steps) / max(1, total - settings.warmup_steps)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        curve: list[dict] = []
+
+        def snapshot():
+            return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(self.model).items()}
+
+        initial = self._mean_loss(valid, settings.batch_size) if valid else None
+        best_val, best_step, best_state, bad = initial, 0, snapshot(), 0
+        event = {"iteration": 0, "val_loss": initial, "best_val_loss": best_val, "total_steps": total,
+                 "note": started}
+        curve.append(event)
+        stop_reason = "finished" if callback(event) != "stop" else "stopped"
+        step, trained_tokens, train_seconds = 0, 0, 0.0
+        epoch = 0
+        self.model.train()
+        while step < total and stop_reason == "finished":
+            for batch in length_batches(lengths, settings.batch_size, seed=settings.seed + epoch):
+                tic = time.perf_counter()
+                ids, attention, targets = self._pad([train[i] for i in batch])
+                nll, mask = self._token_nll(ids, attention, targets)
+                loss = (nll * mask).sum() / mask.sum().clamp(min=1)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                tokens = int(attention.sum())
+                trained_tokens += tokens
+                train_seconds += time.perf_counter() - tic
+                event = {"iteration": step, "train_loss": float(loss), "learning_rate": scheduler.get_last_lr()[0],
+                         "tokens_per_second": trained_tokens / train_seconds, "trained_tokens": trained_tokens,
+                         "peak_memory_mb": self._peak_memory_mb(), "epoch": epoch + 1, "total_steps": total}
+                if valid and (step % settings.eval_every == 0 or step == total):
+                    val = self._mean_loss(valid, settings.batch_size)
+                    event["val_loss"] = val
+                    if best_val is None or val < best_val - settings.min_delta:
+                        best_val, best_step, best_state, bad = val, step, snapshot(), 0
+                    else:
+                        bad += 1
+                    event["best_val_loss"] = best_val
+                    if bad >= settings.patience and step >= settings.min_steps:
+                        stop_reason = "early stop: validation loss stopped improving"
+                curve.append(event)
+                if callback(event) == "stop":
+                    stop_reason = "stopped"
+                if stop_reason != "finished" or step >= total:
+                    break
+            epoch += 1
+        if not valid:
+            best_step, best_state = step, snapshot()
+        set_peft_model_state_dict(self.model, best_state)
+        self.model.eval()
+        self.adapter_version = "candidate"
+        return TrainResult(steps=step, best_step=best_step, initial_val_loss=initial, best_val_loss=best_val,
+                           stop_reason=stop_reason if stop_reason != "finished" else "reached the step budget",
+                           trained_tokens=trained_tokens,
+                           tokens_per_second=trained_tokens / train_seconds if train_seconds else 0.0,
+                           train_seconds=train_seconds, peak_memory_mb=self._peak_memory_mb(), curve=curve)
+
+    def save_adapter(self, folder: Path) -> dict[str, str]:
+        from peft import PeftModel
+
+        from circadian.fsutil import sha256_file
+
+        if not isinstance(self.model, PeftModel):
+            raise CircadianError("no adapter to save: the model has not been trained")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(folder))
+        return {p.name: sha256_file(p) for p in sorted(folder.iterdir())
+                if p.name in ("adapter_model.safetensors", "adapter_config.json")}

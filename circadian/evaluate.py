@@ -1,0 +1,122 @@
+"""Step 6 of a night: measure a model (current or candidate) on the same sets.
+
+- validation loss on the night's held-out rows;
+- recall: the day's facts asked in wordings never trained on, a hit when an answer appears;
+- capability: `eval/prompts.jsonl`, general questions with checkable answers;
+- drift: perplexity on the fixed general text `eval/general.txt`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from circadian.backends import GenerationSettings, LoadedModel
+from circadian.errors import CircadianError
+from circadian.tokens import Example, encode_text
+
+EVAL_DIR = Path(__file__).resolve().parent.parent / "eval"
+
+
+def eval_file(name: str) -> Path:
+    """Return a shipped evaluation file (the checkout's eval/ folder, or the package's copy)."""
+    for folder in (EVAL_DIR, Path(__file__).resolve().parent / "eval"):
+        if (folder / name).is_file():
+            return folder / name
+    raise CircadianError(f"evaluation file {name} not found")
+
+
+def is_hit(reply: str, answers: list[str]) -> bool:
+    """Given a reply and acceptable answers, return True if any answer appears (case-insensitive,
+    whole words for short alphanumeric answers)."""
+    text = reply.lower()
+    for answer in answers:
+        needle = answer.lower().strip()
+        if not needle:
+            continue
+        if re.fullmatch(r"[\w\- ]+", needle):
+            if re.search(rf"(?<![\w]){re.escape(needle)}", text):
+                return True
+        elif needle in text:
+            return True
+    return False
+
+
+def answer(model: LoadedModel, question: str, max_tokens: int) -> str:
+    """Return the model's greedy reply to one question, without any system prompt."""
+    settings = GenerationSettings(max_tokens=max_tokens, temperature=0.0)
+    return "".join(c.text for c in model.stream([{"role": "user", "content": question}], settings)).strip()
+
+
+def ask_all(model: LoadedModel, items: list[dict], *, key: str, max_tokens: int, on_item=None) -> dict:
+    """Given items with a question under `key` and "answers", return {"score", "n", "items"}."""
+    results = []
+    for item in items:
+        reply = answer(model, item[key], max_tokens)
+        results.append({**item, "answer": reply, "hit": is_hit(reply, item["answers"])})
+        if on_item:
+            on_item()
+    hits = sum(r["hit"] for r in results)
+    return {"score": hits / len(results) if results else None, "n": len(results), "items": results}
+
+
+def read_probes(path: Path) -> list[dict]:
+    """Given a JSONL file of {"question", "answers"} rows, return them.
+
+    Raise CircadianError naming the first bad line.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise CircadianError(f"{path}: no such file") from None
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise CircadianError(f"{path}: line {number} is not JSON") from None
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip() \
+                or not isinstance(row.get("answers"), list) or not all(isinstance(a, str) for a in row["answers"]) \
+                or not row["answers"]:
+            raise CircadianError(f'{path}: line {number} needs {{"question": text, "answers": [text, ...]}}')
+        items.append({"question": row["question"], "answers": row["answers"]})
+    if not items:
+        raise CircadianError(f"{path}: no probes")
+    return items
+
+
+def load_capability() -> list[dict]:
+    return [json.loads(line) for line in eval_file("prompts.jsonl").read_text().splitlines() if line.strip()]
+
+
+def general_examples(tokenizer, chunk: int = 256) -> list[Example]:
+    return encode_text(tokenizer, eval_file("general.txt").read_text(encoding="utf-8"), chunk)
+
+
+def mean_loss(model: LoadedModel, examples: list[Example], batch_size: int = 8) -> float | None:
+    """Return the mean per-token negative log-likelihood over examples (None when empty)."""
+    if not examples:
+        return None
+    scored = model.score(examples, batch_size)
+    return sum(s for s, _ in scored) / max(1, sum(n for _, n in scored))
+
+
+def perplexity(model: LoadedModel, examples: list[Example]) -> float:
+    return math.exp(mean_loss(model, examples))
+
+
+def measure(model: LoadedModel, *, valid: list[Example], probes: list[dict], retention: list[dict],
+            capability: list[dict], general: list[Example], probe_tokens: int, capability_tokens: int,
+            on_item=None) -> dict:
+    """Return every figure the gate and the report need for one model state."""
+    return {
+        "val_loss": mean_loss(model, valid),
+        "recall": ask_all(model, probes, key="question", max_tokens=probe_tokens, on_item=on_item),
+        "retention": ask_all(model, retention, key="question", max_tokens=probe_tokens, on_item=on_item),
+        "capability": ask_all(model, capability, key="prompt", max_tokens=capability_tokens, on_item=on_item),
+        "perplexity": perplexity(model, general),
+    }

@@ -1,0 +1,383 @@
+"""`circadian sleep`: one nightly cycle, setup -> train -> cleanup, each step logged.
+
+1. take control/sleep.lock; note cycles a crash left unfinished; snapshot memories by byte offset
+2. select untrained turns + a replay sample; quarantine unreadable rows; redact; de-duplicate
+3. build question/answer rows from the day's facts (+ replay, imported conversations, general
+   self-distillation), split train / valid / probe wordings, write the dataset snapshot
+4. tokenize with every assistant turn as a target; validate the masks
+5. train from the current adapter, keeping the best validation checkpoint
+6. measure current and candidate on the same sets; 7. gate; 8. commit the version (CURRENT
+   replaced atomically when promoted), prune; 9. summary, report, one run_log line.
+
+A crash at any point leaves CURRENT and the memories as they were: the candidate is staged in
+adapters/.staging-<cycle>/ and only renamed into place whole, CURRENT is replaced last.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from circadian import __version__, adapters, dataset, evaluate, gate, memories, replay
+from circadian.backends import LoadRequest, select_backend
+from circadian.config import Config
+from circadian.errors import CircadianError
+from circadian.fsutil import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from circadian.lock import SleepLock
+from circadian.models import resolve_model
+from circadian.paths import Paths
+from circadian.tokens import encode_chat, length_batches, padding_share, validate
+
+RUN_TYPE = "nightly"
+
+
+class Cycle:
+    """One cycle's folder, stage marker and step log."""
+
+    def __init__(self, paths: Paths, cycle_id: str, say: Callable[[str], None]):
+        self.paths = paths
+        self.id = cycle_id
+        self.dir = paths.runs / cycle_id
+        self.say_out = say
+        self.started = time.time()
+        self.timings: dict[str, float] = {}
+        self._stage: tuple[str, float] | None = None
+
+    def create(self) -> "Cycle":
+        self.dir.mkdir(parents=True, exist_ok=False, mode=0o700)
+        return self
+
+    def say(self, message: str) -> None:
+        self.say_out(message)
+        append_jsonl(self.dir / "log.jsonl", [{"ts": memories.now_iso(), "message": message}])
+
+    def stage(self, name: str) -> None:
+        now = time.time()
+        if self._stage:
+            self.timings[self._stage[0]] = round(now - self._stage[1], 2)
+        self._stage = (name, now)
+        atomic_write_json(self.dir / "state.json", {"cycle_id": self.id, "stage": name, "ts": memories.now_iso()})
+
+    def write(self, name: str, rows: list[dict]) -> None:
+        atomic_write_text(self.dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def new_cycle_id(paths: Paths, now: datetime) -> str:
+    base = now.strftime("%Y%m%d-%H%M%S")
+    cycle_id, n = base, 1
+    while (paths.runs / cycle_id).exists():
+        n += 1
+        cycle_id = f"{base}-{n}"
+    return cycle_id
+
+
+def logged_cycles(paths: Paths) -> set[str]:
+    return {row["cycle_id"] for _n, row, _raw in read_jsonl(paths.run_log) if row and "cycle_id" in row}
+
+
+def recover_interrupted(paths: Paths, say: Callable[[str], None]) -> list[str]:
+    """Log cycles a crash left unfinished (one run_log line each) and remove staged candidates."""
+    recovered = []
+    done = logged_cycles(paths)
+    for state_file in sorted(paths.runs.glob("*/state.json")):
+        cycle_id = state_file.parent.name
+        if cycle_id in done:
+            continue
+        state = json.loads(state_file.read_text())
+        append_jsonl(paths.run_log, [{"cycle_id": cycle_id, "run_type": RUN_TYPE, "outcome": "interrupted",
+                                      "stage": state.get("stage"), "logged_at": memories.now_iso(),
+                                      "note": "the process ended before the cycle finished; nothing was promoted"}])
+        recovered.append(cycle_id)
+        say(f"cycle {cycle_id} was interrupted during '{state.get('stage')}'; logged, nothing promoted")
+    for name in adapters.clean_staging(paths):
+        say(f"removed unfinished candidate {name}")
+    return recovered
+
+
+def quarantine_bad_lines(paths: Paths, bad_lines: list[int], end: int) -> int:
+    """Copy unreadable memory lines to data/quarantine/memories.jsonl once each, with the reason."""
+    if not bad_lines:
+        return 0
+    target = paths.quarantine / "memories.jsonl"
+    known = {row.get("line") for _n, row, _raw in read_jsonl(target) if row}
+    raw_by_line = {n: raw for n, _row, raw in read_jsonl(paths.memories, end=end)}
+    rows = [{"line": n, "reason": "not a valid memory record (JSON object with id, ts and messages)",
+             "raw": raw_by_line.get(n, ""), "quarantined_at": memories.now_iso()}
+            for n in bad_lines if n not in known]
+    if rows:
+        append_jsonl(target, rows)
+    return len(rows)
+
+
+def _tokenize(tokenizer, rows: list[dict], max_length: int):
+    return [encode_chat(tokenizer, r["messages"], max_length) for r in rows]
+
+
+def prepare(paths: Paths, config: Config, cycle: Cycle | None, say: Callable[[str], None], *, general=()):
+    """Steps 1-3 without side effects beyond the cycle folder: return (scan, selection, plan)."""
+    end = paths.memories.stat().st_size if paths.memories.exists() else 0
+    scan = memories.scan(paths, end=end)
+    say(f"snapshot: {len(scan.records)} turns up to byte {end}"
+        + (f", {len(scan.bad_lines)} unreadable line(s)" if scan.bad_lines else ""))
+    selection = dataset.select(scan.records, trained=adapters.trained_ids(paths),
+                               forgotten=memories.forgotten_ids(paths))
+    plan = dataset.build(selection, config.sleep, general=list(general), seed=config.train.seed)
+    skipped = ", ".join(f"{v} {k}" for k, v in sorted(selection.skipped.items())) or "none"
+    say(f"selected {len(selection.new)} new turn(s), {len(selection.replay_pool)} already learned; skipped: {skipped}")
+    redacted = ", ".join(f"{v} {k}" for k, v in sorted(plan.redactions.items())) or "nothing"
+    say(f"redacted: {redacted}; facts: {len(plan.facts)} new, {len(plan.replayed_facts)} replayed")
+    return scan, selection, plan
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console, transient=False)
+
+
+def run_sleep(paths: Paths, config: Config, *, console=None, now: datetime | None = None,
+              on_event: Callable[[dict], str | None] | None = None) -> dict:
+    """Run one cycle; return its summary (also written to data/runs/<cycle>/summary.json).
+
+    Raise CircadianError for user errors (locked, model missing, bad data).
+    """
+    from rich.console import Console
+
+    console = console or Console()
+    paths.ensure()
+    now = now or datetime.now().astimezone()
+    say_console = lambda m: console.print(f"· {m}", highlight=False, markup=False)  # noqa: E731
+    cycle_id = new_cycle_id(paths, now)
+    with SleepLock(paths.control / "sleep.lock", cycle_id):
+        recover_interrupted(paths, say_console)
+        cycle = Cycle(paths, cycle_id, say_console).create()
+        try:
+            return _run(cycle, paths, config, console, on_event)
+        except BaseException as exc:
+            if isinstance(exc, (CircadianError, Exception)):
+                append_jsonl(paths.run_log, [{"cycle_id": cycle.id, "run_type": RUN_TYPE, "outcome": "failed",
+                                              "error": str(exc)[:500], "logged_at": memories.now_iso()}])
+                cycle.stage("failed")
+            raise
+
+
+def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
+    cycle.stage("snapshot")
+    cycle.say(f"cycle {cycle.id} starts")
+    scan, selection, plan = prepare(paths, config, cycle, cycle.say)
+    quarantined = quarantine_bad_lines(paths, scan.bad_lines, scan.end_offset)
+    if quarantined:
+        cycle.say(f"quarantined {quarantined} unreadable line(s) in data/quarantine/memories.jsonl")
+    if plan.new_material < max(1, config.sleep.min_new_facts):
+        cycle.say("nothing to learn tonight")
+        return _finish(cycle, paths, {"outcome": "nothing to learn", "counts": plan.counts,
+                                      "redactions": dict(plan.redactions)})
+
+    cycle.stage("load")
+    backend = select_backend(config.model.backend)
+    resolved = resolve_model(config.model, paths.models, say=cycle.say)
+    active = adapters.active_adapter(paths)
+    if active and active.manifest.backend != backend.name:
+        raise CircadianError(f"the current adapter {active.version} was trained with {active.manifest.backend}; "
+                             f"this sleep runs {backend.name} (set model.backend, or `circadian rollback base`)")
+    cycle.say(f"loading {resolved.name} on {backend.name} with adapter {active.version if active else 'none (base)'}")
+    model = backend.load(LoadRequest(resolved.name, resolved.path, config.model.device, config.model.dtype,
+                                     config.model.quantize, active.path if active else None,
+                                     active.version if active else None))
+    restore = lambda: model.set_adapter(active.path, active.version) if active else None  # noqa: E731
+    with _progress(console) as progress:
+        task = progress.add_task("general replay", total=min(config.sleep.general_replay, len(replay.prompts())), info="")
+        general = replay.general_rows(model, restore, paths.data / "replay_cache", resolved.path,
+                                      config.sleep.general_replay, on_item=lambda: progress.advance(task))
+    plan = dataset.build(selection, config.sleep, general=general, seed=config.train.seed)
+
+    cycle.stage("dataset")
+    snapshot = cycle.dir / "dataset"
+    snapshot.mkdir()
+    for name, rows in (("train.jsonl", plan.train), ("valid.jsonl", plan.valid), ("probes.jsonl", plan.probes),
+                       ("retention_probes.jsonl", plan.retention_probes), ("facts.jsonl", plan.facts),
+                       ("replayed_facts.jsonl", plan.replayed_facts)):
+        cycle.write(f"dataset/{name}", [{k: v for k, v in r.items() if k != "lineage"} for r in rows])
+    cycle.write("dataset/lineage.jsonl", [{"split": split, "row": i, **row.get("lineage", {})}
+                                          for split, rows in (("train", plan.train), ("valid", plan.valid))
+                                          for i, row in enumerate(rows)])
+    cycle.say(f"dataset: {len(plan.train)} train rows, {len(plan.valid)} valid rows, {len(plan.probes)} recall probes "
+              f"(sha256 {plan.sha256()[:12]})")
+
+    tokenizer = model.tokenizer
+    train_ex = _tokenize(tokenizer, plan.train, config.train.max_length)
+    valid_ex = _tokenize(tokenizer, plan.valid, config.train.max_length)
+    masks = validate(train_ex)
+    validate(valid_ex)
+    lengths = [len(e) for e in train_ex]
+    padding = padding_share(lengths, length_batches(lengths, config.train.batch_size, seed=0))
+    cycle.say(f"masks: {masks.targets} of {masks.tokens} tokens trained ({masks.target_ratio:.0%}); "
+              f"padding with length batches {padding:.1%}")
+
+    capability = evaluate.load_capability()
+    general_ex = evaluate.general_examples(tokenizer)
+    measure_kwargs = dict(valid=valid_ex, probes=plan.probes, retention=plan.retention_probes, capability=capability,
+                          general=general_ex, probe_tokens=config.sleep.probe_max_tokens,
+                          capability_tokens=config.sleep.capability_max_tokens)
+    n_questions = len(plan.probes) + len(plan.retention_probes) + len(capability)
+
+    cycle.stage("eval_before")
+    with _progress(console) as progress:
+        task = progress.add_task("measuring current", total=n_questions, info="")
+        before = evaluate.measure(model, **measure_kwargs, on_item=lambda: progress.advance(task))
+    cycle.say(_figures("current", before))
+
+    cycle.stage("train")
+    result = _train(cycle, model, train_ex, valid_ex, config, console, on_event)
+    cycle.say(f"trained {result.steps} steps ({result.stop_reason}); best step {result.best_step}, "
+              f"{result.tokens_per_second:.0f} tokens/s, peak memory {result.peak_memory_mb:.0f} MB")
+
+    cycle.stage("eval_after")
+    with _progress(console) as progress:
+        task = progress.add_task("measuring candidate", total=n_questions, info="")
+        after = evaluate.measure(model, **measure_kwargs, on_item=lambda: progress.advance(task))
+    cycle.say(_figures("candidate", after))
+
+    cycle.stage("gate")
+    base_ppl = (active.manifest.metrics.get("base_perplexity") if active else None) or \
+        (before["perplexity"] if not active else None)
+    decision = gate.decide(before, after, config.gate, base_ppl)
+    cycle.say(f"gate: {'PROMOTE' if decision.promote else 'REJECT'} ({'; '.join(decision.reasons)})")
+
+    cycle.stage("commit")
+    version = adapters.next_version(paths, datetime.now().astimezone())
+    staging = adapters.staging_dir(paths, cycle.id)
+    if staging.exists():
+        shutil.rmtree(staging)
+    weights = model.save_adapter(staging)
+    manifest = {
+        "version": version, "parent": active.version if active else None,
+        "created_at": memories.now_iso(), "cycle_id": cycle.id, "backend": backend.name,
+        "base_model": {"name": resolved.name, "path": str(resolved.path), "revision": resolved.revision,
+                       "identity": replay.model_identity(resolved.path)},
+        "lora": {k: v for k, v in config.train.model_dump().items()
+                 if k in ("rank", "alpha", "dropout", "dora", "learning_rate", "batch_size", "max_length")},
+        "data": {**plan.counts, "sha256": plan.sha256(), "redactions": dict(plan.redactions),
+                 "sources": sorted({row.get("lineage", {}).get("generator", "?") for row in plan.train}),
+                 "snapshot": str(cycle.dir / "dataset"), "memories_end_offset": scan.end_offset},
+        "metrics": {"before": _brief(before), "after": _brief(after), "base_perplexity": base_ppl},
+        "gate": decision.as_dict(),
+        "timings": cycle.timings, "train": _train_brief(result),
+        "tokens_per_second": round(result.tokens_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb, 1),
+        "circadian_version": __version__, "weights": weights,
+    }
+    adapters.commit(paths, staging, manifest, plan.trained_ids if decision.promote else [])
+    if decision.promote:
+        adapters.set_current(paths, version, reason=f"promoted by cycle {cycle.id}")
+        cycle.say(f"promoted {version}; it answers from the next chat turn")
+    else:
+        cycle.say(f"kept {version} as rejected; {active.version if active else 'the base model'} stays current")
+    for gone in adapters.prune(paths, config.store.keep):
+        cycle.say(f"retention: deleted {gone}")
+
+    return _finish(cycle, paths, {
+        "outcome": "promoted" if decision.promote else "rejected", "version": version,
+        "parent": active.version if active else None, "backend": backend.name, "model": resolved.name,
+        "counts": plan.counts, "redactions": dict(plan.redactions), "dataset_sha256": plan.sha256(),
+        "masks": asdict(masks) | {"target_ratio": masks.target_ratio}, "padding_share": padding,
+        "train": _train_brief(result), "before": before, "after": after, "gate": decision.as_dict(),
+        "facts": plan.facts, "base_perplexity": base_ppl,
+    })
+
+
+def _train(cycle: Cycle, model, train_ex, valid_ex, config: Config, console, on_event):
+    metrics_path = cycle.dir / "metrics.jsonl"
+    with _progress(console) as progress:
+        task = progress.add_task("training", total=None, info="")
+
+        def callback(event: dict) -> str | None:
+            append_jsonl(metrics_path, [{**event, "ts": time.time()}], lock=False)
+            info = [f"loss {event['train_loss']:.3f}" if "train_loss" in event else "",
+                    f"val {event['val_loss']:.3f}" if event.get("val_loss") is not None else "",
+                    f"{event['tokens_per_second']:.0f} tok/s" if "tokens_per_second" in event else "",
+                    f"{event['peak_memory_mb']:.0f} MB" if "peak_memory_mb" in event else ""]
+            progress.update(task, total=event.get("total_steps"), completed=event["iteration"],
+                            info=" · ".join(i for i in info if i))
+            return on_event(event) if on_event else None
+
+        return model.train(train_ex, valid_ex, config.train, callback)
+
+
+def _score(metrics: dict, key: str):
+    value = metrics.get(key)
+    return value.get("score") if isinstance(value, dict) else value
+
+
+def _brief(metrics: dict) -> dict:
+    return {"val_loss": metrics["val_loss"], "recall": _score(metrics, "recall"),
+            "retention": _score(metrics, "retention"), "capability": _score(metrics, "capability"),
+            "perplexity": metrics["perplexity"]}
+
+
+def _train_brief(result) -> dict:
+    return {"steps": result.steps, "best_step": result.best_step, "stop_reason": result.stop_reason,
+            "initial_val_loss": result.initial_val_loss, "best_val_loss": result.best_val_loss,
+            "trained_tokens": result.trained_tokens, "tokens_per_second": result.tokens_per_second,
+            "train_seconds": result.train_seconds, "peak_memory_mb": result.peak_memory_mb}
+
+
+def _figures(label: str, metrics: dict) -> str:
+    brief = _brief(metrics)
+    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    return (f"{label}: recall {fmt(brief['recall'], '.0%')}, retention {fmt(brief['retention'], '.0%')}, "
+            f"capability {fmt(brief['capability'], '.0%')}, perplexity {fmt(brief['perplexity'], '.2f')}, "
+            f"val loss {fmt(brief['val_loss'], '.3f')}")
+
+
+def _finish(cycle: Cycle, paths: Paths, figures: dict) -> dict:
+    cycle.stage("report")
+    summary = {"cycle_id": cycle.id, "run_type": RUN_TYPE, "started": datetime.fromtimestamp(cycle.started).astimezone()
+               .isoformat(timespec="seconds"), "ended": memories.now_iso(),
+               "seconds": round(time.time() - cycle.started, 1), "timings": cycle.timings,
+               "circadian_version": __version__, **figures}
+    atomic_write_json(cycle.dir / "summary.json", summary)
+    from circadian import report
+
+    report.write_reports(cycle.dir)
+    line = {k: summary.get(k) for k in ("cycle_id", "run_type", "started", "ended", "seconds", "outcome", "version",
+                                        "parent", "backend", "model")}
+    if "before" in summary:
+        line["before"] = _brief(summary["before"])
+        line["after"] = _brief(summary["after"])
+        line["train"] = {k: summary["train"][k] for k in ("steps", "best_step", "tokens_per_second", "peak_memory_mb")}
+    line["counts"] = summary.get("counts", {})
+    append_jsonl(paths.run_log, [line])
+    cycle.stage("done")
+    cycle.say(f"cycle {cycle.id}: {summary['outcome']} in {summary['seconds']:.0f} s; "
+              f"report: {cycle.dir / 'report.md'}")
+    return summary
+
+
+def dry_run(paths: Paths, config: Config, console=None) -> dict:
+    """Steps 1-4 with nothing written: what tonight would train."""
+    from rich.console import Console
+
+    console = console or Console()
+    say = lambda m: console.print(f"· {m}", highlight=False, markup=False)  # noqa: E731
+    resolved = resolve_model(config.model, paths.models, say=say)
+    general = replay.cached_rows(paths.data / "replay_cache", resolved.path, config.sleep.general_replay)
+    _scan, _selection, plan = prepare(paths, config, None, say, general=general or [])
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    train_ex = _tokenize(tokenizer, plan.train, config.train.max_length)
+    masks = validate(train_ex) if train_ex else None
+    result = {"dry_run": True, "would_train": plan.new_material >= max(1, config.sleep.min_new_facts),
+              "counts": plan.counts, "redactions": dict(plan.redactions), "facts": plan.facts,
+              "probes": plan.probes, "general_rows_cached": general is not None,
+              "masks": (asdict(masks) | {"target_ratio": masks.target_ratio}) if masks else None,
+              "sample_rows": [r["messages"] for r in plan.train[:5]]}
+    if general is None and config.sleep.general_replay:
+        say(f"{config.sleep.general_replay} general prompts would be answered by the base model first (not cached yet)")
+    return result
