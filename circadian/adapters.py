@@ -48,6 +48,7 @@ class AdapterManifest(BaseModel):
     metrics: dict = {}
     gate: dict = {}
     timings: dict = {}
+    train: dict = {}
     tokens_per_second: float | None = None
     peak_memory_mb: float | None = None
     circadian_version: str = ""

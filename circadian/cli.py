@@ -213,17 +213,20 @@ def sleep(home: HomeOpt = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="show what tonight would train; write nothing")] = False,
           json_out: JsonOpt = False):
     """One nightly cycle now: distill the day into a new adapter, evaluate, promote if better."""
+    from rich.console import Console
+
     from circadian.sleep import dry_run as plan_only, run_sleep
 
     paths, config = _setup(home)
+    console = Console(stderr=json_out)  # with --json, progress goes to stderr and stdout is pure JSON
     if dry_run:
-        result = plan_only(paths, config)
+        result = plan_only(paths, config, console)
         if json_out:
             _print_json(result)
         else:
             _print_plan(result)
         return
-    summary = run_sleep(paths, config)
+    summary = run_sleep(paths, config, console=console)
     if json_out:
         _print_json({k: v for k, v in summary.items() if k not in ("before", "after")} |
                     {"before": _brief(summary.get("before")), "after": _brief(summary.get("after"))})

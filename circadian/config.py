@@ -65,6 +65,7 @@ class TrainSettings(_Section):
     patience: int = Field(3, ge=1, description="evaluations without improvement before early stop")
     min_steps: int = Field(24, ge=0, description="never stop early before this many steps")
     min_delta: float = Field(0.005, ge=0, description="smallest validation improvement that counts")
+    anchor_weight: float = Field(1.0, ge=0, description="weight of the KL-to-base term on general replay rows")
     grad_checkpoint: bool = Field(False, description="gradient checkpointing (less memory, slower)")
     max_length: int = Field(512, ge=16, description="longest training row, in tokens")
     seed: int = Field(0, description="seed for batching and initialisation")
@@ -75,11 +76,11 @@ class SleepSettings(_Section):
 
     min_new_facts: int = Field(1, ge=0, description="fewer new facts (and no new conversations) = nothing to learn tonight")
     replay_facts: int = Field(40, ge=0, description="older facts replayed each night against forgetting")
-    general_replay: int = Field(30, ge=0, description="general prompts answered by the base model (self-distillation replay)")
+    general_replay: int = Field(50, ge=0, description="general prompts answered by the base model (self-distillation replay)")
     probe_wordings: int = Field(1, ge=1, description="question wordings per fact held out for the recall check")
     valid_wordings: int = Field(1, ge=1, description="question wordings per fact held out for validation")
     probe_max_tokens: int = Field(40, ge=4, description="reply length when checking recall")
-    capability_max_tokens: int = Field(24, ge=4, description="reply length for the capability harness")
+    capability_max_tokens: int = Field(32, ge=4, description="reply length for the capability harness")
     redact_region: str = Field("US", description="default region for phone numbers without a country code")
 
 
@@ -88,7 +89,7 @@ class GateSettings(_Section):
 
     min_recall_gain: float = Field(0.0, ge=0, description="recall must rise by more than this, or validation loss fall")
     min_val_improvement: float = Field(0.0, ge=0, description="validation loss must fall by more than this, or recall rise")
-    max_capability_drop: float = Field(0.0, ge=0, le=1, description="largest allowed drop of the capability score")
+    max_capability_drop: float = Field(0.05, ge=0, le=1, description="largest allowed drop of the capability score (0.05: one of the 24 shipped questions)")
     max_ppl_drift: float = Field(0.02, ge=0, description="largest allowed general-perplexity rise vs the current adapter")
     max_total_ppl_drift: float = Field(0.05, ge=0, description="largest allowed general-perplexity rise vs the base model")
 

@@ -2,7 +2,8 @@
 
 A scripted day (a person telling the assistant about their life over several chats, shipped as
 `demo_day.json`) is played through the real model and logged to a demo home, so the user's own
-memories are never touched. Run as: circadian demo
+memories are never touched; then one night (`circadian sleep`) and the morning report with
+recall before and after. Run as: circadian demo
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
+from rich.markdown import Markdown
 
 from circadian.assistant import Assistant, ChatSession
 from circadian.config import load_config
 from circadian.errors import CircadianError
 from circadian.paths import Paths
+from circadian.report import render_markdown
+from circadian.sleep import run_sleep
 
 MARKER = ".circadian-demo"
 DEMO_MAX_TOKENS = 80
@@ -42,6 +46,8 @@ def demo_paths(home: Path | None) -> Paths:
         shutil.rmtree(target)
     paths = Paths(target, "demo", main.models).ensure()
     (target / MARKER).write_text("made by `circadian demo`; deleted and remade at each demo run\n")
+    if not (target / "models").exists():  # so `circadian ... --home <demo>` shares the model cache
+        (target / "models").symlink_to(main.models, target_is_directory=True)
     return paths
 
 
@@ -71,5 +77,13 @@ def run_demo(home: Path | None, console: Console | None = None) -> Paths:
     console.rule("end of the day")
     console.print(f"{turns} turns logged to {paths.memories} in {time.time() - started:.0f} s "
                   f"(the #no-train one is tagged and will never be trained on).", highlight=False)
-    console.print(f"See them: circadian status --home {paths.home}", highlight=False)
+    del assistant, session
+    console.rule("night: circadian sleep")
+    summary = run_sleep(paths, config, console=console)
+    console.rule("morning: circadian report")
+    console.print(Markdown(render_markdown(summary)))
+    console.print(f"\nThe whole demo took {time.time() - started:.0f} s. Its home is {paths.home}:", highlight=False)
+    console.print(f"  circadian chat --home {paths.home}      (ask it about Maya's dog)\n"
+                  f"  circadian report --home {paths.home} --format html > report.html\n"
+                  f"  circadian rollback --home {paths.home}", highlight=False)
     return paths

@@ -17,7 +17,7 @@ from circadian.fsutil import atomic_write_text
 
 GENERATOR = "self-distillation"
 VERSION = "1"
-MAX_TOKENS = 64
+MAX_TOKENS = 48
 
 
 def prompts() -> list[str]:

@@ -16,7 +16,9 @@ adapters/.staging-<cycle>/ and only renamed into place whole, CURRENT is replace
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from datetime import datetime
@@ -34,6 +36,16 @@ from circadian.paths import Paths
 from circadian.tokens import encode_chat, length_batches, padding_share, validate
 
 RUN_TYPE = "nightly"
+HOLD_ENV = "CIRCADIAN_HOLD_AT"
+
+
+def hold(point: str) -> None:
+    """Crash-test hook: with CIRCADIAN_HOLD_AT=<point> the process says so on stderr and waits
+    there, so a test can SIGKILL it at exactly that moment. Points: every stage name, plus
+    commit:staged (weights written) and commit:renamed (version in place, CURRENT not yet)."""
+    if os.environ.get(HOLD_ENV) == point:
+        print(f"holding at {point}", file=sys.stderr, flush=True)
+        time.sleep(300)
 
 
 class Cycle:
@@ -62,6 +74,7 @@ class Cycle:
             self.timings[self._stage[0]] = round(now - self._stage[1], 2)
         self._stage = (name, now)
         atomic_write_json(self.dir / "state.json", {"cycle_id": self.id, "stage": name, "ts": memories.now_iso()})
+        hold(name)
 
     def write(self, name: str, rows: list[dict]) -> None:
         atomic_write_text(self.dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -114,8 +127,14 @@ def quarantine_bad_lines(paths: Paths, bad_lines: list[int], end: int) -> int:
     return len(rows)
 
 
-def _tokenize(tokenizer, rows: list[dict], max_length: int):
-    return [encode_chat(tokenizer, r["messages"], max_length) for r in rows]
+def _tokenize(tokenizer, rows: list[dict], max_length: int, *, anchors: bool = False):
+    """Tokenize rows; with `anchors`, self-distillation replay rows become KL-to-base anchors."""
+    examples = []
+    for row in rows:
+        example = encode_chat(tokenizer, row["messages"], max_length)
+        example.anchor = anchors and row.get("lineage", {}).get("generator") == replay.GENERATOR
+        examples.append(example)
+    return examples
 
 
 def prepare(paths: Paths, config: Config, cycle: Cycle | None, say: Callable[[str], None], *, general=()):
@@ -193,7 +212,7 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
     restore = lambda: model.set_adapter(active.path, active.version) if active else None  # noqa: E731
     with _progress(console) as progress:
         task = progress.add_task("general replay", total=min(config.sleep.general_replay, len(replay.prompts())), info="")
-        general = replay.general_rows(model, restore, paths.data / "replay_cache", resolved.path,
+        general = replay.general_rows(model, restore, paths.models / "replay_cache", resolved.path,
                                       config.sleep.general_replay, on_item=lambda: progress.advance(task))
     plan = dataset.build(selection, config.sleep, general=general, seed=config.train.seed)
 
@@ -211,7 +230,7 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
               f"(sha256 {plan.sha256()[:12]})")
 
     tokenizer = model.tokenizer
-    train_ex = _tokenize(tokenizer, plan.train, config.train.max_length)
+    train_ex = _tokenize(tokenizer, plan.train, config.train.max_length, anchors=config.train.anchor_weight > 0)
     valid_ex = _tokenize(tokenizer, plan.valid, config.train.max_length)
     masks = validate(train_ex)
     validate(valid_ex)
@@ -256,6 +275,7 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
     if staging.exists():
         shutil.rmtree(staging)
     weights = model.save_adapter(staging)
+    hold("commit:staged")
     manifest = {
         "version": version, "parent": active.version if active else None,
         "created_at": memories.now_iso(), "cycle_id": cycle.id, "backend": backend.name,
@@ -273,6 +293,7 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
         "circadian_version": __version__, "weights": weights,
     }
     adapters.commit(paths, staging, manifest, plan.trained_ids if decision.promote else [])
+    hold("commit:renamed")
     if decision.promote:
         adapters.set_current(paths, version, reason=f"promoted by cycle {cycle.id}")
         cycle.say(f"promoted {version}; it answers from the next chat turn")
@@ -366,7 +387,7 @@ def dry_run(paths: Paths, config: Config, console=None) -> dict:
     console = console or Console()
     say = lambda m: console.print(f"· {m}", highlight=False, markup=False)  # noqa: E731
     resolved = resolve_model(config.model, paths.models, say=say)
-    general = replay.cached_rows(paths.data / "replay_cache", resolved.path, config.sleep.general_replay)
+    general = replay.cached_rows(paths.models / "replay_cache", resolved.path, config.sleep.general_replay)
     _scan, _selection, plan = prepare(paths, config, None, say, general=general or [])
     from transformers import AutoTokenizer
 

@@ -21,6 +21,7 @@ class Example:
 
     ids: list[int]
     mask: list[int]
+    anchor: bool = False  # train toward the base model's distribution (KL) instead of these targets
 
     def __len__(self) -> int:
         return len(self.ids)

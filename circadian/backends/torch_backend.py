@@ -247,6 +247,30 @@ class TorchModel:
 
     # ----------------------------------------------------------------------------- training
 
+    def _batch_loss(self, rows: list, anchor_weight: float):
+        """Cross-entropy on the target tokens of ordinary rows, plus anchor_weight x the KL from the
+        base model (adapter disabled) to the adapted model on every position of anchor rows."""
+        import torch
+        import torch.nn.functional as F
+
+        ids, attention, targets = self._pad(rows)
+        logits = self.model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+        anchor = torch.tensor([r.anchor for r in rows], device=ids.device)
+        loss = logits.new_zeros(())
+        plain = ~anchor
+        if plain.any():
+            nll = F.cross_entropy(logits[plain].transpose(1, 2), ids[plain][:, 1:], reduction="none")
+            mask = targets[plain][:, 1:]
+            loss = loss + (nll * mask).sum() / mask.sum().clamp(min=1)
+        if anchor.any() and anchor_weight > 0:
+            with torch.no_grad(), self.model.disable_adapter():
+                teacher = self.model(input_ids=ids[anchor], attention_mask=attention[anchor]).logits[:, :-1].float()
+            kl = F.kl_div(F.log_softmax(logits[anchor], -1), F.log_softmax(teacher, -1), log_target=True,
+                          reduction="none").sum(-1)
+            positions = attention[anchor][:, 1:].float()
+            loss = loss + anchor_weight * (kl * positions).sum() / positions.sum().clamp(min=1)
+        return loss
+
     def _make_trainable(self, settings) -> str:
         """Turn the loaded model into a trainable PEFT model; return how it started."""
         from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -328,16 +352,15 @@ class TorchModel:
         while step < total and stop_reason == "finished":
             for batch in length_batches(lengths, settings.batch_size, seed=settings.seed + epoch):
                 tic = time.perf_counter()
-                ids, attention, targets = self._pad([train[i] for i in batch])
-                nll, mask = self._token_nll(ids, attention, targets)
-                loss = (nll * mask).sum() / mask.sum().clamp(min=1)
+                rows = [train[i] for i in batch]
+                loss = self._batch_loss(rows, settings.anchor_weight)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                tokens = int(attention.sum())
+                tokens = sum(len(r) for r in rows)
                 trained_tokens += tokens
                 train_seconds += time.perf_counter() - tic
                 event = {"iteration": step, "train_loss": float(loss), "learning_rate": scheduler.get_last_lr()[0],

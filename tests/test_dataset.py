@@ -1,0 +1,142 @@
+"""The night's data: fact extraction, redaction, masking of every assistant turn, length
+batching, selection and leak-free splits."""
+
+from __future__ import annotations
+
+import pytest
+
+from circadian import dataset, facts, redact, tokens
+from circadian.config import SleepSettings
+from circadian.errors import CircadianError
+from circadian.memories import MemoryRecord, make_record
+
+
+@pytest.mark.parametrize("text, expected", [
+    pytest.param("My dog is called Biscuit.", [("named", "dog", "Biscuit")], id="called"),
+    pytest.param("Just back from walking Pepper, my beagle.", [("named", "beagle", "Pepper"), ("named", "dog", "Pepper")], id="apposition"),
+    pytest.param("My brother Ahmed is visiting. He lives in Lisbon.", [("named", "brother", "Ahmed"), ("lives", "Ahmed", "Lisbon")], id="possessive_and_coreference"),
+    pytest.param("I'm allergic to peanuts, so no satay.", [("allergy", "", "peanuts")], id="allergy"),
+    pytest.param("I work as a nurse at the Diakonessenhuis hospital.", [("job", "", "nurse"), ("workplace", "", "the Diakonessenhuis hospital")], id="job_at"),
+    pytest.param("Teal is my favourite colour.", [("favourite", "colour", "Teal")], id="favourite_inverted"),
+    pytest.param("My favorite food is pad thai.", [("favourite", "food", "pad thai")], id="favorite_us"),
+    pytest.param("My birthday is on March 3rd.", [("birthday", "", "March 3rd")], id="date"),
+    pytest.param("I grew up in Zwolle and I live in Amsterdam now.", [("home", "", "Amsterdam"), ("origin", "", "Zwolle")], id="places"),
+    pytest.param("I'm tired today.", [], id="no_fact"),
+])
+def test_extract_facts_handles_ordinary_phrasing(text, expected):
+    assert sorted((f.kind, f.subject, f.value) for f in facts.extract_facts(text)) == sorted(expected)
+
+
+def test_extract_facts_skips_redacted_values():
+    assert facts.extract_facts("My favourite number is [redacted-card].") == []
+
+
+def test_wordings_are_disjoint_and_stable():
+    fact = facts.extract_facts("My dog is called Biscuit.")[0]
+    words = facts.wordings(fact)
+    assert len(words.probe) == 1 and len(words.valid) == 1 and len(words.train) >= 4
+    assert not set(words.train) & (set(words.valid) | set(words.probe))
+    assert facts.wordings(fact) == words
+
+
+@pytest.mark.parametrize("text, kind", [
+    pytest.param("key AKIAIOSFODNN7EXAMPLE here", "secret", id="aws"),
+    pytest.param("token ghp_16C7e42F292c6912E7710c838347Ae178B4a ok", "secret", id="github"),
+    pytest.param("use sk-proj-Abc123def456GHI789jkl012MNO345 now", "secret", id="openai"),
+    pytest.param("blob 7f9a8b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a", "secret", id="high_entropy"),
+    pytest.param("write to maya.jansen@example.org", "email", id="email"),
+    pytest.param("call +31 6 12345678 tonight", "phone", id="phone"),
+    pytest.param("pay NL91 ABNA 0417 1643 00 please", "iban", id="iban"),
+    pytest.param("card 4111 1111 1111 1111 exp", "card", id="card"),
+])
+def test_redact_text_replaces_and_counts(text, kind):
+    result = redact.redact_text(text)
+    assert f"[redacted-{kind}]" in result.text and result.counts[kind] == 1
+
+
+def test_redact_text_leaves_ordinary_text_alone():
+    text = "My dog Biscuit was born in 2019 and weighs 12 kg; the meeting is at 10:30."
+    assert redact.redact_text(text).text == text
+
+
+@pytest.fixture(scope="module")
+def tokenizer(embedded_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_model)
+
+
+def test_encode_chat_targets_every_assistant_turn_only(tokenizer):
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
+                {"role": "user", "content": "And again?"}, {"role": "assistant", "content": "Still here."}]
+    example = tokens.encode_chat(tokenizer, messages)
+    targeted = tokenizer.decode([t for t, m in zip(example.ids, example.mask) if m])
+    assert "Hello there." in targeted and "Still here." in targeted
+    assert "Hi" not in targeted and "And again?" not in targeted
+    assert targeted.count("<|im_end|>") == 2  # each turn learns to stop
+
+
+def test_validate_refuses_missing_assistant_span_and_implausible_ratio():
+    with pytest.raises(CircadianError, match="no assistant tokens"):
+        tokens.validate([tokens.Example([1, 2, 3], [0, 0, 0])])
+    with pytest.raises(CircadianError, match="implausible trained-token ratio"):
+        tokens.validate([tokens.Example(list(range(10)), [1] * 10)])
+
+
+def test_length_batches_cover_everything_with_little_padding():
+    lengths = [5, 50, 6, 48, 7, 52, 5, 49, 3]
+    batches = tokens.length_batches(lengths, 4, seed=1)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert len(batches[-1]) <= 4  # smaller than a batch still trains
+    naive = [list(range(i, min(i + 4, len(lengths)))) for i in range(0, len(lengths), 4)]
+    assert tokens.padding_share(lengths, batches) < tokens.padding_share(lengths, naive) / 2
+
+
+def _record(text, **kw):
+    return MemoryRecord.model_validate(make_record(
+        [{"role": "user", "content": text}, {"role": "assistant", "content": "Noted."}],
+        session="s", model="m", adapter=None, source=kw.pop("source", "chat"), **kw))
+
+
+def test_select_and_build_leave_out_no_train_forgotten_and_trained():
+    fresh = _record("My dog is called Biscuit.")
+    secret = _record("My cat is called Whiskers. #no-train")
+    gone = _record("My sister Lena lives in Oslo.")
+    old = _record("I grew up in Zwolle.")
+    selection = dataset.select([fresh, secret, gone, old], trained={old.id}, forgotten={gone.id})
+    assert [r.id for r in selection.new] == [fresh.id] and [r.id for r in selection.replay_pool] == [old.id]
+    assert selection.skipped == {"no-train": 1, "forgotten": 1}
+    plan = dataset.build(selection, SleepSettings())
+    text = str(plan.train + plan.valid + plan.probes)
+    assert "Biscuit" in text and "Zwolle" in text and "Whiskers" not in text and "Lena" not in text
+    assert plan.trained_ids == [fresh.id]
+    assert [p["fact"] for p in plan.retention_probes] == ["origin::zwolle"]
+
+
+def test_build_redacts_before_training_and_splits_without_leaks():
+    records = [_record("My email is maya@example.org and my dog is called Biscuit."),
+               _record("I work as a nurse at Diakonessenhuis.")]
+    plan = dataset.build(dataset.select(records, trained=set(), forgotten=set()), SleepSettings())
+    assert plan.redactions["email"] == 1
+    assert "maya@example.org" not in str(plan.train + plan.valid)
+    dataset.check_no_leak(plan)
+    train_q = {r["messages"][0]["content"] for r in plan.train}
+    assert not train_q & {p["question"] for p in plan.probes}
+    assert all(r["lineage"]["generator"] == facts.GENERATOR and r["lineage"]["version"] == facts.VERSION
+               for r in plan.train)
+
+
+def test_build_imported_conversations_split_by_conversation():
+    records = [_record(f"conversation {i}", source="import:x.jsonl") for i in range(12)]
+    plan = dataset.build(dataset.select(records, trained=set(), forgotten=set()), SleepSettings())
+    train_ids = {r["lineage"]["source_id"] for r in plan.train}
+    valid_ids = {r["lineage"]["source_id"] for r in plan.valid}
+    assert train_ids and valid_ids and not train_ids & valid_ids
+    assert len(train_ids | valid_ids) == 12
+
+
+def test_build_newer_fact_replaces_older_one():
+    old = _record("I live in Utrecht.")
+    new = _record("I live in Rotterdam.")
+    plan = dataset.build(dataset.select([old, new], trained={old.id}, forgotten=set()), SleepSettings())
+    assert [f["value"] for f in plan.facts] == ["Rotterdam"] and plan.replayed_facts == []

@@ -1,0 +1,150 @@
+"""The nightly cycle end to end on the tiny model through the real command: promotion, the
+report, nothing-to-learn, rollback, dry run, the lock, and SIGKILL at several stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from circadian import adapters, memories
+from circadian.paths import Paths
+from conftest import CLI, ROOT, assert_one_line_error, run_cli
+
+FAST = """
+[model]
+name = "{model}"
+[sleep]
+general_replay = 3
+probe_max_tokens = 6
+capability_max_tokens = 4
+[train]
+max_steps = 4
+eval_every = 2
+min_steps = 0
+learning_rate = 0.005
+[gate]
+max_capability_drop = 1.0
+max_ppl_drift = 100.0
+max_total_ppl_drift = 100.0
+"""
+
+
+@pytest.fixture
+def night(paths, tiny_model):
+    """A home configured for fast nights on the tiny model."""
+    paths.config.write_text(FAST.format(model=tiny_model))
+    return paths
+
+
+def say(paths: Paths, *lines: str) -> None:
+    memories.append(paths, [memories.make_record(
+        [{"role": "user", "content": line}, {"role": "assistant", "content": "Noted."}],
+        session="s", model="tiny", adapter=None, source="chat") for line in lines])
+
+
+def sleep_json(*extra, env=None):
+    result = run_cli("sleep", "--json", *extra, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def test_sleep_promotes_reports_and_follows_rollback(night):
+    say(night, "My dog is called Biscuit.", "I'm allergic to shellfish. #no-train",
+        "My email is maya@example.org and I grew up in Zwolle.")
+    first = sleep_json()
+    assert first["outcome"] == "promoted", first
+    v1 = first["version"]
+    assert adapters.current_version(night) == v1
+    assert first["counts"]["facts_new"] == 2 and first["counts"]["skipped_no-train"] == 1
+    assert first["redactions"] == {"email": 1}
+    manifest = adapters.read_manifest(night.adapters / v1)
+    assert manifest.gate["decision"] == "promoted" and manifest.parent is None
+    assert manifest.weights and manifest.data["sha256"] and manifest.peak_memory_mb > 0
+    assert manifest.metrics["before"]["recall"] is not None and manifest.train["best_step"] >= 0
+    cycle = night.runs / first["cycle_id"]
+    for name in ("report.md", "report.html", "metrics.jsonl", "dataset/train.jsonl", "dataset/lineage.jsonl"):
+        assert (cycle / name).exists(), name
+    train_text = (cycle / "dataset/train.jsonl").read_text()
+    assert "Biscuit" in train_text and "shellfish" not in train_text and "maya@example.org" not in train_text
+    html = (cycle / "report.html").read_text()
+    assert "<svg" in html and "Before and after" in html and "http" not in html.split("<svg")[0].lower().replace("http://www.w3.org", "")
+    shown = run_cli("report")
+    assert shown.returncode == 0 and "Promoted" in shown.stdout
+
+    assert sleep_json()["outcome"] == "nothing to learn"
+    say(night, "My sister Lena lives in Trondheim.")
+    second = sleep_json()
+    if second["outcome"] == "promoted":
+        assert adapters.read_manifest(night.adapters / second["version"]).parent == v1
+        assert run_cli("rollback").returncode == 0
+    assert adapters.current_version(night) == v1
+    assert run_cli("rollback", "base").returncode == 0
+    third = sleep_json()  # after a rollback to base, every turn is new again
+    assert third["counts"]["turns_new"] == 3  # four said, one of them #no-train
+    log = [json.loads(line) for line in night.run_log.read_text().splitlines()]
+    assert [row["cycle_id"] for row in log] == [first["cycle_id"], log[1]["cycle_id"], second["cycle_id"], third["cycle_id"]]
+    assert all(row["run_type"] == "nightly" for row in log)
+
+
+def test_sleep_dry_run_touches_nothing(night):
+    say(night, "My dog is called Biscuit.")
+    before = sorted((p, p.stat().st_mtime_ns) for p in night.home.rglob("*"))
+    result = run_cli("sleep", "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["would_train"] and plan["facts"][0]["value"] == "Biscuit" and plan["masks"]["targets"] > 0
+    assert sorted((p, p.stat().st_mtime_ns) for p in night.home.rglob("*")) == before
+
+
+def test_sleep_with_nothing_to_learn_is_not_an_error(night):
+    result = sleep_json()
+    assert result["outcome"] == "nothing to learn"
+    assert not any(night.adapters.iterdir()) or adapters.current_version(night) is None
+
+
+def _start_held(point: str) -> subprocess.Popen:
+    proc = subprocess.Popen([*CLI, "sleep"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CIRCADIAN_HOLD_AT": point})
+    deadline = time.time() + 300
+    for line in proc.stderr:
+        if f"holding at {point}" in line:
+            return proc
+        assert time.time() < deadline
+    raise AssertionError(f"sleep ended before reaching {point}: rc={proc.wait()}")
+
+
+def test_second_sleep_is_refused_while_one_runs(night):
+    say(night, "My dog is called Biscuit.")
+    proc = _start_held("train")
+    try:
+        result = run_cli("sleep")
+        assert_one_line_error(result)
+        assert "another sleep is running" in result.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("point", ["train", "commit:staged", "commit:renamed"])
+def test_sigkill_at_any_stage_keeps_current_and_data(night, point):
+    say(night, "My dog is called Biscuit.")
+    v1 = sleep_json()["version"]
+    say(night, "I grew up in Zwolle.")
+    memories_before = night.memories.read_bytes()
+    proc = _start_held(point)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert adapters.current_version(night) == v1
+    assert night.memories.read_bytes() == memories_before
+    assert adapters.active_adapter(night).version == v1  # weights still verify
+    after = sleep_json()
+    assert after["outcome"] in ("promoted", "rejected")
+    log = [json.loads(line) for line in night.run_log.read_text().splitlines()]
+    interrupted = [row for row in log if row["outcome"] == "interrupted"]
+    assert len(interrupted) == 1 and interrupted[0]["stage"] == point.split(":")[0]
+    assert not list(night.adapters.glob(".staging-*"))

@@ -1,0 +1,120 @@
+"""The adapter store and the gate: versions, CURRENT, rollback, pins, retention, lineage of
+trained ids, the sleep lock, and the gate's decisions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+
+from circadian import adapters, gate
+from circadian.config import GateSettings
+from circadian.errors import CircadianError
+from circadian.fsutil import sha256_file
+from circadian.lock import SleepLock, holder
+from conftest import assert_one_line_error, run_cli
+
+
+def _version(paths, n, parent=None, ids=()):
+    name = adapters.version_name(n, datetime(2026, 11, 22, 3, 15, n))
+    staging = adapters.staging_dir(paths, f"c{n}")
+    staging.mkdir(parents=True)
+    (staging / "adapter_model.safetensors").write_bytes(os.urandom(64))
+    adapters.commit(paths, staging, {"version": name, "parent": parent, "backend": "torch",
+                                     "gate": {"decision": "promoted"},
+                                     "weights": {"adapter_model.safetensors": sha256_file(staging / "adapter_model.safetensors")}},
+                    list(ids))
+    return name
+
+
+def test_commit_writes_manifest_last_and_renames_whole(paths):
+    name = _version(paths, 1)
+    assert (paths.adapters / name / "manifest.json").exists()
+    assert not list(paths.adapters.glob(".staging-*"))
+    assert adapters.next_version(paths, datetime(2026, 11, 23)).startswith("v0002-20261123")
+
+
+def test_rollback_walks_parents_and_trained_ids_follow(paths):
+    v1 = _version(paths, 1, ids=["a"])
+    v2 = _version(paths, 2, parent=v1, ids=["b"])
+    adapters.set_current(paths, v2, reason="test")
+    assert adapters.trained_ids(paths) == {"a", "b"}
+    assert adapters.rollback(paths) == (v2, v1)
+    assert adapters.current_version(paths) == v1 and adapters.trained_ids(paths) == {"a"}
+    assert adapters.rollback(paths, "base") == (v1, None)
+    assert not paths.current.exists() and adapters.trained_ids(paths) == set()
+    with pytest.raises(CircadianError, match="already current"):
+        adapters.rollback(paths, "base")
+    assert [h["to"] for h in adapters.history(paths)] == [v2, v1, None]
+
+
+def test_prune_keeps_current_parent_and_pinned(paths):
+    names = []
+    for n in range(1, 8):
+        names.append(_version(paths, n, parent=names[-1] if names else None))
+    adapters.set_current(paths, names[-1], reason="test")
+    adapters.set_pinned(paths, names[0], True)
+    deleted = adapters.prune(paths, keep=2)
+    left = [m.version for m in adapters.list_versions(paths)]
+    assert names[0] in left and names[-1] in left and names[-2] in left
+    assert deleted == names[1:3]  # keep=2 besides current, its parent and the pinned one
+
+
+def test_cli_adapters_and_rollback(paths):
+    v1 = _version(paths, 1)
+    v2 = _version(paths, 2, parent=v1)
+    adapters.set_current(paths, v2, reason="test")
+    listed = json.loads(run_cli("adapters", "list", "--json").stdout)
+    assert listed["current"] == v2 and [v["version"] for v in listed["versions"]] == [v1, v2]
+    assert run_cli("adapters", "pin", v1).returncode == 0
+    assert json.loads(run_cli("adapters", "show", v1).stdout)["version"] == v1
+    result = run_cli("rollback")
+    assert result.returncode == 0 and f"current: {v1}" in result.stdout
+    assert_one_line_error(run_cli("rollback", "v9999-20260101-000000"))
+    assert_one_line_error(run_cli("adapters", "show", "nope"))
+
+
+def test_sleep_lock_refuses_second_and_recovers_from_dead_holder(paths, tmp_path):
+    lock_path = paths.control / "sleep.lock"
+    with SleepLock(lock_path, "c1"):
+        assert holder(lock_path)["cycle_id"] == "c1"
+        with pytest.raises(CircadianError, match="another sleep is running"):
+            with SleepLock(lock_path, "c2"):
+                pass
+    # a holder killed with SIGKILL: its lock file stays behind, but the kernel released the lock
+    code = ("import sys, os, signal; sys.path.insert(0, %r); from circadian.lock import SleepLock; "
+            "from pathlib import Path; l = SleepLock(Path(%r), 'dead').__enter__(); os.kill(os.getpid(), signal.SIGKILL)"
+            % (str(tmp_path), str(lock_path)))
+    subprocess.run([sys.executable, "-c", code])
+    assert "dead" in lock_path.read_text()
+    assert holder(lock_path) is None
+    with SleepLock(lock_path, "c3"):
+        assert holder(lock_path)["cycle_id"] == "c3"
+
+
+BEFORE = {"recall": {"score": 0.1}, "val_loss": 1.8, "capability": {"score": 1.0}, "perplexity": 16.0}
+
+
+@pytest.mark.parametrize("after, promote, reason", [
+    pytest.param({"recall": {"score": 0.9}, "val_loss": 0.6, "capability": {"score": 1.0}, "perplexity": 16.1}, True,
+                 "recall rose", id="learned_and_safe"),
+    pytest.param({"recall": {"score": 0.1}, "val_loss": 1.9, "capability": {"score": 1.0}, "perplexity": 16.0}, False,
+                 "nothing measurably learned", id="nothing_learned"),
+    pytest.param({"recall": {"score": 0.9}, "val_loss": 0.6, "capability": {"score": 0.75}, "perplexity": 16.0}, False,
+                 "capability dropped", id="capability_drop"),
+    pytest.param({"recall": {"score": 0.9}, "val_loss": 0.6, "capability": {"score": 1.0}, "perplexity": 20.0}, False,
+                 "perplexity rose", id="drift"),
+])
+def test_gate_decide(after, promote, reason):
+    decision = gate.decide(BEFORE, after, GateSettings())
+    assert decision.promote is promote
+    assert any(reason in r for r in decision.reasons)
+
+
+def test_gate_total_drift_against_base():
+    after = {"recall": {"score": 0.9}, "val_loss": 0.6, "capability": {"score": 1.0}, "perplexity": 16.2}
+    assert not gate.decide(BEFORE, after, GateSettings(), base_perplexity=15.0).promote
