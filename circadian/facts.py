@@ -129,6 +129,8 @@ def _clean(value: str) -> str:
 def _answer_keys(value: str) -> tuple[str, ...]:
     """Given a fact's value, return the strings whose presence in a reply counts as recall."""
     bare = _ARTICLE.sub("", value).strip()
+    if re.search(r"\d", bare):  # dates, numbers: the whole value, ordinal suffixes dropped
+        return (re.sub(r"(\d)(?:st|nd|rd|th)\b", r"\1", bare),)
     proper = re.findall(r"\b[A-Z][\w'\-]+(?:\s+[A-Z][\w'\-]+)*", bare)
     proper = [p for p in proper if p not in _NOT_NAMES]
     return tuple(dict.fromkeys(proper or [bare]))

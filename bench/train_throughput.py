@@ -1,0 +1,108 @@
+"""Training throughput: circadian's torch training step against a plain transformers + PEFT loop,
+same model, data, LoRA settings, batch size and number of steps, one process.
+
+Run as: .venv/bin/python bench/train_throughput.py [--steps 24] [--batch 8]
+
+The data is a night's worth of rows of mixed length: fact question/answer rows built from
+bench/recall/day.json and general rows with longer answers. The plain loop is what a user would
+write (the PEFT docs' recipe): shuffled batches padded to the longest row, labels -100 outside
+assistant turns, `model(**batch, labels=...)`. Tokens/s counts real (non-padding) tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from circadian import facts  # noqa: E402
+from circadian.backends import LoadRequest, get_backend  # noqa: E402
+from circadian.config import TrainSettings  # noqa: E402
+from circadian.paths import Paths  # noqa: E402
+from circadian.tokens import encode_chat, length_batches, padding_share  # noqa: E402
+
+
+def rows() -> list[dict]:
+    day = json.loads((ROOT / "bench/recall/day.json").read_text())
+    found = [f for s in day["sessions"] for m in s for f in facts.extract_facts(m)]
+    out = [facts.qa_row(q, f) for f in found for q in facts.wordings(f).train]
+    rng = random.Random(0)
+    words = (ROOT / "eval/general.txt").read_text().split()
+    for i in range(40):  # general rows with long answers, as self-distillation replay has
+        start = rng.randrange(0, len(words) - 120)
+        out.append({"messages": [{"role": "user", "content": f"Tell me something interesting ({i})."},
+                                 {"role": "assistant", "content": " ".join(words[start:start + rng.randrange(20, 110)])}]})
+    return out
+
+
+def plain_peft(model_dir: Path, examples, steps: int, batch: int) -> tuple[float, int]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    order = list(range(len(examples)))
+    rng = random.Random(0)
+    done, tokens, seconds = 0, 0, 0.0
+    while done < steps:
+        rng.shuffle(order)
+        for i in range(0, len(order), batch):
+            chunk = [examples[j] for j in order[i:i + batch]]
+            width = max(len(e) for e in chunk)
+            ids = torch.full((len(chunk), width), 2)
+            attention = torch.zeros_like(ids)
+            labels = torch.full_like(ids, -100)
+            for r, e in enumerate(chunk):
+                ids[r, :len(e)] = torch.tensor(e.ids)
+                attention[r, :len(e)] = 1
+                labels[r, :len(e)] = torch.tensor([t if m else -100 for t, m in zip(e.ids, e.mask)])
+            tic = time.perf_counter()
+            loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            seconds += time.perf_counter() - tic
+            tokens += int(attention.sum())
+            done += 1
+            if done == steps:
+                break
+    return tokens / seconds, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    from circadian import embedded
+
+    model_dir = embedded.build(Paths.resolve(None).models)
+    ours = get_backend("torch").load(LoadRequest("embedded", model_dir))
+    examples = [encode_chat(ours.tokenizer, r["messages"]) for r in rows()]
+    lengths = [len(e) for e in examples]
+    naive = [list(range(i, min(i + args.batch, len(lengths)))) for i in range(0, len(lengths), args.batch)]
+    random.Random(0).shuffle(examples)
+    print(f"{len(examples)} rows, {sum(lengths)} tokens, lengths {min(lengths)}-{max(lengths)}; "
+          f"padding: length batches {padding_share(lengths, length_batches(lengths, args.batch, seed=0)):.1%}, "
+          f"arrival order {padding_share(lengths, naive):.1%}")
+    plain_tps, plain_tokens = plain_peft(model_dir, examples, args.steps, args.batch)
+    settings = TrainSettings(batch_size=args.batch, max_steps=args.steps, max_epochs=100, anchor_weight=0.0)
+    result = ours.train(examples, [], settings, lambda e: None)
+    print(f"plain transformers+PEFT loop: {plain_tps:7.1f} tokens/s ({plain_tokens} tokens, {args.steps} steps)")
+    print(f"circadian torch trainer:      {result.tokens_per_second:7.1f} tokens/s ({result.trained_tokens} tokens, "
+          f"{result.steps} steps)")
+    print(f"ratio: {result.tokens_per_second / plain_tps:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
