@@ -197,6 +197,8 @@ def clean_staging(paths: Paths) -> list[str]:
 def commit(paths: Paths, staging: Path, manifest: dict, ids: list[str]) -> Path:
     """Given a staged folder holding weights, write trained ids and the manifest (last), then
     rename it to its version name. Return the version's folder."""
+    for file in staging.iterdir():  # weights encode the conversations: private like them
+        os.chmod(file, 0o600)
     atomic_write_json(staging / TRAINED_IDS, sorted(ids))
     manifest = {"schema_version": SCHEMA_VERSION, **manifest}
     AdapterManifest.model_validate(manifest)

@@ -148,3 +148,24 @@ def test_sigkill_at_any_stage_keeps_current_and_data(night, point):
     interrupted = [row for row in log if row["outcome"] == "interrupted"]
     assert len(interrupted) == 1 and interrupted[0]["stage"] == point.split(":")[0]
     assert not list(night.adapters.glob(".staging-*"))
+
+
+def test_mlx_backend_sleeps_continues_its_adapter_and_chat_uses_it(night):
+    env = {"CIRCADIAN_MODEL__BACKEND": "mlx"}
+    say(night, "My dog is called Biscuit.")
+    first = sleep_json(env=env)
+    say(night, "I grew up in Zwolle.")
+    second = sleep_json(env=env)
+    assert first["outcome"] == "promoted" and first["backend"] == "mlx"
+    if second["outcome"] == "promoted":
+        assert second["parent"] == first["version"]
+    current = adapters.active_adapter(night)
+    assert current.manifest.backend == "mlx"
+    from safetensors import safe_open
+
+    with safe_open(str(current.path / "adapters.safetensors"), "np") as weights:
+        assert all(name.rsplit(".", 1)[-1] in ("lora_a", "lora_b") for name in weights.keys())
+    answered = run_cli("ask", "hello", "--json", "--max-tokens", "4", env=env)
+    assert answered.returncode == 0, answered.stderr
+    assert json.loads(answered.stdout)["adapter"] == current.version
+    assert oct((current.path / "adapters.safetensors").stat().st_mode & 0o777) == "0o600"

@@ -5,12 +5,36 @@ tiny models.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 from pathlib import Path
 from typing import Iterator
 
 from circadian.backends import Chunk, GenerationSettings, LoadRequest
 from circadian.errors import CircadianError
+
+
+ADAPTER_LEAVES = ("lora_a", "lora_b", "m")  # what mlx-lm's load_adapters accepts for LoRA/DoRA
+
+
+@contextlib.contextmanager
+def _quiet_tuner_ui():
+    """Silence mlx-lm's own training console (it prints to stdout; circadian reports through its
+    callback). Its TrainUI is quiet for distributed ranks other than 0, so swap in that variant."""
+    import mlx_lm.tuner.trainer as trainer
+
+    original = trainer.TrainUI
+
+    class QuietUI(original):
+        def __init__(self, total_iters: int, rank: int = 0):
+            super().__init__(total_iters, rank=1)
+
+    trainer.TrainUI = QuietUI
+    try:
+        yield
+    finally:
+        trainer.TrainUI = original
 
 
 class MLXBackend:
@@ -52,25 +76,219 @@ class MLXModel:
         from mlx_lm import load
 
         try:
-            self.model, self.tokenizer = load(str(self.request.model_path),
-                                              adapter_path=str(adapter_path) if adapter_path else None)
+            self.model, self._wrapper = load(str(self.request.model_path),
+                                             adapter_path=str(adapter_path) if adapter_path else None)
+            self.tokenizer = self._wrapper._tokenizer  # the Hugging Face tokenizer (protocol attribute)
         except (OSError, ValueError, KeyError, FileNotFoundError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             what = f"adapter {adapter_version}" if adapter_path else self.model_name
             raise CircadianError(f"the mlx backend cannot load {what}: {first[:200]}") from None
         self.adapter_version = adapter_version if adapter_path else None
+        self.request_adapter = adapter_path
+        self.lora_config = json.loads((adapter_path / "adapter_config.json").read_text()) if adapter_path else None
 
     def stream(self, messages: list[dict], settings: GenerationSettings,
                cancel: threading.Event | None = None) -> Iterator[Chunk]:
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        prompt = self._wrapper.apply_chat_template(messages, add_generation_prompt=True)
         sampler = make_sampler(temp=settings.temperature, top_p=settings.top_p if settings.temperature > 0 else 0.0)
-        for response in stream_generate(self.model, self.tokenizer, prompt,
+        for response in stream_generate(self.model, self._wrapper, prompt,
                                         max_tokens=settings.max_tokens, sampler=sampler):
             if cancel is not None and cancel.is_set():
                 break
             if response.finish_reason == "stop" and not response.text:
                 break
             yield Chunk(response.text, 1)
+
+    # ----------------------------------------------------------------------------- scoring
+
+    def _arrays(self, rows: list):
+        """Given tokens.Example rows, return (ids, target mask) as right-padded mx arrays."""
+        import mlx.core as mx
+        import numpy as np
+
+        width = max(len(r) for r in rows)
+        ids = np.zeros((len(rows), width), np.int32)
+        mask = np.zeros((len(rows), width), np.float32)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = row.ids
+            mask[i, :len(row)] = row.mask
+        return mx.array(ids), mx.array(mask)
+
+    @staticmethod
+    def _nll(model, ids, mask):
+        """Per-position NLL of ids[:, 1:] and the matching target mask (causal: padding on the right
+        cannot change earlier positions, so no attention mask is needed)."""
+        import mlx.nn as nn
+
+        logits = model(ids[:, :-1])
+        return nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none"), mask[:, 1:]
+
+    def score(self, examples: list, batch_size: int = 8) -> list[tuple[float, int]]:
+        from circadian.tokens import length_batches
+
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+        for batch in length_batches([len(e) for e in examples], batch_size, seed=0, shuffle=False):
+            nll, mask = self._nll(self.model, *self._arrays([examples[i] for i in batch]))
+            sums, counts = (nll * mask).sum(axis=1).tolist(), mask.sum(axis=1).tolist()
+            for i, total, count in zip(batch, sums, counts):
+                out[i] = (float(total), int(count))
+        return out
+
+    # ----------------------------------------------------------------------------- training
+
+    def _make_trainable(self, settings) -> str:
+        """Give the model LoRA layers: the loaded adapter's (continuing it) or new ones."""
+        from mlx_lm.tuner.utils import linear_to_lora_layers
+
+        if self.adapter_version is not None:
+            # mlx-lm's load_adapters added the LoRA layers but froze nothing: train only their leaves
+            self.model.freeze()
+            self.model.apply_to_modules(
+                lambda _name, module: module.unfreeze(keys=list(ADAPTER_LEAVES), strict=False)
+                if hasattr(module, "lora_a") else None)
+            return f"continued from adapter {self.adapter_version}"
+        self.model.freeze()
+        layers = len(self.model.layers)
+        params = {"rank": settings.rank, "scale": settings.alpha / settings.rank, "dropout": settings.dropout}
+        linear_to_lora_layers(self.model, layers, params, use_dora=settings.dora)
+        self.lora_config = {"fine_tune_type": "dora" if settings.dora else "lora", "num_layers": layers,
+                            "lora_parameters": params}
+        return "new adapter on the base model"
+
+    def train(self, train: list, valid: list, settings, callback):
+        """Train through mlx-lm's tuner (`tuner.trainer.train`) with circadian's batches (length
+        buckets), loss (every assistant turn) and a callback that keeps the best checkpoint and stops
+        early. Anchor rows are trained on their targets here (no KL-to-base term on this backend)."""
+        import math
+        import time
+
+        import mlx.core as mx
+        import mlx.optimizers as optim
+        from mlx.utils import tree_flatten, tree_unflatten
+        from mlx_lm.tuner.callbacks import TrainingCallback
+        from mlx_lm.tuner.trainer import TrainingArgs
+        from mlx_lm.tuner.trainer import train as tuner_train
+
+        from circadian.backends import TrainResult
+        from circadian.tokens import length_batches
+
+        mx.random.seed(settings.seed)
+        started = self._make_trainable(settings)
+        per_epoch = math.ceil(len(train) / settings.batch_size)
+        total = max(1, min(settings.max_steps, math.ceil(settings.max_epochs * per_epoch)))
+        warmup = min(settings.warmup_steps, max(0, total - 1))
+        cosine = optim.cosine_decay(settings.learning_rate, max(1, total - warmup), settings.learning_rate * 0.1)
+        schedule = optim.join_schedules([optim.linear_schedule(settings.learning_rate / max(1, warmup),
+                                                               settings.learning_rate, warmup), cosine], [warmup]) \
+            if warmup else cosine
+        optimizer = optim.AdamW(learning_rate=schedule, weight_decay=settings.weight_decay)
+        counted = {"tokens": 0}
+
+        def batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
+            epoch = 0
+            while True:
+                for batch in length_batches([len(e) for e in dataset], batch_size, seed=settings.seed + epoch,
+                                            shuffle=loop):
+                    rows = [dataset[i] for i in batch]
+                    if loop:
+                        counted["tokens"] += sum(len(r) for r in rows)
+                    yield self._arrays(rows)
+                if not loop:
+                    return
+                epoch += 1
+
+        def loss(model, ids, mask):
+            nll, targets = self._nll(model, ids, mask)
+            ntoks = targets.sum()
+            return (nll * targets).sum() / mx.maximum(ntoks, 1), ntoks
+
+        snapshot = lambda: {k: mx.array(v) for k, v in tree_flatten(self.model.trainable_parameters())}  # noqa: E731
+        state = {"best": None, "best_step": 0, "best_state": snapshot(), "bad": 0, "initial": None,
+                 "reason": "reached the step budget", "t0": time.perf_counter(), "val_time": 0.0}
+        curve: list[dict] = []
+
+        class _Stop(Exception):
+            pass
+
+        model = self
+
+        class Callback(TrainingCallback):
+            def on_train_loss_report(self, info):
+                seconds = time.perf_counter() - state["t0"] - state["val_time"]
+                event = {"iteration": info["iteration"], "train_loss": info["train_loss"],
+                         "learning_rate": info["learning_rate"], "tokens_per_second": counted["tokens"] / seconds,
+                         "trained_tokens": counted["tokens"], "peak_memory_mb": model._peak_memory_mb(),
+                         "total_steps": total}
+                curve.append(event)
+                if callback(event) == "stop":
+                    state["reason"] = "stopped"
+                    raise _Stop
+
+            def on_val_loss_report(self, info):
+                state["val_time"] += info["val_time"]
+                step, val = info["iteration"], info["val_loss"]
+                if state["initial"] is None:
+                    state["initial"] = state["best"] = val
+                    event = {"iteration": 0, "val_loss": val, "best_val_loss": val, "total_steps": total,
+                             "note": started}
+                else:
+                    if val < state["best"] - settings.min_delta:
+                        state.update(best=val, best_step=step, best_state=snapshot(), bad=0)
+                    else:
+                        state["bad"] += 1
+                    event = {"iteration": step, "val_loss": val, "best_val_loss": state["best"], "total_steps": total}
+                curve.append(event)
+                if callback(event) == "stop":
+                    state["reason"] = "stopped"
+                    raise _Stop
+                if state["bad"] >= settings.patience and step >= settings.min_steps:
+                    state["reason"] = "early stop: validation loss stopped improving"
+                    raise _Stop
+
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            args = TrainingArgs(batch_size=settings.batch_size, iters=total, val_batches=-1, steps_per_report=1,
+                                steps_per_eval=settings.eval_every, steps_per_save=10**9,
+                                max_seq_length=settings.max_length, adapter_file=str(Path(scratch) / "a.safetensors"),
+                                grad_checkpoint=settings.grad_checkpoint)
+            try:
+                with _quiet_tuner_ui():
+                    tuner_train(self.model, optimizer, train, valid or None, args=args, loss=loss,
+                                iterate_batches=batches, training_callback=Callback())
+            except _Stop:
+                pass
+        steps = max((e["iteration"] for e in curve), default=0)
+        if not valid:
+            state.update(best_step=steps, best_state=snapshot())
+        self.model.update(tree_unflatten(list(state["best_state"].items())))
+        self.model.eval()
+        self.adapter_version = "candidate"
+        seconds = time.perf_counter() - state["t0"] - state["val_time"]
+        return TrainResult(steps=steps, best_step=state["best_step"], initial_val_loss=state["initial"],
+                           best_val_loss=state["best"], stop_reason=state["reason"],
+                           trained_tokens=counted["tokens"], tokens_per_second=counted["tokens"] / max(seconds, 1e-9),
+                           train_seconds=seconds, peak_memory_mb=self._peak_memory_mb(), curve=curve)
+
+    def _peak_memory_mb(self) -> float:
+        import mlx.core as mx
+
+        return mx.get_peak_memory() / 2**20
+
+    def save_adapter(self, folder: Path) -> dict[str, str]:
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+
+        from circadian.fsutil import atomic_write_json, sha256_file
+
+        if not getattr(self, "lora_config", None):
+            raise CircadianError("no adapter to save: the model has not been trained")
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = {name: value for name, value in tree_flatten(self.model.trainable_parameters())
+                   if name.rsplit(".", 1)[-1] in ADAPTER_LEAVES}
+        mx.save_safetensors(str(folder / "adapters.safetensors"), weights)
+        atomic_write_json(folder / "adapter_config.json", self.lora_config, mode=0o644)
+        return {name: sha256_file(folder / name) for name in ("adapters.safetensors", "adapter_config.json")}
