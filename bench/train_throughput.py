@@ -1,7 +1,12 @@
-"""Training throughput: circadian's torch training step against a plain transformers + PEFT loop,
-same model, data, LoRA settings, batch size and number of steps, one process.
+"""Training throughput: circadian's training step against what a user would run instead, same
+model, data, LoRA settings, batch size and number of steps, one process.
 
-Run as: .venv/bin/python bench/train_throughput.py [--steps 24] [--batch 8]
+Run as: .venv/bin/python bench/train_throughput.py [--backend torch|mlx] [--steps 24] [--batch 8]
+
+torch: the embedded model; circadian's torch trainer vs a plain transformers + PEFT loop.
+mlx:   a small random Llama (4 layers, the embedded tokenizer; MLX on a Linux CPU is too slow for
+       the embedded model); circadian's MLX trainer vs mlx-lm's own LoRA trainer
+       (`tuner.trainer.train` with its ChatDataset(mask_prompt) and its iterate_batches).
 
 The data is a night's worth of rows of mixed length: fact question/answer rows built from
 bench/recall/day.json and general rows with longer answers. The plain loop is what a user would
@@ -79,14 +84,73 @@ def plain_peft(model_dir: Path, examples, steps: int, batch: int) -> tuple[float
     return tokens / seconds, tokens
 
 
+def mlx_lm_own(model_dir: Path, data: list[dict], steps: int, batch: int) -> tuple[float, int]:
+    """mlx-lm's trainer as its CLI would run it: ChatDataset + mask_prompt, its batching and loss."""
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from mlx_lm import load
+    from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
+    from mlx_lm.tuner.trainer import TrainingArgs, iterate_batches, train
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    mx.random.seed(0)
+    model, tokenizer = load(str(model_dir))
+    model.freeze()
+    linear_to_lora_layers(model, len(model.layers), {"rank": 16, "scale": 2.0, "dropout": 0.0})
+    dataset = CacheDataset(ChatDataset(data, tokenizer, mask_prompt=True))
+    counted = {"tokens": 0}
+
+    def counting(*a, **kw):
+        for batch, lengths in iterate_batches(*a, **kw):
+            counted["tokens"] += int(lengths[:, 1].sum().item())
+            yield batch, lengths
+
+    from circadian.backends.mlx_backend import _quiet_tuner_ui
+
+    tic = time.perf_counter()
+    with _quiet_tuner_ui():
+        train(model, optim.AdamW(learning_rate=1e-3), dataset, None,
+              args=TrainingArgs(batch_size=batch, iters=steps, steps_per_report=steps, steps_per_eval=10**9,
+                                steps_per_save=10**9, adapter_file=str(Path("/tmp") / "bench-mlx-adapter.safetensors")),
+              iterate_batches=counting)
+    return counted["tokens"] / (time.perf_counter() - tic), counted["tokens"]
+
+
+def mlx_main(args, tokenizer_dir: Path) -> None:
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_model(Path(tmp) / "small", tokenizer_dir, max_positions=2048, hidden=256,
+                                     layers=4)
+        data = rows()
+        theirs_tps, theirs_tokens = mlx_lm_own(model_dir, data, args.steps, args.batch)
+        ours = get_backend("mlx").load(LoadRequest("small", model_dir))
+        examples = [encode_chat(ours.tokenizer, r["messages"]) for r in data]
+        settings = TrainSettings(batch_size=args.batch, max_steps=args.steps, max_epochs=100, anchor_weight=0.0,
+                                 rank=16, alpha=32.0, warmup_steps=0)
+        tic = time.perf_counter()
+        result = ours.train(examples, [], settings, lambda e: None)
+        ours_tps = result.trained_tokens / (time.perf_counter() - tic)
+    print(f"mlx-lm's own LoRA trainer: {theirs_tps:7.1f} tokens/s ({theirs_tokens} tokens, {args.steps} steps)")
+    print(f"circadian MLX trainer:     {ours_tps:7.1f} tokens/s ({result.trained_tokens} tokens, {result.steps} steps)")
+    print(f"ratio: {ours_tps / theirs_tps:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["torch", "mlx"], default="torch")
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
     from circadian import embedded
 
     model_dir = embedded.build(Paths.resolve(None).models)
+    if args.backend == "mlx":
+        mlx_main(args, model_dir)
+        return
     ours = get_backend("torch").load(LoadRequest("embedded", model_dir))
     examples = [encode_chat(ours.tokenizer, r["messages"]) for r in rows()]
     lengths = [len(e) for e in examples]

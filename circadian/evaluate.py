@@ -109,6 +109,12 @@ def perplexity(model: LoadedModel, examples: list[Example]) -> float:
     return math.exp(mean_loss(model, examples))
 
 
+def score_of(metrics: dict | None, key: str) -> float | None:
+    """Given measure() output (or a brief of it), return the score under key (a dict's "score")."""
+    value = (metrics or {}).get(key)
+    return value.get("score") if isinstance(value, dict) else value
+
+
 def measure(model: LoadedModel, *, valid: list[Example], probes: list[dict], retention: list[dict],
             capability: list[dict], general: list[Example], probe_tokens: int, capability_tokens: int,
             on_item=None) -> dict:

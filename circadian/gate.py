@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from circadian.config import GateSettings
+from circadian.evaluate import score_of
 
 
 @dataclass
@@ -16,11 +17,6 @@ class Decision:
         return {"decision": "promoted" if self.promote else "rejected", "reasons": self.reasons}
 
 
-def _score(metrics: dict, name: str) -> float | None:
-    value = metrics.get(name)
-    return value.get("score") if isinstance(value, dict) else value
-
-
 def decide(before: dict, after: dict, settings: GateSettings, base_perplexity: float | None = None) -> Decision:
     """Given the current and candidate metrics (evaluate.measure) and the gate settings, decide.
 
@@ -29,7 +25,7 @@ def decide(before: dict, after: dict, settings: GateSettings, base_perplexity: f
     """
     reasons: list[str] = []
     learned = False
-    r0, r1 = _score(before, "recall"), _score(after, "recall")
+    r0, r1 = score_of(before, "recall"), score_of(after, "recall")
     if r0 is not None and r1 is not None:
         if r1 - r0 > settings.min_recall_gain:
             learned = True
@@ -44,7 +40,7 @@ def decide(before: dict, after: dict, settings: GateSettings, base_perplexity: f
         else:
             reasons.append(f"validation loss did not fall ({v0:.3f} -> {v1:.3f})")
     safe = True
-    c0, c1 = _score(before, "capability"), _score(after, "capability")
+    c0, c1 = score_of(before, "capability"), score_of(after, "capability")
     if c0 is not None and c1 is not None:
         if c0 - c1 > settings.max_capability_drop + 1e-9:
             safe = False

@@ -11,6 +11,7 @@ import io
 import json
 from pathlib import Path
 
+from circadian.evaluate import score_of
 from circadian.fsutil import atomic_write_text, read_jsonl
 
 
@@ -27,11 +28,6 @@ def _pct(value) -> str:
 
 def _num(value, fmt=".3f") -> str:
     return "n/a" if value is None else format(value, fmt)
-
-
-def _score(metrics: dict | None, key: str):
-    value = (metrics or {}).get(key)
-    return value.get("score") if isinstance(value, dict) else value
 
 
 def fact_rows(summary: dict) -> list[dict]:
@@ -51,9 +47,9 @@ def metric_rows(summary: dict) -> list[tuple[str, str, str]]:
     b, a = summary.get("before", {}), summary.get("after", {})
     p0, p1 = b.get("perplexity"), a.get("perplexity")
     drift = f" ({p1 / p0 - 1:+.1%})" if p0 and p1 else ""
-    return [("recall of today's facts (held-out wordings)", _pct(_score(b, "recall")), _pct(_score(a, "recall"))),
-            ("retention of older facts", _pct(_score(b, "retention")), _pct(_score(a, "retention"))),
-            ("capability harness", _pct(_score(b, "capability")), _pct(_score(a, "capability"))),
+    return [("recall of today's facts (held-out wordings)", _pct(score_of(b, "recall")), _pct(score_of(a, "recall"))),
+            ("retention of older facts", _pct(score_of(b, "retention")), _pct(score_of(a, "retention"))),
+            ("capability harness", _pct(score_of(b, "capability")), _pct(score_of(a, "capability"))),
             ("general perplexity", _num(p0, ".2f"), _num(p1, ".2f") + drift),
             ("validation loss", _num(b.get("val_loss")), _num(a.get("val_loss")))]
 
@@ -139,8 +135,8 @@ def _plots(summary: dict, events: list[dict]) -> list[tuple[str, str]]:
         plt.close(fig)
     if "after" in summary:
         names = ["recall", "retention", "capability"]
-        b = [(_score(summary["before"], n) or 0) for n in names]
-        a = [(_score(summary["after"], n) or 0) for n in names]
+        b = [(score_of(summary["before"], n) or 0) for n in names]
+        a = [(score_of(summary["after"], n) or 0) for n in names]
         fig, ax = plt.subplots(figsize=(7, 3))
         x = range(len(names))
         ax.bar([i - 0.2 for i in x], b, width=0.4, label="current")

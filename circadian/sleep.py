@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from circadian import __version__, adapters, dataset, evaluate, gate, memories, replay
+from circadian import __version__, adapters, dataset, evaluate, gate, memories, replay, report
 from circadian.backends import LoadRequest, select_backend
 from circadian.config import Config
 from circadian.errors import CircadianError
@@ -246,11 +246,15 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
                           capability_tokens=config.sleep.capability_max_tokens)
     n_questions = len(plan.probes) + len(plan.retention_probes) + len(capability)
 
+    def measured(label: str) -> dict:
+        with _progress(console) as progress:
+            task = progress.add_task(f"measuring {label}", total=n_questions, info="")
+            metrics = evaluate.measure(model, **measure_kwargs, on_item=lambda: progress.advance(task))
+        cycle.say(_figures(label, metrics))
+        return metrics
+
     cycle.stage("eval_before")
-    with _progress(console) as progress:
-        task = progress.add_task("measuring current", total=n_questions, info="")
-        before = evaluate.measure(model, **measure_kwargs, on_item=lambda: progress.advance(task))
-    cycle.say(_figures("current", before))
+    before = measured("current")
 
     cycle.stage("train")
     result = _train(cycle, model, train_ex, valid_ex, config, console, on_event)
@@ -258,10 +262,7 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
               f"{result.tokens_per_second:.0f} tokens/s, peak memory {result.peak_memory_mb:.0f} MB")
 
     cycle.stage("eval_after")
-    with _progress(console) as progress:
-        task = progress.add_task("measuring candidate", total=n_questions, info="")
-        after = evaluate.measure(model, **measure_kwargs, on_item=lambda: progress.advance(task))
-    cycle.say(_figures("candidate", after))
+    after = measured("candidate")
 
     cycle.stage("gate")
     base_ppl = (active.manifest.metrics.get("base_perplexity") if active else None) or \
@@ -330,14 +331,9 @@ def _train(cycle: Cycle, model, train_ex, valid_ex, config: Config, console, on_
         return model.train(train_ex, valid_ex, config.train, callback)
 
 
-def _score(metrics: dict, key: str):
-    value = metrics.get(key)
-    return value.get("score") if isinstance(value, dict) else value
-
-
 def _brief(metrics: dict) -> dict:
-    return {"val_loss": metrics["val_loss"], "recall": _score(metrics, "recall"),
-            "retention": _score(metrics, "retention"), "capability": _score(metrics, "capability"),
+    return {"val_loss": metrics["val_loss"], "recall": evaluate.score_of(metrics, "recall"),
+            "retention": evaluate.score_of(metrics, "retention"), "capability": evaluate.score_of(metrics, "capability"),
             "perplexity": metrics["perplexity"]}
 
 
@@ -363,9 +359,10 @@ def _finish(cycle: Cycle, paths: Paths, figures: dict) -> dict:
                "seconds": round(time.time() - cycle.started, 1), "timings": cycle.timings,
                "circadian_version": __version__, **figures}
     atomic_write_json(cycle.dir / "summary.json", summary)
-    from circadian import report
-
-    report.write_reports(cycle.dir)
+    try:
+        report.write_reports(cycle.dir)
+    except Exception as exc:  # the cycle's outcome stands; the report can be rendered again later
+        cycle.say(f"the report could not be rendered ({exc}); `circadian report {cycle.id}` retries")
     line = {k: summary.get(k) for k in ("cycle_id", "run_type", "started", "ended", "seconds", "outcome", "version",
                                         "parent", "backend", "model")}
     if "before" in summary:

@@ -48,15 +48,17 @@ def paths(home):
     return Paths.resolve().ensure()
 
 
-def build_tiny_model(target: Path, tokenizer_source: Path, *, max_positions: int = 32768) -> Path:
-    """Write a 2-layer Llama (random weights, fixed seed) with the given tokenizer into `target`."""
+def build_tiny_model(target: Path, tokenizer_source: Path, *, max_positions: int = 32768, hidden: int = 64,
+                     layers: int = 2) -> Path:
+    """Write a small Llama (random weights, fixed seed; 2 layers of 64 by default) with the given
+    tokenizer into `target`."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=max_positions, tie_word_embeddings=True, initializer_range=0.3,
                          bos_token_id=1, eos_token_id=2, pad_token_id=2, rope_theta=100000.0)
     model = LlamaForCausalLM(config)
