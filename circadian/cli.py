@@ -233,9 +233,9 @@ def sleep(home: HomeOpt = None,
 
 
 def _brief(metrics):
-    from circadian.sleep import _brief as brief
+    from circadian.sleep import brief_metrics
 
-    return brief(metrics) if metrics else None
+    return brief_metrics(metrics) if metrics else None
 
 
 def _print_plan(result: dict) -> None:

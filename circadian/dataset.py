@@ -134,14 +134,17 @@ def build(selection: Selection, settings: SleepSettings, *, general: list[dict] 
         plan.replayed_facts.append(fact.to_dict())
 
     conversations = [r for r in selection.new if _is_conversation(r)]
+    held_out: set[str] = set()
+    if len(conversations) >= 4:  # ~15% of conversations validate, never none
+        ranked = sorted(conversations, key=lambda r: _bucket(r.id, salt))
+        held_out = {r.id for r in ranked if _bucket(r.id, salt) < 0.15} or {ranked[0].id}
     for record in conversations:
         messages, counts = redact_messages([m.model_dump() for m in record.messages], region)
         plan.redactions.update(counts)
         row = {"messages": messages, "lineage": {"generator": "memory", "version": "1", "source_id": record.id}}
-        to_valid = len(conversations) >= 4 and _bucket(record.id, salt) < 0.15
-        (plan.valid if to_valid else plan.train).append(row)
+        (plan.valid if record.id in held_out else plan.train).append(row)
 
-    for i, row in enumerate(general):
+    for row in general:
         (plan.valid if _bucket(row["messages"][0]["content"], salt) < 0.2 else plan.train).append(row)
 
     seen: set[str] = set()

@@ -137,7 +137,7 @@ def _tokenize(tokenizer, rows: list[dict], max_length: int, *, anchors: bool = F
     return examples
 
 
-def prepare(paths: Paths, config: Config, cycle: Cycle | None, say: Callable[[str], None], *, general=()):
+def prepare(paths: Paths, config: Config, say: Callable[[str], None], *, general=()):
     """Steps 1-3 without side effects beyond the cycle folder: return (scan, selection, plan)."""
     end = paths.memories.stat().st_size if paths.memories.exists() else 0
     scan = memories.scan(paths, end=end)
@@ -178,18 +178,17 @@ def run_sleep(paths: Paths, config: Config, *, console=None, now: datetime | Non
         cycle = Cycle(paths, cycle_id, say_console).create()
         try:
             return _run(cycle, paths, config, console, on_event)
-        except BaseException as exc:
-            if isinstance(exc, (CircadianError, Exception)):
-                append_jsonl(paths.run_log, [{"cycle_id": cycle.id, "run_type": RUN_TYPE, "outcome": "failed",
-                                              "error": str(exc)[:500], "logged_at": memories.now_iso()}])
-                cycle.stage("failed")
+        except Exception as exc:  # Ctrl-C / SIGKILL: the next sleep logs the cycle as interrupted
+            append_jsonl(paths.run_log, [{"cycle_id": cycle.id, "run_type": RUN_TYPE, "outcome": "failed",
+                                          "error": str(exc)[:500], "logged_at": memories.now_iso()}])
+            cycle.stage("failed")
             raise
 
 
 def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
     cycle.stage("snapshot")
     cycle.say(f"cycle {cycle.id} starts")
-    scan, selection, plan = prepare(paths, config, cycle, cycle.say)
+    scan, selection, plan = prepare(paths, config, cycle.say)
     quarantined = quarantine_bad_lines(paths, scan.bad_lines, scan.end_offset)
     if quarantined:
         cycle.say(f"quarantined {quarantined} unreadable line(s) in data/quarantine/memories.jsonl")
@@ -287,7 +286,7 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
         "data": {**plan.counts, "sha256": plan.sha256(), "redactions": dict(plan.redactions),
                  "sources": sorted({row.get("lineage", {}).get("generator", "?") for row in plan.train}),
                  "snapshot": str(cycle.dir / "dataset"), "memories_end_offset": scan.end_offset},
-        "metrics": {"before": _brief(before), "after": _brief(after), "base_perplexity": base_ppl},
+        "metrics": {"before": brief_metrics(before), "after": brief_metrics(after), "base_perplexity": base_ppl},
         "gate": decision.as_dict(),
         "timings": cycle.timings, "train": _train_brief(result),
         "tokens_per_second": round(result.tokens_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb, 1),
@@ -331,7 +330,7 @@ def _train(cycle: Cycle, model, train_ex, valid_ex, config: Config, console, on_
         return model.train(train_ex, valid_ex, config.train, callback)
 
 
-def _brief(metrics: dict) -> dict:
+def brief_metrics(metrics: dict) -> dict:
     return {"val_loss": metrics["val_loss"], "recall": evaluate.score_of(metrics, "recall"),
             "retention": evaluate.score_of(metrics, "retention"), "capability": evaluate.score_of(metrics, "capability"),
             "perplexity": metrics["perplexity"]}
@@ -345,7 +344,7 @@ def _train_brief(result) -> dict:
 
 
 def _figures(label: str, metrics: dict) -> str:
-    brief = _brief(metrics)
+    brief = brief_metrics(metrics)
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     return (f"{label}: recall {fmt(brief['recall'], '.0%')}, retention {fmt(brief['retention'], '.0%')}, "
             f"capability {fmt(brief['capability'], '.0%')}, perplexity {fmt(brief['perplexity'], '.2f')}, "
@@ -366,8 +365,8 @@ def _finish(cycle: Cycle, paths: Paths, figures: dict) -> dict:
     line = {k: summary.get(k) for k in ("cycle_id", "run_type", "started", "ended", "seconds", "outcome", "version",
                                         "parent", "backend", "model")}
     if "before" in summary:
-        line["before"] = _brief(summary["before"])
-        line["after"] = _brief(summary["after"])
+        line["before"] = brief_metrics(summary["before"])
+        line["after"] = brief_metrics(summary["after"])
         line["train"] = {k: summary["train"][k] for k in ("steps", "best_step", "tokens_per_second", "peak_memory_mb")}
     line["counts"] = summary.get("counts", {})
     append_jsonl(paths.run_log, [line])
@@ -385,7 +384,7 @@ def dry_run(paths: Paths, config: Config, console=None) -> dict:
     say = lambda m: console.print(f"· {m}", highlight=False, markup=False)  # noqa: E731
     resolved = resolve_model(config.model, paths.models, say=say)
     general = replay.cached_rows(paths.models / "replay_cache", resolved.path, config.sleep.general_replay)
-    _scan, _selection, plan = prepare(paths, config, None, say, general=general or [])
+    _scan, _selection, plan = prepare(paths, config, say, general=general or [])
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)

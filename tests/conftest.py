@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,7 +102,3 @@ def assert_one_line_error(result) -> None:
     assert "Traceback" not in result.stderr
     assert lines[0].startswith("circadian: ")
 
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
