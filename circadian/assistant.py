@@ -14,6 +14,7 @@ from typing import Callable
 from circadian import adapters, memories
 from circadian.backends import GenerationSettings, LoadedModel, LoadRequest, select_backend
 from circadian.config import Config
+from circadian.errors import CircadianError
 from circadian.models import resolve_model
 from circadian.paths import Paths
 
@@ -27,20 +28,33 @@ def _quiet(_message: str) -> None:
 class Assistant:
     """The loaded model. Call `follow_current()` before a turn to pick up a rollback or promotion."""
 
-    def __init__(self, paths: Paths, config: Config, *, say: Callable[[str], None] = _quiet):
+    def __init__(self, paths: Paths, config: Config, *, say: Callable[[str], None] = _quiet,
+                 adapter: str | None = "current"):
+        """`adapter`: "current" (follow adapters/CURRENT), a version name (fixed), or None (base)."""
         self.paths = paths
         self.config = config
         self.say = say
         self.backend = select_backend(config.model.backend)
         resolved = resolve_model(config.model, paths.models, say=say)
         self.model_name = resolved.name
-        adapter_path, version = self._usable(adapters.active_adapter(paths))
+        if adapter == "current":
+            adapter_path, version = self._usable(adapters.active_adapter(paths))
+        elif adapter is None:
+            adapter_path, version = None, None
+        else:
+            chosen = adapters.get(paths, adapter)
+            adapters.verify_weights(chosen.path, chosen.manifest)
+            if chosen.manifest.backend != self.backend.name:
+                raise CircadianError(f"adapter {adapter} was trained with the {chosen.manifest.backend} backend, "
+                                     f"not {self.backend.name}")
+            adapter_path, version = chosen.path, chosen.version
         say(f"loading {resolved.name} on {self.backend.name}")
         self.model: LoadedModel = self.backend.load(LoadRequest(
             model_name=resolved.name, model_path=resolved.path, device=config.model.device,
             dtype=config.model.dtype, quantize=config.model.quantize,
             adapter_path=adapter_path, adapter_version=version))
         self._seen_current = adapters.current_version(paths)
+        self._follows = adapter == "current"
 
     def _usable(self, active: adapters.ActiveAdapter | None):
         if active is None:
@@ -58,7 +72,7 @@ class Assistant:
     def follow_current(self) -> str | None:
         """Re-read adapters/CURRENT; switch adapters if it changed. Return a note if it did."""
         current = adapters.current_version(self.paths)
-        if current == self._seen_current:
+        if not self._follows or current == self._seen_current:
             return None
         self._seen_current = current
         path, version = self._usable(adapters.active_adapter(self.paths))

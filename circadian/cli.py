@@ -345,14 +345,16 @@ def rollback(version: Annotated[Optional[str], typer.Argument(help="version to m
 @eval_app.command("recall")
 def eval_recall(probes: Annotated[Path, typer.Option("--probes", help='JSONL: {"question", "answers": [...]} per line')],
                 home: HomeOpt = None, json_out: JsonOpt = False,
-                max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1)] = None):
-    """Ask each probe with the current adapter; a hit when an expected answer appears in the reply."""
+                max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1)] = None,
+                adapter: Annotated[str, typer.Option("--adapter", help="'current', 'base', or a version "
+                                                     "(a rejected candidate too)")] = "current"):
+    """Ask each probe with an adapter; a hit when an expected answer appears in the reply."""
     from circadian.assistant import Assistant
     from circadian.evaluate import ask_all, read_probes
 
     paths, config = _setup(home)
     items = read_probes(probes)
-    assistant = Assistant(paths, config, say=_say)
+    assistant = Assistant(paths, config, say=_say, adapter=None if adapter == "base" else adapter)
     result = ask_all(assistant.model, items, key="question", max_tokens=max_tokens or config.sleep.probe_max_tokens)
     out = {"recall": result["score"], "n": result["n"], "adapter": assistant.adapter_version,
            "items": [{"question": i["question"], "answer": i["answer"], "hit": i["hit"]} for i in result["items"]]}

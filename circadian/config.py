@@ -76,7 +76,8 @@ class SleepSettings(_Section):
 
     min_new_facts: int = Field(1, ge=0, description="fewer new facts (and no new conversations) = nothing to learn tonight")
     replay_facts: int = Field(40, ge=0, description="older facts replayed each night against forgetting")
-    general_replay: int = Field(50, ge=0, description="general prompts answered by the base model (self-distillation replay)")
+    general_replay: int = Field(50, ge=0, description="general prompts answered by the base model (self-distillation replay), at least")
+    general_per_fact_row: float = Field(1.0, ge=0, description="more general prompts when the night has many facts: this many per fact question row")
     probe_wordings: int = Field(1, ge=1, description="question wordings per fact held out for the recall check")
     valid_wordings: int = Field(1, ge=1, description="question wordings per fact held out for validation")
     probe_max_tokens: int = Field(40, ge=4, description="reply length when checking recall")

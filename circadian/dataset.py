@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -161,6 +162,13 @@ def build(selection: Selection, settings: SleepSettings, *, general: list[dict] 
     }
     check_no_leak(plan)
     return plan
+
+
+def general_wanted(plan: Plan, settings: SleepSettings, available: int) -> int:
+    """Given a plan built without general rows, return how many general prompts the night should
+    mix in: `general_replay`, or more when fact rows would outnumber them (up to what is available)."""
+    fact_rows = sum(1 for r in plan.train if r.get("lineage", {}).get("generator") == factlib.GENERATOR)
+    return min(available, max(settings.general_replay, math.ceil(settings.general_per_fact_row * fact_rows)))
 
 
 def check_no_leak(plan: Plan) -> None:

@@ -1,7 +1,7 @@
 """Self-distillation replay: general prompts answered by the base model itself, mixed into every
 night so the adapter keeps the base model's general behaviour (without it the 135M model collapses
 onto the day's facts: EMBEDDED_MODEL_NOTES.md). Answers are cached per base model in
-`data/replay_cache/`, so only the first night pays for them.
+`models/replay_cache/`, so only the first night pays for them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from circadian.backends import LoadedModel
 from circadian.evaluate import answer
-from circadian.fsutil import atomic_write_text
+from circadian.fsutil import append_jsonl
 
 GENERATOR = "self-distillation"
 VERSION = "1"
@@ -32,16 +32,39 @@ def model_identity(model_path: Path) -> str:
     return hashlib.sha256(str(model_path).encode()).hexdigest()[:16]
 
 
-def cache_path(cache_dir: Path, model_path: Path, limit: int) -> Path:
-    key = hashlib.sha256(json.dumps([model_identity(model_path), prompts()[:limit], MAX_TOKENS]).encode()).hexdigest()[:16]
-    return cache_dir / f"{key}.jsonl"
+def cache_path(cache_dir: Path, model_path: Path) -> Path:
+    """One cache file per base model and reply length: {"prompt", "reply"} lines, grown as needed."""
+    key = hashlib.sha256(json.dumps([model_identity(model_path), MAX_TOKENS]).encode()).hexdigest()[:16]
+    return cache_dir / f"answers-{key}.jsonl"
 
 
-def cached_rows(cache_dir: Path, model_path: Path, limit: int) -> list[dict] | None:
-    path = cache_path(cache_dir, model_path, limit)
-    if not path.exists():
-        return None
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _read_cache(path: Path) -> dict[str, str]:
+    answers = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                item = json.loads(line)
+                answers[item["prompt"]] = item["reply"]
+            except (ValueError, KeyError, TypeError):
+                continue  # a cache line is rebuilt, never trusted half-written
+    return answers
+
+
+def _row(prompt: str, reply: str, model_name: str) -> dict:
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+            "lineage": {"generator": GENERATOR, "version": VERSION, "model": model_name}}
+
+
+def cached_rows(cache_dir: Path, model_path: Path, limit: int) -> tuple[list[dict], int]:
+    """Return (the rows already answered among the first `limit` prompts, how many are still missing)."""
+    answers = _read_cache(cache_path(cache_dir, model_path))
+    wanted = prompts()[:limit]
+    rows = [_row(p, answers[p], model_path.name) for p in wanted if answers.get(p)]
+    return rows, sum(1 for p in wanted if p not in answers)
+
+
+def missing(cache_dir: Path, model_path: Path, limit: int) -> int:
+    return cached_rows(cache_dir, model_path, limit)[1]
 
 
 def _whole_sentences(reply: str) -> str:
@@ -54,29 +77,25 @@ def _whole_sentences(reply: str) -> str:
 
 def general_rows(model: LoadedModel, restore, cache_dir: Path, model_path: Path, limit: int,
                  on_item=None) -> list[dict]:
-    """Return `limit` general rows answered by the base model (from the cache when possible).
-
-    `restore` is called after generating, to put the current adapter back.
-    """
+    """Return the general rows of the first `limit` prompts, answering the ones not cached yet with
+    the base model (adapter switched off; `restore` puts the current adapter back afterwards).
+    Each answer is appended to the cache as soon as it exists, so an interrupted night keeps them."""
     if limit <= 0:
         return []
-    rows = cached_rows(cache_dir, model_path, limit)
-    if rows is not None:
-        return rows
-    had_adapter = model.adapter_version is not None
-    if had_adapter:
-        model.set_adapter(None, None)
-    rows = []
-    try:
-        for prompt in prompts()[:limit]:
-            reply = _whole_sentences(answer(model, prompt, MAX_TOKENS))
-            if reply:
-                rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
-                             "lineage": {"generator": GENERATOR, "version": VERSION, "model": model.model_name}})
-            if on_item:
-                on_item()
-    finally:
+    path = cache_path(cache_dir, model_path)
+    answers = _read_cache(path)
+    todo = [p for p in prompts()[:limit] if p not in answers]
+    if todo:
+        had_adapter = model.adapter_version is not None
         if had_adapter:
-            restore()
-    atomic_write_text(cache_path(cache_dir, model_path, limit), "".join(json.dumps(r) + "\n" for r in rows))
-    return rows
+            model.set_adapter(None, None)
+        try:
+            for prompt in todo:
+                answers[prompt] = _whole_sentences(answer(model, prompt, MAX_TOKENS))
+                append_jsonl(path, [{"prompt": prompt, "reply": answers[prompt]}])
+                if on_item:
+                    on_item()
+        finally:
+            if had_adapter:
+                restore()
+    return [_row(p, answers[p], model.model_name) for p in prompts()[:limit] if answers[p]]

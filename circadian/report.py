@@ -43,6 +43,14 @@ def fact_rows(summary: dict) -> list[dict]:
     return rows
 
 
+def capability_changes(summary: dict) -> list[dict]:
+    """Return the capability questions whose verdict changed between current and candidate."""
+    items = lambda side: {i.get("prompt"): i for i in (summary.get(side, {}).get("capability") or {}).get("items", [])}  # noqa: E731
+    before, after = items("before"), items("after")
+    return [{"question": q, "before": before[q]["answer"], "after": a["answer"], "after_hit": a["hit"]}
+            for q, a in after.items() if q in before and before[q]["hit"] != a["hit"]]
+
+
 def metric_rows(summary: dict) -> list[tuple[str, str, str]]:
     b, a = summary.get("before", {}), summary.get("after", {})
     p0, p1 = b.get("perplexity"), a.get("perplexity")
@@ -83,6 +91,11 @@ def render_markdown(summary: dict) -> str:
                 lines.append(f"| {_cell(r['question'])} | {_cell(r['expected'])} | {mark(r['before_hit'])} "
                              f"{_cell(r['before'], 60)} | {mark(r['after_hit'])} {_cell(r['after'], 60)} |")
             lines.append("")
+        changes = capability_changes(summary)
+        if changes:
+            lines += ["## Capability questions that changed", "", "| question | current | candidate |", "|---|---|---|"]
+            lines += [f"| {_cell(c['question'])} | {'❌' if c['after_hit'] else '✅'} {_cell(c['before'], 60)} | "
+                      f"{'✅' if c['after_hit'] else '❌'} {_cell(c['after'], 60)} |" for c in changes] + [""]
         train = summary["train"]
         lines += ["## Training", "",
                   f"- {train['steps']} steps, best at step {train['best_step']} ({train['stop_reason']})",

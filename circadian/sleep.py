@@ -209,10 +209,13 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
                                      config.model.quantize, active.path if active else None,
                                      active.version if active else None))
     restore = lambda: model.set_adapter(active.path, active.version) if active else None  # noqa: E731
+    cache = paths.models / "replay_cache"
+    wanted = dataset.general_wanted(plan, config.sleep, len(replay.prompts()))
     with _progress(console) as progress:
-        task = progress.add_task("general replay", total=min(config.sleep.general_replay, len(replay.prompts())), info="")
-        general = replay.general_rows(model, restore, paths.models / "replay_cache", resolved.path,
-                                      config.sleep.general_replay, on_item=lambda: progress.advance(task))
+        task = progress.add_task("general replay", total=replay.missing(cache, resolved.path, wanted), info="")
+        general = replay.general_rows(model, restore, cache, resolved.path, wanted,
+                                      on_item=lambda: progress.advance(task))
+    cycle.say(f"general replay: {len(general)} rows answered by the base model")
     plan = dataset.build(selection, config.sleep, general=general, seed=config.train.seed)
 
     cycle.stage("dataset")
@@ -383,8 +386,10 @@ def dry_run(paths: Paths, config: Config, console=None) -> dict:
     console = console or Console()
     say = lambda m: console.print(f"· {m}", highlight=False, markup=False)  # noqa: E731
     resolved = resolve_model(config.model, paths.models, say=say)
-    general = replay.cached_rows(paths.models / "replay_cache", resolved.path, config.sleep.general_replay)
-    _scan, _selection, plan = prepare(paths, config, say, general=general or [])
+    _scan, selection, plan = prepare(paths, config, say)
+    wanted = dataset.general_wanted(plan, config.sleep, len(replay.prompts()))
+    general, not_cached = replay.cached_rows(paths.models / "replay_cache", resolved.path, wanted)
+    plan = dataset.build(selection, config.sleep, general=general, seed=config.train.seed)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
@@ -392,9 +397,9 @@ def dry_run(paths: Paths, config: Config, console=None) -> dict:
     masks = validate(train_ex) if train_ex else None
     result = {"dry_run": True, "would_train": plan.new_material >= max(1, config.sleep.min_new_facts),
               "counts": plan.counts, "redactions": dict(plan.redactions), "facts": plan.facts,
-              "probes": plan.probes, "general_rows_cached": general is not None,
+              "probes": plan.probes, "general_rows_wanted": wanted, "general_rows_not_cached": not_cached,
               "masks": (asdict(masks) | {"target_ratio": masks.target_ratio}) if masks else None,
               "sample_rows": [r["messages"] for r in plan.train[:5]]}
-    if general is None and config.sleep.general_replay:
-        say(f"{config.sleep.general_replay} general prompts would be answered by the base model first (not cached yet)")
+    if not_cached:
+        say(f"{not_cached} of {wanted} general prompts would be answered by the base model first (not cached yet)")
     return result

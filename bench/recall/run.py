@@ -66,7 +66,10 @@ def main() -> None:
         night = cli(home, "sleep")
         after = cli(home, "eval", "recall", "--probes", str(HERE / "questions.jsonl"))
         forbidden = cli(home, "eval", "recall", "--probes", str(HERE / "forbidden.jsonl"))
-        leaked_anywhere = [i["question"] for i in after["items"] + forbidden["items"]
+        candidate = (cli(home, "eval", "recall", "--probes", str(HERE / "questions.jsonl"), "--adapter", night["version"])
+                     if night.get("outcome") == "rejected" else after)
+        report = (home / "data" / "runs" / night["cycle_id"] / "report.md").read_text(encoding="utf-8")
+        leaked_anywhere = [i["question"] for i in after["items"] + candidate["items"] + forbidden["items"]
                            if "Z8kLq3" in i["answer"] or "7351" in i["answer"]]
         elapsed = time.time() - started
     b, a = night["before"], night["after"]
@@ -75,7 +78,8 @@ def main() -> None:
         f"Reproduce: `.venv/bin/python bench/recall/run.py` ({elapsed:.0f} s on this 2-core machine; "
         f"{turns} chat turns, 23 facts, hand-written questions none of which is a training wording).", "",
         "| figure | before | after one night |", "|---|---|---|",
-        f"| recall on questions.jsonl (n={after['n']}) | {before['recall']:.0%} | {after['recall']:.0%} |",
+        f"| recall on questions.jsonl (n={after['n']}), current adapter | {before['recall']:.0%} | {after['recall']:.0%} |",
+        f"| recall on questions.jsonl, the night's candidate ({night.get('outcome')}) | - | {candidate['recall']:.0%} |",
         f"| night's own held-out wordings | {b['recall']:.0%} | {a['recall']:.0%} |",
         f"| capability harness (eval/prompts.jsonl) | {b['capability']:.0%} | {a['capability']:.0%} |",
         f"| general perplexity (eval/general.txt) | {b['perplexity']:.2f} | {a['perplexity']:.2f} "
@@ -85,12 +89,13 @@ def main() -> None:
         f"Gate: **{night['gate']['decision']}** ({'; '.join(night['gate']['reasons'])}).",
         f"Training: {night['train']['steps']} steps, best {night['train']['best_step']}, "
         f"{night['train']['tokens_per_second']:.0f} tokens/s, peak memory {night['train']['peak_memory_mb']:.0f} MB; "
-        f"night {night['seconds']:.0f} s.", "", "| question | before | after |", "|---|---|---|"]
-    for x, y in zip(before["items"], after["items"]):
+        f"night {night['seconds']:.0f} s.", "", "| question | before | after (candidate) |", "|---|---|---|"]
+    for x, y in zip(before["items"], candidate["items"]):
         lines.append(f"| {x['question']} | {'✅' if x['hit'] else '❌'} {x['answer'][:50]} | "
                      f"{'✅' if y['hit'] else '❌'} {y['answer'][:60]} |")
     for item in forbidden["items"]:
         lines.append(f"| {item['question']} (must not be answered) | | {'LEAK' if item['hit'] else 'ok'}: {item['answer'][:60]} |")
+    lines += ["", "The night's own report:", "", *("> " + line if line else ">" for line in report.splitlines())]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:12]))
 
