@@ -30,31 +30,12 @@ eval_app = typer.Typer(no_args_is_help=True, help="Measure the current adapter."
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(eval_app, name="eval")
 
-HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="state directory (default: $CIRCADIAN_HOME, "
-                                                 "the source checkout, or the user data directory)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+from circadian.cli_common import HomeOpt, JsonOpt, _paths, _print_json, _say, _setup  # noqa: E402
+from circadian import cli_night  # noqa: E402
 
-
-def _paths(home: Path | None):
-    from circadian.paths import Paths
-
-    return Paths.resolve(home).ensure()
-
-
-def _setup(home: Path | None):
-    from circadian.config import load_config
-
-    paths = _paths(home)
-    config, _sources = load_config(paths.config)
-    return paths, config
-
-
-def _say(message: str) -> None:
-    print(f"· {message}", file=sys.stderr, flush=True)
-
-
-def _print_json(value) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+app.add_typer(cli_night.schedule_app, name="schedule")
+app.command()(cli_night.daemon)
+app.command()(cli_night.ctl)
 
 
 @app.command()
@@ -65,9 +46,12 @@ def chat(home: HomeOpt = None,
     from circadian.assistant import Assistant, ChatSession
     from circadian.chat import run_chat
 
+    from circadian.lock import SessionMark
+
     paths, config = _setup(home)
-    session = ChatSession(Assistant(paths, config, say=_say), log=not no_log, system_prompt=system)
-    run_chat(session, history_path=paths.chat_history)
+    with SessionMark(paths.control):  # the nightly job waits while a chat is open
+        session = ChatSession(Assistant(paths, config, say=_say), log=not no_log, system_prompt=system)
+        run_chat(session, history_path=paths.chat_history)
 
 
 @app.command()
@@ -131,8 +115,16 @@ def status(home: HomeOpt = None, json_out: JsonOpt = False):
           f"({mem['no_train']} no-train, {mem['forgotten']} forgotten, {mem['unreadable_lines']} unreadable)")
     last = info["last_cycle"]
     print(f"last      {last.get('cycle_id', '?') + ' ' + str(last.get('outcome', '')) if last else 'no cycle yet'}")
-    print(f"next run  {info['next_run'] or 'not scheduled'}")
-    print(f"queue     {info['queue']['priority']} priority, {info['queue']['normal']} normal")
+    when = info["schedule"]
+    print(f"next run  {when['next_run'] + ' (' + when['by'] + ')' if when['by'] else 'not scheduled'}")
+    if info["sleep"]:
+        from circadian.cli_night import _status_line
+
+        print(f"sleeping  {_status_line(info['sleep'])}")
+    queue = info["queue"]
+    waiting = f", {len(queue['waiting_files'])} file(s) in the inbox" if queue["waiting_files"] else ""
+    print(f"queue     {queue['counts']['queued']} queued, {queue['counts']['done']} done, "
+          f"{queue['counts']['failed']} failed{waiting}")
 
 
 @app.command()
@@ -211,6 +203,8 @@ def models_show(home: HomeOpt = None, json_out: JsonOpt = False):
 @app.command()
 def sleep(home: HomeOpt = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="show what tonight would train; write nothing")] = False,
+          scheduled: Annotated[bool, typer.Option("--scheduled", help="as the nightly job: at most once a night, "
+                                                  "after open chats end, with a notification")] = False,
           json_out: JsonOpt = False):
     """One nightly cycle now: distill the day into a new adapter, evaluate, promote if better."""
     from rich.console import Console
@@ -219,6 +213,15 @@ def sleep(home: HomeOpt = None,
 
     paths, config = _setup(home)
     console = Console(stderr=json_out)  # with --json, progress goes to stderr and stdout is pure JSON
+    if scheduled and not dry_run:
+        from circadian.nightly import run_scheduled
+
+        outcome = run_scheduled(paths, config, console=console)
+        print(outcome["line"], file=sys.stderr if json_out else sys.stdout)
+        if json_out:
+            _print_json({"ran": outcome["ran"], "line": outcome["line"],
+                         "outcome": (outcome.get("summary") or {}).get("outcome")})
+        return
     if dry_run:
         result = plan_only(paths, config, console)
         if json_out:

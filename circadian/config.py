@@ -82,6 +82,7 @@ class SleepSettings(_Section):
     valid_wordings: int = Field(1, ge=1, description="question wordings per fact held out for validation")
     probe_max_tokens: int = Field(40, ge=4, description="reply length when checking recall")
     capability_max_tokens: int = Field(32, ge=4, description="reply length for the capability harness")
+    inbox_settle_seconds: float = Field(5.0, ge=0, description="an inbox file changed more recently than this waits for the next sleep (it may still be being written)")
     redact_region: str = Field("US", description="default region for phone numbers without a country code")
 
 
@@ -101,6 +102,16 @@ class StoreSettings(_Section):
     keep: int = Field(5, ge=1, description="versions kept besides the current one, its parent and pinned ones")
 
 
+class ScheduleSettings(_Section):
+    """When and how the nightly job runs (`schedule install`, `daemon`, `sleep --scheduled`)."""
+
+    at: str = Field("03:00", pattern=r"^([01]?\d|2[0-3]):[0-5]\d$", description="local time of the nightly sleep (HH:MM)")
+    chat_wait_minutes: float = Field(30, ge=0, description="how long the nightly job waits for open chats to end before it sleeps anyway")
+    chat_poll_seconds: float = Field(30, gt=0, description="how often it looks again while waiting")
+    misfire_grace_hours: float = Field(6, gt=0, description="daemon: a run missed by less than this (machine asleep) still runs")
+    notify: bool = Field(True, description="a desktop notification with the outcome (osascript / notify-send), else the log")
+
+
 class LoggingSettings(_Section):
     """What is kept of the day."""
 
@@ -117,6 +128,7 @@ class Config(_Section):
     sleep: SleepSettings = SleepSettings()
     gate: GateSettings = GateSettings()
     store: StoreSettings = StoreSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

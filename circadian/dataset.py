@@ -24,6 +24,7 @@ from circadian.redact import redact_messages
 
 SKIP_TAGS = {NO_TRAIN_TAG: "no-train", "interrupted": "interrupted"}
 CONVERSATION_SOURCES = ("import:", "inbox:")
+GENERAL_GENERATOR = "self-distillation"  # rows answered by the base model (replay.py)
 
 
 @dataclass
@@ -51,6 +52,16 @@ def select(records: list[MemoryRecord], *, trained: set[str], forgotten: set[str
 
 
 @dataclass
+class Unit:
+    """One dataset of the night, trained as its own phase (an inbox dataset, or today's memories)."""
+
+    name: str
+    train: list[dict]
+    valid: list[dict]
+    queue_id: str | None = None
+
+
+@dataclass
 class Plan:
     """Everything a night trains and checks, before tokenization."""
 
@@ -63,11 +74,12 @@ class Plan:
     trained_ids: list[str] = field(default_factory=list)
     redactions: Counter = field(default_factory=Counter)
     counts: dict = field(default_factory=dict)
+    units: list[Unit] = field(default_factory=list)  # trained one after another; "today" last
 
     @property
     def new_material(self) -> int:
-        """How many new things there are to learn: new facts plus new conversations."""
-        return len(self.facts) + self.counts.get("conversations_new", 0)
+        """How many new things there are to learn: new facts, new conversations, inbox rows."""
+        return len(self.facts) + self.counts.get("conversations_new", 0) + self.counts.get("inbox_rows", 0)
 
     def sha256(self) -> str:
         """A hash of the exact training and validation rows."""
@@ -161,6 +173,46 @@ def build(selection: Selection, settings: SleepSettings, *, general: list[dict] 
         "probes": len(plan.probes), "retention_probes": len(plan.retention_probes),
     }
     check_no_leak(plan)
+    plan.units = [Unit("today", list(plan.train), list(plan.valid))]
+    return plan
+
+
+def _split_by_row(rows: list[dict], salt: str) -> tuple[list[dict], list[dict]]:
+    """~15% of rows validate (never none when there are 4 or more), chosen by content hash."""
+    if len(rows) < 4:
+        return rows, []
+    key = lambda r: _bucket(json.dumps(r["messages"], sort_keys=True), salt)  # noqa: E731
+    ranked = sorted(rows, key=key)
+    valid = [r for r in ranked if key(r) < 0.15] or ranked[:1]
+    chosen = {id(r) for r in valid}
+    return [r for r in rows if id(r) not in chosen], valid
+
+
+def add_inbox(plan: Plan, datasets: list[tuple[dict, list[list[dict]]]], settings: SleepSettings,
+              salt: str = "v1") -> Plan:
+    """Given queue entries with their rows, put one unit per dataset before today's (pure apart from
+    `plan`). Rows are redacted and de-duplicated; each unit gets its share of general anchor rows."""
+    anchors = [r for r in plan.train if r.get("lineage", {}).get("generator") == GENERAL_GENERATOR]
+    units = []
+    for entry, rows in datasets:
+        seen: set[str] = set()
+        unit_rows = []
+        for messages in rows:
+            clean, counts = redact_messages(messages, settings.redact_region)
+            plan.redactions.update(counts)
+            unit_rows.append({"messages": clean, "lineage": {"generator": "inbox", "version": "1",
+                                                             "source_id": entry["id"], "file": entry["name"]}})
+        unit_rows = _dedupe(unit_rows, seen)
+        train, valid = _split_by_row(unit_rows, salt)
+        share = anchors[:min(len(anchors), math.ceil(settings.general_per_fact_row * len(train)))]
+        units.append(Unit(f"inbox {entry['priority']}: {entry['name']}", train + share, valid, entry["id"]))
+        plan.train += train
+        plan.valid += valid
+    plan.units = units + plan.units
+    plan.counts["inbox_datasets"] = len(datasets)
+    plan.counts["inbox_rows"] = sum(len(u.train) + len(u.valid) for u in units) - sum(
+        1 for u in units for r in u.train if r.get("lineage", {}).get("generator") == GENERAL_GENERATOR)
+    plan.counts["rows_train"], plan.counts["rows_valid"] = len(plan.train), len(plan.valid)
     return plan
 
 

@@ -70,3 +70,43 @@ def holder(path: Path) -> dict | None:
         return None
     finally:
         os.close(fd)
+
+
+class SessionMark:
+    """Held by a running chat (`control/sessions/<pid>.lock`, flock'ed), so the nightly job can
+    tell that someone is talking and wait. A killed chat's mark is released by the kernel."""
+
+    def __init__(self, control: Path):
+        self.path = control / "sessions" / f"{os.getpid()}.lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "SessionMark":
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            self.path.unlink(missing_ok=True)
+
+
+def active_sessions(control: Path) -> int:
+    """Return how many chats are running now; marks left by dead chats are removed."""
+    count = 0
+    for mark in (control / "sessions").glob("*.lock"):
+        try:
+            fd = os.open(mark, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            count += 1
+            continue
+        finally:
+            os.close(fd)
+        mark.unlink(missing_ok=True)
+    return count

@@ -12,10 +12,11 @@ from importlib import resources
 from pathlib import Path
 
 from circadian.backends import LoadedModel
+from circadian.dataset import GENERAL_GENERATOR
 from circadian.evaluate import answer
 from circadian.fsutil import append_jsonl
 
-GENERATOR = "self-distillation"
+GENERATOR = GENERAL_GENERATOR
 VERSION = "1"
 MAX_TOKENS = 48
 

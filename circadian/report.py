@@ -131,8 +131,9 @@ def _plots(summary: dict, events: list[dict]) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     plots = []
-    train = [(e["iteration"], e["train_loss"]) for e in events if "train_loss" in e]
-    val = [(e["iteration"], e["val_loss"]) for e in events if e.get("val_loss") is not None]
+    step = lambda e: e.get("global_step", e["iteration"])  # noqa: E731  (units continue the count)
+    train = [(step(e), e["train_loss"]) for e in events if "train_loss" in e]
+    val = [(step(e), e["val_loss"]) for e in events if e.get("val_loss") is not None]
     if train or val:
         fig, ax = plt.subplots(figsize=(7, 3.2))
         if train:

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from circadian import __version__, adapters, dataset, evaluate, gate, memories, replay, report
+from circadian import __version__, adapters, control, dataset, evaluate, gate, inbox, memories, replay, report
 from circadian.backends import LoadRequest, select_backend
 from circadian.config import Config
 from circadian.errors import CircadianError
@@ -33,6 +33,7 @@ from circadian.fsutil import append_jsonl, atomic_write_json, atomic_write_text,
 from circadian.lock import SleepLock
 from circadian.models import resolve_model
 from circadian.paths import Paths
+from circadian.phases import Stopped, train_units
 from circadian.tokens import encode_chat, length_batches, padding_share, validate
 
 RUN_TYPE = "nightly"
@@ -59,6 +60,8 @@ class Cycle:
         self.started = time.time()
         self.timings: dict[str, float] = {}
         self._stage: tuple[str, float] | None = None
+        self.status: dict = {"cycle_id": cycle_id, "state": "running", "started": time.time()}
+        self.trigger, self.night = "manual", None  # "scheduled" + the night's date for the nightly job
 
     def create(self) -> "Cycle":
         self.dir.mkdir(parents=True, exist_ok=False, mode=0o700)
@@ -74,7 +77,13 @@ class Cycle:
             self.timings[self._stage[0]] = round(now - self._stage[1], 2)
         self._stage = (name, now)
         atomic_write_json(self.dir / "state.json", {"cycle_id": self.id, "stage": name, "ts": memories.now_iso()})
+        self.publish({"stage": name, **({"state": name} if name in ("done", "failed", "stopped") else {})})
         hold(name)
+
+    def publish(self, fields: dict) -> None:
+        """Update control/status.json (what `ctl status`, `status` and the dashboard show)."""
+        self.status.update(fields)
+        control.publish(self.paths.control, self.status)
 
     def write(self, name: str, rows: list[dict]) -> None:
         atomic_write_text(self.dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -109,6 +118,9 @@ def recover_interrupted(paths: Paths, say: Callable[[str], None]) -> list[str]:
         say(f"cycle {cycle_id} was interrupted during '{state.get('stage')}'; logged, nothing promoted")
     for name in adapters.clean_staging(paths):
         say(f"removed unfinished candidate {name}")
+    released = inbox.release_training(paths, "the cycle training it ended without a decision")
+    if released:
+        say(f"inbox datasets back in the queue: {', '.join(released)}")
     return recovered
 
 
@@ -161,7 +173,8 @@ def _progress(console):
 
 
 def run_sleep(paths: Paths, config: Config, *, console=None, now: datetime | None = None,
-              on_event: Callable[[dict], str | None] | None = None) -> dict:
+              on_event: Callable[[dict], str | None] | None = None, trigger: str = "manual",
+              night: str | None = None) -> dict:
     """Run one cycle; return its summary (also written to data/runs/<cycle>/summary.json).
 
     Raise CircadianError for user errors (locked, model missing, bad data).
@@ -175,12 +188,24 @@ def run_sleep(paths: Paths, config: Config, *, console=None, now: datetime | Non
     cycle_id = new_cycle_id(paths, now)
     with SleepLock(paths.control / "sleep.lock", cycle_id):
         recover_interrupted(paths, say_console)
+        stale = control.active(paths.control)
+        if stale:
+            control.clear(paths.control)
+            say_console(f"cleared control flags left from before this sleep: {', '.join(sorted(stale))}")
         cycle = Cycle(paths, cycle_id, say_console).create()
+        cycle.trigger, cycle.night = trigger, night
         try:
             return _run(cycle, paths, config, console, on_event)
+        except Stopped as exc:
+            control.clear(paths.control)
+            inbox.release_training(paths, "the sleep was stopped")
+            cycle.say(f"{exc}; nothing was promoted, {adapters.current_version(paths) or 'the base model'} stays current")
+            summary = _finish(cycle, paths, {"outcome": "stopped", "reason": str(exc)}, final_stage="stopped")
+            return summary
         except Exception as exc:  # Ctrl-C / SIGKILL: the next sleep logs the cycle as interrupted
-            append_jsonl(paths.run_log, [{"cycle_id": cycle.id, "run_type": RUN_TYPE, "outcome": "failed",
-                                          "error": str(exc)[:500], "logged_at": memories.now_iso()}])
+            append_jsonl(paths.run_log, [{"cycle_id": cycle.id, "run_type": RUN_TYPE, "trigger": trigger,
+                                          "night": night, "outcome": "failed", "error": str(exc)[:500], "logged_at": memories.now_iso()}])
+            inbox.release_training(paths, f"the sleep failed: {str(exc)[:200]}")
             cycle.stage("failed")
             raise
 
@@ -192,7 +217,13 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
     quarantined = quarantine_bad_lines(paths, scan.bad_lines, scan.end_offset)
     if quarantined:
         cycle.say(f"quarantined {quarantined} unreadable line(s) in data/quarantine/memories.jsonl")
-    if plan.new_material < max(1, config.sleep.min_new_facts):
+    for entry in inbox.ingest(paths, settle_seconds=config.sleep.inbox_settle_seconds):
+        cycle.say(f"inbox: {entry['priority']}/{entry['name']} -> {entry['id']}: {entry['rows']} rows, "
+                  f"{entry['quarantined']} quarantined, {entry['state']}")
+    queued = inbox.queued(paths)
+    if queued:
+        cycle.say(f"queue: {len(queued)} dataset(s) to train, {', '.join(e['id'] for e in queued)}")
+    if plan.new_material < max(1, config.sleep.min_new_facts) and not queued:
         cycle.say("nothing to learn tonight")
         return _finish(cycle, paths, {"outcome": "nothing to learn", "counts": plan.counts,
                                       "redactions": dict(plan.redactions)})
@@ -217,6 +248,10 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
                                       on_item=lambda: progress.advance(task))
     cycle.say(f"general replay: {len(general)} rows answered by the base model")
     plan = dataset.build(selection, config.sleep, general=general, seed=config.train.seed)
+    if plan.new_material < max(1, config.sleep.min_new_facts):
+        plan.units[-1].train = []  # today has too little of its own; its general rows alone teach nothing
+    plan = dataset.add_inbox(plan, [(e, inbox.load_rows(paths, e)) for e in queued], config.sleep)
+    inbox.set_state(paths, [e["id"] for e in queued], "training", cycle_id=cycle.id)
 
     cycle.stage("dataset")
     snapshot = cycle.dir / "dataset"
@@ -259,7 +294,21 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
     before = measured("current")
 
     cycle.stage("train")
-    result = _train(cycle, model, train_ex, valid_ex, config, console, on_event)
+    night = train_units(
+        model, plan.units, cycle_dir=cycle.dir, control=paths.control, say=cycle.say, publish=cycle.publish,
+        tokenize=lambda rows, is_train: _tokenize(tokenizer, rows, config.train.max_length,
+                                                  anchors=is_train and config.train.anchor_weight > 0),
+        train_one=lambda m, t, v, cb: _train(cycle, m, t, v, config, console, _chain(cb, on_event)),
+        on_skip=lambda unit: inbox.set_state(paths, [unit.queue_id] if unit.queue_id else [], "skipped",
+                                             cycle_id=cycle.id, reason="skipped by request"),
+        start=(active.path, active.version) if active else (None, None))
+    units = [o.as_dict() for o in night.outcomes]
+    if night.result is None:
+        cycle.say("every dataset was skipped; nothing to evaluate or commit")
+        inbox.release_training(paths, "nothing was trained")
+        return _finish(cycle, paths, {"outcome": "skipped", "counts": plan.counts, "units": units,
+                                      "redactions": dict(plan.redactions)})
+    result = night.result
     cycle.say(f"trained {result.steps} steps ({result.stop_reason}); best step {result.best_step}, "
               f"{result.tokens_per_second:.0f} tokens/s, peak memory {result.peak_memory_mb:.0f} MB")
 
@@ -295,12 +344,16 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
         "tokens_per_second": round(result.tokens_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb, 1),
         "circadian_version": __version__, "weights": weights,
     }
-    adapters.commit(paths, staging, manifest, plan.trained_ids if decision.promote else [])
+    today_trained = any(o.name == "today" and o.state == "trained" for o in night.outcomes)
+    adapters.commit(paths, staging, manifest, plan.trained_ids if decision.promote and today_trained else [])
     hold("commit:renamed")
     if decision.promote:
+        inbox.set_state(paths, night.ids("trained"), "done", cycle_id=cycle.id, reason=f"learned in {version}")
         adapters.set_current(paths, version, reason=f"promoted by cycle {cycle.id}")
         cycle.say(f"promoted {version}; it answers from the next chat turn")
     else:
+        inbox.set_state(paths, night.ids("trained"), "queued", cycle_id=cycle.id, retry=True,
+                        reason=f"the candidate {version} was rejected")
         cycle.say(f"kept {version} as rejected; {active.version if active else 'the base model'} stays current")
     for gone in adapters.prune(paths, config.store.keep):
         cycle.say(f"retention: deleted {gone}")
@@ -311,7 +364,7 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
         "counts": plan.counts, "redactions": dict(plan.redactions), "dataset_sha256": plan.sha256(),
         "masks": asdict(masks) | {"target_ratio": masks.target_ratio}, "padding_share": padding,
         "train": _train_brief(result), "before": before, "after": after, "gate": decision.as_dict(),
-        "facts": plan.facts, "base_perplexity": base_ppl,
+        "facts": plan.facts, "base_perplexity": base_ppl, "units": units,
     })
 
 
@@ -321,6 +374,7 @@ def _train(cycle: Cycle, model, train_ex, valid_ex, config: Config, console, on_
         task = progress.add_task("training", total=None, info="")
 
         def callback(event: dict) -> str | None:
+            decision = on_event(event) if on_event else None  # may tag the event with its unit, or pause
             append_jsonl(metrics_path, [{**event, "ts": time.time()}], lock=False)
             info = [f"loss {event['train_loss']:.3f}" if "train_loss" in event else "",
                     f"val {event['val_loss']:.3f}" if event.get("val_loss") is not None else "",
@@ -328,7 +382,7 @@ def _train(cycle: Cycle, model, train_ex, valid_ex, config: Config, console, on_
                     f"{event['peak_memory_mb']:.0f} MB" if "peak_memory_mb" in event else ""]
             progress.update(task, total=event.get("total_steps"), completed=event["iteration"],
                             info=" · ".join(i for i in info if i))
-            return on_event(event) if on_event else None
+            return decision
 
         return model.train(train_ex, valid_ex, config.train, callback)
 
@@ -354,9 +408,17 @@ def _figures(label: str, metrics: dict) -> str:
             f"val loss {fmt(brief['val_loss'], '.3f')}")
 
 
-def _finish(cycle: Cycle, paths: Paths, figures: dict) -> dict:
+def _chain(first: Callable, second: Callable | None) -> Callable:
+    """Return a callback asking `first`, then `second`; "stop" from either stops."""
+    def callback(event: dict) -> str | None:
+        decision = first(event)
+        return decision or (second(event) if second else None)
+    return callback
+
+
+def _finish(cycle: Cycle, paths: Paths, figures: dict, final_stage: str = "done") -> dict:
     cycle.stage("report")
-    summary = {"cycle_id": cycle.id, "run_type": RUN_TYPE, "started": datetime.fromtimestamp(cycle.started).astimezone()
+    summary = {"cycle_id": cycle.id, "run_type": RUN_TYPE, "trigger": cycle.trigger, "started": datetime.fromtimestamp(cycle.started).astimezone()
                .isoformat(timespec="seconds"), "ended": memories.now_iso(),
                "seconds": round(time.time() - cycle.started, 1), "timings": cycle.timings,
                "circadian_version": __version__, **figures}
@@ -365,15 +427,19 @@ def _finish(cycle: Cycle, paths: Paths, figures: dict) -> dict:
         report.write_reports(cycle.dir)
     except Exception as exc:  # the cycle's outcome stands; the report can be rendered again later
         cycle.say(f"the report could not be rendered ({exc}); `circadian report {cycle.id}` retries")
-    line = {k: summary.get(k) for k in ("cycle_id", "run_type", "started", "ended", "seconds", "outcome", "version",
+    line = {k: summary.get(k) for k in ("cycle_id", "run_type", "trigger", "started", "ended", "seconds", "outcome", "version",
                                         "parent", "backend", "model")}
     if "before" in summary:
         line["before"] = brief_metrics(summary["before"])
         line["after"] = brief_metrics(summary["after"])
         line["train"] = {k: summary["train"][k] for k in ("steps", "best_step", "tokens_per_second", "peak_memory_mb")}
     line["counts"] = summary.get("counts", {})
+    if summary.get("units"):
+        line["units"] = summary["units"]
+    if cycle.night:
+        line["night"] = cycle.night
     append_jsonl(paths.run_log, [line])
-    cycle.stage("done")
+    cycle.stage(final_stage)
     cycle.say(f"cycle {cycle.id}: {summary['outcome']} in {summary['seconds']:.0f} s; "
               f"report: {cycle.dir / 'report.md'}")
     return summary

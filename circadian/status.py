@@ -18,14 +18,13 @@ def last_line(path) -> dict | None:
     return last
 
 
-def inbox_queue(paths: Paths) -> dict[str, int]:
-    """Return how many JSONL files wait in each inbox lane."""
-    return {lane: len(list((paths.inbox / lane).glob("*.jsonl"))) for lane in ("priority", "normal")}
-
-
 def gather(paths: Paths, config: Config) -> dict:
     """Given the home and config, return the status as a JSON-able dict (no model is loaded)."""
+    from circadian import control, inbox, schedule
+
     backend = config.model.backend
+    sleep_now = control.read_status(paths.control)
+    when = schedule.describe(paths)
     return {
         "home": str(paths.home),
         "home_source": paths.home_source,
@@ -34,6 +33,8 @@ def gather(paths: Paths, config: Config) -> dict:
         "adapter": adapters.current_version(paths),
         "memories": memories.counts(paths),
         "last_cycle": last_line(paths.run_log),
-        "next_run": None,
-        "queue": inbox_queue(paths),
+        "schedule": when,
+        "next_run": when["next_run"],
+        "sleep": sleep_now if sleep_now.get("running") else None,
+        "queue": inbox.summary(paths),
     }
