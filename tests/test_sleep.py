@@ -13,39 +13,7 @@ import pytest
 
 from circadian import adapters, memories
 from circadian.paths import Paths
-from conftest import CLI, ROOT, assert_one_line_error, run_cli
-
-FAST = """
-[model]
-name = "{model}"
-[sleep]
-general_replay = 3
-probe_max_tokens = 6
-capability_max_tokens = 4
-[train]
-max_steps = 4
-eval_every = 2
-min_steps = 0
-learning_rate = 0.005
-[gate]
-max_capability_drop = 1.0
-max_ppl_drift = 100.0
-max_total_ppl_drift = 100.0
-"""
-
-
-@pytest.fixture
-def night(paths, tiny_model):
-    """A home configured for fast nights on the tiny model."""
-    paths.config.write_text(FAST.format(model=tiny_model))
-    return paths
-
-
-def say(paths: Paths, *lines: str) -> None:
-    memories.append(paths, [memories.make_record(
-        [{"role": "user", "content": line}, {"role": "assistant", "content": "Noted."}],
-        session="s", model="tiny", adapter=None, source="chat") for line in lines])
-
+from conftest import CLI, FAST, ROOT, assert_one_line_error, run_cli, say
 
 def sleep_json(*extra, env=None):
     result = run_cli("sleep", "--json", *extra, env=env)
