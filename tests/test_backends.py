@@ -228,3 +228,32 @@ def test_adapter_of_another_backend_falls_back_to_base_with_a_note(paths, tiny_m
     assistant = Assistant(paths, load_config(paths.config)[0], say=notes.append)
     assert assistant.backend.name == "torch" and assistant.adapter_version is None
     assert any("trained with the mlx backend" in n for n in notes)
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_kl_anchor_keeps_the_base_distribution_where_cross_entropy_moves_it(backend, tiny_model):
+    """Anchor rows trained with the KL-to-base term leave the model's scores near the base; the
+    same rows trained with plain cross-entropy (anchor_weight 0) move them. Both backends."""
+    from circadian.config import TrainSettings
+    from circadian.tokens import encode_chat
+
+    model = get_backend(backend).load(LoadRequest("tiny", tiny_model))
+    rows = [[{"role": "user", "content": f"Tell me about topic {i}."},
+             {"role": "assistant", "content": f"Topic {i} is a zebra zebra zebra story."}] for i in range(4)]
+    probe = [encode_chat(model.tokenizer, r, 64) for r in rows]
+    base = [s for s, _n in model.score(probe)]
+
+    def shift(weight: float) -> float:
+        model.set_adapter(None, None)
+        examples = [encode_chat(model.tokenizer, r, 64) for r in rows]
+        for e in examples:
+            e.anchor = True
+        steps = 12 if backend == "torch" else 4  # MLX on a Linux CPU is slow
+        settings = TrainSettings(max_steps=steps, max_epochs=steps, batch_size=4, learning_rate=0.02, eval_every=100,
+                                 min_steps=0, anchor_weight=weight, warmup_steps=0)
+        model.train(examples, [], settings, lambda event: None)
+        return sum(abs(a - b) for a, b in zip((s for s, _n in model.score(probe)), base)) / len(base)
+
+    anchored, plain = shift(1.0), shift(0.0)
+    assert plain > 1.0, plain            # cross-entropy on the rows moves their scores a lot
+    assert anchored < plain / 5, (anchored, plain)

@@ -117,6 +117,21 @@ class MLXModel:
             mask[i, :len(row)] = row.mask
         return mx.array(ids), mx.array(mask)
 
+    def _train_arrays(self, rows: list):
+        """(ids, target mask, token mask, anchor flags): what the training loss needs."""
+        import mlx.core as mx
+        import numpy as np
+
+        ids, mask = self._arrays(rows)
+        valid = np.zeros(mask.shape, np.float32)
+        for i, row in enumerate(rows):
+            valid[i, :len(row)] = 1.0
+        return ids, mask, mx.array(valid), mx.array(np.array([float(r.anchor) for r in rows], np.float32))
+
+    @staticmethod
+    def _lora_layers(model) -> list:
+        return [m for _name, m in model.named_modules() if hasattr(m, "lora_a") and hasattr(m, "scale")]
+
     @staticmethod
     def _nll(model, ids, mask):
         """Per-position NLL of ids[:, 1:] and the matching target mask (causal: padding on the right
@@ -161,11 +176,13 @@ class MLXModel:
     def train(self, train: list, valid: list, settings, callback):
         """Train through mlx-lm's tuner (`tuner.trainer.train`) with circadian's batches (length
         buckets), loss (every assistant turn) and a callback that keeps the best checkpoint and stops
-        early. Anchor rows are trained on their targets here (no KL-to-base term on this backend)."""
+        early. Anchor rows are trained toward the base model's own distribution (KL, LoRA switched off
+        for the teacher pass), as on the torch backend."""
         import math
         import time
 
         import mlx.core as mx
+        import mlx.nn as nn
         import mlx.optimizers as optim
         from mlx.utils import tree_flatten, tree_unflatten
         from mlx_lm.tuner.callbacks import TrainingCallback
@@ -195,15 +212,36 @@ class MLXModel:
                     rows = [dataset[i] for i in batch]
                     if loop:
                         counted["tokens"] += sum(len(r) for r in rows)
-                    yield self._arrays(rows)
+                    yield self._train_arrays(rows)
                 if not loop:
                     return
                 epoch += 1
 
-        def loss(model, ids, mask):
-            nll, targets = self._nll(model, ids, mask)
+        lora_layers = self._lora_layers(self.model)
+        kl_anchor = settings.anchor_weight > 0 and not settings.dora  # DoRA's magnitude has no "off" switch
+
+        def loss(model, ids, mask, valid, anchor):
+            """Cross-entropy on the target tokens of ordinary rows, plus anchor_weight x KL(base ||
+            adapted) on every position of anchor rows (the base = every LoRA scale set to 0)."""
+            logits = model(ids[:, :-1])
+            nll = nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none")
+            plain = (1 - anchor)[:, None] if kl_anchor else mx.ones_like(anchor)[:, None]
+            targets = mask[:, 1:] * plain
             ntoks = targets.sum()
-            return (nll * targets).sum() / mx.maximum(ntoks, 1), ntoks
+            value = (nll * targets).sum() / mx.maximum(ntoks, 1)
+            if kl_anchor:
+                scales = [layer.scale for layer in lora_layers]
+                for layer in lora_layers:
+                    layer.scale = 0.0
+                teacher = mx.stop_gradient(model(ids[:, :-1]))
+                for layer, scale in zip(lora_layers, scales):
+                    layer.scale = scale
+                log_p, log_q = nn.log_softmax(teacher, axis=-1), nn.log_softmax(logits, axis=-1)
+                kl = (mx.exp(log_p) * (log_p - log_q)).sum(axis=-1)
+                positions = valid[:, 1:] * anchor[:, None]
+                value = value + settings.anchor_weight * (kl * positions).sum() / mx.maximum(positions.sum(), 1)
+                ntoks = ntoks + positions.sum()
+            return value, ntoks
 
         snapshot = lambda: {k: mx.array(v) for k, v in tree_flatten(self.model.trainable_parameters())}  # noqa: E731
         state = {"best": None, "best_step": 0, "best_state": snapshot(), "bad": 0, "initial": None,

@@ -255,7 +255,7 @@ class TorchModel:
 
         ids, attention, targets = self._pad(rows)
         logits = self.model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
-        anchor = torch.tensor([r.anchor for r in rows], device=ids.device)
+        anchor = torch.tensor([r.anchor and anchor_weight > 0 for r in rows], device=ids.device)  # weight 0: plain rows
         loss = logits.new_zeros(())
         plain = ~anchor
         if plain.any():
