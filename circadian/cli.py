@@ -31,11 +31,12 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(eval_app, name="eval")
 
 from circadian.cli_common import HomeOpt, JsonOpt, _paths, _print_json, _say, _setup  # noqa: E402
-from circadian import cli_night  # noqa: E402
+from circadian import cli_cycles, cli_night  # noqa: E402
 
 app.add_typer(cli_night.schedule_app, name="schedule")
 app.command()(cli_night.daemon)
 app.command()(cli_night.ctl)
+app.add_typer(cli_cycles.cycles_app, name="cycles")
 
 
 @app.command()

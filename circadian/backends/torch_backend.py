@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -16,6 +17,8 @@ from circadian.backends import Chunk, GenerationSettings, LoadRequest
 from circadian.errors import CircadianError
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# peft asks transformers a question transformers has renamed; the answer is the same
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def resolve_device(requested: str) -> str:

@@ -1,0 +1,116 @@
+"""Commands of the source-choice experiments: `cycles run|analyze|pack`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from circadian.cli_common import HomeOpt, JsonOpt, _print_json, _say, _setup
+
+cycles_app = typer.Typer(no_args_is_help=True, help="Experiments: a policy picks each cycle's data source.")
+
+
+@cycles_app.command("run")
+def cycles_run(n: Annotated[int, typer.Option("--n", min=1, help="how many consecutive cycles")] = 3,
+               policy: Annotated[str, typer.Option("--policy", help="self | random | bandit | fixed:SOURCE")] = "self",
+               seed: Annotated[int, typer.Option("--seed")] = 0,
+               budget: Annotated[str, typer.Option("--budget", help="training per cycle: tiny | small | medium")] = "small",
+               oracle: Annotated[bool, typer.Option("--oracle", help="also train every source from the same "
+                                                    "checkpoint each cycle, for true regret")] = False,
+               sources: Annotated[Optional[str], typer.Option("--sources", help="comma-separated subset, e.g. "
+                                                              "today,replay,synthetic")] = None,
+               no_generate: Annotated[bool, typer.Option("--no-generate", help="skip recall and capability "
+                                                         "questions at cycle 0 and the end (losses only)")] = False,
+               home: HomeOpt = None, json_out: JsonOpt = False):
+    """Run N train + eval cycles in an experiment folder (the home's CURRENT is not touched)."""
+    from circadian.cycles import BUDGETS, run_cycles
+    from circadian.errors import CircadianError
+    from circadian.policies import make
+
+    if budget not in BUDGETS:
+        raise CircadianError(f"unknown budget {budget!r} (use one of: {', '.join(BUDGETS)})")
+    make(policy)  # a bad policy is an error before anything loads
+    paths, config = _setup(home)
+    summary = run_cycles(paths, config, n=n, policy_spec=policy, seed=seed, budget=budget, oracle=oracle,
+                         only=sources.split(",") if sources else None, say=_say, generate=not no_generate)
+    if json_out:
+        _print_json({k: summary[k] for k in ("experiment", "policy", "seed", "budget", "oracle", "n", "cycle0", "final")})
+    else:
+        print(f"experiment {summary['experiment']} done; `circadian cycles analyze --experiment {summary['experiment']}`")
+
+
+@cycles_app.command("analyze")
+def cycles_analyze(home: HomeOpt = None, json_out: JsonOpt = False,
+                   csv_dir: Annotated[Optional[Path], typer.Option("--csv", help="also write the tables as CSV here")] = None,
+                   experiment: Annotated[Optional[str], typer.Option("--experiment")] = None,
+                   policy: Annotated[Optional[str], typer.Option("--policy")] = None):
+    """Regret, choice distribution, per-policy summary, stability vs drift, and the integrity counts."""
+    from circadian.analyze import analyze, write_csv
+
+    paths, _config = _setup(home)
+    result = analyze(paths, experiment=experiment, policy=policy)
+    if csv_dir:
+        for path in write_csv(result, csv_dir):
+            _say(f"wrote {path}")
+    if json_out:
+        _print_json(result)
+        return
+    _print_analysis(result)
+
+
+def _fmt(stats: dict, spec: str = ".3f") -> str:
+    if not stats or stats.get("mean") is None:
+        return "n/a"
+    text = format(stats["mean"], spec)
+    return text + (f" ± {format(stats['ci95'], spec)}" if stats.get("ci95") is not None else "")
+
+
+def _print_analysis(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="per policy (mean ± 95% CI over experiments)")
+    for column in ("policy", "runs", "final recall", "ppl drift", "capability drift", "cum. oracle regret",
+                   "oracle gain share", "eval-loss variance"):
+        table.add_column(column)
+    for s in result["per_run_type"]:
+        table.add_row(s["run_type"], str(s["experiments"]), _fmt(s["final_recall"], ".0%"),
+                      _fmt(s["perplexity_drift"], "+.2%"), _fmt(s["capability_drift"], "+.0%"),
+                      _fmt(s["cumulative_oracle_regret"], ".4f"), _fmt(s["oracle_gain_share"], ".0%"),
+                      _fmt(s["stability_eval_loss_var"], ".2e"))
+    console.print(table)
+    for run_type, cycles in result["choice_distribution"].items():
+        line = "  ".join(f"{c}:" + ",".join(f"{k}={v}" for k, v in sorted(d.items())) for c, d in cycles.items())
+        console.print(f"choices {run_type}: {line}", highlight=False, markup=False)
+    integrity = result["integrity"]
+    counts = integrity["counts"]
+    console.print(f"integrity: raw {counts['raw']} -> parsed {counts['parsed']} -> cleaned {counts['cleaned']} -> "
+                  f"joined {counts['joined']} -> filtered {counts['filtered']} -> displayed {counts['displayed']}",
+                  highlight=False, markup=False)
+    for name, info in integrity["logs"].items():
+        console.print(f"  {name}: {info['path']} ({info['lines']} lines, modified {info['mtime']})",
+                      highlight=False, markup=False)
+    for row in integrity["broken_lines"]:
+        console.print(f"  broken: {row['file']} line {row['line']}: {row['why']}", highlight=False, markup=False)
+    for which, ids in integrity["missing_cycle_ids"].items():
+        if ids:
+            console.print(f"  {which.replace('_', ' ')}: {', '.join(ids)}", highlight=False, markup=False)
+
+
+@cycles_app.command("pack")
+def cycles_pack(home: HomeOpt = None, json_out: JsonOpt = False,
+                out: Annotated[Optional[Path], typer.Option("--out", help="archive path (default: "
+                                                            "data/runs/repro-<time>.tar.gz)")] = None):
+    """One archive with config, seeds, package versions, data hashes and logs, to rerun the experiments."""
+    from circadian.pack import write_pack
+
+    paths, config = _setup(home)
+    result = write_pack(paths, config, out or paths.runs / f"repro-{time.strftime('%Y%m%d-%H%M%S')}.tar.gz")
+    if json_out:
+        _print_json(result)
+    else:
+        print(f"wrote {result['path']} ({result['experiments']} experiments, {result['data_files']} data hashes)")

@@ -1,0 +1,213 @@
+"""`circadian cycles run`: repeated train + eval cycles where a policy picks each cycle's source.
+
+An experiment runs in its own folder, `data/runs/experiments/<experiment>/` (its adapters chain
+there; the home's CURRENT is never touched), from the home's current adapter and a snapshot of
+its data split into sources (sources.py). Each cycle:
+
+1. scores every source's *selection* split under the current model (candidate losses);
+2. the policy chooses a source (one line in `data/runs/choice_log.jsonl`);
+3. trains on a budget-sized sample of the chosen source's *train* split, continuing the adapter;
+   with `--oracle`, every source is trained from the same checkpoint, same budget and seed, so the
+   true per-cycle best is known (the policy still only sees its own choice);
+4. measures the *eval* split of every source, general perplexity, and the policy's reward (the
+   decrease of the mean selection loss), and logs one line in `data/runs/run_log.jsonl`.
+
+Recall (held-out wordings of the facts in the eval splits) and the capability harness are asked at
+cycle 0 and after the last cycle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from circadian import __version__, adapters, dataset, evaluate, inbox, memories, policies, replay, sources
+from circadian.backends import LoadRequest, select_backend
+from circadian.config import Config
+from circadian.errors import CircadianError
+from circadian.fsutil import append_jsonl, atomic_write_json
+from circadian.models import resolve_model
+from circadian.paths import Paths
+from circadian.tokens import encode_chat
+
+
+@dataclass(frozen=True)
+class Budget:
+    steps: int
+    batch_size: int
+    rows: int
+
+
+BUDGETS = {"tiny": Budget(2, 2, 4), "small": Budget(6, 4, 24), "medium": Budget(16, 8, 96)}
+
+
+def experiment_dir(paths: Paths) -> Path:
+    return paths.runs / "experiments"
+
+
+def _rows_sha(rows: list[dict]) -> str:
+    return hashlib.sha256(json.dumps([r["messages"] for r in rows], sort_keys=True).encode()).hexdigest()
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: int = 0, budget: str = "small",
+               oracle: bool = False, only: list[str] | None = None, say: Callable[[str], None] = print,
+               generate: bool = True) -> dict:
+    """Run `n` cycles with the policy; return the experiment's summary (also in experiment.json)."""
+    policy = policies.make(policy_spec, seed)
+    plan = BUDGETS[budget]
+    known = sources.builders()
+    for name in [*(only or []), *([policy_spec[6:]] if policy_spec.startswith("fixed:") else [])]:
+        if name not in known:
+            raise CircadianError(f"unknown source {name!r} (known: {', '.join(sorted(known))})")
+    started = datetime.now().astimezone()
+    experiment = f"{started.strftime('%Y%m%d-%H%M%S')}-{policy_spec.replace(':', '-')}-s{seed}"
+    folder = experiment_dir(paths) / experiment
+
+    end = paths.memories.stat().st_size if paths.memories.exists() else 0
+    scan = memories.scan(paths, end=end)
+    selection = dataset.select(scan.records, trained=adapters.trained_ids(paths), forgotten=memories.forgotten_ids(paths))
+    backend = select_backend(config.model.backend)
+    resolved = resolve_model(config.model, paths.models, say=say)
+    active = adapters.active_adapter(paths)
+    start = (active.path, active.version) if active and active.manifest.backend == backend.name else (None, None)
+    say(f"experiment {experiment}: policy {policy_spec}, seed {seed}, budget {budget} {plan}, "
+        f"{'with oracle, ' if oracle else ''}from {start[1] or 'the base model'}")
+    model = backend.load(LoadRequest(resolved.name, resolved.path, config.model.device, config.model.dtype,
+                                     config.model.quantize, *start))
+    general = replay.general_rows(model, lambda: model.set_adapter(*start), paths.models / "replay_cache", resolved.path,
+                                  config.sleep.general_replay)
+    for entry in inbox.ingest(paths, settle_seconds=config.sleep.inbox_settle_seconds):
+        say(f"inbox: {entry['name']} queued as {entry['id']} ({entry['rows']} rows)")
+    queued = inbox.queued(paths)
+    ctx = sources.Context(selection, [m for e in queued for m in inbox.load_rows(paths, e)], general,
+                          config.sleep.redact_region)
+    pools = sources.build_all(ctx, only)
+    if not pools:
+        raise CircadianError("no source has enough data for an experiment (each needs rows in train, select and eval)")
+    if policy_spec.startswith("fixed:") and policy_spec[6:] not in pools:
+        raise CircadianError(f"source {policy_spec[6:]!r} has no data here (available: {', '.join(pools)})")
+    folder.mkdir(parents=True, mode=0o700)
+    tok = model.tokenizer
+    encoded = {name: {split: [encode_chat(tok, r["messages"], config.train.max_length) for r in src.split(split)]
+                      for split in sources.SPLITS} for name, src in pools.items()}
+    probes = [p for src in pools.values() for p in src.probes()]
+    capability = evaluate.load_capability()
+    general_ex = evaluate.general_examples(tok)
+    say("sources: " + ", ".join(f"{k} {len(v.train)}/{len(v.select)}/{len(v.eval)}" for k, v in pools.items())
+        + " rows (train/select/eval)")
+
+    settings = config.train.model_copy(update={"max_steps": plan.steps, "max_epochs": 10**6, "batch_size": plan.batch_size,
+                                                "eval_every": 10**6, "min_steps": 0, "warmup_steps": 1})
+    manifest = {
+        "experiment": experiment, "policy": policy_spec, "seed": seed, "budget": budget, "budget_detail": plan.__dict__,
+        "oracle": oracle, "n": n, "started": started.isoformat(timespec="seconds"), "start_adapter": start[1],
+        "backend": backend.name, "model": resolved.name, "model_identity": replay.model_identity(resolved.path),
+        "train_settings": settings.model_dump(), "memories_end_offset": end,
+        "sources": {k: {s: {"rows": len(v.split(s)), "sha256": _rows_sha(v.split(s))} for s in sources.SPLITS}
+                    for k, v in pools.items()},
+        "versions": {"circadian": __version__, "python": platform.python_version(), **_package_versions()},
+    }
+    atomic_write_json(folder / "experiment.json", manifest)
+
+    def losses(split: str) -> dict[str, float]:
+        return {k: evaluate.mean_loss(model, encoded[k][split]) for k in pools}
+
+    def generated() -> dict:
+        if not generate:
+            return {}
+        recall = evaluate.ask_all(model, probes, key="question", max_tokens=config.sleep.probe_max_tokens)
+        cap = evaluate.ask_all(model, capability, key="prompt", max_tokens=config.sleep.capability_max_tokens)
+        return {"recall": recall["score"], "capability": cap["score"],
+                "recall_by_source": {k: _hit_share(recall["items"], {p["question"] for p in pools[k].probes()})
+                                     for k in pools if pools[k].probes()}}
+
+    def train_on(name: str, cycle: int):
+        rng = random.Random(f"{seed}:{cycle}:{name}")
+        rows = encoded[name]["train"]
+        sample = rng.sample(rows, min(plan.rows, len(rows)))
+        return model.train(sample, [], settings.model_copy(update={"seed": seed * 1000 + cycle}), lambda e: None)
+
+    position = start
+    select_now, eval_now = losses("select"), losses("eval")
+    base_ppl = evaluate.perplexity(model, general_ex)
+    cycle0 = {"select_losses": select_now, "eval_losses": eval_now, "perplexity": base_ppl, **generated()}
+    atomic_write_json(folder / "cycle0.json", cycle0)
+    say(f"cycle 0: eval loss {_mean(eval_now.values()):.3f}, perplexity {base_ppl:.2f}"
+        + (f", recall {cycle0['recall']:.0%}, capability {cycle0['capability']:.0%}" if generate else ""))
+    history = []
+    for cycle in range(1, n + 1):
+        tic = time.time()
+        cycle_id = f"{experiment}-c{cycle:02d}"
+        choice = policy.choose(select_now, cycle)
+        rewards = None
+        if oracle:
+            rewards, after_eval = {}, {}
+            for name in pools:
+                model.set_adapter(*position)
+                train_on(name, cycle)
+                after_eval[name] = losses("eval")
+                rewards[name] = _mean(eval_now.values()) - _mean(after_eval[name].values())
+                if name == choice.source:
+                    model.save_adapter(folder / "adapters" / f"c{cycle:02d}")
+            position = (folder / "adapters" / f"c{cycle:02d}", f"{experiment}-c{cycle:02d}")
+            model.set_adapter(*position)
+        else:
+            train_on(choice.source, cycle)
+            model.save_adapter(folder / "adapters" / f"c{cycle:02d}")
+            position = (folder / "adapters" / f"c{cycle:02d}", f"{experiment}-c{cycle:02d}")
+            model.set_adapter(*position)
+        select_after, eval_after = losses("select"), losses("eval")
+        progress = _mean(select_now.values()) - _mean(select_after.values())
+        policy.update(choice.source, progress)
+        chosen_reward = _mean(eval_now.values()) - _mean(eval_after.values())
+        ppl = evaluate.perplexity(model, general_ex)
+        append_jsonl(paths.choice_log, [{
+            "cycle_id": cycle_id, "run_type": policy_spec, "experiment": experiment, "cycle": cycle, "seed": seed,
+            "candidate_losses": select_now, "chosen": choice.source, "reason": choice.reason,
+            "loss_regret": select_now[choice.source] - min(select_now.values()), "ts": memories.now_iso()}])
+        line = {"cycle_id": cycle_id, "run_type": policy_spec, "experiment": experiment, "cycle": cycle, "seed": seed,
+                "budget": budget, "chosen": choice.source, "reward": chosen_reward, "progress": progress,
+                "oracle_rewards": rewards, "select_losses": select_after, "eval_losses": eval_after,
+                "eval_loss": _mean(eval_after.values()), "perplexity": ppl, "perplexity_drift": ppl / base_ppl - 1,
+                "seconds": round(time.time() - tic, 1), "outcome": "trained", "logged_at": memories.now_iso()}
+        if cycle == n:
+            line.update(generated())
+        append_jsonl(paths.run_log, [line])
+        history.append(line)
+        best = f", oracle best {max(rewards, key=rewards.get)} {max(rewards.values()):+.4f}" if rewards else ""
+        say(f"cycle {cycle}/{n}: chose {choice.source} ({choice.reason}); reward {chosen_reward:+.4f}{best}; "
+            f"perplexity {ppl:.2f} ({ppl / base_ppl - 1:+.1%}), {line['seconds']:.0f} s")
+        select_now, eval_now = select_after, eval_after
+    summary = {**manifest, "ended": memories.now_iso(), "cycle0": cycle0, "final": history[-1] if history else None,
+               "policy_state": policy.state}
+    atomic_write_json(folder / "experiment.json", summary)
+    return summary
+
+
+def _hit_share(items: list[dict], questions: set[str]) -> float | None:
+    hits = [i["hit"] for i in items if i["question"] in questions]
+    return sum(hits) / len(hits) if hits else None
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "mlx", "mlx-lm"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out

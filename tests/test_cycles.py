@@ -1,0 +1,126 @@
+"""Source-choice cycles: leak-free source splits on real data, the policies' choices, and
+`cycles run --oracle` / `analyze` / `pack` through the real command on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import time
+
+import pytest
+
+from circadian import adapters, dataset, memories, policies, sources
+from circadian.analyze import mean_ci
+from conftest import assert_one_line_error, run_cli, say
+
+
+@pytest.fixture
+def two_days(night):
+    """A home where yesterday was learned (replay has data), today has new facts, and a dataset
+    waits in the inbox."""
+    say(night, "My dog is called Biscuit.", "My sister Lena lives in Trondheim.", "I work as a nurse.")
+    done = run_cli("sleep", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["outcome"] == "promoted", done.stderr[-2000:]
+    say(night, "My cat is called Mochi.", "I grew up in Zwolle.", "My favourite colour is green.")
+    rows = [{"prompt": f"Say code {i}.", "completion": f"Code {i} is lantern."} for i in range(12)]
+    inbox_file = night.inbox / "normal" / "codes.jsonl"
+    inbox_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.utime(inbox_file, (time.time() - 60, time.time() - 60))
+    return night
+
+
+def test_source_splits_are_disjoint_on_real_data(two_days):
+    scan = memories.scan(two_days)
+    selection = dataset.select(scan.records, trained=adapters.trained_ids(two_days),
+                               forgotten=memories.forgotten_ids(two_days))
+    general = [{"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "Yes."}]}
+               for i in range(10)]
+    inbox_rows = [[{"role": "user", "content": f"Say code {i}."}, {"role": "assistant", "content": "ok"}] for i in range(12)]
+    pools = sources.build_all(sources.Context(selection, inbox_rows, general))
+    assert set(pools) == {"today", "replay", "inbox", "synthetic"}
+    for source in pools.values():
+        keys = {split: {sources.key(r) for r in source.split(split)} for split in sources.SPLITS}
+        assert not keys["train"] & keys["select"] and not keys["train"] & keys["eval"] and not keys["select"] & keys["eval"]
+        assert all(keys.values())
+    today_answers = {r["messages"][1]["content"] for r in pools["today"].train}
+    assert any("Mochi" in a for a in today_answers) and not any("Biscuit" in a for a in today_answers)
+    assert any("Biscuit" in r["messages"][1]["content"] for r in pools["replay"].train)
+    assert all(p["answers"] for p in pools["today"].probes())
+    leaky = sources.Source("leaky", pools["today"].train, pools["today"].select, pools["today"].train[:1])
+    with pytest.raises(AssertionError, match="both train and eval"):
+        sources.check_disjoint(leaky)
+
+
+def test_policies_choose_as_documented():
+    losses = {"today": 2.0, "replay": 0.5, "inbox": 1.0}
+    assert policies.make("self").choose(losses, 1).source == "today"
+    assert policies.make("fixed:replay").choose(losses, 1).source == "replay"
+    picks = [policies.make("random", seed=3).choose(losses, c).source for c in range(1, 31)]
+    assert picks == [policies.make("random", seed=3).choose(losses, c).source for c in range(1, 31)]
+    assert picks != [policies.make("random", seed=4).choose(losses, c).source for c in range(1, 31)]
+    assert len(set(picks)) == 3
+    # the bandit follows learning progress, not the loss level, and notices when it changes
+    bandit = policies.make("bandit")
+    progress = {"today": 0.05, "replay": 0.6, "inbox": 0.1}
+    chosen = []
+    for cycle in range(1, 16):
+        source = bandit.choose(losses, cycle).source
+        chosen.append(source)
+        bandit.update(source, progress[source])
+    assert chosen[:3] == ["today", "inbox", "replay"]  # each tried once, highest loss first
+    assert chosen[3:].count("replay") >= 9
+    progress = {"today": 0.8, "replay": 0.0, "inbox": 0.1}
+    later = []
+    for cycle in range(16, 36):
+        source = bandit.choose(losses, cycle).source
+        later.append(source)
+        bandit.update(source, progress[source])
+    assert later[-8:].count("today") >= 6
+    with pytest.raises(Exception, match="unknown policy"):
+        policies.make("greedy")
+
+
+def test_mean_ci_uses_student_t():
+    stats = mean_ci([1.0, 2.0, 3.0])
+    assert stats["mean"] == 2.0 and abs(stats["ci95"] - 4.303 * 1.0 / 3 ** 0.5) < 1e-9
+    assert mean_ci([])["mean"] is None and mean_ci([5.0])["ci95"] is None
+
+
+def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
+    current = adapters.current_version(two_days)
+    result = run_cli("cycles", "run", "--n", "2", "--policy", "bandit", "--budget", "tiny", "--oracle", "--json",
+                     "--no-generate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["oracle"] and summary["final"]["cycle"] == 2
+    assert adapters.current_version(two_days) == current  # experiments never touch CURRENT
+    fixed = run_cli("cycles", "run", "--n", "1", "--policy", "fixed:inbox", "--budget", "tiny", "--no-generate")
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert_one_line_error(run_cli("cycles", "run", "--policy", "fixed:nowhere", "--budget", "tiny"))
+    with two_days.choice_log.open("a") as log:
+        log.write('{"cycle_id": "broken\n')
+    analysis = run_cli("cycles", "analyze", "--json", "--csv", str(tmp_path / "csv"))
+    assert analysis.returncode == 0, analysis.stderr[-3000:]
+    data = json.loads(analysis.stdout)
+    counts = data["integrity"]["counts"]
+    assert counts["raw"]["choice_log"] == 4 and counts["parsed"]["choice_log"] == 3
+    assert counts["joined"] == 3 and counts["displayed"] == 3
+    assert any(b["file"] == "choice_log" and b["line"] == 4 for b in data["integrity"]["broken_lines"])
+    assert data["integrity"]["nightly_without_choice"] == 1  # the first day's sleep
+    bandit = next(e for e in data["experiments"] if e["run_type"] == "bandit")
+    assert 0 <= bandit["oracle_match_rate"] <= 1 and bandit["cumulative_oracle_regret"] >= -1e-9
+    assert bandit["oracle_gain_share"] is not None and bandit["oracle_gain_share"] <= 1 + 1e-9
+    assert {r["run_type"] for r in data["per_run_type"]} == {"bandit", "fixed:inbox"}
+    assert (tmp_path / "csv" / "cycles.csv").read_text().count("\n") == 4
+    text = run_cli("cycles", "analyze")
+    assert "broken: choice_log line 4" in text.stdout and "integrity: raw" in text.stdout
+    packed = run_cli("cycles", "pack", "--out", str(tmp_path / "repro.tar.gz"), "--json")
+    assert packed.returncode == 0, packed.stderr
+    with tarfile.open(tmp_path / "repro.tar.gz") as tar:
+        names = set(tar.getnames())
+        commands = tar.extractfile("commands.txt").read().decode()
+    assert {"config/circadian.toml", "logs/run_log.jsonl", "logs/choice_log.jsonl", "versions.json",
+            "data_hashes.json", "README.md"} <= names
+    assert "--policy bandit --seed 0 --budget tiny --oracle" in commands
+    assert sum(n.endswith("experiment.json") for n in names) == 2
