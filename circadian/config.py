@@ -82,6 +82,7 @@ class SleepSettings(_Section):
     valid_wordings: int = Field(1, ge=1, description="question wordings per fact held out for validation")
     probe_max_tokens: int = Field(40, ge=4, description="reply length when checking recall")
     capability_max_tokens: int = Field(32, ge=4, description="reply length for the capability harness")
+    policy: str = Field("all", pattern=r"^(all|self|random|bandit|fixed:[\w-]+)$", description="what a night trains: all (every source) or one source a policy picks: self | random | bandit | fixed:SOURCE")
     inbox_settle_seconds: float = Field(5.0, ge=0, description="an inbox file changed more recently than this waits for the next sleep (it may still be being written)")
     redact_region: str = Field("US", description="default region for phone numbers without a country code")
 

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from circadian import __version__, adapters, control, dataset, evaluate, gate, inbox, memories, replay, report
+from circadian import __version__, adapters, choice, control, dataset, evaluate, gate, inbox, memories, replay, report
 from circadian.backends import LoadRequest, select_backend
 from circadian.config import Config
 from circadian.errors import CircadianError
@@ -250,8 +250,17 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
     plan = dataset.build(selection, config.sleep, general=general, seed=config.train.seed)
     if plan.new_material < max(1, config.sleep.min_new_facts):
         plan.units[-1].train = []  # today has too little of its own; its general rows alone teach nothing
-    plan = dataset.add_inbox(plan, [(e, inbox.load_rows(paths, e)) for e in queued], config.sleep)
-    inbox.set_state(paths, [e["id"] for e in queued], "training", cycle_id=cycle.id)
+    inbox_rows = {e["id"]: inbox.load_rows(paths, e) for e in queued}
+    plan = dataset.add_inbox(plan, [(e, inbox_rows[e["id"]]) for e in queued], config.sleep)
+    units, night_choice = plan.units, None
+    if config.sleep.policy != "all":
+        night_choice, units = choice.choose(
+            paths, config.sleep.policy, config.train.seed, model, config.train.max_length, cycle_id=cycle.id,
+            selection=selection, inbox_rows=[m for rows in inbox_rows.values() for m in rows], general=general,
+            region=config.sleep.redact_region, plan=plan, anchors_per_row=config.sleep.general_per_fact_row)
+        cycle.say(f"policy {config.sleep.policy}: chose {night_choice.choice.source} ({night_choice.choice.reason}); "
+                  "selection losses " + ", ".join(f"{k} {v:.3f}" for k, v in night_choice.losses.items()))
+    inbox.set_state(paths, [u.queue_id for u in units if u.queue_id], "training", cycle_id=cycle.id)
 
     cycle.stage("dataset")
     snapshot = cycle.dir / "dataset"
@@ -295,20 +304,25 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
 
     cycle.stage("train")
     night = train_units(
-        model, plan.units, cycle_dir=cycle.dir, control=paths.control, say=cycle.say, publish=cycle.publish,
+        model, units, cycle_dir=cycle.dir, control=paths.control, say=cycle.say, publish=cycle.publish,
         tokenize=lambda rows, is_train: _tokenize(tokenizer, rows, config.train.max_length,
                                                   anchors=is_train and config.train.anchor_weight > 0),
         train_one=lambda m, t, v, cb: _train(cycle, m, t, v, config, console, _chain(cb, on_event)),
         on_skip=lambda unit: inbox.set_state(paths, [unit.queue_id] if unit.queue_id else [], "skipped",
                                              cycle_id=cycle.id, reason="skipped by request"),
         start=(active.path, active.version) if active else (None, None))
-    units = [o.as_dict() for o in night.outcomes]
     if night.result is None:
         cycle.say("every dataset was skipped; nothing to evaluate or commit")
         inbox.release_training(paths, "nothing was trained")
-        return _finish(cycle, paths, {"outcome": "skipped", "counts": plan.counts, "units": units,
+        return _finish(cycle, paths, {"outcome": "skipped", "counts": plan.counts,
+                                      "units": [o.as_dict() for o in night.outcomes],
                                       "redactions": dict(plan.redactions)})
     result = night.result
+    if night_choice:
+        reward = sum(night_choice.losses.values()) / len(night_choice.losses) - night_choice.mean_loss(model)
+        night_choice.policy.update(night_choice.choice.source, reward)
+        choice.save_policy(paths, night_choice.policy)
+        cycle.say(f"learning progress on the selection splits: {reward:+.4f} (the policy's reward)")
     cycle.say(f"trained {result.steps} steps ({result.stop_reason}); best step {result.best_step}, "
               f"{result.tokens_per_second:.0f} tokens/s, peak memory {result.peak_memory_mb:.0f} MB")
 
@@ -364,7 +378,8 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
         "counts": plan.counts, "redactions": dict(plan.redactions), "dataset_sha256": plan.sha256(),
         "masks": asdict(masks) | {"target_ratio": masks.target_ratio}, "padding_share": padding,
         "train": _train_brief(result), "before": before, "after": after, "gate": decision.as_dict(),
-        "facts": plan.facts, "base_perplexity": base_ppl, "units": units,
+        "facts": plan.facts, "base_perplexity": base_ppl, "units": [o.as_dict() for o in night.outcomes],
+        **({"chosen": night_choice.choice.source, "policy": config.sleep.policy} if night_choice else {}),
     })
 
 
@@ -429,6 +444,8 @@ def _finish(cycle: Cycle, paths: Paths, figures: dict, final_stage: str = "done"
         cycle.say(f"the report could not be rendered ({exc}); `circadian report {cycle.id}` retries")
     line = {k: summary.get(k) for k in ("cycle_id", "run_type", "trigger", "started", "ended", "seconds", "outcome", "version",
                                         "parent", "backend", "model")}
+    if summary.get("chosen"):
+        line.update(chosen=summary["chosen"], run_type=summary["policy"])
     if "before" in summary:
         line["before"] = brief_metrics(summary["before"])
         line["after"] = brief_metrics(summary["after"])

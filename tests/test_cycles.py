@@ -124,3 +124,21 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
             "data_hashes.json", "README.md"} <= names
     assert "--policy bandit --seed 0 --budget tiny --oracle" in commands
     assert sum(n.endswith("experiment.json") for n in names) == 2
+
+
+def test_nightly_sleep_trains_the_source_its_policy_chooses(two_days):
+    result = run_cli("sleep", "--json", env={"CIRCADIAN_SLEEP__POLICY": "self"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    choices = [json.loads(line) for line in two_days.choice_log.read_text().splitlines()]
+    assert len(choices) == 1 and choices[0]["cycle_id"] == summary["cycle_id"]
+    losses = choices[0]["candidate_losses"]
+    assert set(losses) >= {"today", "replay", "inbox"}
+    assert choices[0]["chosen"] == max(losses, key=losses.get) == summary["chosen"]
+    trained = [u["name"] for u in summary["units"] if u["state"] == "trained"]
+    assert trained and all(choices[0]["chosen"] in name or name == choices[0]["chosen"] for name in trained)
+    line = json.loads(two_days.run_log.read_text().splitlines()[-1])
+    assert line["run_type"] == "self" and line["chosen"] == summary["chosen"]
+    state = json.loads((two_days.control / "policy.json").read_text())
+    assert state["self"]["history"][0][0] == summary["chosen"]
+    assert_one_line_error(run_cli("sleep", env={"CIRCADIAN_SLEEP__POLICY": "greedy"}))

@@ -1,0 +1,87 @@
+"""The nightly sleep's source choice, when `sleep.policy` is not "all".
+
+Tonight's data is seen as sources (sources.py: today, replay, inbox, synthetic); the configured
+policy (policies.py) picks one from the sources' selection-split losses under the current model,
+the choice is one line in `data/runs/choice_log.jsonl`, and only the chosen source is trained.
+After training, the decrease of the mean selection loss is the policy's reward; the policy's
+state (the bandit's history) is kept in `control/policy.json` between nights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from circadian import memories, policies, sources
+from circadian.dataset import GENERAL_GENERATOR, Plan, Selection, Unit
+from circadian.fsutil import append_jsonl, atomic_write_json, read_jsonl
+from circadian.paths import Paths
+from circadian.tokens import encode_chat
+
+
+@dataclass
+class Night:
+    """What the choice decided, and how to reward it after training."""
+
+    policy: policies.Policy
+    choice: policies.Choice
+    losses: dict[str, float]
+    encoded: dict[str, list]
+
+    def mean_loss(self, model) -> float:
+        from circadian.evaluate import mean_loss
+
+        values = [mean_loss(model, rows) for rows in self.encoded.values()]
+        return sum(values) / len(values)
+
+
+def _state_path(paths: Paths):
+    return paths.control / "policy.json"
+
+
+def load_policy(paths: Paths, spec: str, seed: int) -> policies.Policy:
+    try:
+        saved = json.loads(_state_path(paths).read_text())
+    except (OSError, ValueError):
+        saved = {}
+    return policies.make(spec, seed, saved.get(spec, {}))
+
+
+def save_policy(paths: Paths, policy: policies.Policy) -> None:
+    try:
+        saved = json.loads(_state_path(paths).read_text())
+    except (OSError, ValueError):
+        saved = {}
+    saved[policy.name] = policy.state
+    atomic_write_json(_state_path(paths), saved)
+
+
+def choose(paths: Paths, spec: str, seed: int, model, max_length: int, *, cycle_id: str, selection: Selection,
+           inbox_rows: list, general: list[dict], region: str, plan: Plan, anchors_per_row: float) -> tuple[Night, list[Unit]]:
+    """Score the sources, let the policy choose, log the choice; return it and the units to train."""
+    from circadian.evaluate import mean_loss
+
+    pools = sources.build_all(sources.Context(selection, inbox_rows, general, region))
+    policy = load_policy(paths, spec, seed)
+    encoded = {k: [encode_chat(model.tokenizer, r["messages"], max_length) for r in src.select] for k, src in pools.items()}
+    losses = {k: mean_loss(model, rows) for k, rows in encoded.items()}
+    count = sum(1 for _n, row, _raw in read_jsonl(paths.choice_log) if row)
+    choice = policy.choose(losses, count + 1) if losses else policies.Choice("none", "no source has data")
+    append_jsonl(paths.choice_log, [{"cycle_id": cycle_id, "run_type": spec, "candidate_losses": losses,
+                                     "chosen": choice.source, "reason": choice.reason,
+                                     "loss_regret": losses[choice.source] - min(losses.values()) if losses else None,
+                                     "ts": memories.now_iso()}])
+    anchors = [r for r in plan.train if r.get("lineage", {}).get("generator") == GENERAL_GENERATOR]
+    share = lambda n: anchors[:min(len(anchors), math.ceil(anchors_per_row * n))]  # noqa: E731
+    if choice.source == "today":
+        units = [u for u in plan.units if u.name == "today"]
+    elif choice.source == "inbox":
+        units = [u for u in plan.units if u.queue_id]
+    elif choice.source in pools:  # replay, synthetic, or a plug-in source: its own train/eval splits
+        src = pools[choice.source]
+        plain = [{**r, "lineage": {**r.get("lineage", {}), "generator": f"source:{choice.source}"}} for r in src.train]
+        units = [Unit(choice.source, plain + (share(len(plain)) if choice.source != "synthetic" else []), src.eval)]
+    else:
+        units = []
+    return Night(policy, choice, losses, encoded), units
