@@ -108,6 +108,7 @@ FAST = """
 name = "{model}"
 [sleep]
 general_replay = 3
+general_per_fact_row = 0
 probe_max_tokens = 6
 capability_max_tokens = 4
 [train]

@@ -101,5 +101,6 @@ def test_cli_paths_and_status_json(home):
     assert table["home"] == str(home) and table["memories"] == str(home / "data" / "memories.jsonl")
     status = json.loads(run_cli("status", "--json").stdout)
     assert status["adapter"] is None and status["memories"]["turns"] == 0
-    assert status["queue"] == {"priority": 0, "normal": 0}
+    assert status["queue"]["counts"]["queued"] == 0 and status["queue"]["waiting_files"] == []
+    assert status["schedule"]["by"] is None and status["next_run"] is None and status["sleep"] is None
     assert stat.S_IMODE(home.stat().st_mode) == 0o700

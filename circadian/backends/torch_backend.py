@@ -366,7 +366,7 @@ class TorchModel:
                 tokens = sum(len(r) for r in rows)
                 trained_tokens += tokens
                 train_seconds += time.perf_counter() - tic
-                event = {"iteration": step, "train_loss": float(loss), "learning_rate": scheduler.get_last_lr()[0],
+                event = {"iteration": step, "train_loss": float(loss.detach()), "learning_rate": scheduler.get_last_lr()[0],
                          "tokens_per_second": trained_tokens / train_seconds, "trained_tokens": trained_tokens,
                          "peak_memory_mb": self._peak_memory_mb(), "epoch": epoch + 1, "total_steps": total}
                 if valid and (step % settings.eval_every == 0 or step == total):
