@@ -83,6 +83,10 @@ class SleepSettings(_Section):
     probe_max_tokens: int = Field(40, ge=4, description="reply length when checking recall")
     capability_max_tokens: int = Field(32, ge=4, description="reply length for the capability harness")
     policy: str = Field("all", pattern=r"^(all|self|random|bandit|fixed:[\w-]+)$", description="what a night trains: all (every source) or one source a policy picks: self | random | bandit | fixed:SOURCE")
+    track: bool = Field(True, description="learning evolution: snapshot what the model answers for tracked examples during training")
+    track_sample: int = Field(12, ge=0, description="training rows tracked besides every recall probe")
+    track_max_tokens: int = Field(12, ge=1, description="reply length of a tracked example's answer")
+    track_budget: float = Field(0.15, gt=0, le=1, description="largest share of the training time snapshots may take")
     inbox_settle_seconds: float = Field(5.0, ge=0, description="an inbox file changed more recently than this waits for the next sleep (it may still be being written)")
     redact_region: str = Field("US", description="default region for phone numbers without a country code")
 

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from circadian import __version__, adapters, choice, control, dataset, evaluate, gate, inbox, memories, replay, report
+from circadian import __version__, adapters, choice, control, dataset, evaluate, evolution, gate, inbox, memories, replay, report
 from circadian.backends import LoadRequest, select_backend
 from circadian.config import Config
 from circadian.errors import CircadianError
@@ -303,11 +303,20 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
     before = measured("current")
 
     cycle.stage("train")
+    tracker = None
+    if config.sleep.track:
+        examples = evolution.tracked_sample(
+            evolution.probe_expected(plan.train, plan.probes + plan.retention_probes),
+            [r for u in units for r in u.train], config.sleep.track_sample, seed=config.train.seed)
+        tracker = evolution.Tracker(model, examples, cycle.dir / "evolution", max_tokens=config.sleep.track_max_tokens,
+                                    budget=config.sleep.track_budget, max_length=config.train.max_length)
+        tracker.start()
     night = train_units(
         model, units, cycle_dir=cycle.dir, control=paths.control, say=cycle.say, publish=cycle.publish,
         tokenize=lambda rows, is_train: _tokenize(tokenizer, rows, config.train.max_length,
                                                   anchors=is_train and config.train.anchor_weight > 0),
-        train_one=lambda m, t, v, cb: _train(cycle, m, t, v, config, console, _chain(cb, on_event)),
+        train_one=lambda m, t, v, cb: _train(cycle, m, t, v, config, console,
+                                             _chain(cb, tracker.on_event if tracker else None, on_event)),
         on_skip=lambda unit: inbox.set_state(paths, [unit.queue_id] if unit.queue_id else [], "skipped",
                                              cycle_id=cycle.id, reason="skipped by request"),
         start=(active.path, active.version) if active else (None, None))
@@ -318,6 +327,12 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
                                       "units": [o.as_dict() for o in night.outcomes],
                                       "redactions": dict(plan.redactions)})
     result = night.result
+    evolution_brief = tracker.finish(result.steps) if tracker else None
+    if evolution_brief:
+        counts, overhead = evolution_brief["counts"], evolution_brief["overhead"]
+        cycle.say(f"learning evolution: {counts['learned']} learned, {counts['struggling']} struggling, "
+                  f"{counts['not learned']} not learned; {overhead['snapshots']} snapshots cost "
+                  f"{overhead['share']:.0%} of the training time")
     if night_choice:
         reward = sum(night_choice.losses.values()) / len(night_choice.losses) - night_choice.mean_loss(model)
         night_choice.policy.update(night_choice.choice.source, reward)
@@ -380,6 +395,7 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
         "train": _train_brief(result), "before": before, "after": after, "gate": decision.as_dict(),
         "facts": plan.facts, "base_perplexity": base_ppl, "units": [o.as_dict() for o in night.outcomes],
         **({"chosen": night_choice.choice.source, "policy": config.sleep.policy} if night_choice else {}),
+        **({"evolution": evolution_brief} if evolution_brief else {}),
     })
 
 
@@ -423,11 +439,11 @@ def _figures(label: str, metrics: dict) -> str:
             f"val loss {fmt(brief['val_loss'], '.3f')}")
 
 
-def _chain(first: Callable, second: Callable | None) -> Callable:
-    """Return a callback asking `first`, then `second`; "stop" from either stops."""
+def _chain(*callbacks: Callable | None) -> Callable:
+    """Return a callback asking each callback in turn; the first decision ("stop") wins."""
     def callback(event: dict) -> str | None:
-        decision = first(event)
-        return decision or (second(event) if second else None)
+        decisions = [c(event) for c in callbacks if c is not None]
+        return next((d for d in decisions if d), None)
     return callback
 
 

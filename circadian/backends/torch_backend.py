@@ -175,29 +175,35 @@ class TorchModel:
         pending = 0
         cache = None
         step_input = input_ids
-        with torch.inference_mode():
-            for _ in range(settings.max_tokens):
-                if cancel is not None and cancel.is_set():
-                    break
-                out = self.model(input_ids=step_input, attention_mask=mask, past_key_values=cache,
-                                 use_cache=True, logits_to_keep=1)
-                cache = out.past_key_values
-                token = _pick(out.logits[0, -1].float(), settings, generator)
-                if token in self.eos_ids:
-                    break
-                pending += 1
-                ids.append(token)
-                step_input = torch.tensor([[token]], device=input_ids.device)
-                mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
-                    continue
-                delta, shown = text[len(shown):], text
-                yield Chunk(delta, pending)
-                pending = 0
+        was_training = self.model.training  # asked mid-training (learning evolution): answer as in eval
+        if was_training:
+            self.model.eval()
+        try:
+            with torch.inference_mode():
+                for _ in range(settings.max_tokens):
+                    if cancel is not None and cancel.is_set():
+                        break
+                    out = self.model(input_ids=step_input, attention_mask=mask, past_key_values=cache,
+                                     use_cache=True, logits_to_keep=1)
+                    cache = out.past_key_values
+                    token = _pick(out.logits[0, -1].float(), settings, generator)
+                    if token in self.eos_ids:
+                        break
+                    pending += 1
+                    ids.append(token)
+                    step_input = torch.tensor([[token]], device=input_ids.device)
+                    mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
+                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                    if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+                        continue
+                    delta, shown = text[len(shown):], text
+                    yield Chunk(delta, pending)
+                    pending = 0
+        finally:
+            if was_training:
+                self.model.train()
         if pending:
             yield Chunk("", pending)
-
 
     # ----------------------------------------------------------------------------- scoring
 
