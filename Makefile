@@ -9,7 +9,9 @@ MODEL  := models/smollm2-135m-instruct/circadian-model.json
 UNAME  := $(shell uname -s)
 CUDA   := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: demo setup test test-fast bench clean-venv
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo setup browser test test-fast bench clean-venv
 
 demo: setup
 	$(BIN)/circadian demo
@@ -36,7 +38,15 @@ endif
 $(MODEL): $(STAMP)
 	$(BIN)/circadian models build
 
-test: setup
+# the dashboard's end-to-end tests drive Debian's chromium through chromedriver
+browser:
+ifeq ($(UNAME),Linux)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver || \
+	    { $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }; }
+endif
+
+test: setup browser
 	$(BIN)/pytest -q
 
 test-fast: setup

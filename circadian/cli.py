@@ -36,6 +36,7 @@ from circadian import cli_cycles, cli_night  # noqa: E402
 app.add_typer(cli_night.schedule_app, name="schedule")
 app.command()(cli_night.daemon)
 app.command()(cli_night.ctl)
+app.command()(cli_night.dashboard)
 app.add_typer(cli_cycles.cycles_app, name="cycles")
 
 

@@ -147,3 +147,16 @@ def _status_line(status: dict) -> str:
     if status.get("flags"):
         parts.append("requested: " + ", ".join(status["flags"]))
     return " · ".join(parts)
+
+
+def dashboard(home: HomeOpt = None,
+              port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8765,
+              host: Annotated[str, typer.Option("--host", help="default 127.0.0.1; anything else exposes your "
+                                                "conversations to that network")] = "127.0.0.1"):
+    """The local web dashboard: overview, live training, learning evolution, cycles, adapters."""
+    from circadian.dashboard import serve
+
+    paths, config = _setup(home)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _say(f"warning: serving on {host}, not only this machine; anyone who can reach it reads your conversations")
+    serve(paths, config, host=host, port=port, say=_say)
