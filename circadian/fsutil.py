@@ -134,3 +134,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def parse_lines(text: str):
+    """Given JSONL text, yield (line number, JSON object or None, why not) for each non-blank line."""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            yield number, None, f"not JSON ({exc.msg})"
+            continue
+        yield (number, value, None) if isinstance(value, dict) else (number, None, "not a JSON object")

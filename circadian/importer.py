@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from circadian import memories
 from circadian.errors import CircadianError
-from circadian.fsutil import append_jsonl, lock_for, read_jsonl
+from circadian.fsutil import append_jsonl, lock_for, parse_lines, read_jsonl
 from circadian.paths import Paths
 
 MAX_REPORTED = 10
@@ -44,16 +44,9 @@ def validate_lines(text: str) -> tuple[list[memories.Conversation], list[str]]:
     """Given a JSONL file's text, return (parsed rows, problems as "line N: why") (pure)."""
     rows: list[memories.Conversation] = []
     problems: list[str] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            problems.append(f"line {number}: not JSON ({exc.msg})")
-            continue
-        if not isinstance(value, dict):
-            problems.append(f"line {number}: not a JSON object")
+    for number, value, why in parse_lines(text):
+        if why:
+            problems.append(f"line {number}: {why}")
             continue
         try:
             rows.append(memories.Conversation.model_validate(value))

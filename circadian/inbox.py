@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from circadian import memories
-from circadian.fsutil import append_jsonl, atomic_write_json, atomic_write_text, lock_for
+from circadian.fsutil import append_jsonl, atomic_write_json, atomic_write_text, lock_for, parse_lines
 from circadian.paths import Paths
 
 PRIORITIES = ("priority", "normal")
@@ -74,17 +74,11 @@ def parse_row(value) -> tuple[list[dict] | None, str | None]:
 def validate_text(text: str) -> tuple[list[list[dict]], list[dict]]:
     """Given a dataset file's text, return (good rows' messages, bad rows with line/reason/raw) (pure)."""
     good, bad = [], []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            bad.append({"line": number, "reason": f"not JSON ({exc.msg})", "raw": raw})
-            continue
-        messages, why = parse_row(value)
+    raw_lines = text.splitlines()
+    for number, value, why in parse_lines(text):
+        messages, why = (None, why) if why else parse_row(value)
         if why:
-            bad.append({"line": number, "reason": why, "raw": raw})
+            bad.append({"line": number, "reason": why, "raw": raw_lines[number - 1]})
         else:
             good.append(messages)
     return good, bad
