@@ -239,7 +239,7 @@ def test_priority_inbox_trains_first_and_skip_moves_on(long_night):
     rows = [{"prompt": f"Say the code word {i}.", "completion": f"The code word is lantern {i}."} for i in range(12)]
     (long_night.inbox / "normal" / "later.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
     (long_night.inbox / "priority" / "first.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[6:]))
-    env = {"CIRCADIAN_TRAIN__MIN_STEPS": "40", "CIRCADIAN_TRAIN__MAX_STEPS": "40"}
+    env = {"CIRCADIAN_TRAIN__MIN_STEPS": "16", "CIRCADIAN_TRAIN__MAX_STEPS": "16"}
     sleeper = subprocess.Popen([*CLI, "sleep", "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env={**os.environ, **env})
     try:
