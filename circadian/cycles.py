@@ -161,13 +161,11 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
                 rewards[name] = _mean(eval_now.values()) - _mean(after_eval[name].values())
                 if name == choice.source:
                     model.save_adapter(folder / "adapters" / f"c{cycle:02d}")
-            position = (folder / "adapters" / f"c{cycle:02d}", f"{experiment}-c{cycle:02d}")
-            model.set_adapter(*position)
         else:
             train_on(choice.source, cycle)
             model.save_adapter(folder / "adapters" / f"c{cycle:02d}")
-            position = (folder / "adapters" / f"c{cycle:02d}", f"{experiment}-c{cycle:02d}")
-            model.set_adapter(*position)
+        position = (folder / "adapters" / f"c{cycle:02d}", f"{experiment}-c{cycle:02d}")
+        model.set_adapter(*position)
         select_after, eval_after = losses("select"), losses("eval")
         progress = _mean(select_now.values()) - _mean(select_after.values())
         policy.update(choice.source, progress)

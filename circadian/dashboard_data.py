@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from pathlib import Path
-
 from circadian import adapters, control, evolution, inbox
 from circadian.analyze import analyze
 from circadian.config import Config
@@ -127,7 +125,3 @@ def to_csv(rows: list[dict]) -> str:
     for row in rows:
         writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
     return buffer.getvalue()
-
-
-def log_paths(paths: Paths) -> list[Path]:
-    return [paths.run_log, paths.choice_log]

@@ -22,6 +22,7 @@ import random
 import time
 from pathlib import Path
 
+from circadian.dataset import GENERAL_GENERATOR
 from circadian.evaluate import answer, is_hit
 from circadian.fsutil import atomic_write_json
 from circadian.tokens import encode_chat
@@ -33,7 +34,7 @@ def tracked_sample(probes: list[dict], train_rows: list[dict], size: int, seed: 
     """Return the examples to follow: every probe, plus `size` training rows (facts/inbox first)."""
     examples = [{"id": f"probe-{i}", "kind": "probe", "question": p["question"], "answers": p["answers"],
                  "expected": p.get("expected") or p["answers"][0], "fact": p.get("fact")} for i, p in enumerate(probes)]
-    candidates = [r for r in train_rows if r.get("lineage", {}).get("generator") not in ("self-distillation",)]
+    candidates = [r for r in train_rows if r.get("lineage", {}).get("generator") != GENERAL_GENERATOR]
     single = [r for r in candidates if len(r["messages"]) == 2 and r["messages"][0]["role"] == "user"]
     rng = random.Random(seed)
     for i, row in enumerate(rng.sample(single, min(size, len(single)))):

@@ -81,14 +81,13 @@ def train_units(model, units: list, *, tokenize: Callable[[list, bool], list], c
             continue
         say(f"training unit {index + 1}/{len(units)}: {unit.name} ({len(unit.train)} rows)")
         train_ex, valid_ex = tokenize(unit.train, True), tokenize(unit.valid, False)
-        state = {"decision": None, "paused": False, "started": time.time()}
+        state = {"decision": None, "started": time.time()}
 
         def checkpoint() -> None:
             model.save_adapter(cycle_dir / "paused")
             say(f"paused; the adapter so far is saved in {cycle_dir / 'paused'}")
 
         def on_pause(paused: bool) -> None:
-            state["paused"] = paused
             publish({"state": "paused" if paused else "running"})
             if not paused:
                 say("resumed")
