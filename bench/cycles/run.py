@@ -1,0 +1,169 @@
+"""Self-choice cycles on the embedded model: 10 cycles x {self, fixed:today, random, bandit} x 3 seeds.
+
+Run as: .venv/bin/python bench/cycles/run.py [--home DIR] [--cycles 10] [--seeds 0,1,2] [--budget small]
+
+Set-up (once per home, through the real `circadian` command): the first four chats of
+bench/recall/day.json are played and learned in one night (so `replay` has older facts), the rest
+of the day is played (so `today` has new facts), and bench/cycles/inbox.jsonl (30 rows about the
+user's pharmacy) is dropped in the inbox. The set-up night runs with a relaxed capability and
+perplexity gate (printed below): the point of it is an older day to replay, and the recall bench
+measures the gate on its own.
+
+Then every policy x seed runs `circadian cycles run --oracle` from that same home (experiments never
+touch the home's CURRENT), and `circadian cycles analyze --json` gives the table written to
+bench/cycles/RESULTS.md. Finished experiments are kept; a rerun with the same home only runs the
+missing ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT))
+
+from circadian.assistant import Assistant, ChatSession  # noqa: E402
+from circadian.config import load_config  # noqa: E402
+from circadian.paths import Paths  # noqa: E402
+
+SETUP_GATE = {"CIRCADIAN_GATE__MAX_CAPABILITY_DROP": "0.5", "CIRCADIAN_GATE__MAX_PPL_DRIFT": "0.2",
+              "CIRCADIAN_GATE__MAX_TOTAL_PPL_DRIFT": "0.2"}
+POLICIES = ("self", "fixed:today", "random", "bandit")
+
+
+def cli(home: Path, *args: str, env: dict | None = None) -> dict:
+    full = {**os.environ, "CIRCADIAN_HOME": str(home), **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "circadian", *args, "--json"], cwd=ROOT, env=full,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"circadian {' '.join(args)} failed: {result.stderr[-1500:]}")
+    return json.loads(result.stdout)
+
+
+def play(paths: Paths, sessions: list[list[str]]) -> None:
+    config, _ = load_config(paths.config)
+    config.chat.max_tokens = 24
+    session = ChatSession(Assistant(paths, config), source="chat")
+    for messages in sessions:
+        session.new()
+        for text in messages:
+            session.respond(text)
+
+
+def set_up(home: Path, models: Path) -> dict:
+    marker = home / "bench-setup.json"
+    if marker.exists():
+        return json.loads(marker.read_text())
+    if home.exists():
+        shutil.rmtree(home)
+    paths = Paths(home, "bench", models).ensure()
+    sessions = json.loads((ROOT / "bench" / "recall" / "day.json").read_text())["sessions"]
+    tic = time.time()
+    play(paths, sessions[:4])
+    print(f"set-up: day A played; night with a relaxed gate {SETUP_GATE}", flush=True)
+    night = cli(home, "sleep", env=SETUP_GATE)
+    if night.get("outcome") != "promoted":
+        raise SystemExit(f"set-up night was not promoted: {night.get('outcome')} {night.get('gate')}")
+    play(paths, sessions[4:])
+    target = paths.data / "inbox" / "normal" / "pharmacy.jsonl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(HERE / "inbox.jsonl", target)
+    past = time.time() - 3600
+    os.utime(target, (past, past))
+    info = {"night": {k: night.get(k) for k in ("cycle_id", "version", "outcome", "before", "after", "gate", "seconds")},
+            "seconds": round(time.time() - tic)}
+    marker.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def finished(home: Path) -> set[tuple[str, int]]:
+    done = set()
+    for file in (home / "data" / "runs" / "experiments").glob("*/experiment.json"):
+        meta = json.loads(file.read_text())
+        if meta.get("ended"):
+            done.add((meta["policy"], meta["seed"]))
+    return done
+
+
+def fmt(stat: dict | None, spec: str = ".3f") -> str:
+    if not stat or stat.get("mean") is None:
+        return "-"
+    half = stat.get("ci95")
+    return f"{stat['mean']:{spec}}" + (f" ± {half:{spec}}" if half is not None else "")
+
+
+def write_results(home: Path, result: dict, setup: dict, args, elapsed: float) -> str:
+    lines = [
+        "# Self-choice cycles (embedded SmolLM2-135M-Instruct, torch CPU)", "",
+        f"Reproduce: `.venv/bin/python bench/cycles/run.py` ({args.cycles} cycles, seeds {args.seeds}, budget "
+        f"{args.budget}, `--oracle`; {elapsed / 60:.0f} min of experiments on this 2-core machine).", "",
+        "Sources: `today` (the second half of bench/recall/day.json, not yet learned), `replay` (the first half, "
+        "learned in the set-up night), `inbox` (bench/cycles/inbox.jsonl), `synthetic` (general prompts answered by "
+        "the base model). Reward = decrease of the mean eval loss over all sources; oracle = every source trained "
+        "from the same checkpoint each cycle. Mean ± 95% CI half-width over seeds.", "",
+        "| policy | final recall | perplexity drift | capability change | cumulative oracle regret | share of oracle gain | mean-choice share |",
+        "|---|---|---|---|---|---|---|"]
+    for row in result["per_run_type"]:
+        random_share = [e["random_reference_share"] for e in result["experiments"]
+                        if e["run_type"] == row["run_type"] and e["random_reference_share"] is not None]
+        mean_choice = f"{sum(random_share) / len(random_share):.0%}" if random_share else "-"
+        lines.append(f"| {row['run_type']} | {fmt(row['final_recall'], '.0%')} | {fmt(row['perplexity_drift'], '+.1%')} | "
+                     f"{fmt(row['capability_drift'], '+.0%')} | {fmt(row['cumulative_oracle_regret'], '.4f')} | "
+                     f"{fmt(row['oracle_gain_share'], '.0%')} | {mean_choice} |")
+    lines += ["", "Per experiment:", "", "| experiment | choices | recall c0 -> final | eval loss c0 -> final | share of oracle gain |",
+              "|---|---|---|---|---|"]
+    for e in result["experiments"]:
+        share = f"{e['oracle_gain_share']:.0%}" if e["oracle_gain_share"] is not None else "-"
+        recall = (f"{e['recall_cycle0']:.0%} -> {e['final_recall']:.0%}"
+                  if e["recall_cycle0"] is not None and e["final_recall"] is not None else "-")
+        lines.append(f"| {e['experiment']} | {json.dumps(e['choices'])} | {recall} | "
+                     f"{e['eval_loss_cycle0']:.3f} -> {e['final_eval_loss']:.3f} | {share} |")
+    counts = result["integrity"]["counts"]
+    lines += ["", "Integrity: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+              + f"; missing cycle ids: {len(result['integrity']['missing_cycle_ids'])}; "
+              f"broken lines: {len(result['integrity']['broken_lines'])}.", "",
+              f"Set-up night: {setup['night']['outcome']} {setup['night']['version']} "
+              f"(recall {setup['night']['before']['recall']:.0%} -> {setup['night']['after']['recall']:.0%}, "
+              f"{setup['night']['seconds']:.0f} s)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=Path.home() / ".cache" / "circadian-bench" / "cycles")
+    parser.add_argument("--cycles", type=int, default=10)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--budget", default="small")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    models = Paths.resolve(None).models
+    os.environ["CIRCADIAN_MODELS_DIR"] = str(models)
+    setup = set_up(args.home, models)
+    print(f"set-up: {setup}", flush=True)
+    tic = time.time()
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for policy in args.policies.split(","):
+            if (policy, seed) in finished(args.home):
+                continue
+            started = time.time()
+            summary = cli(args.home, "cycles", "run", "--n", str(args.cycles), "--policy", policy, "--seed", str(seed),
+                          "--budget", args.budget, "--oracle")
+            print(f"{policy} seed {seed}: recall {summary['cycle0'].get('recall')} -> {summary['final'].get('recall')}, "
+                  f"{time.time() - started:.0f} s", flush=True)
+    result = cli(args.home, "cycles", "analyze", "--csv", str(args.home / "csv"))
+    text = write_results(args.home, result, setup, args, time.time() - tic)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
