@@ -152,21 +152,22 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
         cycle_id = f"{experiment}-c{cycle:02d}"
         choice = policy.choose(select_now, cycle)
         rewards = None
-        if oracle:
+        eval_after = None
+        if oracle:  # the chosen source last: its branch is where the experiment goes on, already measured
             rewards, after_eval = {}, {}
-            for name in pools:
+            for name in sorted(pools, key=lambda k: k == choice.source):
                 model.set_adapter(*position)
                 train_on(name, cycle)
                 after_eval[name] = losses("eval")
                 rewards[name] = _mean(eval_now.values()) - _mean(after_eval[name].values())
-                if name == choice.source:
-                    model.save_adapter(folder / "adapters" / f"c{cycle:02d}")
+            eval_after = after_eval[choice.source]
         else:
             train_on(choice.source, cycle)
-            model.save_adapter(folder / "adapters" / f"c{cycle:02d}")
+        model.save_adapter(folder / "adapters" / f"c{cycle:02d}")
         position = (folder / "adapters" / f"c{cycle:02d}", f"{experiment}-c{cycle:02d}")
         model.set_adapter(*position)
-        select_after, eval_after = losses("select"), losses("eval")
+        select_after = losses("select")
+        eval_after = eval_after or losses("eval")
         progress = _mean(select_now.values()) - _mean(select_after.values())
         policy.update(choice.source, progress)
         chosen_reward = _mean(eval_now.values()) - _mean(eval_after.values())

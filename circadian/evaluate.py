@@ -50,14 +50,31 @@ def answer(model: LoadedModel, question: str, max_tokens: int) -> str:
     return "".join(c.text for c in model.stream([{"role": "user", "content": question}], settings)).strip()
 
 
+def answers(model: LoadedModel, questions: list[str], max_tokens: int, on_item=None, batch_size: int = 16) -> list[str]:
+    """Return the greedy replies to many questions: in batches when the backend offers
+    `greedy_batch`, else one by one. `on_item` is called once per answered question."""
+    batch = getattr(model, "greedy_batch", None)
+    if batch is None:
+        replies = []
+        for question in questions:
+            replies.append(answer(model, question, max_tokens))
+            if on_item:
+                on_item()
+        return replies
+    replies = []
+    for start in range(0, len(questions), batch_size):
+        part = questions[start:start + batch_size]
+        replies += batch([[{"role": "user", "content": q}] for q in part], max_tokens, batch_size)
+        for _ in part:
+            if on_item:
+                on_item()
+    return replies
+
+
 def ask_all(model: LoadedModel, items: list[dict], *, key: str, max_tokens: int, on_item=None) -> dict:
     """Given items with a question under `key` and "answers", return {"score", "n", "items"}."""
-    results = []
-    for item in items:
-        reply = answer(model, item[key], max_tokens)
-        results.append({**item, "answer": reply, "hit": is_hit(reply, item["answers"])})
-        if on_item:
-            on_item()
+    replies = answers(model, [item[key] for item in items], max_tokens, on_item)
+    results = [{**item, "answer": reply, "hit": is_hit(reply, item["answers"])} for item, reply in zip(items, replies)]
     hits = sum(r["hit"] for r in results)
     return {"score": hits / len(results) if results else None, "n": len(results), "items": results}
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from circadian.dataset import GENERAL_GENERATOR
-from circadian.evaluate import answer, is_hit
+from circadian.evaluate import answers, is_hit
 from circadian.fsutil import atomic_write_json
 from circadian.tokens import encode_chat
 
@@ -75,9 +75,9 @@ class Tracker:
     def snapshot(self, step: int | str) -> dict:
         tic = time.perf_counter()
         scored = self.model.score(self.encoded)
+        replies = answers(self.model, [e["question"] for e in self.examples], self.max_tokens)
         items = []
-        for example, (total, count) in zip(self.examples, scored):
-            reply = answer(self.model, example["question"], self.max_tokens)
+        for example, (total, count), reply in zip(self.examples, scored, replies):
             items.append({"id": example["id"], "answer": reply, "hit": is_hit(reply, example["answers"]),
                           "loss": total / max(count, 1)})
         seconds = time.perf_counter() - tic

@@ -13,12 +13,13 @@ from pathlib import Path
 
 from circadian.backends import LoadedModel
 from circadian.dataset import GENERAL_GENERATOR
-from circadian.evaluate import answer
+from circadian.evaluate import answers as answer_many
 from circadian.fsutil import append_jsonl
 
 GENERATOR = GENERAL_GENERATOR
 VERSION = "1"
 MAX_TOKENS = 48
+BATCH = 16  # answers appended to the cache per batch: an interrupted night keeps the finished ones
 
 
 def prompts() -> list[str]:
@@ -80,7 +81,7 @@ def general_rows(model: LoadedModel, restore, cache_dir: Path, model_path: Path,
                  on_item=None) -> list[dict]:
     """Return the general rows of the first `limit` prompts, answering the ones not cached yet with
     the base model (adapter switched off; `restore` puts the current adapter back afterwards).
-    Each answer is appended to the cache as soon as it exists, so an interrupted night keeps them."""
+    Each batch of answers is appended to the cache as soon as it exists, so an interrupted night keeps them."""
     if limit <= 0:
         return []
     path = cache_path(cache_dir, model_path)
@@ -91,11 +92,12 @@ def general_rows(model: LoadedModel, restore, cache_dir: Path, model_path: Path,
         if had_adapter:
             model.set_adapter(None, None)
         try:
-            for prompt in todo:
-                answers[prompt] = _whole_sentences(answer(model, prompt, MAX_TOKENS))
-                append_jsonl(path, [{"prompt": prompt, "reply": answers[prompt]}])
-                if on_item:
-                    on_item()
+            for start in range(0, len(todo), BATCH):
+                part = todo[start:start + BATCH]
+                replies = answer_many(model, part, MAX_TOKENS, on_item, batch_size=BATCH)
+                for prompt, reply in zip(part, replies):
+                    answers[prompt] = _whole_sentences(reply)
+                append_jsonl(path, [{"prompt": p, "reply": answers[p]} for p in part])
         finally:
             if had_adapter:
                 restore()

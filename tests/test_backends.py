@@ -129,6 +129,16 @@ def test_torch_stream_stops_when_cancelled(torch_tiny):
     assert produced < 20
 
 
+def test_torch_batched_greedy_answers_match_one_by_one(torch_tiny):
+    from circadian import evaluate
+
+    questions = ["Hi", "What is the capital of a country far away from here?", "Name a colour.",
+                 "Tell me something about cats and dogs living together in a small flat."]
+    single = [evaluate.answer(torch_tiny, q, 10) for q in questions]
+    assert len(set(single)) > 1  # different prompts, different replies: the comparison means something
+    assert evaluate.answers(torch_tiny, questions, 10, batch_size=3) == single
+
+
 def _make_peft_adapter(base_path, folder, version, *, scale=5.0):
     """Save a real PEFT LoRA adapter for the tiny model with non-zero B, plus its manifest."""
     import torch

@@ -144,9 +144,13 @@ def main() -> None:
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--budget", default="small")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for the experiments (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     models = Paths.resolve(None).models
-    os.environ["CIRCADIAN_MODELS_DIR"] = str(models)
+    os.environ.setdefault("CIRCADIAN_MODELS_DIR", str(models))
+    models = Path(os.environ["CIRCADIAN_MODELS_DIR"])
     setup = set_up(args.home, models)
     print(f"set-up: {setup}", flush=True)
     tic = time.time()
