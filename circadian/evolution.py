@@ -5,9 +5,11 @@ The tracked sample is every recall probe plus `sleep.track_sample` training rows
 inbox rows first). A snapshot asks each one (greedy, `sleep.track_max_tokens` tokens) and scores
 the loss of its expected answer; it is stored as `data/runs/<cycle>/evolution/step_NNNN.json`.
 Snapshots are taken before training (step 0), at steps 1, 2, 4, 8, 16, ... (dense early, sparse
-late) and after training (the kept checkpoint, "final"); a scheduled one is skipped when the
-snapshots so far already cost more than `sleep.track_budget` of the training time, so the
-overhead is bounded by construction (step 0 and final always run; the summary reports the share).
+late) and after training (the kept checkpoint, "final"); a scheduled one is taken only when it and
+the final one (each costing about what the last did) still fit in `sleep.track_budget` of the
+planned training time (time per step so far x the planned steps), so the overhead is bounded by
+construction unless training stops much earlier than planned (step 0 and final always run; the
+summary reports the real share). Answers are generated in batches (`evaluate.answers`).
 
 `analyze` gives each example the step it was learned at (loss under the threshold and the answer
 right, and still right at the next snapshot), its regressions (right, then wrong) and a category:
@@ -65,6 +67,7 @@ class Tracker:
                                                       {"role": "assistant", "content": e["expected"]}], max_length)
                         for e in examples]
         self.snapshot_seconds = 0.0
+        self.last_cost = 0.0
         self.train_started: float | None = None
         self.next_step = 1
         self.skipped = 0
@@ -82,6 +85,7 @@ class Tracker:
                           "loss": total / max(count, 1)})
         seconds = time.perf_counter() - tic
         self.snapshot_seconds += seconds
+        self.last_cost = seconds
         name = "final" if step == "final" else f"step_{int(step):04d}"
         record = {"step": step, "seconds": round(seconds, 3), "ts": time.time(), "items": items}
         atomic_write_json(self.folder / f"{name}.json", record)
@@ -100,7 +104,8 @@ class Tracker:
         while self.next_step <= step:
             self.next_step *= 2
         train_seconds = time.perf_counter() - (self.train_started or time.perf_counter()) - self.snapshot_seconds
-        if self.snapshot_seconds > self.budget * max(train_seconds, 1e-9):
+        planned = train_seconds / max(step, 1) * max(event.get("total_steps") or step, step)
+        if self.snapshot_seconds + 2 * self.last_cost > self.budget * planned:  # this one and the final
             self.skipped += 1
             return None
         self.snapshot(step)

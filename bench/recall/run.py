@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ def play_day(paths: Paths) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--keep", type=Path, help="copy the bench home here afterwards (to look at the candidate)")
     args = parser.parse_args()
     models = Paths.resolve(None).models
     os.environ["CIRCADIAN_MODELS_DIR"] = str(models)
@@ -69,9 +71,13 @@ def main() -> None:
         candidate = (cli(home, "eval", "recall", "--probes", str(HERE / "questions.jsonl"), "--adapter", night["version"])
                      if night.get("outcome") == "rejected" else after)
         report = (home / "data" / "runs" / night["cycle_id"] / "report.md").read_text(encoding="utf-8")
+        analysis = home / "data" / "runs" / night["cycle_id"] / "evolution" / "analysis.json"
+        overhead = json.loads(analysis.read_text())["overhead"] if analysis.exists() else None
         leaked_anywhere = [i["question"] for i in after["items"] + candidate["items"] + forbidden["items"]
                            if "Z8kLq3" in i["answer"] or "7351" in i["answer"]]
         elapsed = time.time() - started
+        if args.keep:
+            shutil.copytree(home, args.keep, symlinks=True, dirs_exist_ok=True)
     b, a = night["before"], night["after"]
     lines = [
         "# Recall after one night (embedded SmolLM2-135M-Instruct, torch CPU)", "",
@@ -89,7 +95,10 @@ def main() -> None:
         f"Gate: **{night['gate']['decision']}** ({'; '.join(night['gate']['reasons'])}).",
         f"Training: {night['train']['steps']} steps, best {night['train']['best_step']}, "
         f"{night['train']['tokens_per_second']:.0f} tokens/s, peak memory {night['train']['peak_memory_mb']:.0f} MB; "
-        f"night {night['seconds']:.0f} s.", "", "| question | before | after (candidate) |", "|---|---|---|"]
+        f"night {night['seconds']:.0f} s.",
+        (f"Learning-evolution snapshots: {overhead['snapshots']} taken ({overhead['skipped_for_budget']} skipped for "
+         f"the budget), {overhead['snapshot_seconds']:.0f} s = {overhead['share']:.1%} of {overhead['training_seconds']:.0f} s "
+         "of training." if overhead else "Learning-evolution snapshots: off."), "", "| question | before | after (candidate) |", "|---|---|---|"]
     for x, y in zip(before["items"], candidate["items"]):
         lines.append(f"| {x['question']} | {'✅' if x['hit'] else '❌'} {x['answer'][:50]} | "
                      f"{'✅' if y['hit'] else '❌'} {y['answer'][:60]} |")
