@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from circadian.errors import CircadianError
 
@@ -99,6 +99,14 @@ class GateSettings(_Section):
     max_capability_drop: float = Field(0.05, ge=0, le=1, description="largest allowed drop of the capability score (0.05: one of the 24 shipped questions)")
     max_ppl_drift: float = Field(0.02, ge=0, description="largest allowed general-perplexity rise vs the current adapter")
     max_total_ppl_drift: float = Field(0.05, ge=0, description="largest allowed general-perplexity rise vs the base model")
+    fallback_scales: list[float] = Field([0.75, 0.5], description="when a candidate learned but broke a bound, try it blended back toward the current adapter, keeping this share of the change (weight interpolation, WiSE-FT) and promote the first that passes; [] turns it off")
+
+    @field_validator("fallback_scales")
+    @classmethod
+    def _scales_between_0_and_1(cls, value: list[float]) -> list[float]:
+        if any(not 0 < v < 1 for v in value):
+            raise ValueError("each fallback scale must be between 0 and 1 (exclusive)")
+        return sorted(value, reverse=True)
 
 
 class StoreSettings(_Section):

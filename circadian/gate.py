@@ -12,6 +12,8 @@ from circadian.evaluate import score_of
 class Decision:
     promote: bool
     reasons: list[str] = field(default_factory=list)
+    learned: bool = False  # recall or validation loss improved
+    safe: bool = True  # every capability / perplexity bound held
 
     def as_dict(self) -> dict:
         return {"decision": "promoted" if self.promote else "rejected", "reasons": self.reasons}
@@ -62,4 +64,4 @@ def decide(before: dict, after: dict, settings: GateSettings, base_perplexity: f
                 reasons.append(f"perplexity vs the base model {total:+.1%} (allowed {settings.max_total_ppl_drift:.0%})")
     if not learned:
         reasons.insert(0, "nothing measurably learned")
-    return Decision(learned and safe, reasons)
+    return Decision(learned and safe, reasons, learned, safe)

@@ -79,6 +79,15 @@ def render_markdown(summary: dict) -> str:
     if "gate" in summary:
         lines += ["## Gate", "", f"Decision: **{summary['gate']['decision']}**", ""]
         lines += [f"- {reason}" for reason in summary["gate"]["reasons"]] + [""]
+        blend = summary.get("blend")
+        if blend:
+            lines += ["Blends tried (the trained change kept at this share; weight interpolation):", "",
+                      "| blend | recall | capability | perplexity | gate |", "|---|---|---|---|---|"]
+            for row in [{"factor": 1.0, "metrics": blend["full"], "gate": blend["full_gate"]}, *blend["tried"]]:
+                m = row["metrics"]
+                lines.append(f"| x{row['factor']:g} | {_pct(m['recall'])} | {_pct(m['capability'])} | "
+                             f"{_num(m['perplexity'], '.2f')} | {row['gate']['decision']} |")
+            lines.append("")
     if "after" in summary:
         lines += ["## Before and after", "", "| | current | candidate |", "|---|---|---|"]
         lines += [f"| {name} | {b} | {a} |" for name, b, a in metric_rows(summary)] + [""]

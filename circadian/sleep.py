@@ -349,6 +349,11 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
         (before["perplexity"] if not active else None)
     decision = gate.decide(before, after, config.gate, base_ppl)
     cycle.say(f"gate: {'PROMOTE' if decision.promote else 'REJECT'} ({'; '.join(decision.reasons)})")
+    blend = None
+    if decision.learned and not decision.safe and config.gate.fallback_scales and hasattr(model, "blend_adapter"):
+        start_path = active.path if active and active.manifest.backend == backend.name else None
+        after, decision, blend = _blended_fallback(cycle, model, start_path, before, after, decision, measured,
+                                                   config, base_ppl)
 
     cycle.stage("commit")
     version = adapters.next_version(paths, datetime.now().astimezone())
@@ -368,7 +373,7 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
                  "sources": sorted({row.get("lineage", {}).get("generator", "?") for row in plan.train}),
                  "snapshot": str(cycle.dir / "dataset"), "memories_end_offset": scan.end_offset},
         "metrics": {"before": brief_metrics(before), "after": brief_metrics(after), "base_perplexity": base_ppl},
-        "gate": decision.as_dict(),
+        "gate": decision.as_dict(), **({"blend": blend} if blend else {}),
         "timings": cycle.timings, "train": _train_brief(result),
         "tokens_per_second": round(result.tokens_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb, 1),
         "circadian_version": __version__, "weights": weights,
@@ -393,10 +398,39 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
         "counts": plan.counts, "redactions": dict(plan.redactions), "dataset_sha256": plan.sha256(),
         "masks": asdict(masks) | {"target_ratio": masks.target_ratio}, "padding_share": padding,
         "train": _train_brief(result), "before": before, "after": after, "gate": decision.as_dict(),
+        **({"blend": blend} if blend else {}),
         "facts": plan.facts, "base_perplexity": base_ppl, "units": [o.as_dict() for o in night.outcomes],
         **({"chosen": night_choice.choice.source, "policy": config.sleep.policy} if night_choice else {}),
         **({"evolution": evolution_brief} if evolution_brief else {}),
     })
+
+
+def _blended_fallback(cycle: Cycle, model, start_path, before: dict, full: dict, full_decision, measured,
+                      config: Config, base_ppl):
+    """The candidate learned but broke a capability or perplexity bound: try it blended back toward
+    the adapter it started from (each of `gate.fallback_scales`, largest first) and keep the first
+    blend that passes the gate; if none does, restore the full candidate (kept as rejected).
+    Return (metrics, decision, record for the manifest)."""
+    cycle.stage("eval_blend")
+    tried = []
+    for factor in config.gate.fallback_scales:
+        model.blend_adapter(start_path, factor)
+        metrics = measured(f"candidate blended x{factor:g}")
+        decision = gate.decide(before, metrics, config.gate, base_ppl)
+        tried.append({"factor": factor, "metrics": brief_metrics(metrics), "gate": decision.as_dict()})
+        cycle.say(f"gate, blend x{factor:g}: {'PROMOTE' if decision.promote else 'REJECT'} "
+                  f"({'; '.join(decision.reasons)})")
+        if decision.promote:
+            failed = [r for r in full_decision.reasons if "allowed" in r]
+            decision.reasons.insert(0, f"the full candidate broke a bound ({'; '.join(failed)}); promoted blended "
+                                       f"x{factor:g} toward {'the current adapter' if start_path else 'the base model'}")
+            return metrics, decision, {"factor": factor, "tried": tried, "full": brief_metrics(full),
+                                       "full_gate": full_decision.as_dict()}
+    model.blend_adapter(start_path, 1.0)
+    full_decision.reasons.append(f"blends x{', x'.join(f'{f:g}' for f in config.gate.fallback_scales)} "
+                                 "failed the gate too")
+    return full, full_decision, {"factor": 1.0, "tried": tried, "full": brief_metrics(full),
+                                 "full_gate": full_decision.as_dict()}
 
 
 def _train(cycle: Cycle, model, train_ex, valid_ex, config: Config, console, on_event):

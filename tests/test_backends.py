@@ -267,3 +267,28 @@ def test_kl_anchor_keeps_the_base_distribution_where_cross_entropy_moves_it(back
     anchored, plain = shift(1.0), shift(0.0)
     assert plain > 1.0, plain            # cross-entropy on the rows moves their scores a lot
     assert anchored < plain / 5, (anchored, plain)
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_blend_adapter_interpolates_between_start_and_trained(backend, tiny_model, tmp_path):
+    from circadian.tokens import encode_chat
+
+    model = get_backend(backend).load(LoadRequest("tiny", tiny_model))
+    rows = [encode_chat(model.tokenizer, [{"role": "user", "content": "Hi"},
+                                          {"role": "assistant", "content": "Hello there, friend."}], 64)]
+    nll = lambda: model.score(rows)[0][0]  # noqa: E731
+    base = nll()
+    make = _make_peft_adapter if backend == "torch" else _make_mlx_adapter
+    folder = make(tiny_model, tmp_path / "v0001-blend", "v0001-blend")
+    model.set_adapter(folder, "v0001-blend")
+    adapted = nll()
+    assert abs(adapted - base) > 1e-3
+    model.blend_adapter(None, 0.0)  # all the way back to the base model
+    assert nll() == pytest.approx(base, rel=1e-4)
+    model.blend_adapter(None, 0.5)
+    halfway = nll()
+    assert abs(halfway - base) > 1e-5 and abs(halfway - adapted) > 1e-5  # a model of its own between the two
+    model.blend_adapter(folder, 0.2)  # the start is the trained adapter itself: nothing moves
+    assert nll() == pytest.approx(adapted, rel=1e-4)
+    model.blend_adapter(None, 1.0)
+    assert nll() == pytest.approx(adapted, rel=1e-4)

@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--budget", default="small")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--shard", default="0/1", help="i/n: run every n-th experiment from the i-th (parallel workers on one home)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for the experiments (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -154,15 +155,16 @@ def main() -> None:
     setup = set_up(args.home, models)
     print(f"set-up: {setup}", flush=True)
     tic = time.time()
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for policy in args.policies.split(","):
-            if (policy, seed) in finished(args.home):
-                continue
-            started = time.time()
-            summary = cli(args.home, "cycles", "run", "--n", str(args.cycles), "--policy", policy, "--seed", str(seed),
-                          "--budget", args.budget, "--oracle")
-            print(f"{policy} seed {seed}: recall {summary['cycle0'].get('recall')} -> {summary['final'].get('recall')}, "
-                  f"{time.time() - started:.0f} s", flush=True)
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    plan = [(policy, int(seed)) for seed in args.seeds.split(",") for policy in args.policies.split(",")]
+    for policy, seed in plan[shard::shards]:
+        if (policy, seed) in finished(args.home):
+            continue
+        started = time.time()
+        summary = cli(args.home, "cycles", "run", "--n", str(args.cycles), "--policy", policy, "--seed", str(seed),
+                      "--budget", args.budget, "--oracle")
+        print(f"{policy} seed {seed}: recall {summary['cycle0'].get('recall')} -> {summary['final'].get('recall')}, "
+              f"{time.time() - started:.0f} s", flush=True)
     result = cli(args.home, "cycles", "analyze", "--csv", str(args.home / "csv"))
     text = write_results(args.home, result, setup, args, time.time() - tic)
     args.out.write_text(text)

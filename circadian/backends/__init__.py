@@ -7,6 +7,11 @@ A backend is any object with the `Backend` shape below, registered by a distribu
 
 `mlx` and `torch` ship with circadian and are registered the same way. The rest of the program
 talks to these Protocols only; mlx and torch are imported inside their backend modules.
+
+Two optional LoadedModel methods are used when a backend has them: `greedy_batch(conversations,
+max_tokens, batch_size)` (greedy replies in batches; else one `stream` per question) and
+`blend_adapter(start, factor)` (move the trained adapter back toward the one it started from;
+else the gate's blended fallback is skipped).
 """
 
 from __future__ import annotations

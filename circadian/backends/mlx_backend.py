@@ -73,6 +73,7 @@ class MLXModel:
 
         mlx-lm applies LoRA layers in place, so switching means loading the base again.
         """
+        self._trained_state = None
         from mlx_lm import load
 
         try:
@@ -191,6 +192,8 @@ class MLXModel:
 
         from circadian.backends import TrainResult
         from circadian.tokens import length_batches
+
+        self._trained_state = None
 
         mx.random.seed(settings.seed)
         started = self._make_trainable(settings)
@@ -315,6 +318,26 @@ class MLXModel:
         import mlx.core as mx
 
         return mx.get_peak_memory() / 2**20
+
+    def blend_adapter(self, start: Path | None, factor: float) -> None:
+        """Move the trained adapter back toward `start` (None: the base model): every adapter leaf
+        becomes start + factor x (trained - start), lora_b = 0 standing in for the base (for DoRA
+        the magnitude vector is blended too, an approximation). factor 1 restores the trained one."""
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+
+        if getattr(self, "_trained_state", None) is None:
+            self._trained_state = {name: mx.array(value) for name, value in tree_flatten(self.model.trainable_parameters())
+                                   if name.rsplit(".", 1)[-1] in ADAPTER_LEAVES}
+        begin = mx.load(str(start / "adapters.safetensors")) if start else {}
+        blended = []
+        for name, trained in self._trained_state.items():
+            origin = begin.get(name)
+            if origin is None or origin.shape != trained.shape:
+                origin = mx.zeros_like(trained) if name.endswith("lora_b") else trained
+            blended.append((name, origin.astype(trained.dtype) + factor * (trained - origin.astype(trained.dtype))))
+        self.model.load_weights(blended, strict=False)
+        mx.eval(self.model.parameters())
 
     def save_adapter(self, folder: Path) -> dict[str, str]:
         import mlx.core as mx

@@ -135,6 +135,7 @@ class TorchModel:
 
     def set_adapter(self, adapter_path: Path | None, adapter_version: str | None) -> None:
         """Given a PEFT adapter folder (or None for the base model), make it the active one."""
+        self._trained_state = None
         from peft import PeftModel
 
         if isinstance(self.model, PeftModel):
@@ -365,6 +366,7 @@ class TorchModel:
         from circadian.tokens import length_batches
 
         torch.manual_seed(settings.seed)
+        self._trained_state = None
         started = self._make_trainable(settings)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self._optimizer(params, settings)
@@ -436,6 +438,25 @@ class TorchModel:
                            trained_tokens=trained_tokens,
                            tokens_per_second=trained_tokens / train_seconds if train_seconds else 0.0,
                            train_seconds=train_seconds, peak_memory_mb=self._peak_memory_mb(), curve=curve)
+
+    def blend_adapter(self, start: Path | None, factor: float) -> None:
+        """Move the trained adapter back toward `start` (the adapter training continued from; None:
+        the base model): every LoRA matrix becomes start + factor x (trained - start), with B = 0
+        standing in for the base. factor 1 restores the trained adapter. Weight interpolation as in
+        WiSE-FT (Wortsman et al., 2022): most of what was learned, less of the drift."""
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if getattr(self, "_trained_state", None) is None:
+            self._trained_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        begin = load_file(str(start / "adapter_model.safetensors")) if start else {}
+        blended = {}
+        for key, trained in self._trained_state.items():
+            origin = begin.get(key)
+            if origin is None or origin.shape != trained.shape:
+                origin = trained.new_zeros(trained.shape) if "lora_B" in key else trained
+            blended[key] = origin.to(trained.dtype) + factor * (trained - origin.to(trained.dtype))
+        set_peft_model_state_dict(self.model, blended)
 
     def save_adapter(self, folder: Path) -> dict[str, str]:
         from peft import PeftModel
