@@ -144,9 +144,12 @@ def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None =
                               "eval_loss": row.get("eval_loss"), "perplexity_drift": row.get("perplexity_drift")})
         cycle0 = meta.get("cycle0") or {}
         last = rows[-1]
+        planned = (meta.get("experiment") or {}).get("n")
+        complete = not rows[0].get("experiment") or bool((meta.get("experiment") or {}).get("ended"))
         has_oracle = any(r.get("oracle_rewards") for r in rows)
         per_experiment.append({
             "experiment": name, "run_type": rows[0]["run_type"], "seed": rows[0].get("seed"), "cycles": len(rows),
+            "planned_cycles": planned, "complete": complete,
             "final_recall": last.get("recall"), "recall_cycle0": cycle0.get("recall"),
             "final_capability": last.get("capability"), "capability_cycle0": cycle0.get("capability"),
             "capability_drift": (last["capability"] - cycle0["capability"])
@@ -164,7 +167,8 @@ def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None =
         })
     by_type: dict[str, list[dict]] = defaultdict(list)
     for e in per_experiment:
-        by_type[e["run_type"]].append(e)
+        if e["complete"]:  # an experiment that never ended (killed, still running) would skew its policy's means
+            by_type[e["run_type"]].append(e)
     metrics = ("final_recall", "perplexity_drift", "capability_drift", "final_eval_loss", "cumulative_oracle_regret",
                "oracle_gain_share", "stability_eval_loss_var")
     summary = [{"run_type": t, "experiments": len(es), **{m: mean_ci([e[m] for e in es]) for m in metrics}}
@@ -175,7 +179,10 @@ def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None =
     counts = dict(data["counts"])
     counts["displayed"] = len(per_cycle)
     return {"integrity": {"counts": counts, "logs": data["logs"], "broken_lines": data["broken"],
-                          "missing_cycle_ids": data["missing"], "nightly_without_choice": data["nightly_without_choice"]},
+                          "missing_cycle_ids": data["missing"], "nightly_without_choice": data["nightly_without_choice"],
+                          "incomplete_experiments": [{"experiment": e["experiment"], "cycles_logged": e["cycles"],
+                                                      "planned": e["planned_cycles"]}
+                                                     for e in per_experiment if not e["complete"]]},
             "per_run_type": summary, "experiments": per_experiment, "cycles": per_cycle,
             "choice_distribution": {t: {str(c): dict(v) for c, v in sorted(d.items())} for t, d in distribution.items()}}
 

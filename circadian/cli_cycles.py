@@ -99,6 +99,9 @@ def _print_analysis(result: dict) -> None:
     for which, ids in integrity["missing_cycle_ids"].items():
         if ids:
             console.print(f"  {which.replace('_', ' ')}: {', '.join(ids)}", highlight=False, markup=False)
+    for row in integrity["incomplete_experiments"]:
+        console.print(f"  never ended (left out of the per-policy means): {row['experiment']}, "
+                      f"{row['cycles_logged']} of {row['planned']} cycles logged", highlight=False, markup=False)
 
 
 @cycles_app.command("pack")

@@ -261,7 +261,9 @@ document.querySelectorAll("button[data-action]").forEach(b => b.onclick = async 
                  + "<h3>Broken lines</h3>" + table(integrity["broken_lines"], name="broken")
                  + "<h3>cycle_ids in one log only</h3>"
                  + table([{"where": k, "cycle_ids": ", ".join(v)} for k, v in integrity["missing_cycle_ids"].items()],
-                         name="missing") + "</div>")
+                         name="missing")
+                 + "<h3>Experiments that never ended (left out of the per-policy means)</h3>"
+                 + table(integrity["incomplete_experiments"], name="incomplete") + "</div>")
         return page("Cycles", "/cycles", body)
 
     async def adapters_page(request: Request):
@@ -310,6 +312,7 @@ document.querySelectorAll("button[data-action]").forEach(b => b.onclick = async 
             "choices": lambda: data.cycles_analysis(paths)["cycles"],
             "logs": lambda: [{"log": k, **v} for k, v in data.cycles_analysis(paths)["integrity"]["logs"].items()],
             "broken": lambda: data.cycles_analysis(paths)["integrity"]["broken_lines"],
+            "incomplete": lambda: data.cycles_analysis(paths)["integrity"]["incomplete_experiments"],
             "missing": lambda: [{"where": k, "cycle_ids": v} for k, v in
                                 data.cycles_analysis(paths)["integrity"]["missing_cycle_ids"].items()],
             "adapters": lambda: data.adapters_table(paths),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import tarfile
 import time
 
@@ -12,7 +14,7 @@ import pytest
 
 from circadian import adapters, dataset, memories, policies, sources
 from circadian.analyze import mean_ci
-from conftest import assert_one_line_error, run_cli, say
+from conftest import CLI, ROOT, assert_one_line_error, run_cli, say
 
 
 @pytest.fixture
@@ -98,23 +100,39 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     fixed = run_cli("cycles", "run", "--n", "1", "--policy", "fixed:inbox", "--budget", "tiny", "--no-generate")
     assert fixed.returncode == 0, fixed.stderr[-3000:]
     assert_one_line_error(run_cli("cycles", "run", "--policy", "fixed:nowhere", "--budget", "tiny"))
+    # an experiment killed after its first cycle: shown, but left out of the per-policy means
+    with (tmp_path / "killed.err").open("w") as err:
+        killed = subprocess.Popen([*CLI, "cycles", "run", "--n", "5", "--policy", "random", "--budget", "tiny",
+                                   "--no-generate"], env=os.environ.copy(), cwd=ROOT, stdout=err, stderr=err)
+    deadline = time.time() + 300
+    def random_lines(log):
+        return sum(json.loads(line).get("run_type") == "random" for line in log.read_text().splitlines())
+
+    while not random_lines(two_days.run_log) and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    logged, chosen = random_lines(two_days.run_log), random_lines(two_days.choice_log)  # chosen: +1 if killed between
+    assert 1 <= logged <= chosen <= logged + 1 and logged < 5, (tmp_path / "killed.err").read_text()[-2000:]
     with two_days.choice_log.open("a") as log:
         log.write('{"cycle_id": "broken\n')
     analysis = run_cli("cycles", "analyze", "--json", "--csv", str(tmp_path / "csv"))
     assert analysis.returncode == 0, analysis.stderr[-3000:]
     data = json.loads(analysis.stdout)
     counts = data["integrity"]["counts"]
-    assert counts["raw"]["choice_log"] == 4 and counts["parsed"]["choice_log"] == 3
-    assert counts["joined"] == 3 and counts["displayed"] == 3
-    assert any(b["file"] == "choice_log" and b["line"] == 4 for b in data["integrity"]["broken_lines"])
+    assert counts["raw"]["choice_log"] == 4 + chosen and counts["parsed"]["choice_log"] == 3 + chosen
+    assert counts["joined"] == 3 + logged and counts["displayed"] == 3 + logged
+    assert any(b["file"] == "choice_log" and b["line"] == 4 + chosen for b in data["integrity"]["broken_lines"])
+    assert [(e["cycles_logged"], e["planned"]) for e in data["integrity"]["incomplete_experiments"]] == [(logged, 5)]
     assert data["integrity"]["nightly_without_choice"] == 1  # the first day's sleep
     bandit = next(e for e in data["experiments"] if e["run_type"] == "bandit")
     assert 0 <= bandit["oracle_match_rate"] <= 1 and bandit["cumulative_oracle_regret"] >= -1e-9
     assert bandit["oracle_gain_share"] is not None and bandit["oracle_gain_share"] <= 1 + 1e-9
     assert {r["run_type"] for r in data["per_run_type"]} == {"bandit", "fixed:inbox"}
-    assert (tmp_path / "csv" / "cycles.csv").read_text().count("\n") == 4
+    assert (tmp_path / "csv" / "cycles.csv").read_text().count("\n") == 4 + logged
     text = run_cli("cycles", "analyze")
-    assert "broken: choice_log line 4" in text.stdout and "integrity: raw" in text.stdout
+    assert f"broken: choice_log line {4 + chosen}" in text.stdout and "integrity: raw" in text.stdout
+    assert "never ended (left out of the per-policy means)" in text.stdout
     packed = run_cli("cycles", "pack", "--out", str(tmp_path / "repro.tar.gz"), "--json")
     assert packed.returncode == 0, packed.stderr
     with tarfile.open(tmp_path / "repro.tar.gz") as tar:
@@ -123,7 +141,7 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     assert {"config/circadian.toml", "logs/run_log.jsonl", "logs/choice_log.jsonl", "versions.json",
             "data_hashes.json", "README.md"} <= names
     assert "--policy bandit --seed 0 --budget tiny --oracle" in commands
-    assert sum(n.endswith("experiment.json") for n in names) == 2
+    assert sum(n.endswith("experiment.json") for n in names) == 3
 
 
 def test_nightly_sleep_trains_the_source_its_policy_chooses(two_days):
