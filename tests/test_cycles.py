@@ -5,30 +5,44 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 
 from circadian import adapters, dataset, memories, policies, sources
 from circadian.analyze import mean_ci
-from conftest import CLI, ROOT, assert_one_line_error, run_cli, say
+from circadian.paths import Paths
+from conftest import CLI, FAST, MODELS, ROOT, assert_one_line_error, run_cli, say
+
+
+@pytest.fixture(scope="module")
+def two_days_home(tmp_path_factory, tiny_model) -> Path:
+    """Built once for the module (a night on the tiny model): yesterday learned (replay has data),
+    today's new facts, and a dataset waiting in the inbox."""
+    folder = tmp_path_factory.mktemp("two-days") / "home"
+    built = Paths(folder, "test", MODELS).ensure()
+    built.config.write_text(FAST.format(model=tiny_model))
+    env = {"CIRCADIAN_HOME": str(folder), "CIRCADIAN_MODELS_DIR": str(MODELS)}
+    say(built, "My dog is called Biscuit.", "My sister Lena lives in Trondheim.", "I work as a nurse.")
+    done = run_cli("sleep", "--json", env=env)
+    assert done.returncode == 0 and json.loads(done.stdout)["outcome"] == "promoted", done.stderr[-2000:]
+    say(built, "My cat is called Mochi.", "I grew up in Zwolle.", "My favourite colour is green.")
+    rows = [{"prompt": f"Say code {i}.", "completion": f"Code {i} is lantern."} for i in range(12)]
+    inbox_file = built.inbox / "normal" / "codes.jsonl"
+    inbox_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.utime(inbox_file, (time.time() - 60, time.time() - 60))
+    return folder
 
 
 @pytest.fixture
-def two_days(night):
-    """A home where yesterday was learned (replay has data), today has new facts, and a dataset
-    waits in the inbox."""
-    say(night, "My dog is called Biscuit.", "My sister Lena lives in Trondheim.", "I work as a nurse.")
-    done = run_cli("sleep", "--json")
-    assert done.returncode == 0 and json.loads(done.stdout)["outcome"] == "promoted", done.stderr[-2000:]
-    say(night, "My cat is called Mochi.", "I grew up in Zwolle.", "My favourite colour is green.")
-    rows = [{"prompt": f"Say code {i}.", "completion": f"Code {i} is lantern."} for i in range(12)]
-    inbox_file = night.inbox / "normal" / "codes.jsonl"
-    inbox_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.utime(inbox_file, (time.time() - 60, time.time() - 60))
+def two_days(night, two_days_home):
+    """A copy of the two-day home for one test (each test changes it)."""
+    shutil.copytree(two_days_home, night.home, symlinks=True, dirs_exist_ok=True)
     return night
 
 
