@@ -7,9 +7,10 @@ the loss of its expected answer; it is stored as `data/runs/<cycle>/evolution/st
 Snapshots are taken before training (step 0), at steps 1, 2, 4, 8, 16, ... (dense early, sparse
 late) and after training (the kept checkpoint, "final"); a scheduled one is taken only when it and
 the final one (each costing about what the last did) still fit in `sleep.track_budget` of the
-planned training time (time per step so far x the planned steps), so the overhead is bounded by
-construction unless training stops much earlier than planned (step 0 and final always run; the
-summary reports the real share). Answers are generated in batches (`evaluate.answers`).
+training time the night is sure to reach: up to the next scheduled snapshot (2 x this step) or
+`train.min_steps`, whichever is later (early stopping may end it any time after), so the
+overhead stays near the budget (step 0 and final always run; the summary reports the real share).
+Answers are generated in one batch (`evaluate.answers`).
 
 `analyze` gives each example the step it was learned at (loss under the threshold and the answer
 right, and still right at the next snapshot), its regressions (right, then wrong) and a category:
@@ -53,16 +54,27 @@ def probe_expected(plan_rows: list[dict], probes: list[dict]) -> list[dict]:
     return [{**p, "expected": replies.get(p.get("fact"), p["answers"][0])} for p in probes]
 
 
+def fits_budget(*, spent: float, cost: float, train_seconds: float, step: int, total_steps: int | None,
+                min_steps: int, budget: float) -> bool:
+    """Whether a snapshot now (and the final one, each costing `cost`) keeps the snapshots within
+    `budget` of the training the night is sure to reach: until the next scheduled snapshot (2 x
+    step) or min_steps, capped by total_steps (early stopping may end it any time after)."""
+    horizon = min(total_steps or 2 * step, max(2 * step, min_steps))
+    planned = train_seconds / max(step, 1) * max(horizon, step)
+    return spent + 2 * cost <= budget * planned
+
+
 class Tracker:
     """Takes the snapshots during one night; `on_event` is chained into the training callback."""
 
     def __init__(self, model, examples: list[dict], folder: Path, *, max_tokens: int = 12, budget: float = 0.15,
-                 max_length: int = 512):
+                 max_length: int = 512, min_steps: int = 0):
         self.model = model
         self.examples = examples
         self.folder = folder
         self.max_tokens = max_tokens
         self.budget = budget
+        self.min_steps = min_steps
         self.encoded = [encode_chat(model.tokenizer, [{"role": "user", "content": e["question"]},
                                                       {"role": "assistant", "content": e["expected"]}], max_length)
                         for e in examples]
@@ -78,7 +90,8 @@ class Tracker:
     def snapshot(self, step: int | str) -> dict:
         tic = time.perf_counter()
         scored = self.model.score(self.encoded)
-        replies = answers(self.model, [e["question"] for e in self.examples], self.max_tokens)
+        replies = answers(self.model, [e["question"] for e in self.examples], self.max_tokens,
+                          batch_size=min(48, max(1, len(self.examples))))  # short answers: one batch is cheapest
         items = []
         for example, (total, count), reply in zip(self.examples, scored, replies):
             items.append({"id": example["id"], "answer": reply, "hit": is_hit(reply, example["answers"]),
@@ -104,8 +117,8 @@ class Tracker:
         while self.next_step <= step:
             self.next_step *= 2
         train_seconds = time.perf_counter() - (self.train_started or time.perf_counter()) - self.snapshot_seconds
-        planned = train_seconds / max(step, 1) * max(event.get("total_steps") or step, step)
-        if self.snapshot_seconds + 2 * self.last_cost > self.budget * planned:  # this one and the final
+        if not fits_budget(spent=self.snapshot_seconds, cost=self.last_cost, train_seconds=train_seconds, step=step,
+                           total_steps=event.get("total_steps"), min_steps=self.min_steps, budget=self.budget):
             self.skipped += 1
             return None
         self.snapshot(step)

@@ -309,7 +309,8 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
             evolution.probe_expected(plan.train, plan.probes + plan.retention_probes),
             [r for u in units for r in u.train], config.sleep.track_sample, seed=config.train.seed)
         tracker = evolution.Tracker(model, examples, cycle.dir / "evolution", max_tokens=config.sleep.track_max_tokens,
-                                    budget=config.sleep.track_budget, max_length=config.train.max_length)
+                                    budget=config.sleep.track_budget, max_length=config.train.max_length,
+                                    min_steps=config.train.min_steps)
         tracker.start()
     night = train_units(
         model, units, cycle_dir=cycle.dir, control=paths.control, say=cycle.say, publish=cycle.publish,

@@ -64,3 +64,17 @@ def test_analysis_categories_and_forgetting_across_nights(tmp_path):
     assert result["events"] == [{"fact": "pet::dog", "cycle_id": "20261121-030000"}]
     assert result["facts"]["pet::dog"] == {"nights": 2, "forgetting_events": 1, "last_hit": True}
     assert result["nights"] == 2
+
+
+def test_snapshot_budget_counts_only_training_the_night_is_sure_to_reach():
+    from circadian.evolution import fits_budget
+
+    common = dict(budget=0.15, total_steps=200, min_steps=24)
+    # 5 s a step, 6 s a snapshot, 6 s spent at step 0: at step 4 the night surely reaches step 24 (120 s)
+    assert fits_budget(spent=5, cost=6, train_seconds=20, step=4, **common)
+    # an expensive snapshot (20 s) does not fit early, fits once enough training is sure to come
+    assert not fits_budget(spent=20, cost=20, train_seconds=20, step=4, **common)
+    assert fits_budget(spent=20, cost=20, train_seconds=320, step=64, **common)
+    # total_steps caps the horizon: at step 190 of 200 the night is sure of 1000 s, not of 1900 s
+    assert not fits_budget(spent=130, cost=12, train_seconds=950, step=190, **common)
+    assert fits_budget(spent=130, cost=12, train_seconds=950, step=190, **{**common, "total_steps": 400})
