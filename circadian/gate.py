@@ -10,10 +10,13 @@ from circadian.evaluate import score_of
 
 @dataclass
 class Decision:
-    promote: bool
+    learned: bool  # recall or validation loss improved
+    safe: bool  # every capability / perplexity bound held
     reasons: list[str] = field(default_factory=list)
-    learned: bool = False  # recall or validation loss improved
-    safe: bool = True  # every capability / perplexity bound held
+
+    @property
+    def promote(self) -> bool:
+        return self.learned and self.safe
 
     def as_dict(self) -> dict:
         return {"decision": "promoted" if self.promote else "rejected", "reasons": self.reasons}
@@ -64,4 +67,4 @@ def decide(before: dict, after: dict, settings: GateSettings, base_perplexity: f
                 reasons.append(f"perplexity vs the base model {total:+.1%} (allowed {settings.max_total_ppl_drift:.0%})")
     if not learned:
         reasons.insert(0, "nothing measurably learned")
-    return Decision(learned and safe, reasons, learned, safe)
+    return Decision(learned, safe, reasons)

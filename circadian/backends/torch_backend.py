@@ -206,6 +206,10 @@ class TorchModel:
         if pending:
             yield Chunk("", pending)
 
+    def _pad_id(self) -> int:
+        """The padding token: the tokenizer's, else the smallest end-of-sequence id."""
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+
     def greedy_batch(self, conversations: list[list[dict]], max_tokens: int, batch_size: int = 16) -> list[str]:
         """Given chat conversations, return each one's greedy reply, decoded in left-padded batches
         of similar length (evaluation and snapshots ask dozens of short questions: one batch of 16
@@ -214,7 +218,7 @@ class TorchModel:
 
         prompts = [self.encode_chat(m)["input_ids"][0].tolist() for m in conversations]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        pad = self._pad_id()
         replies: list[str] = [""] * len(prompts)
         was_training = self.model.training
         if was_training:
@@ -248,7 +252,7 @@ class TorchModel:
         import torch
 
         width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        pad = self._pad_id()
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
         targets = torch.zeros((len(rows), width), dtype=torch.float32)
