@@ -37,6 +37,7 @@ from circadian.paths import Paths  # noqa: E402
 SETUP_GATE = {"CIRCADIAN_GATE__MAX_CAPABILITY_DROP": "0.5", "CIRCADIAN_GATE__MAX_PPL_DRIFT": "0.2",
               "CIRCADIAN_GATE__MAX_TOTAL_PPL_DRIFT": "0.2"}
 POLICIES = ("self", "fixed:today", "random", "bandit")
+FULL_SEEDS = "0,1,2"
 
 
 def cli(home: Path, *args: str, env: dict | None = None) -> dict:
@@ -100,11 +101,18 @@ def fmt(stat: dict | None, spec: str = ".3f") -> str:
     return f"{stat['mean']:{spec}}" + (f" ± {half:{spec}}" if half is not None else "")
 
 
-def write_results(home: Path, result: dict, setup: dict, args, elapsed: float) -> str:
+def write_results(result: dict, setup: dict, args) -> str:
+    complete = {(e["run_type"], e["seed"]) for e in result["experiments"] if e["complete"]}
+    planned = [(p, int(s)) for s in FULL_SEEDS.split(",") for p in POLICIES]
+    missing = [f"{p} seed {s}" for p, s in planned if (p, s) not in complete]
+    status = (f" — PARTIAL: {len(planned) - len(missing)} of {len(planned)} experiments" if missing else "")
     lines = [
-        "# Self-choice cycles (embedded SmolLM2-135M-Instruct, torch CPU)", "",
-        f"Reproduce: `.venv/bin/python bench/cycles/run.py` ({args.cycles} cycles, seeds {args.seeds}, budget "
-        f"{args.budget}, `--oracle`; {elapsed / 60:.0f} min of experiments on this 2-core machine).", "",
+        f"# Self-choice cycles (embedded SmolLM2-135M-Instruct, torch CPU){status}", "",
+        *([f"Not run yet: {', '.join(missing)}. `bench/cycles/run.py --home DIR` resumes where it stopped.", ""]
+          if missing else []),
+        f"Reproduce: `.venv/bin/python bench/cycles/run.py` ({args.cycles} cycles, seeds {FULL_SEEDS}, budget "
+        f"{args.budget}, `--oracle`; an oracle cycle takes ~150 s of one core here, so the 12 experiments take "
+        "~2.5 h with `--shard 0/2` and `--shard 1/2` side by side).", "",
         "Sources: `today` (the second half of bench/recall/day.json, not yet learned), `replay` (the first half, "
         "learned in the set-up night), `inbox` (bench/cycles/inbox.jsonl), `synthetic` (general prompts answered by "
         "the base model). Reward = decrease of the mean eval loss over all sources; oracle = every source trained "
@@ -113,7 +121,7 @@ def write_results(home: Path, result: dict, setup: dict, args, elapsed: float) -
         "|---|---|---|---|---|---|---|"]
     for row in result["per_run_type"]:
         random_share = [e["random_reference_share"] for e in result["experiments"]
-                        if e["run_type"] == row["run_type"] and e["random_reference_share"] is not None]
+                        if e["run_type"] == row["run_type"] and e["complete"] and e["random_reference_share"] is not None]
         mean_choice = f"{sum(random_share) / len(random_share):.0%}" if random_share else "-"
         lines.append(f"| {row['run_type']} | {fmt(row['final_recall'], '.0%')} | {fmt(row['perplexity_drift'], '+.1%')} | "
                      f"{fmt(row['capability_drift'], '+.0%')} | {fmt(row['cumulative_oracle_regret'], '.4f')} | "
@@ -124,7 +132,8 @@ def write_results(home: Path, result: dict, setup: dict, args, elapsed: float) -
         share = f"{e['oracle_gain_share']:.0%}" if e["oracle_gain_share"] is not None else "-"
         recall = (f"{e['recall_cycle0']:.0%} -> {e['final_recall']:.0%}"
                   if e["recall_cycle0"] is not None and e["final_recall"] is not None else "-")
-        lines.append(f"| {e['experiment']} | {json.dumps(e['choices'])} | {recall} | "
+        name = e["experiment"] + ("" if e["complete"] else " (never ended: not in the means)")
+        lines.append(f"| {name} | {json.dumps(e['choices'])} | {recall} | "
                      f"{e['eval_loss_cycle0']:.3f} -> {e['final_eval_loss']:.3f} | {share} |")
     counts = result["integrity"]["counts"]
     lines += ["", "Integrity: " + ", ".join(f"{k} {v}" for k, v in counts.items())
@@ -140,7 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=Path.home() / ".cache" / "circadian-bench" / "cycles")
     parser.add_argument("--cycles", type=int, default=10)
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default=FULL_SEEDS)
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--budget", default="small")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
@@ -154,7 +163,6 @@ def main() -> None:
     models = Path(os.environ["CIRCADIAN_MODELS_DIR"])
     setup = set_up(args.home, models)
     print(f"set-up: {setup}", flush=True)
-    tic = time.time()
     shard, shards = (int(x) for x in args.shard.split("/"))
     plan = [(policy, int(seed)) for seed in args.seeds.split(",") for policy in args.policies.split(",")]
     for policy, seed in plan[shard::shards]:
@@ -166,7 +174,7 @@ def main() -> None:
         print(f"{policy} seed {seed}: recall {summary['cycle0'].get('recall')} -> {summary['final'].get('recall')}, "
               f"{time.time() - started:.0f} s", flush=True)
     result = cli(args.home, "cycles", "analyze", "--csv", str(args.home / "csv"))
-    text = write_results(args.home, result, setup, args, time.time() - tic)
+    text = write_results(result, setup, args)
     args.out.write_text(text)
     print(text)
 
