@@ -98,7 +98,7 @@ def fmt(stat: dict | None, spec: str = ".3f") -> str:
     if not stat or stat.get("mean") is None:
         return "-"
     half = stat.get("ci95")
-    return f"{stat['mean']:{spec}}" + (f" ± {half:{spec}}" if half is not None else "")
+    return f"{stat['mean']:{spec}}" + (f" ± {half:{spec.lstrip('+')}}" if half is not None else "")
 
 
 def write_results(result: dict, setup: dict, args) -> str:
