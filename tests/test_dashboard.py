@@ -86,6 +86,20 @@ def wait_until(predicate, timeout=60, what="condition"):
     raise AssertionError(f"timed out: {what}")
 
 
+def submit_filter(driver, query_part: str) -> list:
+    """Submit the evolution filter form (a GET form: the click navigates) and return the new table's rows
+    once the new page is there: the old table gone stale and the address carrying the query."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old_table = driver.find_element("id", "table-evolution")
+    driver.find_element("css selector", "#filter button").click()
+    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old_table))
+    wait_until(lambda: query_part in driver.current_url and driver.find_element("id", "table-evolution"), 20,
+               "the filtered page")
+    return driver.find_elements("css selector", "#table-evolution tr")[1:]
+
+
 def test_pages_export_evolution_and_rollback(night, server, browser, tmp_path):
     from selenium.webdriver.support.ui import Select
 
@@ -108,13 +122,11 @@ def test_pages_export_evolution_and_rollback(night, server, browser, tmp_path):
     rows = browser.find_elements("css selector", "#table-evolution tr")
     assert len(rows) > 2
     Select(browser.find_element("name", "category")).select_by_value("not learned")
-    browser.find_element("css selector", "#filter button").click()
-    categories = [r.find_elements("tag name", "td")[1].text for r in browser.find_elements("css selector", "#table-evolution tr")[1:]]
+    categories = [r.find_elements("tag name", "td")[1].text for r in submit_filter(browser, "category=not+learned")]
     assert all(c == "not learned" for c in categories)
     browser.find_element("name", "search").send_keys("Biscuit")
     Select(browser.find_element("name", "category")).select_by_value("")
-    browser.find_element("css selector", "#filter button").click()
-    texts = [r.text for r in browser.find_elements("css selector", "#table-evolution tr")[1:]]
+    texts = [r.text for r in submit_filter(browser, "search=Biscuit")]
     assert texts and all("biscuit" in t.lower() for t in texts)
     browser.find_element("css selector", "#table-evolution tr td a").click()
     wait_until(lambda: browser.find_elements("css selector", "svg polyline"), 10, "the example's loss curve")
