@@ -1,7 +1,8 @@
 """The nightly sleep's source choice, when `sleep.policy` is not "all".
 
 Tonight's data is seen as sources (sources.py: today, replay, inbox, synthetic); the configured
-policy (policies.py) picks one from the sources' selection-split losses under the current model,
+policy (policies.py) picks one from the sources' selection-split losses under the current model
+(after short probes of the sources it asks for, probing.py),
 the choice is one line in `data/runs/choice_log.jsonl`, and only the chosen source is trained.
 After training, the decrease of the mean selection loss is the policy's reward; the policy's
 state (the bandit's history) is kept in `control/policy.json` between nights.
@@ -12,8 +13,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Callable
 
-from circadian import memories, policies, sources
+from circadian import memories, policies, probing, sources
 from circadian.dataset import GENERAL_GENERATOR, Plan, Selection, Unit
 from circadian.fsutil import append_jsonl, atomic_write_json, read_jsonl
 from circadian.paths import Paths
@@ -57,20 +59,27 @@ def save_policy(paths: Paths, policy: policies.Policy) -> None:
     atomic_write_json(_state_path(paths), saved)
 
 
-def choose(paths: Paths, spec: str, seed: int, model, max_length: int, *, cycle_id: str, selection: Selection,
-           inbox_rows: list, general: list[dict], region: str, plan: Plan, anchors_per_row: float) -> tuple[Night, list[Unit]]:
-    """Score the sources, let the policy choose, log the choice; return it and the units to train."""
+def choose(paths: Paths, spec: str, model, settings, *, cycle_id: str, selection: Selection, inbox_rows: list,
+           general: list[dict], region: str, plan: Plan, anchors_per_row: float, restore: Callable[[], None],
+           say: Callable[[str], None]) -> tuple[Night, list[Unit]]:
+    """Score the sources, probe those the policy asks for, let it choose, log the choice; return it and
+    the units to train. `settings` are the night's training settings (their seed seeds the policy)."""
     from circadian.evaluate import mean_loss
 
     pools = sources.build_all(sources.Context(selection, inbox_rows, general, region))
-    policy = load_policy(paths, spec, seed)
-    encoded = {k: [encode_chat(model.tokenizer, r["messages"], max_length) for r in src.select] for k, src in pools.items()}
+    policy = load_policy(paths, spec, settings.seed)
+    encode = lambda rows: [encode_chat(model.tokenizer, r["messages"], settings.max_length) for r in rows]  # noqa: E731
+    encoded = {k: encode(src.select) for k, src in pools.items()}
     losses = {k: mean_loss(model, rows) for k, rows in encoded.items()}
     count = sum(1 for _n, row, _raw in read_jsonl(paths.choice_log) if row)
+    probes = probing.run_probes(model, policy, losses, count + 1, train_rows={k: encode(src.train) for k, src in pools.items()},
+                                select_rows=encoded, settings=settings, restore=restore, seed=settings.seed,
+                                say=say) if losses else None
     choice = policy.choose(losses, count + 1) if losses else policies.Choice("none", "no source has data")
     append_jsonl(paths.choice_log, [{"cycle_id": cycle_id, "run_type": spec, "candidate_losses": losses,
                                      "chosen": choice.source, "reason": choice.reason,
                                      "loss_regret": losses[choice.source] - min(losses.values()) if losses else None,
+                                     **({"probes": probes.as_dict()} if probes and probes.progress else {}),
                                      "ts": memories.now_iso()}])
     anchors = [r for r in plan.train if r.get("lineage", {}).get("generator") == GENERAL_GENERATOR]
     share = lambda n: anchors[:min(len(anchors), math.ceil(anchors_per_row * n))]  # noqa: E731

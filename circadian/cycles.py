@@ -5,7 +5,8 @@ there; the home's CURRENT is never touched), from the home's current adapter and
 its data split into sources (sources.py). Each cycle:
 
 1. scores every source's *selection* split under the current model (candidate losses);
-2. the policy chooses a source (one line in `data/runs/choice_log.jsonl`);
+2. the policy chooses a source (one line in `data/runs/choice_log.jsonl`), after probing the
+   sources it asks to (probing.py; the bandit does, for sources it knows too little about);
 3. trains on a budget-sized sample of the chosen source's *train* split, continuing the adapter;
    with `--oracle`, every source is trained from the same checkpoint, same budget and seed, so the
    true per-cycle best is known (the policy still only sees its own choice);
@@ -28,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from circadian import __version__, adapters, dataset, evaluate, inbox, memories, policies, replay, sources
+from circadian import __version__, adapters, dataset, evaluate, inbox, memories, policies, probing, replay, sources
 from circadian.backends import LoadRequest, select_backend
 from circadian.config import Config
 from circadian.errors import CircadianError
@@ -150,6 +151,9 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
     for cycle in range(1, n + 1):
         tic = time.time()
         cycle_id = f"{experiment}-c{cycle:02d}"
+        probes = probing.run_probes(model, policy, select_now, cycle, train_rows={k: v["train"] for k, v in encoded.items()},
+                                    select_rows={k: v["select"] for k, v in encoded.items()}, settings=settings,
+                                    restore=lambda: model.set_adapter(*position), seed=seed, say=say)
         choice = policy.choose(select_now, cycle)
         rewards = None
         eval_after = None
@@ -175,7 +179,8 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
         append_jsonl(paths.choice_log, [{
             "cycle_id": cycle_id, "run_type": policy_spec, "experiment": experiment, "cycle": cycle, "seed": seed,
             "candidate_losses": select_now, "chosen": choice.source, "reason": choice.reason,
-            "loss_regret": select_now[choice.source] - min(select_now.values()), "ts": memories.now_iso()}])
+            "loss_regret": select_now[choice.source] - min(select_now.values()),
+            **({"probes": probes.as_dict()} if probes.progress else {}), "ts": memories.now_iso()}])
         line = {"cycle_id": cycle_id, "run_type": policy_spec, "experiment": experiment, "cycle": cycle, "seed": seed,
                 "budget": budget, "chosen": choice.source, "reward": chosen_reward, "progress": progress,
                 "oracle_rewards": rewards, "select_losses": select_after, "eval_losses": eval_after,

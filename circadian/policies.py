@@ -5,9 +5,11 @@
 - `fixed:SOURCE`: always the same source;
 - `random`: a seeded, reproducible uniform choice;
 - `bandit`: discounted UCB on learning progress (the decrease of the mean selection loss over all
-  sources after training on the chosen one, rescaled by the recent reward spread as in Graves et
+  sources after training on the chosen one, rescaled by the largest recent reward, after Graves et
   al. 2017), so it follows which source *helps*, not which one is hard; the discount forgets old
-  nights because the best source changes as the model learns.
+  nights because the best source changes as the model learns. It explores by short probes
+  (probing.py: two steps on a source, measured the same way, then undone) rather than by whole
+  nights on sources that may teach nothing.
 
 A policy's state is a JSON-able dict, so the nightly sleep can keep it between nights.
 """
@@ -43,6 +45,13 @@ class Policy:
     def update(self, source: str, reward: float) -> None:
         self.state.setdefault("history", []).append([source, reward])
 
+    def probes_wanted(self, losses: dict[str, float], cycle: int) -> list[str]:
+        """Sources to probe before `choose` of the same cycle (probing.py); only the bandit wants any."""
+        return []
+
+    def observe_probe(self, source: str, progress: float) -> None:
+        """A probe's learning progress on `source` (called by probing.run_probes)."""
+
 
 class SelfChoice(Policy):
     def choose(self, losses, cycle):
@@ -68,36 +77,75 @@ class RandomChoice(Policy):
 
 
 class Bandit(Policy):
-    """Discounted UCB1 on rescaled learning progress."""
+    """Discounted UCB1 on rescaled learning progress, exploring by probes where it can.
 
-    gamma = 0.9   # discount per cycle: a night 7 cycles ago weighs 0.48
-    bonus = 0.3   # exploration weight (nights are expensive: explore little)
+    The evidence about a source is its discounted rewards: whole nights (weight 1) and short probes
+    (weight `probe_weight`, scaled to nights by the ratio seen when a probed source was then trained).
+    A source with less evidence than `stale` is probed before the choice (`probes_wanted`), so a
+    source that teaches nothing costs a probe, not a night. Without probes (a runner that cannot run
+    them), every source is tried once, highest selection loss first.
+    """
 
-    def _scale(self) -> float:
-        rewards = sorted(abs(r) for _s, r in self.state.get("history", [])[-20:])
-        return max(rewards[int(0.8 * (len(rewards) - 1))], 1e-6) if rewards else 1.0
+    gamma = 0.9          # discount per night: a night 7 nights ago weighs 0.48
+    bonus = 0.3          # exploration weight (nights are expensive: explore little)
+    probe_weight = 0.5   # a probe is half the evidence of a night
+    stale = 0.4          # below this much discounted evidence a source is probed again (3 nights after a probe)
+
+    def _entries(self) -> list[tuple[str, float, str, int | None, int]]:
+        """(source, reward, kind, cycle, age): age = nights logged after the entry. Old entries [s, r] are nights."""
+        rows = [(h[0], h[1], h[2] if len(h) > 2 else "night", h[3] if len(h) > 3 else None)
+                for h in self.state.get("history", [])]
+        out, nights_after = [], 0
+        for source, reward, kind, cycle in reversed(rows):
+            out.append((source, reward, kind, cycle, nights_after))
+            nights_after += kind == "night"
+        return out[::-1]
+
+    def _probe_scale(self, entries) -> float:
+        """Nights per probe: least squares through the origin over (probe, night) pairs of one source and cycle."""
+        probes = {(s, c): r for s, r, k, c, _a in entries if k == "probe" and c is not None}
+        pairs = [(probes[(s, c)], r) for s, r, k, c, _a in entries if k == "night" and (s, c) in probes]
+        sxx = sum(p * p for p, _n in pairs)
+        return min(20.0, max(0.25, sum(p * n for p, n in pairs) / sxx)) if sxx > 0 else 1.0
+
+    def _evidence(self) -> tuple[dict[str, float], dict[str, float], float]:
+        """Per source: discounted weight, discounted mean reward (in night units); and the reward scale."""
+        entries = self._entries()
+        factor = self._probe_scale(entries)
+        values = [(s, r * factor if k == "probe" else r, k, a) for s, r, k, _c, a in entries]
+        scale = max([abs(v) for _s, v, _k, _a in values[-20:]] + [1e-6])  # the largest recent: no ties at the top
+        weights: dict[str, float] = {}
+        sums: dict[str, float] = {}
+        for source, value, kind, age in values:
+            weight = self.gamma ** age * (self.probe_weight if kind == "probe" else 1.0)
+            weights[source] = weights.get(source, 0.0) + weight
+            sums[source] = sums.get(source, 0.0) + weight * value / scale
+        return weights, {s: sums[s] / weights[s] for s in weights}, scale
+
+    def probes_wanted(self, losses: dict[str, float], cycle: int) -> list[str]:
+        self.state["cycle"] = cycle
+        weights, _means, _scale = self._evidence()
+        return [s for s in sorted(losses) if weights.get(s, 0.0) < self.stale]
+
+    def observe_probe(self, source: str, progress: float) -> None:
+        self.state.setdefault("history", []).append([source, progress, "probe", self.state.get("cycle")])
+
+    def update(self, source: str, reward: float) -> None:
+        self.state.setdefault("history", []).append([source, reward, "night", self.state.get("cycle")])
 
     def choose(self, losses, cycle):
-        history = self.state.get("history", [])
-        tried = {s for s, _r in history}
-        untried = [s for s in sorted(losses, key=lambda k: -losses[k]) if s not in tried]
+        self.state["cycle"] = cycle
+        weights, means, _scale = self._evidence()
+        untried = [s for s in sorted(losses, key=lambda k: -losses[k]) if weights.get(s, 0.0) <= 0]
         if untried:
             return Choice(untried[0], "not tried yet (highest selection loss among untried)")
-        scale, n = self._scale(), len(history)
-        counts: dict[str, float] = {}
-        sums: dict[str, float] = {}
-        for age, (source, reward) in enumerate(reversed(history)):
-            weight = self.gamma ** age
-            counts[source] = counts.get(source, 0.0) + weight
-            sums[source] = sums.get(source, 0.0) + weight * max(-1.0, min(1.0, reward / scale))
-        total = sum(counts.values())
-        scores = {}
-        for source in losses:
-            c = counts.get(source, 1e-9)
-            scores[source] = sums.get(source, 0.0) / max(c, 1e-9) + self.bonus * math.sqrt(2 * math.log(max(total, 1.0001)) / max(c, 1e-9))
+        total = sum(weights.get(s, 0.0) for s in losses)
+        scores = {s: means[s] + self.bonus * math.sqrt(2 * math.log(max(total, 1.0001)) / weights[s]) for s in losses}
         best = max(sorted(scores), key=lambda k: scores[k])
-        return Choice(best, f"discounted UCB {scores[best]:.2f} (mean progress {sums.get(best, 0) / counts.get(best, 1):+.2f}, "
-                            f"weight {counts.get(best, 0):.1f} of {total:.1f}, {n} rewards)")
+        probes = sum(1 for h in self.state.get("history", []) if len(h) > 2 and h[2] == "probe")
+        return Choice(best, f"discounted UCB {scores[best]:.2f} (mean progress {means[best]:+.2f}, "
+                            f"weight {weights[best]:.1f} of {total:.1f}, {len(self.state.get('history', [])) - probes} "
+                            f"nights and {probes} probes)")
 
 
 def make(spec: str, seed: int = 0, state: dict | None = None) -> Policy:

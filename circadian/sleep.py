@@ -255,9 +255,11 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
     units, night_choice = plan.units, None
     if config.sleep.policy != "all":
         night_choice, units = choice.choose(
-            paths, config.sleep.policy, config.train.seed, model, config.train.max_length, cycle_id=cycle.id,
-            selection=selection, inbox_rows=[m for rows in inbox_rows.values() for m in rows], general=general,
-            region=config.sleep.redact_region, plan=plan, anchors_per_row=config.sleep.general_per_fact_row)
+            paths, config.sleep.policy, model, config.train, cycle_id=cycle.id, selection=selection,
+            inbox_rows=[m for rows in inbox_rows.values() for m in rows], general=general,
+            region=config.sleep.redact_region, plan=plan, anchors_per_row=config.sleep.general_per_fact_row,
+            restore=lambda: model.set_adapter(active.path if active else None, active.version if active else None),
+            say=cycle.say)
         cycle.say(f"policy {config.sleep.policy}: chose {night_choice.choice.source} ({night_choice.choice.reason}); "
                   "selection losses " + ", ".join(f"{k} {v:.3f}" for k, v in night_choice.losses.items()))
     inbox.set_state(paths, [u.queue_id for u in units if u.queue_id], "training", cycle_id=cycle.id)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from circadian import adapters, dataset, memories, policies, sources
+from circadian import adapters, dataset, memories, policies, probing, sources
 from circadian.analyze import mean_ci
 from circadian.paths import Paths
 from conftest import CLI, FAST, MODELS, ROOT, assert_one_line_error, run_cli, say
@@ -97,6 +97,54 @@ def test_policies_choose_as_documented():
         policies.make("greedy")
 
 
+def test_bandit_explores_by_probes_not_by_nights():
+    losses = {"today": 1.3, "replay": 0.05, "inbox": 1.8, "synthetic": 0.9}
+    progress = {"today": 0.15, "replay": -0.06, "inbox": 0.08, "synthetic": 0.0}
+    bandit = policies.make("bandit")
+    nights, probed = [], []
+    for cycle in range(1, 13):
+        wanted = bandit.probes_wanted(losses, cycle)
+        probed.append(wanted)
+        for source in wanted:
+            bandit.observe_probe(source, progress[source] / 2)  # a probe sees part of a night's progress
+        source = bandit.choose(losses, cycle).source
+        nights.append(source)
+        bandit.update(source, progress[source])
+    assert probed[0] == sorted(losses)  # nothing known: every source probed first
+    assert nights[0] == "today"  # the best probe, not the highest loss (inbox)
+    assert "replay" not in nights and "synthetic" not in nights  # no night spent on what teaches nothing
+    assert nights.count("today") >= 8
+    assert any("replay" in w for w in probed[1:])  # stale evidence is refreshed by probing again
+    assert policies.make("bandit", state=json.loads(json.dumps(bandit.state))).choose(losses, 13).source == "today"
+    # the probes are scaled to nights by what was seen when a probed source was then trained
+    assert 1.5 < bandit._probe_scale(bandit._entries()) < 2.5
+
+
+def test_probes_measure_progress_and_are_undone(tiny_model, tmp_path):
+    from circadian.backends import LoadRequest, get_backend
+    from circadian.config import Config
+    from circadian.evaluate import mean_loss
+    from circadian.tokens import encode_chat
+
+    model = get_backend("torch").load(LoadRequest("tiny", tiny_model))
+    chat = lambda q, a: encode_chat(model.tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64)  # noqa: E731
+    rows = {"fruit": [chat(f"Name fruit {i}.", f"Fruit {i} is a pear.") for i in range(8)],
+            "codes": [chat(f"Say code {i}.", f"Code {i} is lantern.") for i in range(8)]}
+    settings = Config().train.model_copy(update={"learning_rate": 5e-3})
+    model.train(rows["fruit"][:4], [], settings.model_copy(update={"max_steps": 2, "warmup_steps": 0}), lambda e: None)
+    model.save_adapter(tmp_path / "current")
+    model.set_adapter(tmp_path / "current", "current")
+    losses = {k: mean_loss(model, v) for k, v in rows.items()}
+    bandit = policies.make("bandit")
+    probes = probing.run_probes(model, bandit, losses, 1, train_rows=rows, select_rows=rows, settings=settings,
+                                restore=lambda: model.set_adapter(tmp_path / "current", "current"), seed=0)
+    assert set(probes.progress) == {"fruit", "codes"} and all(v > 0 for v in probes.progress.values())
+    assert {k: mean_loss(model, v) for k, v in rows.items()} == pytest.approx(losses, abs=1e-6)  # undone
+    assert [h[2] for h in bandit.state["history"]] == ["probe", "probe"]
+    assert probing.run_probes(model, policies.make("self"), losses, 1, train_rows=rows, select_rows=rows,
+                              settings=settings, restore=lambda: None, seed=0).progress == {}  # only the bandit asks
+
+
 def test_mean_ci_uses_student_t():
     stats = mean_ci([1.0, 2.0, 3.0])
     assert stats["mean"] == 2.0 and abs(stats["ci95"] - 4.303 * 1.0 / 3 ** 0.5) < 1e-9
@@ -110,6 +158,9 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["oracle"] and summary["final"]["cycle"] == 2
+    first = json.loads(two_days.choice_log.read_text().splitlines()[0])
+    assert sorted(first["probes"]["progress"]) == sorted(first["candidate_losses"])  # the bandit probed every source
+    assert adapters.current_version(two_days) == current
     assert adapters.current_version(two_days) == current  # experiments never touch CURRENT
     fixed = run_cli("cycles", "run", "--n", "1", "--policy", "fixed:inbox", "--budget", "tiny", "--no-generate")
     assert fixed.returncode == 0, fixed.stderr[-3000:]
@@ -158,19 +209,19 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     assert sum(n.endswith("experiment.json") for n in names) == 3
 
 
-def test_nightly_sleep_trains_the_source_its_policy_chooses(two_days):
-    result = run_cli("sleep", "--json", env={"CIRCADIAN_SLEEP__POLICY": "self"})
+def test_nightly_sleep_probes_then_trains_the_source_its_policy_chooses(two_days):
+    result = run_cli("sleep", "--json", env={"CIRCADIAN_SLEEP__POLICY": "bandit"})
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     choices = [json.loads(line) for line in two_days.choice_log.read_text().splitlines()]
     assert len(choices) == 1 and choices[0]["cycle_id"] == summary["cycle_id"]
-    losses = choices[0]["candidate_losses"]
-    assert set(losses) >= {"today", "replay", "inbox"}
-    assert choices[0]["chosen"] == max(losses, key=losses.get) == summary["chosen"]
+    losses, probes = choices[0]["candidate_losses"], choices[0]["probes"]["progress"]
+    assert set(losses) >= {"today", "replay", "inbox"} and sorted(probes) == sorted(losses)  # every source probed
+    assert choices[0]["chosen"] == max(probes, key=probes.get) == summary["chosen"]  # then the best probe trained
     trained = [u["name"] for u in summary["units"] if u["state"] == "trained"]
     assert trained and all(choices[0]["chosen"] in name or name == choices[0]["chosen"] for name in trained)
     line = json.loads(two_days.run_log.read_text().splitlines()[-1])
-    assert line["run_type"] == "self" and line["chosen"] == summary["chosen"]
-    state = json.loads((two_days.control / "policy.json").read_text())
-    assert state["self"]["history"][0][0] == summary["chosen"]
+    assert line["run_type"] == "bandit" and line["chosen"] == summary["chosen"]
+    history = json.loads((two_days.control / "policy.json").read_text())["bandit"]["history"]
+    assert [h[2] for h in history] == ["probe"] * len(probes) + ["night"] and history[-1][0] == summary["chosen"]
     assert_one_line_error(run_cli("sleep", env={"CIRCADIAN_SLEEP__POLICY": "greedy"}))
