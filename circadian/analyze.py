@@ -164,13 +164,17 @@ def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None =
             "random_reference_share": mean_sum / best_sum if has_oracle and best_sum > 0 else None,
             "oracle_match_rate": matches / len(rows) if has_oracle else None,
             "choices": dict(Counter(r["chosen"] for r in rows)),
+            "probes": sum(len((r["choice"].get("probes") or {}).get("progress", {})) for r in rows),
+            "probe_seconds_per_cycle": statistics.fmean((r["choice"].get("probes") or {}).get("seconds", 0.0) for r in rows),
+            "seconds_per_cycle": statistics.fmean(r.get("seconds") or 0.0 for r in rows),
         })
     by_type: dict[str, list[dict]] = defaultdict(list)
     for e in per_experiment:
         if e["complete"]:  # an experiment that never ended (killed, still running) would skew its policy's means
             by_type[e["run_type"]].append(e)
     metrics = ("final_recall", "perplexity_drift", "capability_drift", "final_eval_loss", "cumulative_oracle_regret",
-               "oracle_gain_share", "random_reference_share", "stability_eval_loss_var")
+               "oracle_gain_share", "random_reference_share", "stability_eval_loss_var", "probe_seconds_per_cycle",
+               "seconds_per_cycle")
     summary = [{"run_type": t, "experiments": len(es), **{m: mean_ci([e[m] for e in es]) for m in metrics}}
                for t, es in sorted(by_type.items())]
     distribution: dict[str, dict] = defaultdict(lambda: defaultdict(Counter))

@@ -65,7 +65,7 @@ def _fmt(stats: dict, spec: str = ".3f") -> str:
     if not stats or stats.get("mean") is None:
         return "n/a"
     text = format(stats["mean"], spec)
-    return text + (f" ± {format(stats['ci95'], spec)}" if stats.get("ci95") is not None else "")
+    return text + (f" ± {format(stats['ci95'], spec.lstrip('+'))}" if stats.get("ci95") is not None else "")
 
 
 def _print_analysis(result: dict) -> None:
@@ -75,13 +75,14 @@ def _print_analysis(result: dict) -> None:
     console = Console()
     table = Table(title="per policy (mean ± 95% CI over experiments)")
     for column in ("policy", "runs", "final recall", "ppl drift", "capability drift", "cum. oracle regret",
-                   "oracle gain share", "eval-loss variance"):
+                   "oracle gain share", "eval-loss variance", "s / cycle (probes)"):
         table.add_column(column)
     for s in result["per_run_type"]:
         table.add_row(s["run_type"], str(s["experiments"]), _fmt(s["final_recall"], ".0%"),
                       _fmt(s["perplexity_drift"], "+.2%"), _fmt(s["capability_drift"], "+.0%"),
                       _fmt(s["cumulative_oracle_regret"], ".4f"), _fmt(s["oracle_gain_share"], ".0%"),
-                      _fmt(s["stability_eval_loss_var"], ".2e"))
+                      _fmt(s["stability_eval_loss_var"], ".2e"),
+                      f"{_fmt(s['seconds_per_cycle'], '.0f')} ({_fmt(s['probe_seconds_per_cycle'], '.0f')})")
     console.print(table)
     for run_type, cycles in result["choice_distribution"].items():
         line = "  ".join(f"{c}:" + ",".join(f"{k}={v}" for k, v in sorted(d.items())) for c, d in cycles.items())
