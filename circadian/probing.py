@@ -39,10 +39,11 @@ def run_probes(model, policy: Policy, losses: dict[str, float], cycle: int, *, t
     tic = time.time()
     before = sum(losses.values()) / len(losses)
     progress: dict[str, float] = {}
-    for name in policy.probes_wanted(losses, cycle):
-        rows = train_rows.get(name) or []
-        if not rows:
-            continue
+    wanted = [name for name in policy.probes_wanted(losses, cycle) if train_rows.get(name)]
+    if wanted:
+        say(f"probing {', '.join(wanted)}: {PROBE_STEPS} training steps each, measured, then undone")
+    for name in wanted:
+        rows = train_rows[name]
         sample = random.Random(f"probe:{seed}:{cycle}:{name}").sample(rows, min(PROBE_STEPS * PROBE_BATCH, len(rows)))
         try:
             model.train(sample, [], settings.model_copy(update={
@@ -54,6 +55,6 @@ def run_probes(model, policy: Policy, losses: dict[str, float], cycle: int, *, t
         progress[name] = before - after
         policy.observe_probe(name, progress[name])
     if progress:
-        say(f"probes ({PROBE_STEPS} steps each, undone): "
+        say("probe progress: "
             + ", ".join(f"{k} {v:+.4f}" for k, v in progress.items()) + f" in {time.time() - tic:.0f} s")
     return Probes(progress, time.time() - tic)
