@@ -151,7 +151,7 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
     for cycle in range(1, n + 1):
         tic = time.time()
         cycle_id = f"{experiment}-c{cycle:02d}"
-        probes = probing.run_probes(model, policy, select_now, cycle, train_rows={k: v["train"] for k, v in encoded.items()},
+        probed = probing.run_probes(model, policy, select_now, cycle, train_rows={k: v["train"] for k, v in encoded.items()},
                                     select_rows={k: v["select"] for k, v in encoded.items()}, settings=settings,
                                     restore=lambda: model.set_adapter(*position), seed=seed, say=say)
         choice = policy.choose(select_now, cycle)
@@ -180,7 +180,7 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
             "cycle_id": cycle_id, "run_type": policy_spec, "experiment": experiment, "cycle": cycle, "seed": seed,
             "candidate_losses": select_now, "chosen": choice.source, "reason": choice.reason,
             "loss_regret": select_now[choice.source] - min(select_now.values()),
-            **({"probes": probes.as_dict()} if probes.progress else {}), "ts": memories.now_iso()}])
+            **({"probes": probed.as_dict()} if probed.progress else {}), "ts": memories.now_iso()}])
         line = {"cycle_id": cycle_id, "run_type": policy_spec, "experiment": experiment, "cycle": cycle, "seed": seed,
                 "budget": budget, "chosen": choice.source, "reward": chosen_reward, "progress": progress,
                 "oracle_rewards": rewards, "select_losses": select_after, "eval_losses": eval_after,

@@ -153,11 +153,11 @@ def test_mean_ci_uses_student_t():
 
 def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     current = adapters.current_version(two_days)
-    result = run_cli("cycles", "run", "--n", "2", "--policy", "bandit", "--budget", "tiny", "--oracle", "--json",
-                     "--no-generate")
+    result = run_cli("cycles", "run", "--n", "2", "--policy", "bandit", "--budget", "tiny", "--oracle", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["oracle"] and summary["final"]["cycle"] == 2
+    assert summary["final"]["recall"] is not None and summary["cycle0"]["recall"] is not None  # asked after probing
     first = json.loads(two_days.choice_log.read_text().splitlines()[0])
     assert sorted(first["probes"]["progress"]) == sorted(first["candidate_losses"])  # the bandit probed every source
     assert adapters.current_version(two_days) == current
