@@ -151,7 +151,7 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
     for cycle in range(1, n + 1):
         tic = time.time()
         cycle_id = f"{experiment}-c{cycle:02d}"
-        probed = probing.run_probes(model, policy, select_now, cycle, train_rows={k: v["train"] for k, v in encoded.items()},
+        probed = probing.run_probes(model, policy, select_now, cycle, train_rows=lambda k: encoded[k]["train"],
                                     select_rows={k: v["select"] for k, v in encoded.items()}, settings=settings,
                                     restore=lambda: model.set_adapter(*position), seed=seed, say=say)
         choice = policy.choose(select_now, cycle)

@@ -30,20 +30,20 @@ class Probes:
         return {"progress": self.progress, "seconds": round(self.seconds, 1)}
 
 
-def run_probes(model, policy: Policy, losses: dict[str, float], cycle: int, *, train_rows: dict[str, list],
+def run_probes(model, policy: Policy, losses: dict[str, float], cycle: int, *, train_rows: Callable[[str], list],
                select_rows: dict[str, list], settings, restore: Callable[[], None], seed: int,
                say: Callable[[str], None] = lambda _m: None) -> Probes:
-    """Probe the sources the policy asks for (encoded rows per source); tell it each one's progress."""
+    """Probe the sources the policy asks for; tell it each one's progress. `train_rows(source)` gives a
+    source's encoded train rows (asked only for the sources probed); `select_rows` every source's."""
     from circadian.evaluate import mean_loss
 
     tic = time.time()
     before = sum(losses.values()) / len(losses)
     progress: dict[str, float] = {}
-    wanted = [name for name in policy.probes_wanted(losses, cycle) if train_rows.get(name)]
+    wanted = {name: rows for name in policy.probes_wanted(losses, cycle) if (rows := train_rows(name))}
     if wanted:
         say(f"probing {', '.join(wanted)}: {PROBE_STEPS} training steps each, measured, then undone")
-    for name in wanted:
-        rows = train_rows[name]
+    for name, rows in wanted.items():
         sample = random.Random(f"probe:{seed}:{cycle}:{name}").sample(rows, min(PROBE_STEPS * PROBE_BATCH, len(rows)))
         try:
             model.train(sample, [], settings.model_copy(update={

@@ -239,7 +239,8 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
     model = backend.load(LoadRequest(resolved.name, resolved.path, config.model.device, config.model.dtype,
                                      config.model.quantize, active.path if active else None,
                                      active.version if active else None))
-    restore = lambda: model.set_adapter(active.path, active.version) if active else None  # noqa: E731
+    start = (active.path, active.version) if active else (None, None)
+    restore = lambda: model.set_adapter(*start) if active else None  # noqa: E731  (nothing to undo on the base)
     cache = paths.models / "replay_cache"
     wanted = dataset.general_wanted(plan, config.sleep, len(replay.prompts()))
     with _progress(console) as progress:
@@ -258,7 +259,7 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
             paths, config.sleep.policy, model, config.train, cycle_id=cycle.id, selection=selection,
             inbox_rows=[m for rows in inbox_rows.values() for m in rows], general=general,
             region=config.sleep.redact_region, plan=plan, anchors_per_row=config.sleep.general_per_fact_row,
-            restore=lambda: model.set_adapter(active.path if active else None, active.version if active else None),
+            restore=lambda: model.set_adapter(*start),  # a probe trained: undo it, on the base too
             say=cycle.say)
         cycle.say(f"policy {config.sleep.policy}: chose {night_choice.choice.source} ({night_choice.choice.reason}); "
                   "selection losses " + ", ".join(f"{k} {v:.3f}" for k, v in night_choice.losses.items()))
@@ -322,7 +323,7 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
                                              _chain(cb, tracker.on_event if tracker else None, on_event)),
         on_skip=lambda unit: inbox.set_state(paths, [unit.queue_id] if unit.queue_id else [], "skipped",
                                              cycle_id=cycle.id, reason="skipped by request"),
-        start=(active.path, active.version) if active else (None, None))
+        start=start)
     if night.result is None:
         cycle.say("every dataset was skipped; nothing to evaluate or commit")
         inbox.release_training(paths, "nothing was trained")
@@ -354,8 +355,7 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
     cycle.say(f"gate: {'PROMOTE' if decision.promote else 'REJECT'} ({'; '.join(decision.reasons)})")
     blend = None
     if decision.learned and not decision.safe and config.gate.fallback_scales and hasattr(model, "blend_adapter"):
-        start_path = active.path if active and active.manifest.backend == backend.name else None
-        after, decision, blend = _blended_fallback(cycle, model, start_path, before, after, decision, measured,
+        after, decision, blend = _blended_fallback(cycle, model, start[0], before, after, decision, measured,
                                                    config, base_ppl)
 
     cycle.stage("commit")

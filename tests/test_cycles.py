@@ -136,12 +136,12 @@ def test_probes_measure_progress_and_are_undone(tiny_model, tmp_path):
     model.set_adapter(tmp_path / "current", "current")
     losses = {k: mean_loss(model, v) for k, v in rows.items()}
     bandit = policies.make("bandit")
-    probes = probing.run_probes(model, bandit, losses, 1, train_rows=rows, select_rows=rows, settings=settings,
+    probes = probing.run_probes(model, bandit, losses, 1, train_rows=rows.get, select_rows=rows, settings=settings,
                                 restore=lambda: model.set_adapter(tmp_path / "current", "current"), seed=0)
     assert set(probes.progress) == {"fruit", "codes"} and all(v > 0 for v in probes.progress.values())
     assert {k: mean_loss(model, v) for k, v in rows.items()} == pytest.approx(losses, abs=1e-6)  # undone
     assert [h[2] for h in bandit.state["history"]] == ["probe", "probe"]
-    assert probing.run_probes(model, policies.make("self"), losses, 1, train_rows=rows, select_rows=rows,
+    assert probing.run_probes(model, policies.make("self"), losses, 1, train_rows=rows.get, select_rows=rows,
                               settings=settings, restore=lambda: None, seed=0).progress == {}  # only the bandit asks
 
 
