@@ -9,7 +9,8 @@
   al. 2017), so it follows which source *helps*, not which one is hard; the discount forgets old
   nights because the best source changes as the model learns. It explores by short probes
   (probing.py: two steps on a source, measured the same way, then undone) rather than by whole
-  nights on sources that may teach nothing.
+  nights on sources that may teach nothing, and it judges a source by its state (never trained,
+  trained the night before, or rested), because a source just trained has little left to teach.
 
 A policy's state is a JSON-able dict, so the nightly sleep can keep it between nights.
 """
@@ -77,13 +78,19 @@ class RandomChoice(Policy):
 
 
 class Bandit(Policy):
-    """Discounted UCB1 on rescaled learning progress, exploring by probes where it can.
+    """Discounted UCB1 on rescaled learning progress, for arms that tire and recover, exploring by probes.
 
     The evidence about a source is its discounted rewards: whole nights (weight 1) and short probes
     (weight `probe_weight`, scaled to nights by the ratio seen when a probed source was then trained).
-    A source with less evidence than `stale` is probed before the choice (`probes_wanted`), so a
-    source that teaches nothing costs a probe, not a night. Without probes (a runner that cannot run
-    them), every source is tried once, highest selection loss first.
+    What a source teaches depends on when it was last trained (a recovering bandit, after Pike-Burke
+    and Grunewalder 2019): on the bench, a source trained the night before teaches about nothing the
+    next night and recovers after a night or two off (bench/cycles/RESULTS.md). So every reward is
+    filed under the source's state when it was earned, `fresh` (never trained), `tired` (trained the
+    night before) or `rested`, and a source is judged by the evidence of the state it is in now.
+    A source with less evidence than `stale` in its present state is probed before the choice
+    (`probes_wanted`), so a source that teaches nothing costs a probe, not a night. Without probes (a
+    runner that cannot run them), every source is tried once, highest selection loss first, and a
+    state with no evidence of its own borrows the source's other evidence.
     """
 
     gamma = 0.9          # discount per night: a night 7 nights ago weighs 0.48
@@ -91,41 +98,61 @@ class Bandit(Policy):
     probe_weight = 0.5   # a probe is half the evidence of a night
     stale = 0.4          # below this much discounted evidence a source is probed again (3 nights after a probe)
 
-    def _entries(self) -> list[tuple[str, float, str, int | None, int]]:
-        """(source, reward, kind, cycle, age): age = nights logged after the entry. Old entries [s, r] are nights."""
+    def _walk(self) -> tuple[list[tuple[str, float, str, int | None, int, str]], dict[str, str]]:
+        """Return the entries (source, reward, kind, cycle, age, arm state) and every trained source's state now.
+
+        age = nights logged after the entry; old entries [s, r] are nights. A probe belongs to the cycle
+        of the night that follows it, so it sees the same arm state as that night."""
         rows = [(h[0], h[1], h[2] if len(h) > 2 else "night", h[3] if len(h) > 3 else None)
                 for h in self.state.get("history", [])]
+        last, trained, states = None, set(), []
+        for source, _reward, kind, _cycle in rows:
+            states.append("fresh" if source not in trained else "tired" if source == last else "rested")
+            if kind == "night":
+                last = source
+                trained.add(source)
         out, nights_after = [], 0
-        for source, reward, kind, cycle in reversed(rows):
-            out.append((source, reward, kind, cycle, nights_after))
+        for (source, reward, kind, cycle), state in zip(reversed(rows), reversed(states)):
+            out.append((source, reward, kind, cycle, nights_after, state))
             nights_after += kind == "night"
-        return out[::-1]
+        return out[::-1], {s: "tired" if s == last else "rested" for s in trained}
+
+    def _entries(self) -> list[tuple[str, float, str, int | None, int, str]]:
+        return self._walk()[0]
 
     def _probe_scale(self, entries) -> float:
         """Nights per probe: least squares through the origin over (probe, night) pairs of one source and cycle."""
-        probes = {(s, c): r for s, r, k, c, _a in entries if k == "probe" and c is not None}
-        pairs = [(probes[(s, c)], r) for s, r, k, c, _a in entries if k == "night" and (s, c) in probes]
+        probes = {(s, c): r for s, r, k, c, _a, _st in entries if k == "probe" and c is not None}
+        pairs = [(probes[(s, c)], r) for s, r, k, c, _a, _st in entries if k == "night" and (s, c) in probes]
         sxx = sum(p * p for p, _n in pairs)
         return min(20.0, max(0.25, sum(p * n for p, n in pairs) / sxx)) if sxx > 0 else 1.0
 
-    def _evidence(self) -> tuple[dict[str, float], dict[str, float], float]:
-        """Per source: discounted weight, discounted mean reward (in night units); and the reward scale."""
-        entries = self._entries()
+    def _evidence(self, sources) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+        """Per source: discounted weight and mean reward (night units, rescaled) of its present state's
+        evidence, or of all its evidence when that state has none (marked "borrowed"); and its state."""
+        entries, now = self._walk()
         factor = self._probe_scale(entries)
-        values = [(s, r * factor if k == "probe" else r, k, a) for s, r, k, _c, a in entries]
-        scale = max([abs(v) for _s, v, _k, _a in values[-20:]] + [1e-6])  # the largest recent: no ties at the top
+        values = [(s, r * factor if k == "probe" else r, k, a, st) for s, r, k, _c, a, st in entries]
+        scale = max([abs(v) for _s, v, _k, _a, _st in values[-20:]] + [1e-6])  # the largest recent: no ties at the top
         weights: dict[str, float] = {}
-        sums: dict[str, float] = {}
-        for source, value, kind, age in values:
-            weight = self.gamma ** age * (self.probe_weight if kind == "probe" else 1.0)
-            weights[source] = weights.get(source, 0.0) + weight
-            sums[source] = sums.get(source, 0.0) + weight * value / scale
-        return weights, {s: sums[s] / weights[s] for s in weights}, scale
+        means: dict[str, float] = {}
+        states: dict[str, str] = {}
+        for source in sources:
+            state = now.get(source, "fresh")
+            for label, keep in ((state, lambda st, state=state: st == state), ("borrowed", lambda st: True)):
+                own = [(self.gamma ** a * (self.probe_weight if k == "probe" else 1.0), v)
+                       for s, v, k, a, st in values if s == source and keep(st)]
+                if own:
+                    weights[source] = sum(w for w, _v in own)
+                    means[source] = sum(w * v for w, v in own) / weights[source] / scale
+                    states[source] = state if label == state else f"{state}, borrowed"
+                    break
+        return weights, means, states
 
     def probes_wanted(self, losses: dict[str, float], cycle: int) -> list[str]:
         self.state["cycle"] = cycle
-        weights, _means, _scale = self._evidence()
-        return [s for s in sorted(losses) if weights.get(s, 0.0) < self.stale]
+        weights, _means, states = self._evidence(losses)
+        return [s for s in sorted(losses) if "borrowed" in states.get(s, "") or weights.get(s, 0.0) < self.stale]
 
     def observe_probe(self, source: str, progress: float) -> None:
         self.state.setdefault("history", []).append([source, progress, "probe", self.state.get("cycle")])
@@ -135,17 +162,17 @@ class Bandit(Policy):
 
     def choose(self, losses, cycle):
         self.state["cycle"] = cycle
-        weights, means, _scale = self._evidence()
-        untried = [s for s in sorted(losses, key=lambda k: -losses[k]) if weights.get(s, 0.0) <= 0]
+        weights, means, states = self._evidence(losses)
+        untried = [s for s in sorted(losses, key=lambda k: -losses[k]) if s not in weights]
         if untried:
             return Choice(untried[0], "not tried yet (highest selection loss among untried)")
-        total = sum(weights.get(s, 0.0) for s in losses)
+        total = sum(weights.values())
         scores = {s: means[s] + self.bonus * math.sqrt(2 * math.log(max(total, 1.0001)) / weights[s]) for s in losses}
         best = max(sorted(scores), key=lambda k: scores[k])
         probes = sum(1 for h in self.state.get("history", []) if len(h) > 2 and h[2] == "probe")
-        return Choice(best, f"discounted UCB {scores[best]:.2f} (mean progress {means[best]:+.2f}, "
-                            f"weight {weights[best]:.1f} of {total:.1f}, {len(self.state.get('history', [])) - probes} "
-                            f"nights and {probes} probes)")
+        return Choice(best, f"discounted UCB {scores[best]:.2f} ({states[best]}: mean progress {means[best]:+.2f}, "
+                            f"weight {weights[best]:.1f} of {total:.1f}; {len(self.state.get('history', [])) - probes} "
+                            f"nights and {probes} probes in all)")
 
 
 def make(spec: str, seed: int = 0, state: dict | None = None) -> Policy:
