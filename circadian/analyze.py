@@ -1,5 +1,6 @@
 """`circadian cycles analyze`: regret, choice distribution, per-policy summaries, stability vs drift,
-and an integrity account of every line read.
+the oracle's reward by source state (fresh, tired = trained the night before, rested), and an
+integrity account of every line read.
 
 Integrity first: the logs are counted at each stage, raw -> parsed -> cleaned -> joined -> filtered
 -> displayed, with the resolved paths (mtime, line count) and the cycle_ids present in one log but
@@ -18,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from circadian.paths import Paths
+from circadian.policies import arm_state
 
 # two-sided 95% Student t quantiles for small samples (df 1..30); normal beyond
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -115,12 +117,14 @@ def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None =
     for row in data["rows"]:
         experiments[row.get("experiment") or row["cycle_id"]].append(row)
     per_cycle, per_experiment = [], []
+    by_state: dict[tuple[str, str], list[float]] = defaultdict(list)  # oracle rewards by source and arm state
     for name, rows in sorted(experiments.items()):
         rows.sort(key=lambda r: r.get("cycle", 0))
         meta = _experiment_meta(paths, name)
         cum_regret = cum_loss_regret = 0.0
         chosen_sum = best_sum = mean_sum = 0.0
         matches = 0
+        last, trained = None, set()
         for row in rows:
             choice = row["choice"]
             loss_regret = choice.get("loss_regret")
@@ -136,6 +140,10 @@ def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None =
                 best_sum += best
                 mean_sum += statistics.fmean(oracle.values())
                 matches += regret <= 1e-9
+                for source, value in oracle.items():
+                    by_state[(source, arm_state(source, last, trained))].append(value)
+            last = row["chosen"]
+            trained.add(last)
             per_cycle.append({"experiment": name, "run_type": row["run_type"], "seed": row.get("seed"),
                               "cycle": row.get("cycle"), "cycle_id": row["cycle_id"], "chosen": row["chosen"],
                               "reward": row.get("reward"), "loss_regret": loss_regret,
@@ -188,6 +196,8 @@ def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None =
                                                       "planned": e["planned_cycles"]}
                                                      for e in per_experiment if not e["complete"]]},
             "per_run_type": summary, "experiments": per_experiment, "cycles": per_cycle,
+            "oracle_reward_by_state": [{"source": source, "state": state, **mean_ci(values)}
+                                       for (source, state), values in sorted(by_state.items())],
             "choice_distribution": {t: {str(c): dict(v) for c, v in sorted(d.items())} for t, d in distribution.items()}}
 
 

@@ -84,6 +84,14 @@ def _print_analysis(result: dict) -> None:
                       _fmt(s["stability_eval_loss_var"], ".2e"),
                       f"{_fmt(s['seconds_per_cycle'], '.0f')} ({_fmt(s['probe_seconds_per_cycle'], '.0f')})")
     console.print(table)
+    if result["oracle_reward_by_state"]:
+        states = Table(title="oracle reward by source state (fresh: never trained; tired: trained the night before)")
+        for column in ("source", "fresh", "tired", "rested"):
+            states.add_column(column)
+        cells = {(r["source"], r["state"]): f"{_fmt(r, '+.3f')} (n={r['n']})" for r in result["oracle_reward_by_state"]}
+        for source in sorted({r["source"] for r in result["oracle_reward_by_state"]}):
+            states.add_row(source, *(cells.get((source, st), "-") for st in ("fresh", "tired", "rested")))
+        console.print(states)
     for run_type, cycles in result["choice_distribution"].items():
         line = "  ".join(f"{c}:" + ",".join(f"{k}={v}" for k, v in sorted(d.items())) for c, d in cycles.items())
         console.print(f"choices {run_type}: {line}", highlight=False, markup=False)

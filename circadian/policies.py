@@ -26,6 +26,11 @@ from circadian.errors import CircadianError
 NAMES = ("self", "random", "bandit", "fixed:SOURCE")
 
 
+def arm_state(source: str, last: str | None, trained: set[str]) -> str:
+    """A source's state before a night: fresh (never trained), tired (trained the night before) or rested."""
+    return "fresh" if source not in trained else "tired" if source == last else "rested"
+
+
 @dataclass
 class Choice:
     source: str
@@ -107,7 +112,7 @@ class Bandit(Policy):
                 for h in self.state.get("history", [])]
         last, trained, states = None, set(), []
         for source, _reward, kind, _cycle in rows:
-            states.append("fresh" if source not in trained else "tired" if source == last else "rested")
+            states.append(arm_state(source, last, trained))
             if kind == "night":
                 last = source
                 trained.add(source)

@@ -188,6 +188,8 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     assert summary["final"]["recall"] is not None and summary["cycle0"]["recall"] is not None  # asked after probing
     first = json.loads(two_days.choice_log.read_text().splitlines()[0])
     assert sorted(first["probes"]["progress"]) == sorted(first["candidate_losses"])  # the bandit probed every source
+    second = json.loads(two_days.choice_log.read_text().splitlines()[1])
+    assert first["chosen"] in second["probes"]["progress"]  # trained last night: a state it knows nothing of yet
     assert adapters.current_version(two_days) == current
     assert adapters.current_version(two_days) == current  # experiments never touch CURRENT
     fixed = run_cli("cycles", "run", "--n", "1", "--policy", "fixed:inbox", "--budget", "tiny", "--no-generate")
@@ -222,6 +224,8 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     assert 0 <= bandit["oracle_match_rate"] <= 1 and bandit["cumulative_oracle_regret"] >= -1e-9
     assert bandit["oracle_gain_share"] is not None and bandit["oracle_gain_share"] <= 1 + 1e-9
     assert {r["run_type"] for r in data["per_run_type"]} == {"bandit", "fixed:inbox"}
+    states = {(r["source"], r["state"]): r["n"] for r in data["oracle_reward_by_state"]}
+    assert states[(first["chosen"], "tired")] == 1 and sum(states.values()) == 2 * len(first["candidate_losses"])
     assert (tmp_path / "csv" / "cycles.csv").read_text().count("\n") == 4 + logged
     text = run_cli("cycles", "analyze")
     assert f"broken: choice_log line {4 + chosen}" in text.stdout and "integrity: raw" in text.stdout

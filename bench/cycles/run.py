@@ -117,10 +117,11 @@ def write_results(result: dict, setup: dict, args) -> str:
         "learned in the set-up night), `inbox` (bench/cycles/inbox.jsonl), `synthetic` (general prompts answered by "
         "the base model). Reward = decrease of the mean eval loss over all sources; oracle = every source trained "
         "from the same checkpoint each cycle. Mean ± 95% CI half-width over seeds. The bandit probes the sources it "
-        "has too little evidence about (two training steps, measured on the selection splits, undone) instead of "
-        "spending a night on each; its seconds per cycle include the probes. The bandit before probes (a forced "
-        "night on every source first) captured 42% and 63% of the oracle gain on seeds 0 and 1; its logs are kept "
-        "in the bench home's `data/runs/superseded/bandit-v1/`.", "",
+        "has too little evidence about in their present state (two training steps, measured on the selection splits, "
+        "undone) instead of spending a night on each; its seconds per cycle include the probes. Earlier bandits, logs kept in "
+        "the bench home's `data/runs/superseded/`: v1 (a forced night on every source first) captured 42% and 63% of "
+        "the oracle gain on seeds 0 and 1; v2 (probes, blind to a source's state) 67% and 46% over 9 cycles (it "
+        "crashed before the 10th).", "",
         "| policy | final recall | perplexity drift | capability change | cumulative oracle regret | share of oracle gain | mean-choice share | s / cycle (of it probes) |",
         "|---|---|---|---|---|---|---|---|"]
     for row in result["per_run_type"]:
@@ -128,6 +129,13 @@ def write_results(result: dict, setup: dict, args) -> str:
                      f"{fmt(row['capability_drift'], '+.0%')} | {fmt(row['cumulative_oracle_regret'], '.4f')} | "
                      f"{fmt(row['oracle_gain_share'], '.0%')} | {fmt(row['random_reference_share'], '.0%')} | "
                      f"{fmt(row['seconds_per_cycle'], '.0f')} ({fmt(row['probe_seconds_per_cycle'], '.0f')}) |")
+    cells = {(r["source"], r["state"]): f"{fmt(r, '+.3f')} (n={r['n']})" for r in result["oracle_reward_by_state"]}
+    lines += ["", "What a night on a source teaches, by the source's state (the oracle's reward over every cycle of every "
+              "experiment here; tired = trained the night before; mean ± 95% CI): a source just trained has little left to "
+              "teach the next night, which is why the bandit judges each source by the evidence of its present state.", "",
+              "| source | fresh (never trained) | tired | rested |", "|---|---|---|---|"]
+    for source in sorted({r["source"] for r in result["oracle_reward_by_state"]}):
+        lines.append(f"| {source} | " + " | ".join(cells.get((source, st), "-") for st in ("fresh", "tired", "rested")) + " |")
     lines += ["", "Per experiment:", "", "| experiment | choices | recall c0 -> final | eval loss c0 -> final | share of oracle gain |",
               "|---|---|---|---|---|"]
     for e in result["experiments"]:
