@@ -47,7 +47,7 @@ ifeq ($(UNAME),Linux)
 endif
 
 test: setup browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"

@@ -57,6 +57,59 @@ def _rows_sha(rows: list[dict]) -> str:
     return hashlib.sha256(json.dumps([r["messages"] for r in rows], sort_keys=True).encode()).hexdigest()
 
 
+@dataclass
+class Setup:
+    """A model loaded at the home's current adapter and the home's data split into sources, encoded."""
+
+    model: object
+    backend: str
+    resolved: object
+    start: tuple
+    pools: dict
+    encoded: dict[str, dict[str, list]]
+    end: int
+
+
+def load_sources(paths: Paths, config: Config, *, only: list[str] | None = None, end: int | None = None,
+                 say: Callable[[str], None] = print) -> Setup:
+    """Load the model at the home's current adapter; split the memories (up to byte `end`), the inbox
+    and the general replay into sources, each split encoded."""
+    end = end if end is not None else paths.memories.stat().st_size if paths.memories.exists() else 0
+    scan = memories.scan(paths, end=end)
+    selection = dataset.select(scan.records, trained=adapters.trained_ids(paths), forgotten=memories.forgotten_ids(paths))
+    backend = select_backend(config.model.backend)
+    resolved = resolve_model(config.model, paths.models, say=say)
+    active = adapters.active_adapter(paths)
+    start = (active.path, active.version) if active and active.manifest.backend == backend.name else (None, None)
+    model = backend.load(LoadRequest(resolved.name, resolved.path, config.model.device, config.model.dtype,
+                                     config.model.quantize, *start))
+    general = replay.general_rows(model, lambda: model.set_adapter(*start), paths.models / "replay_cache", resolved.path,
+                                  config.sleep.general_replay)
+    for entry in inbox.ingest(paths, settle_seconds=config.sleep.inbox_settle_seconds):
+        say(f"inbox: {entry['name']} queued as {entry['id']} ({entry['rows']} rows)")
+    queued = inbox.queued(paths)
+    ctx = sources.Context(selection, [m for e in queued for m in inbox.load_rows(paths, e)], general,
+                          config.sleep.redact_region)
+    pools = sources.build_all(ctx, only)
+    if not pools:
+        raise CircadianError("no source has enough data for an experiment (each needs rows in train, select and eval)")
+    encoded = {name: {split: [encode_chat(model.tokenizer, r["messages"], config.train.max_length)
+                              for r in src.split(split)] for split in sources.SPLITS} for name, src in pools.items()}
+    return Setup(model, backend.name, resolved, start, pools, encoded, end)
+
+
+def budget_settings(config: Config, plan: Budget):
+    """The training settings of one cycle's night: exactly `plan.steps` steps, no validation."""
+    return config.train.model_copy(update={"max_steps": plan.steps, "max_epochs": 10**6, "batch_size": plan.batch_size,
+                                           "eval_every": 10**6, "min_steps": 0, "warmup_steps": 1})
+
+
+def train_night(model, rows: list, settings, plan: Budget, sample_key: str, seed: int):
+    """Train one cycle's night: `plan.rows` rows sampled (seeded by `sample_key`) from `rows`."""
+    sample = random.Random(sample_key).sample(rows, min(plan.rows, len(rows)))
+    return model.train(sample, [], settings.model_copy(update={"seed": seed}), lambda e: None)
+
+
 def _mean(values) -> float:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else float("nan")
@@ -76,45 +129,25 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
     experiment = f"{started.strftime('%Y%m%d-%H%M%S')}-{policy_spec.replace(':', '-')}-s{seed}"
     folder = experiment_dir(paths) / experiment
 
-    end = paths.memories.stat().st_size if paths.memories.exists() else 0
-    scan = memories.scan(paths, end=end)
-    selection = dataset.select(scan.records, trained=adapters.trained_ids(paths), forgotten=memories.forgotten_ids(paths))
-    backend = select_backend(config.model.backend)
-    resolved = resolve_model(config.model, paths.models, say=say)
-    active = adapters.active_adapter(paths)
-    start = (active.path, active.version) if active and active.manifest.backend == backend.name else (None, None)
+    setup = load_sources(paths, config, only=only, say=say)
+    model, pools, encoded, start, end = setup.model, setup.pools, setup.encoded, setup.start, setup.end
     say(f"experiment {experiment}: policy {policy_spec}, seed {seed}, budget {budget} {plan}, "
         f"{'with oracle, ' if oracle else ''}from {start[1] or 'the base model'}")
-    model = backend.load(LoadRequest(resolved.name, resolved.path, config.model.device, config.model.dtype,
-                                     config.model.quantize, *start))
-    general = replay.general_rows(model, lambda: model.set_adapter(*start), paths.models / "replay_cache", resolved.path,
-                                  config.sleep.general_replay)
-    for entry in inbox.ingest(paths, settle_seconds=config.sleep.inbox_settle_seconds):
-        say(f"inbox: {entry['name']} queued as {entry['id']} ({entry['rows']} rows)")
-    queued = inbox.queued(paths)
-    ctx = sources.Context(selection, [m for e in queued for m in inbox.load_rows(paths, e)], general,
-                          config.sleep.redact_region)
-    pools = sources.build_all(ctx, only)
-    if not pools:
-        raise CircadianError("no source has enough data for an experiment (each needs rows in train, select and eval)")
     if policy_spec.startswith("fixed:") and policy_spec[6:] not in pools:
         raise CircadianError(f"source {policy_spec[6:]!r} has no data here (available: {', '.join(pools)})")
     folder.mkdir(parents=True, mode=0o700)
     tok = model.tokenizer
-    encoded = {name: {split: [encode_chat(tok, r["messages"], config.train.max_length) for r in src.split(split)]
-                      for split in sources.SPLITS} for name, src in pools.items()}
     probes = [p for src in pools.values() for p in src.probes()]
     capability = evaluate.load_capability()
     general_ex = evaluate.general_examples(tok)
     say("sources: " + ", ".join(f"{k} {len(v.train)}/{len(v.select)}/{len(v.eval)}" for k, v in pools.items())
         + " rows (train/select/eval)")
 
-    settings = config.train.model_copy(update={"max_steps": plan.steps, "max_epochs": 10**6, "batch_size": plan.batch_size,
-                                                "eval_every": 10**6, "min_steps": 0, "warmup_steps": 1})
+    settings = budget_settings(config, plan)
     manifest = {
         "experiment": experiment, "policy": policy_spec, "seed": seed, "budget": budget, "budget_detail": plan.__dict__,
         "oracle": oracle, "n": n, "started": started.isoformat(timespec="seconds"), "start_adapter": start[1],
-        "backend": backend.name, "model": resolved.name, "model_identity": replay.model_identity(resolved.path),
+        "backend": setup.backend, "model": setup.resolved.name, "model_identity": replay.model_identity(setup.resolved.path),
         "train_settings": settings.model_dump(), "memories_end_offset": end,
         "sources": {k: {s: {"rows": len(v.split(s)), "sha256": _rows_sha(v.split(s))} for s in sources.SPLITS}
                     for k, v in pools.items()},
@@ -135,10 +168,7 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
                                      for k in pools if pools[k].probes()}}
 
     def train_on(name: str, cycle: int):
-        rng = random.Random(f"{seed}:{cycle}:{name}")
-        rows = encoded[name]["train"]
-        sample = rng.sample(rows, min(plan.rows, len(rows)))
-        return model.train(sample, [], settings.model_copy(update={"seed": seed * 1000 + cycle}), lambda e: None)
+        return train_night(model, encoded[name]["train"], settings, plan, f"{seed}:{cycle}:{name}", seed * 1000 + cycle)
 
     position = start
     select_now, eval_now = losses("select"), losses("eval")
