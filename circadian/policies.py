@@ -122,9 +122,6 @@ class Bandit(Policy):
             nights_after += kind == "night"
         return out[::-1], {s: "tired" if s == last else "rested" for s in trained}
 
-    def _entries(self) -> list[tuple[str, float, str, int | None, int, str]]:
-        return self._walk()[0]
-
     def _probe_scale(self, entries) -> float:
         """Nights per probe: least squares through the origin over (probe, night) pairs of one source and cycle."""
         probes = {(s, c): r for s, r, k, c, _a, _st in entries if k == "probe" and c is not None}

@@ -117,7 +117,7 @@ def test_bandit_explores_by_probes_not_by_nights():
     assert any("replay" in w for w in probed[1:])  # stale evidence is refreshed by probing again
     assert policies.make("bandit", state=json.loads(json.dumps(bandit.state))).choose(losses, 13).source == "today"
     # the probes are scaled to nights by what was seen when a probed source was then trained
-    assert 1.5 < bandit._probe_scale(bandit._entries()) < 2.5
+    assert 1.5 < bandit._probe_scale(bandit._walk()[0]) < 2.5
 
 
 def test_bandit_rests_a_source_that_tires():

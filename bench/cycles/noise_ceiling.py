@@ -55,7 +55,7 @@ def main() -> None:
     settings = budget_settings(config, plan)
     model, encoded = setup.model, setup.encoded
     logged = {}
-    for log in (args.experiment.parent.parent / "run_log.jsonl", args.experiment / "run_log.jsonl"):
+    for log in (args.experiment.parent.parent / "run_log.jsonl", args.experiment.parent / "run_log.jsonl"):  # or superseded/<set>/
         if log.exists():
             for line in log.read_text().splitlines():
                 row = json.loads(line)
