@@ -50,7 +50,8 @@ def main() -> None:
     if setup.start[1] != meta["start_adapter"]:
         raise SystemExit(f"the home's current adapter is {setup.start[1]}, the experiment started from {meta['start_adapter']}")
     for name, pool in setup.pools.items():  # the same data as the experiment saw
-        assert all(len(pool.split(s)) == meta["sources"][name][s]["rows"] for s in meta["sources"][name]), name
+        if any(len(pool.split(s)) != meta["sources"][name][s]["rows"] for s in meta["sources"][name]):
+            raise SystemExit(f"source {name} differs from what {meta['experiment']} trained on")
     plan = BUDGETS[meta["budget"]]
     settings = budget_settings(config, plan)
     model, encoded = setup.model, setup.encoded

@@ -28,9 +28,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from circadian import evaluate  # noqa: E402
-from circadian.backends import LoadRequest, select_backend  # noqa: E402
+from circadian.assistant import Assistant  # noqa: E402
 from circadian.config import load_config  # noqa: E402
-from circadian.models import resolve_model  # noqa: E402
 from circadian.paths import Paths  # noqa: E402
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -44,10 +43,10 @@ def main() -> None:
     args = parser.parse_args()
     paths = Paths.resolve(args.home)
     config, _ = load_config(paths.config)
-    resolved = resolve_model(config.model, paths.models)
-    adapter = paths.adapters / args.version
-    model = select_backend("torch").load(LoadRequest(resolved.name, resolved.path, "cpu", config.model.dtype,
-                                                     config.model.quantize, adapter, args.version))
+    assistant = Assistant(paths, config, adapter=args.version)  # the version's manifest and hashes checked
+    if assistant.backend.name != "torch":
+        raise SystemExit(f"{args.home} uses the {assistant.backend.name} backend; the ablations need torch (PEFT's LoRA)")
+    model = assistant.model
     capability = evaluate.load_capability()
     questions = evaluate.read_probes(HERE / "questions.jsonl")
     modules = [(n, m) for n, m in model.model.named_modules() if hasattr(m, "lora_B") and "default" in m.lora_B]
