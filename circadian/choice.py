@@ -72,9 +72,8 @@ def choose(paths: Paths, spec: str, model, settings, *, cycle_id: str, selection
     encoded = {k: encode(src.select) for k, src in pools.items()}
     losses = {k: mean_loss(model, rows) for k, rows in encoded.items()}
     count = sum(1 for _n, row, _raw in read_jsonl(paths.choice_log) if row)
-    probes = probing.run_probes(model, policy, losses, count + 1, train_rows=lambda k: encode(pools[k].train),
-                                select_rows=encoded, settings=settings, restore=restore, seed=settings.seed,
-                                say=say) if losses else None
+    probes = probing.run_probes(model, policy, losses, count + 1, night_rows=lambda k: encode(pools[k].train),
+                                select_rows=encoded, settings=settings, restore=restore, say=say) if losses else None
     choice = policy.choose(losses, count + 1) if losses else policies.Choice("none", "no source has data")
     append_jsonl(paths.choice_log, [{"cycle_id": cycle_id, "run_type": spec, "candidate_losses": losses,
                                      "chosen": choice.source, "reason": choice.reason,

@@ -104,10 +104,14 @@ def budget_settings(config: Config, plan: Budget):
                                            "eval_every": 10**6, "min_steps": 0, "warmup_steps": 1})
 
 
+def night_sample(rows: list, plan: Budget, sample_key: str) -> list:
+    """The rows one cycle's night trains: `plan.rows` rows sampled (seeded by `sample_key`) from `rows`."""
+    return random.Random(sample_key).sample(rows, min(plan.rows, len(rows)))
+
+
 def train_night(model, rows: list, settings, plan: Budget, sample_key: str, seed: int):
-    """Train one cycle's night: `plan.rows` rows sampled (seeded by `sample_key`) from `rows`."""
-    sample = random.Random(sample_key).sample(rows, min(plan.rows, len(rows)))
-    return model.train(sample, [], settings.model_copy(update={"seed": seed}), lambda e: None)
+    """Train one cycle's night on `night_sample(rows, plan, sample_key)` with the training seed `seed`."""
+    return model.train(night_sample(rows, plan, sample_key), [], settings.model_copy(update={"seed": seed}), lambda e: None)
 
 
 def _mean(values) -> float:
@@ -181,9 +185,11 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
     for cycle in range(1, n + 1):
         tic = time.time()
         cycle_id = f"{experiment}-c{cycle:02d}"
-        probed = probing.run_probes(model, policy, select_now, cycle, train_rows=lambda k: encoded[k]["train"],
-                                    select_rows={k: v["select"] for k, v in encoded.items()}, settings=settings,
-                                    restore=lambda: model.set_adapter(*position), seed=seed, say=say)
+        probed = probing.run_probes(model, policy, select_now, cycle,
+                                    night_rows=lambda k: night_sample(encoded[k]["train"], plan, f"{seed}:{cycle}:{k}"),
+                                    select_rows={k: v["select"] for k, v in encoded.items()},
+                                    settings=settings.model_copy(update={"seed": seed * 1000 + cycle}),
+                                    restore=lambda: model.set_adapter(*position), say=say)
         choice = policy.choose(select_now, cycle)
         rewards = None
         eval_after = None

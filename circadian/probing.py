@@ -1,16 +1,19 @@
-"""Probes: a few training steps on one source from the current adapter, measured, then undone.
+"""Probes: the first few training steps of the night a source would get, measured, then undone.
 
 A policy that wants to know what a source would teach without spending a night on it (the bandit,
 for sources it has too little evidence about) names them in `probes_wanted`; `cycles run` and the
-nightly sleep run them here before the choice. A probe trains PROBE_STEPS steps of PROBE_BATCH rows
-sampled from the source's *train* split, measures the mean *selection* loss over all sources (the
-same learning progress a night is rewarded with, so no eval row is ever seen), and restores the
-adapter it started from.
+nightly sleep run them here before the choice. A probe trains the first PROBE_STEPS steps of that
+source's night: the rows the night would train (`night_rows(source)`), with the night's settings
+(batch size, learning-rate schedule, seed), so on the torch backend it is exactly the night's first
+steps, and shares the night's sampling luck rather than adding its own. It then measures the mean
+*selection* loss over all sources (the same learning progress a night is rewarded with, so no eval
+row is ever seen), and restores the adapter it started from.
+
+An earlier probe trained 2 steps on 8 rows of its own; bench/cycles/PROBE_QUALITY.md compares the two.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -18,7 +21,6 @@ from typing import Callable
 from circadian.policies import Policy
 
 PROBE_STEPS = 2
-PROBE_BATCH = 4
 
 
 @dataclass
@@ -30,29 +32,35 @@ class Probes:
         return {"progress": self.progress, "seconds": round(self.seconds, 1)}
 
 
-def run_probes(model, policy: Policy, losses: dict[str, float], cycle: int, *, train_rows: Callable[[str], list],
-               select_rows: dict[str, list], settings, restore: Callable[[], None], seed: int,
-               say: Callable[[str], None] = lambda _m: None) -> Probes:
-    """Probe the sources the policy asks for; tell it each one's progress. `train_rows(source)` gives a
-    source's encoded train rows (asked only for the sources probed); `select_rows` every source's."""
+def probe(model, rows: list, settings, select_rows: dict[str, list], before: float, restore: Callable[[], None],
+          steps: int = PROBE_STEPS) -> float:
+    """Train the first `steps` steps of a night on `rows` with `settings`; return the decrease of the mean
+    selection loss (from `before`), with the adapter restored."""
     from circadian.evaluate import mean_loss
 
+    try:
+        model.train(rows, [], settings.model_copy(update={"max_steps": steps, "max_epochs": 10**6, "eval_every": 10**6,
+                                                          "min_steps": 0}), lambda _e: None)
+        after = sum(mean_loss(model, rows) for rows in select_rows.values()) / len(select_rows)
+    finally:
+        restore()
+    return before - after
+
+
+def run_probes(model, policy: Policy, losses: dict[str, float], cycle: int, *, night_rows: Callable[[str], list],
+               select_rows: dict[str, list], settings, restore: Callable[[], None],
+               say: Callable[[str], None] = lambda _m: None) -> Probes:
+    """Probe the sources the policy asks for; tell it each one's progress. `night_rows(source)` gives the
+    encoded rows that source's night would train (asked only for the sources probed), `settings` the
+    night's training settings, `select_rows` every source's encoded selection split."""
     tic = time.time()
     before = sum(losses.values()) / len(losses)
     progress: dict[str, float] = {}
-    wanted = {name: rows for name in policy.probes_wanted(losses, cycle) if (rows := train_rows(name))}
+    wanted = {name: rows for name in policy.probes_wanted(losses, cycle) if (rows := night_rows(name))}
     if wanted:
-        say(f"probing {', '.join(wanted)}: {PROBE_STEPS} training steps each, measured, then undone")
+        say(f"probing {', '.join(wanted)}: the first {PROBE_STEPS} training steps of each one's night, measured, then undone")
     for name, rows in wanted.items():
-        sample = random.Random(f"probe:{seed}:{cycle}:{name}").sample(rows, min(PROBE_STEPS * PROBE_BATCH, len(rows)))
-        try:
-            model.train(sample, [], settings.model_copy(update={
-                "max_steps": PROBE_STEPS, "batch_size": PROBE_BATCH, "max_epochs": 10**6, "eval_every": 10**6,
-                "min_steps": 0, "warmup_steps": 1, "seed": seed * 1000 + cycle}), lambda _e: None)
-            after = sum(mean_loss(model, select_rows[k]) for k in losses) / len(losses)
-        finally:
-            restore()
-        progress[name] = before - after
+        progress[name] = probe(model, rows, settings, {k: select_rows[k] for k in losses}, before, restore)
         policy.observe_probe(name, progress[name])
     if progress:
         say("probe progress: "

@@ -164,13 +164,38 @@ def test_probes_measure_progress_and_are_undone(tiny_model, tmp_path):
     model.set_adapter(tmp_path / "current", "current")
     losses = {k: mean_loss(model, v) for k, v in rows.items()}
     bandit = policies.make("bandit")
-    probes = probing.run_probes(model, bandit, losses, 1, train_rows=rows.get, select_rows=rows, settings=settings,
-                                restore=lambda: model.set_adapter(tmp_path / "current", "current"), seed=0)
+    probes = probing.run_probes(model, bandit, losses, 1, night_rows=rows.get, select_rows=rows,
+                                settings=settings.model_copy(update={"batch_size": 4, "warmup_steps": 1}),
+                                restore=lambda: model.set_adapter(tmp_path / "current", "current"))
     assert set(probes.progress) == {"fruit", "codes"} and all(v > 0 for v in probes.progress.values())
     assert {k: mean_loss(model, v) for k, v in rows.items()} == pytest.approx(losses, abs=1e-6)  # undone
     assert [h[2] for h in bandit.state["history"]] == ["probe", "probe"]
-    assert probing.run_probes(model, policies.make("self"), losses, 1, train_rows=rows.get, select_rows=rows,
-                              settings=settings, restore=lambda: None, seed=0).progress == {}  # only the bandit asks
+    assert probing.run_probes(model, policies.make("self"), losses, 1, night_rows=rows.get, select_rows=rows,
+                              settings=settings, restore=lambda: None).progress == {}  # only the bandit asks
+
+
+def test_a_probe_is_the_first_steps_of_the_night(tiny_model, tmp_path):
+    from circadian.backends import LoadRequest, get_backend
+    from circadian.config import Config
+    from circadian.cycles import BUDGETS, budget_settings, night_sample
+    from circadian.evaluate import mean_loss
+    from circadian.tokens import encode_chat
+
+    model = get_backend("torch").load(LoadRequest("tiny", tiny_model))
+    chat = lambda q, a: encode_chat(model.tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64)  # noqa: E731
+    pool = [chat(f"Name fruit {i}" + "!" * (i % 5), f"Fruit {i} is a pear.") for i in range(30)]
+    select = {"fruit": [chat(f"Which fruit is {i}?", f"Fruit {i} is a pear.") for i in range(4)]}
+    plan = BUDGETS["small"]
+    settings = budget_settings(Config(), plan).model_copy(update={"seed": 7, "learning_rate": 5e-3})
+    rows = night_sample(pool, plan, "0:1:fruit")
+    before = mean_loss(model, select["fruit"])
+    progress = probing.probe(model, rows, settings, select, before, restore=lambda: model.set_adapter(None, None))
+    assert mean_loss(model, select["fruit"]) == pytest.approx(before, abs=1e-6)  # undone
+    steps = []
+    night = model.train(rows, [], settings, lambda e: steps.append(e) or ("stop" if e["iteration"] == probing.PROBE_STEPS else None))
+    assert night.steps == probing.PROBE_STEPS < plan.steps  # the night was stopped where the probe ends
+    assert before - mean_loss(model, select["fruit"]) == pytest.approx(progress, abs=1e-5)
+    assert progress > 0
 
 
 def test_mean_ci_uses_student_t():
