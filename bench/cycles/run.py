@@ -116,12 +116,16 @@ def write_results(result: dict, setup: dict, args) -> str:
         "Sources: `today` (the second half of bench/recall/day.json, not yet learned), `replay` (the first half, "
         "learned in the set-up night), `inbox` (bench/cycles/inbox.jsonl), `synthetic` (general prompts answered by "
         "the base model). Reward = decrease of the mean eval loss over all sources; oracle = every source trained "
-        "from the same checkpoint each cycle. Mean ± 95% CI half-width over seeds. The bandit probes the sources it "
-        "has too little evidence about in their present state (two training steps, measured on the selection splits, "
-        "undone) instead of spending a night on each; its seconds per cycle include the probes. Earlier bandits, logs kept in "
+        "from the same checkpoint each cycle. Mean ± 95% CI half-width over seeds. Before each choice the bandit probes "
+        "the sources it has too little recent evidence about in their present state (in practice every source): the "
+        "first two steps of the night each would get, measured on the selection splits, undone; its seconds per cycle "
+        "include the probes. No policy can capture all of the oracle's gain: one night's reward is a sample, and the "
+        "oracle keeps the luckiest of four (a policy that knew every source's expected reward would capture 96% at "
+        "cycles 1-3 and 82% at cycles 4-10: NOISE_CEILING.md, NOISE_CEILING_LATE.md). Earlier bandits, logs kept in "
         "the bench home's `data/runs/superseded/`: v1 (a forced night on every source first) captured 42% and 63% of "
         "the oracle gain on seeds 0 and 1; v2 (probes, blind to a source's state) 67% and 46% over 9 cycles (it "
-        "crashed before the 10th).", "",
+        "crashed before the 10th); v3 (state-aware, probes of two steps on rows of their own, only for sources with "
+        "no recent evidence) 36%, 41% and 47% (PROBE_QUALITY.md compares the two probe designs).", "",
         "| policy | final recall | perplexity drift | capability change | cumulative oracle regret | share of oracle gain | mean-choice share | s / cycle (of it probes) |",
         "|---|---|---|---|---|---|---|---|"]
     for row in result["per_run_type"]:
