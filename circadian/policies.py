@@ -93,7 +93,7 @@ class Bandit(Policy):
     teaches about nothing the next night and recovers after a night or two off (bench/cycles/RESULTS.md).
     So every reward is filed under the source's state when it was earned, `fresh` (never trained),
     `tired` (trained the night before) or `rested`, and a source is judged by the evidence of the state
-    it is in now, pulled toward what all sources showed in that state.
+    it is in now.
 
     Late in a run every source teaches little and one night's luck (which rows, which seed) decides
     as much as the source does (bench/cycles/NOISE_CEILING.md). A probe shares that luck with the
@@ -108,129 +108,6 @@ class Bandit(Policy):
     bonus = 0.05         # exploration weight: the probes explore, this only breaks near-ties toward thin evidence
     probe_weight = 1.0   # a probe (the night's first steps, scaled to nights) weighs as much as a night
     stale = 1.0          # below a night's worth of recent evidence in its present state, a source is probed
-    prior = 0.5          # weight of every source's evidence in a state, pulling each source's estimate there
-
-    def _walk(self) -> tuple[list[tuple[str, float, str, int | None, int, str]], dict[str, str]]:
-        """Return the entries (source, reward, kind, cycle, age, arm state) and every trained source's state now.
-
-        age = nights logged after the entry; old entries [s, r] are nights. A probe belongs to the cycle
-        of the night that follows it, so it sees the same arm state as that night."""
-        rows = [(h[0], h[1], h[2] if len(h) > 2 else "night", h[3] if len(h) > 3 else None)
-                for h in self.state.get("history", [])]
-        last, trained, states = None, set(), []
-        for source, _reward, kind, _cycle in rows:
-            states.append(arm_state(source, last, trained))
-            if kind == "night":
-                last = source
-                trained.add(source)
-        out, nights_after = [], 0
-        for (source, reward, kind, cycle), state in zip(reversed(rows), reversed(states)):
-            out.append((source, reward, kind, cycle, nights_after, state))
-            nights_after += kind == "night"
-        return out[::-1], {s: "tired" if s == last else "rested" for s in trained}
-
-    def _probe_scale(self, entries) -> float:
-        """Nights per probe: least squares through the origin over (probe, night) pairs of one source and cycle."""
-        probes = {(s, c): r for s, r, k, c, _a, _st in entries if k == "probe" and c is not None}
-        pairs = [(probes[(s, c)], r) for s, r, k, c, _a, _st in entries if k == "night" and (s, c) in probes]
-        sxx = sum(p * p for p, _n in pairs)
-        return min(20.0, max(0.25, sum(p * n for p, n in pairs) / sxx)) if sxx > 0 else 1.0
-
-    def _evidence(self, sources) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
-        """Per source: the discounted weight of its own evidence in its present state, its estimated reward
-        there (night units, rescaled), and a label of where the estimate comes from.
-
-        The estimate is the source's own evidence in its present state, pulled toward what every
-        source's evidence in that state says (weight `prior`; not for `fresh`, where sources differ
-        most): a source that was never tired yet is expected to tire as the others did. With neither,
-        the source's evidence in other states stands in ("borrowed")."""
-        entries, now = self._walk()
-        factor = self._probe_scale(entries)
-        values = [(s, r * factor if k == "probe" else r, self.gamma ** a * (self.probe_weight if k == "probe" else 1.0), st)
-                  for s, r, k, _c, a, st in entries]
-        scale = max([abs(v) for _s, v, _w, _st in values[-20:]] + [1e-6])  # the largest recent: no ties at the top
-        pooled: dict[str, tuple[float, float]] = {}
-        for _s, v, w, st in values:
-            pw, pv = pooled.get(st, (0.0, 0.0))
-            pooled[st] = (pw + w, pv + w * v)
-        weights: dict[str, float] = {}
-        means: dict[str, float] = {}
-        labels: dict[str, str] = {}
-        for source in sources:
-            state = now.get(source, "fresh")
-            own = [(w, v) for s, v, w, st in values if s == source and st == state]
-            weight, total = sum(w for w, _v in own), sum(w * v for w, v in own)
-            label = state
-            if state != "fresh" and state in pooled:
-                pw, pv = pooled[state]
-                weight_all, total = weight + self.prior, total + self.prior * pv / pw
-                label = state if own else f"{state}, pooled"
-            elif own:
-                weight_all = weight
-            else:
-                other = [(w, v) for s, v, w, _st in values if s == source]
-                if not other:
-                    continue
-                weight_all, total = sum(w for w, _v in other), sum(w * v for w, v in other)
-                label = f"{state}, borrowed"
-            weights[source] = weight
-            means[source] = total / weight_all / scale
-            labels[source] = label
-        return weights, means, labels
-
-    def probes_wanted(self, losses: dict[str, float], cycle: int) -> list[str]:
-        self.state["cycle"] = cycle
-        weights, _means, _labels = self._evidence(losses)
-        return [s for s in sorted(losses) if weights.get(s, 0.0) < self.stale]
-
-    def observe_probe(self, source: str, progress: float) -> None:
-        """A probe's learning progress on `source` (called by probing.run_probes)."""
-
-
-class SelfChoice(Policy):
-    def choose(self, losses, cycle):
-        source = max(sorted(losses), key=lambda k: losses[k])
-        return Choice(source, f"highest selection loss ({losses[source]:.3f}): most to teach")
-
-
-class Fixed(Policy):
-    def __init__(self, source: str, seed: int = 0, state: dict | None = None):
-        super().__init__(f"fixed:{source}", seed, state or {})
-        self.source = source
-
-    def choose(self, losses, cycle):
-        if self.source not in losses:
-            raise CircadianError(f"fixed source {self.source!r} has no data (available: {', '.join(sorted(losses))})")
-        return Choice(self.source, "fixed")
-
-
-class RandomChoice(Policy):
-    def choose(self, losses, cycle):
-        rng = random.Random(f"{self.seed}:{cycle}")
-        return Choice(rng.choice(sorted(losses)), f"seeded random (seed {self.seed}, cycle {cycle})")
-
-
-class Bandit(Policy):
-    """Discounted UCB1 on rescaled learning progress, for arms that tire and recover, exploring by probes.
-
-    The evidence about a source is its discounted rewards: whole nights (weight 1) and short probes
-    (weight `probe_weight`, scaled to nights by the ratio seen when a probed source was then trained).
-    What a source teaches depends on when it was last trained (a recovering bandit, after Pike-Burke
-    and Grunewalder 2019): on the bench, a source trained the night before teaches about nothing the
-    next night and recovers after a night or two off (bench/cycles/RESULTS.md). So every reward is
-    filed under the source's state when it was earned, `fresh` (never trained), `tired` (trained the
-    night before) or `rested`, and a source is judged by the evidence of the state it is in now.
-    A source with less evidence than `stale` in its present state is probed before the choice
-    (`probes_wanted`), so a source that teaches nothing costs a probe, not a night. Without probes (a
-    runner that cannot run them), every source is tried once, highest selection loss first, and a
-    state with no evidence of its own borrows the source's other evidence.
-    """
-
-    gamma = 0.5          # discount per night: what the model needs changes fast, and tonight's probe knows most
-    bonus = 0.05         # exploration weight: the probes explore, this only breaks near-ties toward thin evidence
-    probe_weight = 1.0   # a probe (the night's first steps, scaled to nights) weighs as much as a night
-    stale = 1.0          # below a night's worth of recent evidence in its present state, a source is probed
-    prior = 0.5          # weight of every source's evidence in a state, pulling each source's estimate there
 
     def _walk(self) -> tuple[list[tuple[str, float, str, int | None, int, str]], dict[str, str]]:
         """Return the entries (source, reward, kind, cycle, age, arm state) and every trained source's state now.
