@@ -4,8 +4,10 @@ A policy that wants to know what a source would teach without spending a night o
 for sources it has too little evidence about) names them in `probes_wanted`; `cycles run` and the
 nightly sleep run them here before the choice. A probe trains the first PROBE_STEPS steps of that
 source's night: the rows the night would train (`night_rows(source)`), with the night's settings
-(batch size, learning-rate schedule, seed), so on the torch backend it is exactly the night's first
-steps, and shares the night's sampling luck rather than adding its own. It then measures the mean
+(batch size, learning-rate schedule, seed), so it shares the night's sampling luck rather than adding
+its own. In `cycles run` on the torch backend it is exactly the night stopped after PROBE_STEPS steps
+(tested); the nightly sleep probes each source's whole train split with the night's settings, close
+to the night it would run (which adds anchors to some sources). It then measures the mean
 *selection* loss over all sources (the same learning progress a night is rewarded with, so no eval
 row is ever seen), and restores the adapter it started from.
 
@@ -41,7 +43,7 @@ def probe(model, rows: list, settings, select_rows: dict[str, list], before: flo
     try:
         model.train(rows, [], settings.model_copy(update={"max_steps": steps, "max_epochs": 10**6, "eval_every": 10**6,
                                                           "min_steps": 0}), lambda _e: None)
-        after = sum(mean_loss(model, rows) for rows in select_rows.values()) / len(select_rows)
+        after = sum(mean_loss(model, split) for split in select_rows.values()) / len(select_rows)
     finally:
         restore()
     return before - after
