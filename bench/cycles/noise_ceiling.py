@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -29,10 +28,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(HERE))
+
 from circadian import evaluate  # noqa: E402
-from circadian.config import load_config  # noqa: E402
-from circadian.cycles import BUDGETS, budget_settings, load_sources, train_night  # noqa: E402
-from circadian.paths import Paths  # noqa: E402
+from circadian.cycles import train_night  # noqa: E402
+from saved_experiment import open_experiment  # noqa: E402
 
 
 def main() -> None:
@@ -43,25 +43,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "NOISE_CEILING.md")
     args = parser.parse_args()
-    paths = Paths.resolve(args.home)
-    config, _ = load_config(paths.config)
-    meta = json.loads((args.experiment / "experiment.json").read_text())
-    setup = load_sources(paths, config, end=meta["memories_end_offset"], say=lambda m: None)
-    if setup.start[1] != meta["start_adapter"]:
-        raise SystemExit(f"the home's current adapter is {setup.start[1]}, the experiment started from {meta['start_adapter']}")
-    for name, pool in setup.pools.items():  # the same data as the experiment saw
-        if any(len(pool.split(s)) != meta["sources"][name][s]["rows"] for s in meta["sources"][name]):
-            raise SystemExit(f"source {name} differs from what {meta['experiment']} trained on")
-    plan = BUDGETS[meta["budget"]]
-    settings = budget_settings(config, plan)
-    model, encoded = setup.model, setup.encoded
-    logged = {}
-    for log in (args.experiment.parent.parent / "run_log.jsonl", args.experiment.parent / "run_log.jsonl"):  # or superseded/<set>/
-        if log.exists():
-            for line in log.read_text().splitlines():
-                row = json.loads(line)
-                if row.get("experiment") == meta["experiment"]:
-                    logged[row["cycle"]] = row
+    saved = open_experiment(args.home, args.experiment)
+    meta, plan, settings, logged = saved.meta, saved.plan, saved.settings, saved.logged
+    model, encoded = saved.setup.model, saved.setup.encoded
 
     def eval_loss() -> float:
         return statistics.fmean(evaluate.mean_loss(model, encoded[k]["eval"]) for k in encoded)
@@ -69,8 +53,7 @@ def main() -> None:
     rows, best_sum, expected_sum = [], 0.0, 0.0
     for cycle in (int(c) for c in args.cycles.split(",")):
         oracle = logged[cycle]["oracle_rewards"]
-        position = (setup.start if cycle == 1 else
-                    (args.experiment / "adapters" / f"c{cycle - 1:02d}", f"{meta['experiment']}-c{cycle - 1:02d}"))
+        position = saved.position(cycle)
         model.set_adapter(*position)
         before = eval_loss()
         draws = {}

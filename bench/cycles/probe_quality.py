@@ -18,7 +18,6 @@ the best-probed source would capture.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -29,10 +28,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(HERE))
+
 from circadian import evaluate, probing  # noqa: E402
-from circadian.config import load_config  # noqa: E402
-from circadian.cycles import BUDGETS, budget_settings, load_sources, night_sample  # noqa: E402
-from circadian.paths import Paths  # noqa: E402
+from circadian.cycles import night_sample  # noqa: E402
+from saved_experiment import open_experiment  # noqa: E402
 
 
 def within_cycle_correlation(rows: list[dict], key: str) -> float:
@@ -58,27 +58,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=probing.PROBE_STEPS)
     parser.add_argument("--out", type=Path, default=HERE / "PROBE_QUALITY.md")
     args = parser.parse_args()
-    paths = Paths.resolve(args.home)
-    config, _ = load_config(paths.config)
-    meta = json.loads((args.experiment / "experiment.json").read_text())
-    setup = load_sources(paths, config, end=meta["memories_end_offset"], say=lambda m: None)
-    if setup.start[1] != meta["start_adapter"]:
-        raise SystemExit(f"the home's current adapter is {setup.start[1]}, the experiment started from {meta['start_adapter']}")
-    plan = BUDGETS[meta["budget"]]
-    settings = budget_settings(config, plan)
-    model, encoded, seed = setup.model, setup.encoded, meta["seed"]
-    logged = {}
-    for log in (args.experiment.parent.parent / "run_log.jsonl", args.experiment.parent / "run_log.jsonl"):
-        if log.exists():
-            for line in log.read_text().splitlines():
-                row = json.loads(line)
-                if row.get("experiment") == meta["experiment"]:
-                    logged[row["cycle"]] = row
+    saved = open_experiment(args.home, args.experiment)
+    meta, plan, settings, logged = saved.meta, saved.plan, saved.settings, saved.logged
+    model, encoded, seed = saved.setup.model, saved.setup.encoded, meta["seed"]
     select = {k: v["select"] for k, v in encoded.items()}
     rows, seconds = [], {"own rows": [], "night start": []}
     for cycle in (int(c) for c in args.cycles.split(",")):
-        position = (setup.start if cycle == 1 else
-                    (args.experiment / "adapters" / f"c{cycle - 1:02d}", f"{meta['experiment']}-c{cycle - 1:02d}"))
+        position = saved.position(cycle)
         model.set_adapter(*position)
         before = statistics.fmean(evaluate.mean_loss(model, select[k]) for k in encoded)
         row = {"cycle": cycle, "oracle": logged[cycle]["oracle_rewards"], "own rows": {}, "night start": {}}
