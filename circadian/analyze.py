@@ -1,6 +1,9 @@
 """`circadian cycles analyze`: regret, choice distribution, per-policy summaries, stability vs drift,
 the oracle's reward by source state (fresh, tired = trained the night before, rested), and an
-integrity account of every line read.
+integrity account of every line read. With oracle runs, the share of the oracle's gain is set beside
+two references: a uniform random choice (the oracle rewards' mean) and full information (train every
+source, keep the one whose night lowered the selection loss most: the best a leak-free chooser could
+do with a night on every source).
 
 Integrity first: the logs are counted at each stage, raw -> parsed -> cleaned -> joined -> filtered
 -> displayed, with the resolved paths (mtime, line count) and the cycle_ids present in one log but
@@ -123,6 +126,7 @@ def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None =
         meta = _experiment_meta(paths, name)
         cum_regret = cum_loss_regret = 0.0
         chosen_sum = best_sum = mean_sum = 0.0
+        informed_sum, informed_cycles = 0.0, 0
         matches = 0
         last, trained = None, set()
         for row in rows:
@@ -140,6 +144,10 @@ def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None =
                 best_sum += best
                 mean_sum += statistics.fmean(oracle.values())
                 matches += regret <= 1e-9
+                progress = row.get("oracle_progress") or {}
+                if progress.keys() == oracle.keys():  # older logs lack the selection-split measure
+                    informed_sum += oracle[max(sorted(progress), key=progress.get)]
+                    informed_cycles += 1
                 for source, value in oracle.items():
                     by_state[(source, arm_state(source, last, trained))].append(value)
             last = row["chosen"]
@@ -170,6 +178,8 @@ def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None =
             "cumulative_oracle_regret": cum_regret if has_oracle else None,
             "oracle_gain_share": chosen_sum / best_sum if has_oracle and best_sum > 0 else None,
             "random_reference_share": mean_sum / best_sum if has_oracle and best_sum > 0 else None,
+            "full_information_share": informed_sum / best_sum
+            if has_oracle and best_sum > 0 and informed_cycles == len(rows) else None,
             "oracle_match_rate": matches / len(rows) if has_oracle else None,
             "choices": dict(Counter(r["chosen"] for r in rows)),
             "probes": sum(len((r["choice"].get("probes") or {}).get("progress", {})) for r in rows),
@@ -181,7 +191,7 @@ def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None =
         if e["complete"]:  # an experiment that never ended (killed, still running) would skew its policy's means
             by_type[e["run_type"]].append(e)
     metrics = ("final_recall", "perplexity_drift", "capability_drift", "final_eval_loss", "cumulative_oracle_regret",
-               "oracle_gain_share", "random_reference_share", "stability_eval_loss_var", "probe_seconds_per_cycle",
+               "oracle_gain_share", "random_reference_share", "full_information_share", "stability_eval_loss_var", "probe_seconds_per_cycle",
                "seconds_per_cycle")
     summary = [{"run_type": t, "experiments": len(es), **{m: mean_ci([e[m] for e in es]) for m in metrics}}
                for t, es in sorted(by_type.items())]

@@ -75,13 +75,13 @@ def _print_analysis(result: dict) -> None:
     console = Console()
     table = Table(title="per policy (mean ± 95% CI over experiments)")
     for column in ("policy", "runs", "final recall", "ppl drift", "capability drift", "cum. oracle regret",
-                   "oracle gain share", "eval-loss variance", "s / cycle (probes)"):
+                   "oracle gain share", "full-information share", "eval-loss variance", "s / cycle (probes)"):
         table.add_column(column)
     for s in result["per_run_type"]:
         table.add_row(s["run_type"], str(s["experiments"]), _fmt(s["final_recall"], ".0%"),
                       _fmt(s["perplexity_drift"], "+.2%"), _fmt(s["capability_drift"], "+.0%"),
                       _fmt(s["cumulative_oracle_regret"], ".4f"), _fmt(s["oracle_gain_share"], ".0%"),
-                      _fmt(s["stability_eval_loss_var"], ".2e"),
+                      _fmt(s["full_information_share"], ".0%"), _fmt(s["stability_eval_loss_var"], ".2e"),
                       f"{_fmt(s['seconds_per_cycle'], '.0f')} ({_fmt(s['probe_seconds_per_cycle'], '.0f')})")
     console.print(table)
     if result["oracle_reward_by_state"]:

@@ -9,7 +9,9 @@ its data split into sources (sources.py). Each cycle:
    sources it asks to (probing.py; the bandit does, for sources it knows too little about);
 3. trains on a budget-sized sample of the chosen source's *train* split, continuing the adapter;
    with `--oracle`, every source is trained from the same checkpoint, same budget and seed, so the
-   true per-cycle best is known (the policy still only sees its own choice);
+   true per-cycle best is known (the policy still only sees its own choice); each of those nights is
+   measured on the eval splits (the oracle's reward) and on the selection splits (what a policy that
+   trained every source could have chosen by, leak-free);
 4. measures the *eval* split of every source, general perplexity, and the policy's reward (the
    decrease of the mean selection loss), and logs one line in `data/runs/run_log.jsonl`.
 
@@ -191,22 +193,23 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
                                     settings=settings.model_copy(update={"seed": seed * 1000 + cycle}),
                                     restore=lambda: model.set_adapter(*position), say=say)
         choice = policy.choose(select_now, cycle)
-        rewards = None
-        eval_after = None
+        rewards = oracle_progress = None
+        eval_after = select_after = None
         if oracle:  # the chosen source last: its branch is where the experiment goes on, already measured
-            rewards, after_eval = {}, {}
+            rewards, oracle_progress, after_eval, after_select = {}, {}, {}, {}
             for name in sorted(pools, key=lambda k: k == choice.source):
                 model.set_adapter(*position)
                 train_on(name, cycle)
-                after_eval[name] = losses("eval")
+                after_eval[name], after_select[name] = losses("eval"), losses("select")
                 rewards[name] = _mean(eval_now.values()) - _mean(after_eval[name].values())
-            eval_after = after_eval[choice.source]
+                oracle_progress[name] = _mean(select_now.values()) - _mean(after_select[name].values())
+            eval_after, select_after = after_eval[choice.source], after_select[choice.source]
         else:
             train_on(choice.source, cycle)
         model.save_adapter(folder / "adapters" / f"c{cycle:02d}")
         position = (folder / "adapters" / f"c{cycle:02d}", f"{experiment}-c{cycle:02d}")
         model.set_adapter(*position)
-        select_after = losses("select")
+        select_after = select_after or losses("select")
         eval_after = eval_after or losses("eval")
         progress = _mean(select_now.values()) - _mean(select_after.values())
         policy.update(choice.source, progress)
@@ -219,7 +222,7 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
             **({"probes": probed.as_dict()} if probed.progress else {}), "ts": memories.now_iso()}])
         line = {"cycle_id": cycle_id, "run_type": policy_spec, "experiment": experiment, "cycle": cycle, "seed": seed,
                 "budget": budget, "chosen": choice.source, "reward": chosen_reward, "progress": progress,
-                "oracle_rewards": rewards, "select_losses": select_after, "eval_losses": eval_after,
+                "oracle_rewards": rewards, "oracle_progress": oracle_progress, "select_losses": select_after, "eval_losses": eval_after,
                 "eval_loss": _mean(eval_after.values()), "perplexity": ppl, "perplexity_drift": ppl / base_ppl - 1,
                 "seconds": round(time.time() - tic, 1), "outcome": "trained", "logged_at": memories.now_iso()}
         if cycle == n:

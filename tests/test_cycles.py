@@ -248,6 +248,16 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     bandit = next(e for e in data["experiments"] if e["run_type"] == "bandit")
     assert 0 <= bandit["oracle_match_rate"] <= 1 and bandit["cumulative_oracle_regret"] >= -1e-9
     assert bandit["oracle_gain_share"] is not None and bandit["oracle_gain_share"] <= 1 + 1e-9
+    # every oracle night is also measured on the selection splits: what a leak-free chooser with a night on
+    # every source would have picked, and the share of the oracle's gain that picking captures
+    lines = [json.loads(line) for line in two_days.run_log.read_text().splitlines()]
+    oracle_lines = [line for line in lines if line.get("experiment") == bandit["experiment"]]
+    assert all(line["oracle_progress"].keys() == line["oracle_rewards"].keys() for line in oracle_lines)
+    assert all(abs(line["oracle_progress"][line["chosen"]] - line["progress"]) < 1e-9 for line in oracle_lines)
+    informed = sum(line["oracle_rewards"][max(line["oracle_progress"], key=line["oracle_progress"].get)]
+                   for line in oracle_lines)
+    best = sum(max(line["oracle_rewards"].values()) for line in oracle_lines)
+    assert bandit["full_information_share"] == (pytest.approx(informed / best) if best > 0 else None)
     assert {r["run_type"] for r in data["per_run_type"]} == {"bandit", "fixed:inbox"}
     states = {(r["source"], r["state"]): r["n"] for r in data["oracle_reward_by_state"]}
     assert states[(first["chosen"], "tired")] == 1 and sum(states.values()) == 2 * len(first["candidate_losses"])
