@@ -191,8 +191,8 @@ def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None =
         if e["complete"]:  # an experiment that never ended (killed, still running) would skew its policy's means
             by_type[e["run_type"]].append(e)
     metrics = ("final_recall", "perplexity_drift", "capability_drift", "final_eval_loss", "cumulative_oracle_regret",
-               "oracle_gain_share", "random_reference_share", "full_information_share", "stability_eval_loss_var", "probe_seconds_per_cycle",
-               "seconds_per_cycle")
+               "oracle_gain_share", "random_reference_share", "full_information_share", "stability_eval_loss_var",
+               "probe_seconds_per_cycle", "seconds_per_cycle")
     summary = [{"run_type": t, "experiments": len(es), **{m: mean_ci([e[m] for e in es]) for m in metrics}}
                for t, es in sorted(by_type.items())]
     distribution: dict[str, dict] = defaultdict(lambda: defaultdict(Counter))
