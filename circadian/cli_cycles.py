@@ -24,6 +24,9 @@ def cycles_run(n: Annotated[int, typer.Option("--n", min=1, help="how many conse
                                                               "today,replay,synthetic")] = None,
                no_generate: Annotated[bool, typer.Option("--no-generate", help="skip recall and capability "
                                                          "questions at cycle 0 and the end (losses only)")] = False,
+               probe_steps: Annotated[Optional[int], typer.Option("--probe-steps", min=1, help="training steps "
+                                                                  "of each probe (default 2; the budget's steps or more: "
+                                                                  "whole-night probes, kept as the nights)")] = None,
                home: HomeOpt = None, json_out: JsonOpt = False):
     """Run N train + eval cycles in an experiment folder (the home's CURRENT is not touched)."""
     from circadian.cycles import BUDGETS, run_cycles
@@ -35,7 +38,8 @@ def cycles_run(n: Annotated[int, typer.Option("--n", min=1, help="how many conse
     make(policy)  # a bad policy is an error before anything loads
     paths, config = _setup(home)
     summary = run_cycles(paths, config, n=n, policy_spec=policy, seed=seed, budget=budget, oracle=oracle,
-                         only=sources.split(",") if sources else None, say=_say, generate=not no_generate)
+                         only=sources.split(",") if sources else None, say=_say, generate=not no_generate,
+                         probe_steps=probe_steps)
     if json_out:
         _print_json({k: summary[k] for k in ("experiment", "policy", "seed", "budget", "oracle", "n", "cycle0", "final")})
     else:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import platform
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -123,10 +124,14 @@ def _mean(values) -> float:
 
 def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: int = 0, budget: str = "small",
                oracle: bool = False, only: list[str] | None = None, say: Callable[[str], None] = print,
-               generate: bool = True) -> dict:
-    """Run `n` cycles with the policy; return the experiment's summary (also in experiment.json)."""
+               generate: bool = True, probe_steps: int | None = None) -> dict:
+    """Run `n` cycles with the policy; return the experiment's summary (also in experiment.json).
+    `probe_steps` (default probing.PROBE_STEPS, at most the budget's steps): how long the policy's probes
+    are; probes as long as the night are kept and stand in for the nights they equal."""
     policy = policies.make(policy_spec, seed)
     plan = BUDGETS[budget]
+    probe_steps = min(probe_steps or probing.PROBE_STEPS, plan.steps)
+    whole_night_probes = probe_steps == plan.steps
     known = sources.builders()
     for name in [*(only or []), *([policy_spec[6:]] if policy_spec.startswith("fixed:") else [])]:
         if name not in known:
@@ -152,7 +157,7 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
     settings = budget_settings(config, plan)
     manifest = {
         "experiment": experiment, "policy": policy_spec, "seed": seed, "budget": budget, "budget_detail": plan.__dict__,
-        "oracle": oracle, "n": n, "started": started.isoformat(timespec="seconds"), "start_adapter": start[1],
+        "oracle": oracle, "probe_steps": probe_steps, "n": n, "started": started.isoformat(timespec="seconds"), "start_adapter": start[1],
         "backend": setup.backend, "model": setup.resolved.name, "model_identity": replay.model_identity(setup.resolved.path),
         "train_settings": settings.model_dump(), "memories_end_offset": end,
         "sources": {k: {s: {"rows": len(v.split(s)), "sha256": _rows_sha(v.split(s))} for s in sources.SPLITS}
@@ -184,29 +189,45 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
     say(f"cycle 0: eval loss {_mean(eval_now.values()):.3f}, perplexity {base_ppl:.2f}"
         + (f", recall {cycle0['recall']:.0%}, capability {cycle0['capability']:.0%}" if generate else ""))
     history = []
+    branches = folder / "branches"  # whole-night probes, kept for the nights they equal (this cycle only)
     for cycle in range(1, n + 1):
         tic = time.time()
         cycle_id = f"{experiment}-c{cycle:02d}"
+        kept: set[str] = set()
+
+        def keep(name: str) -> None:
+            model.save_adapter(branches / name)
+            kept.add(name)
+
+        def night_on(name: str) -> None:
+            """Put in place the night on `name` from `position`: its whole-night probe, else trained now."""
+            if name in kept:
+                model.set_adapter(branches / name, f"{cycle_id}-{name}")
+            else:
+                model.set_adapter(*position)
+                train_on(name, cycle)
+
         probed = probing.run_probes(model, policy, select_now, cycle,
                                     night_rows=lambda k: night_sample(encoded[k]["train"], plan, f"{seed}:{cycle}:{k}"),
                                     select_rows={k: v["select"] for k, v in encoded.items()},
                                     settings=settings.model_copy(update={"seed": seed * 1000 + cycle}),
-                                    restore=lambda: model.set_adapter(*position), say=say)
+                                    restore=lambda: model.set_adapter(*position), say=say, steps=probe_steps,
+                                    keep=keep if whole_night_probes else None)
         choice = policy.choose(select_now, cycle)
         rewards = oracle_progress = None
         eval_after = select_after = None
         if oracle:  # the chosen source last: its branch is where the experiment goes on, already measured
             rewards, oracle_progress, after_eval, after_select = {}, {}, {}, {}
             for name in sorted(pools, key=lambda k: k == choice.source):
-                model.set_adapter(*position)
-                train_on(name, cycle)
+                night_on(name)
                 after_eval[name], after_select[name] = losses("eval"), losses("select")
                 rewards[name] = _mean(eval_now.values()) - _mean(after_eval[name].values())
                 oracle_progress[name] = _mean(select_now.values()) - _mean(after_select[name].values())
             eval_after, select_after = after_eval[choice.source], after_select[choice.source]
         else:
-            train_on(choice.source, cycle)
+            night_on(choice.source)
         model.save_adapter(folder / "adapters" / f"c{cycle:02d}")
+        shutil.rmtree(branches, ignore_errors=True)
         position = (folder / "adapters" / f"c{cycle:02d}", f"{experiment}-c{cycle:02d}")
         model.set_adapter(*position)
         select_after = select_after or losses("select")

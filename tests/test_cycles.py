@@ -196,6 +196,16 @@ def test_a_probe_is_the_first_steps_of_the_night(tiny_model, tmp_path):
     assert night.steps == probing.PROBE_STEPS < plan.steps  # the night was stopped where the probe ends
     assert before - mean_loss(model, select["fruit"]) == pytest.approx(progress, abs=1e-5)
     assert progress > 0
+    # a probe as long as the night is the night: its kept adapter stands in for training the night again
+    model.set_adapter(None, None)
+    whole = probing.probe(model, rows, settings, select, before, restore=lambda: model.set_adapter(None, None),
+                          steps=plan.steps, keep=lambda: model.save_adapter(tmp_path / "kept"))
+    night = model.train(rows, [], settings, lambda e: None)
+    assert night.steps == plan.steps and whole > progress
+    trained = mean_loss(model, select["fruit"])
+    model.set_adapter(tmp_path / "kept", "kept")
+    assert mean_loss(model, select["fruit"]) == pytest.approx(trained, abs=1e-6)
+    assert before - trained == pytest.approx(whole, abs=1e-5)
 
 
 def test_mean_ci_uses_student_t():
@@ -254,6 +264,8 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     oracle_lines = [line for line in lines if line.get("experiment") == bandit["experiment"]]
     assert all(line["oracle_progress"].keys() == line["oracle_rewards"].keys() for line in oracle_lines)
     assert all(abs(line["oracle_progress"][line["chosen"]] - line["progress"]) < 1e-9 for line in oracle_lines)
+    # the tiny budget's night is as long as a probe: the probes were kept as the nights, the oracle's too
+    assert first["probes"]["progress"] == pytest.approx(oracle_lines[0]["oracle_progress"], abs=1e-6)
     informed = sum(line["oracle_rewards"][max(line["oracle_progress"], key=line["oracle_progress"].get)]
                    for line in oracle_lines)
     best = sum(max(line["oracle_rewards"].values()) for line in oracle_lines)

@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th experiment from the i-th (parallel workers on one home)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for the experiments (0: torch's default)")
+    parser.add_argument("--probe-steps", type=int, default=0, help="passed to `cycles run --probe-steps` (0: its default)")
     args = parser.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -184,7 +185,7 @@ def main() -> None:
             continue
         started = time.time()
         summary = cli(args.home, "cycles", "run", "--n", str(args.cycles), "--policy", policy, "--seed", str(seed),
-                      "--budget", args.budget, "--oracle")
+                      "--budget", args.budget, "--oracle", *(["--probe-steps", str(args.probe_steps)] if args.probe_steps else []))
         print(f"{policy} seed {seed}: recall {summary['cycle0'].get('recall')} -> {summary['final'].get('recall')}, "
               f"{time.time() - started:.0f} s", flush=True)
     result = cli(args.home, "cycles", "analyze", "--csv", str(args.home / "csv"))
