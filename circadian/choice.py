@@ -61,7 +61,7 @@ def save_policy(paths: Paths, policy: policies.Policy) -> None:
 
 def choose(paths: Paths, spec: str, model, settings, *, cycle_id: str, selection: Selection, inbox_rows: list,
            general: list[dict], region: str, plan: Plan, anchors_per_row: float, restore: Callable[[], None],
-           say: Callable[[str], None]) -> tuple[Night, list[Unit]]:
+           say: Callable[[str], None], probe_steps: int = probing.PROBE_STEPS) -> tuple[Night, list[Unit]]:
     """Score the sources, probe those the policy asks for, let it choose, log the choice; return it and
     the units to train. `settings` are the night's training settings (their seed seeds the policy)."""
     from circadian.evaluate import mean_loss
@@ -73,7 +73,8 @@ def choose(paths: Paths, spec: str, model, settings, *, cycle_id: str, selection
     losses = {k: mean_loss(model, rows) for k, rows in encoded.items()}
     count = sum(1 for _n, row, _raw in read_jsonl(paths.choice_log) if row)
     probes = probing.run_probes(model, policy, losses, count + 1, night_rows=lambda k: encode(pools[k].train),
-                                select_rows=encoded, settings=settings, restore=restore, say=say) if losses else None
+                                select_rows=encoded, settings=settings, restore=restore, say=say,
+                                steps=probe_steps) if losses else None
     choice = policy.choose(losses, count + 1) if losses else policies.Choice("none", "no source has data")
     append_jsonl(paths.choice_log, [{"cycle_id": cycle_id, "run_type": spec, "candidate_losses": losses,
                                      "chosen": choice.source, "reason": choice.reason,

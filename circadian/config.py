@@ -83,6 +83,7 @@ class SleepSettings(_Section):
     probe_max_tokens: int = Field(40, ge=4, description="reply length when checking recall")
     capability_max_tokens: int = Field(32, ge=4, description="reply length for the capability harness")
     policy: str = Field("all", pattern=r"^(all|self|random|bandit|fixed:[\w-]+)$", description="what a night trains: all (every source) or one source a policy picks: self | random | bandit | fixed:SOURCE")
+    probe_steps: int = Field(2, ge=1, description="bandit policy: training steps of each probe, the first steps of each source's night (longer probes predict the night better and cost more)")
     track: bool = Field(True, description="learning evolution: snapshot what the model answers for tracked examples during training")
     track_sample: int = Field(12, ge=0, description="training rows tracked besides every recall probe")
     track_max_tokens: int = Field(12, ge=1, description="reply length of a tracked example's answer")

@@ -56,8 +56,9 @@ class Policy:
         """Sources to probe before `choose` of the same cycle (probing.py); only the bandit wants any."""
         return []
 
-    def observe_probe(self, source: str, progress: float) -> None:
-        """A probe's learning progress on `source` (called by probing.run_probes)."""
+    def observe_probe(self, source: str, progress: float, whole: bool = False) -> None:
+        """A probe's learning progress on `source` (called by probing.run_probes); `whole`: the probe was
+        the whole night the source would get."""
 
 
 class SelfChoice(Policy):
@@ -99,7 +100,10 @@ class Bandit(Policy):
     as much as the source does (bench/cycles/NOISE_CEILING.md). A probe shares that luck with the
     night it starts, so tonight's probes are the best evidence there is: the discount is steep and a
     source with less than a night's worth of recent evidence in its present state is probed before the
-    choice (`probes_wanted`; in practice every source, every night). Without probes (a runner that
+    choice (`probes_wanted`; in practice every source, every night). Probes as long as the whole night
+    (`cycles run --probe-steps`) are that night itself, measured on the selection splits: when every
+    source has one, the bandit takes the best, since its older evidence is about other nights
+    (bench/cycles/FULL_INFORMATION.md). Without probes (a runner that
     cannot run them), every source is tried once, highest selection loss first, and a state with no
     evidence borrows the source's other evidence.
     """
@@ -162,14 +166,20 @@ class Bandit(Policy):
         weights, _means, states = self._evidence(losses)
         return [s for s in sorted(losses) if "borrowed" in states.get(s, "") or weights.get(s, 0.0) < self.stale]
 
-    def observe_probe(self, source: str, progress: float) -> None:
+    def observe_probe(self, source: str, progress: float, whole: bool = False) -> None:
         self.state.setdefault("history", []).append([source, progress, "probe", self.state.get("cycle")])
+        self.state.setdefault("whole_night_probes", {}).update({source: progress} if whole else {})
 
     def update(self, source: str, reward: float) -> None:
         self.state.setdefault("history", []).append([source, reward, "night", self.state.get("cycle")])
 
     def choose(self, losses, cycle):
+        tonight = self.state.pop("whole_night_probes", None) or {}
         self.state["cycle"] = cycle
+        if set(tonight) == set(losses):  # every source's night measured already: nothing else knows tonight as well
+            best = max(sorted(tonight), key=lambda k: tonight[k])
+            return Choice(best, f"whole-night probes: the night on {best} lowered the selection loss most "
+                                f"({tonight[best]:+.3f})")
         weights, means, labels = self._evidence(losses)
         untried = [s for s in sorted(losses, key=lambda k: -losses[k]) if s not in means]
         if untried:

@@ -72,7 +72,7 @@ def run_probes(model, policy: Policy, losses: dict[str, float], cycle: int, *, n
     for name, rows in wanted.items():
         progress[name] = probe(model, rows, settings, {k: select_rows[k] for k in losses}, before, restore, steps,
                                (lambda name=name: keep(name)) if keep else None)
-        policy.observe_probe(name, progress[name])
+        policy.observe_probe(name, progress[name], whole=keep is not None)
     if progress:
         say("probe progress: "
             + ", ".join(f"{k} {v:+.4f}" for k, v in progress.items()) + f" in {time.time() - tic:.0f} s")

@@ -260,7 +260,7 @@ def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
             inbox_rows=[m for rows in inbox_rows.values() for m in rows], general=general,
             region=config.sleep.redact_region, plan=plan, anchors_per_row=config.sleep.general_per_fact_row,
             restore=lambda: model.set_adapter(*start),  # a probe trained: undo it, on the base too
-            say=cycle.say)
+            say=cycle.say, probe_steps=config.sleep.probe_steps)
         cycle.say(f"policy {config.sleep.policy}: chose {night_choice.choice.source} ({night_choice.choice.reason}); "
                   "selection losses " + ", ".join(f"{k} {v:.3f}" for k, v in night_choice.losses.items()))
     inbox.set_state(paths, [u.queue_id for u in units if u.queue_id], "training", cycle_id=cycle.id)

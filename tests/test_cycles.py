@@ -120,6 +120,27 @@ def test_bandit_explores_by_probes_not_by_nights():
     assert 1.5 < bandit._probe_scale(bandit._walk()[0]) < 2.5
 
 
+def test_bandit_takes_the_best_whole_night_probe():
+    # a probe as long as the night is that night measured: it outranks the evidence of other nights
+    losses = {"today": 1.3, "replay": 0.05, "inbox": 1.8}
+    bandit = policies.make("bandit")
+    for cycle in range(1, 4):
+        for source in bandit.probes_wanted(losses, cycle):
+            bandit.observe_probe(source, {"today": 0.1, "replay": -0.05, "inbox": 0.0}[source])
+        bandit.update(bandit.choose(losses, cycle).source, 0.2)
+    tonight = {"today": 0.01, "replay": -0.02, "inbox": 0.03}
+    short = policies.make("bandit", state=json.loads(json.dumps(bandit.state)))
+    for source, progress in tonight.items():
+        bandit.observe_probe(source, progress, whole=True)
+        short.observe_probe(source, progress)
+    assert short.choose(losses, 4).source == "today"  # as the first steps only, they lose to three good nights
+    choice = bandit.choose(losses, 4)
+    assert choice.source == "inbox" and "whole-night" in choice.reason
+    bandit.observe_probe("inbox", 0.03, whole=True)  # one source only: not enough to know tonight
+    choice = bandit.choose(losses, 5)
+    assert "whole-night" not in choice.reason and "whole_night_probes" not in bandit.state
+
+
 def test_bandit_rests_a_source_that_tires():
     # as measured on the bench: a source trained the night before teaches about nothing the next
     # night and recovers after a night off; the bandit alternates instead of repeating the best source
