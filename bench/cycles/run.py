@@ -32,11 +32,13 @@ sys.path.insert(0, str(ROOT))
 
 from circadian.assistant import Assistant, ChatSession  # noqa: E402
 from circadian.config import load_config  # noqa: E402
+from circadian.cycles import BUDGETS  # noqa: E402
 from circadian.paths import Paths  # noqa: E402
 
 SETUP_GATE = {"CIRCADIAN_GATE__MAX_CAPABILITY_DROP": "0.5", "CIRCADIAN_GATE__MAX_PPL_DRIFT": "0.2",
               "CIRCADIAN_GATE__MAX_TOTAL_PPL_DRIFT": "0.2"}
 POLICIES = ("self", "fixed:today", "random", "bandit")
+EARLIER = HERE / "EARLIER_RUNS.md"  # runs whose logs are gone, kept verbatim below the table
 FULL_SEEDS = "0,1,2"
 
 
@@ -103,35 +105,42 @@ def fmt(stat: dict | None, spec: str = ".3f") -> str:
 
 def write_results(result: dict, setup: dict, args) -> str:
     complete = {(e["run_type"], e["seed"]) for e in result["experiments"] if e["complete"]}
-    planned = [(p, int(s)) for s in FULL_SEEDS.split(",") for p in POLICIES]
+    planned = [(p, int(s)) for s in args.seeds.split(",") for p in args.policies.split(",")]
+    probes = ("the whole night each would get (`--probe-steps`: the budget's steps), measured on the selection splits; "
+              "it takes the best, and the chosen probe is kept as the night (with `--oracle` every probe stands in "
+              "for that source's oracle night)" if args.probe_steps >= BUDGETS[args.budget].steps
+              else "the first two steps of the night each would get, measured on the selection splits, undone")
     missing = [f"{p} seed {s}" for p, s in planned if (p, s) not in complete]
     status = (f" — PARTIAL: {len(planned) - len(missing)} of {len(planned)} experiments" if missing else "")
     lines = [
         f"# Self-choice cycles (embedded SmolLM2-135M-Instruct, torch CPU){status}", "",
         *([f"Not run yet: {', '.join(missing)}. `bench/cycles/run.py --home DIR` resumes where it stopped.", ""]
           if missing else []),
-        f"Reproduce: `.venv/bin/python bench/cycles/run.py` ({args.cycles} cycles, seeds {FULL_SEEDS}, budget "
-        f"{args.budget}, `--oracle`; an oracle cycle takes ~150 s of one core here, so the 12 experiments take "
-        "~2.5 h with `--shard 0/2` and `--shard 1/2` side by side).", "",
+        f"Reproduce: `.venv/bin/python bench/cycles/run.py --policies {args.policies} --seeds {args.seeds}"
+        + (f" --probe-steps {args.probe_steps}" if args.probe_steps else "")
+        + f"` ({args.cycles} cycles, budget {args.budget}, `--oracle`; `--shard i/3` runs one of three workers on one "
+        "home).", "",
         "Sources: `today` (the second half of bench/recall/day.json, not yet learned), `replay` (the first half, "
         "learned in the set-up night), `inbox` (bench/cycles/inbox.jsonl), `synthetic` (general prompts answered by "
         "the base model). Reward = decrease of the mean eval loss over all sources; oracle = every source trained "
         "from the same checkpoint each cycle. Mean ± 95% CI half-width over seeds. Before each choice the bandit probes "
-        "the sources it has too little recent evidence about in their present state (in practice every source): the "
-        "first two steps of the night each would get, measured on the selection splits, undone; its seconds per cycle "
-        "include the probes. No policy can capture all of the oracle's gain: one night's reward is a sample, and the "
+        "the sources it has too little recent evidence about in their present state (in practice every source): "
+        f"{probes}; its seconds per cycle include the probes. Full information = a chooser that trained every source "
+        "and kept the night that lowered the mean selection loss most (FULL_INFORMATION.md). No policy can capture all of the oracle's gain: one night's reward is a sample, and the "
         "oracle keeps the luckiest of four (a policy that knew every source's expected reward would capture 96% at "
-        "cycles 1-3 and 82% at cycles 4-10: NOISE_CEILING.md, NOISE_CEILING_LATE.md). Earlier bandits, logs kept in "
-        "the bench home's `data/runs/superseded/`: v1 (a forced night on every source first) captured 42% and 63% of "
-        "the oracle gain on seeds 0 and 1; v2 (probes, blind to a source's state) 67% and 46% over 9 cycles (it "
-        "crashed before the 10th); v3 (state-aware, probes of two steps on rows of their own, only for sources with "
-        "no recent evidence) 36%, 41% and 47% (PROBE_QUALITY.md compares the two probe designs).", "",
-        "| policy | final recall | perplexity drift | capability change | cumulative oracle regret | share of oracle gain | mean-choice share | s / cycle (of it probes) |",
-        "|---|---|---|---|---|---|---|---|"]
+        "cycles 1-3 and 82% at cycles 4-10: NOISE_CEILING.md, NOISE_CEILING_LATE.md). Earlier bandits: v1 (a forced night on every source first) "
+        "captured 42% and 63% of the oracle gain on seeds 0 and 1; v2 (probes, blind to a source's state) 67% and 46% "
+        "over 9 cycles (it crashed before the 10th); v3 (state-aware, probes of two steps on rows of their own, only "
+        "for sources with no recent evidence) 36%, 41% and 47% (PROBE_QUALITY.md compares the two probe designs); v4 "
+        "(probes of the night's first two steps, every source every night) 71%, 54% and 66% (logs in the bench home's "
+        "`data/runs/superseded/bandit-v4/`; those of v1-v3 went with an earlier home).", "",
+        "| policy | final recall | perplexity drift | capability change | cumulative oracle regret | share of oracle gain | full-information share | mean-choice share | s / cycle (of it probes) |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for row in result["per_run_type"]:
         lines.append(f"| {row['run_type']} | {fmt(row['final_recall'], '.0%')} | {fmt(row['perplexity_drift'], '+.1%')} | "
                      f"{fmt(row['capability_drift'], '+.0%')} | {fmt(row['cumulative_oracle_regret'], '.4f')} | "
-                     f"{fmt(row['oracle_gain_share'], '.0%')} | {fmt(row['random_reference_share'], '.0%')} | "
+                     f"{fmt(row['oracle_gain_share'], '.0%')} | {fmt(row['full_information_share'], '.0%')} | "
+                     f"{fmt(row['random_reference_share'], '.0%')} | "
                      f"{fmt(row['seconds_per_cycle'], '.0f')} ({fmt(row['probe_seconds_per_cycle'], '.0f')}) |")
     cells = {(r["source"], r["state"]): f"{fmt(r, '+.3f')} (n={r['n']})" for r in result["oracle_reward_by_state"]}
     lines += ["", "What a night on a source teaches, by the source's state (the oracle's reward over every cycle of every "
@@ -156,6 +165,9 @@ def write_results(result: dict, setup: dict, args) -> str:
               f"Set-up night: {setup['night']['outcome']} {setup['night']['version']} "
               f"(recall {setup['night']['before']['recall']:.0%} -> {setup['night']['after']['recall']:.0%}, "
               f"{setup['night']['seconds']:.0f} s)."]
+    if EARLIER.exists():
+        lines += ["", f"Runs whose logs this home no longer has (the baselines among them), from {EARLIER.name}:", "",
+                  EARLIER.read_text().rstrip()]
     return "\n".join(lines) + "\n"
 
 
