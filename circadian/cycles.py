@@ -157,7 +157,8 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
     settings = budget_settings(config, plan)
     manifest = {
         "experiment": experiment, "policy": policy_spec, "seed": seed, "budget": budget, "budget_detail": plan.__dict__,
-        "oracle": oracle, "probe_steps": probe_steps, "n": n, "started": started.isoformat(timespec="seconds"), "start_adapter": start[1],
+        "oracle": oracle, "probe_steps": probe_steps, "n": n, "started": started.isoformat(timespec="seconds"),
+        "start_adapter": start[1],
         "backend": setup.backend, "model": setup.resolved.name, "model_identity": replay.model_identity(setup.resolved.path),
         "train_settings": settings.model_dump(), "memories_end_offset": end,
         "sources": {k: {s: {"rows": len(v.split(s)), "sha256": _rows_sha(v.split(s))} for s in sources.SPLITS}
@@ -243,7 +244,8 @@ def run_cycles(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: 
             **({"probes": probed.as_dict()} if probed.progress else {}), "ts": memories.now_iso()}])
         line = {"cycle_id": cycle_id, "run_type": policy_spec, "experiment": experiment, "cycle": cycle, "seed": seed,
                 "budget": budget, "chosen": choice.source, "reward": chosen_reward, "progress": progress,
-                "oracle_rewards": rewards, "oracle_progress": oracle_progress, "select_losses": select_after, "eval_losses": eval_after,
+                "oracle_rewards": rewards, "oracle_progress": oracle_progress, "select_losses": select_after,
+                "eval_losses": eval_after,
                 "eval_loss": _mean(eval_after.values()), "perplexity": ppl, "perplexity_drift": ppl / base_ppl - 1,
                 "seconds": round(time.time() - tic, 1), "outcome": "trained", "logged_at": memories.now_iso()}
         if cycle == n:
