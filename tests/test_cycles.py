@@ -310,8 +310,9 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
 
 
 def test_nightly_sleep_probes_then_trains_the_source_its_policy_chooses(two_days):
-    result = run_cli("sleep", "--json", env={"CIRCADIAN_SLEEP__POLICY": "bandit"})
+    result = run_cli("sleep", "--json", env={"CIRCADIAN_SLEEP__POLICY": "bandit", "CIRCADIAN_SLEEP__PROBE_STEPS": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "the first 3 training steps of each one's night" in result.stderr  # sleep.probe_steps
     summary = json.loads(result.stdout)
     choices = [json.loads(line) for line in two_days.choice_log.read_text().splitlines()]
     assert len(choices) == 1 and choices[0]["cycle_id"] == summary["cycle_id"]
