@@ -52,8 +52,9 @@ class Policy:
     def update(self, source: str, reward: float) -> None:
         self.state.setdefault("history", []).append([source, reward])
 
-    def probes_wanted(self, losses: dict[str, float], cycle: int) -> list[str]:
-        """Sources to probe before `choose` of the same cycle (probing.py); only the bandit wants any."""
+    def probes_wanted(self, losses: dict[str, float], cycle: int, whole: bool = False) -> list[str]:
+        """Sources to probe before `choose` of the same cycle (probing.py; `whole`: each probe would be the
+        whole night); only the bandit wants any."""
         return []
 
     def observe_probe(self, source: str, progress: float, whole: bool = False) -> None:
@@ -100,9 +101,9 @@ class Bandit(Policy):
     as much as the source does (bench/cycles/NOISE_CEILING.md). A probe shares that luck with the
     night it starts, so tonight's probes are the best evidence there is: the discount is steep and a
     source with less than a night's worth of recent evidence in its present state is probed before the
-    choice (`probes_wanted`; in practice every source, every night). Probes as long as the whole night
-    (`cycles run --probe-steps`) are that night itself, measured on the selection splits: when every
-    source has one, the bandit takes the best, since its older evidence is about other nights
+    choice (`probes_wanted`; most sources, most nights). Probes as long as the whole night
+    (`cycles run --probe-steps`) are that night itself, measured on the selection splits: every source
+    gets one, and the bandit takes the best, since its older evidence is about other nights
     (bench/cycles/FULL_INFORMATION.md). Without probes (a runner that
     cannot run them), every source is tried once, highest selection loss first, and a state with no
     evidence borrows the source's other evidence.
@@ -161,8 +162,10 @@ class Bandit(Policy):
                     break
         return weights, means, states
 
-    def probes_wanted(self, losses: dict[str, float], cycle: int) -> list[str]:
+    def probes_wanted(self, losses: dict[str, float], cycle: int, whole: bool = False) -> list[str]:
         self.state["cycle"] = cycle
+        if whole:  # tonight's nights themselves: worth having for every source
+            return sorted(losses)
         weights, _means, states = self._evidence(losses)
         return [s for s in sorted(losses) if "borrowed" in states.get(s, "") or weights.get(s, 0.0) < self.stale]
 

@@ -66,7 +66,8 @@ def run_probes(model, policy: Policy, losses: dict[str, float], cycle: int, *, n
     tic = time.time()
     before = sum(losses.values()) / len(losses)
     progress: dict[str, float] = {}
-    wanted = {name: rows for name in policy.probes_wanted(losses, cycle) if (rows := night_rows(name))}
+    wanted = {name: rows for name in policy.probes_wanted(losses, cycle, whole=keep is not None)
+              if (rows := night_rows(name))}
     if wanted:
         say(f"probing {', '.join(wanted)}: the first {steps} training steps of each one's night, measured, then undone")
     for name, rows in wanted.items():

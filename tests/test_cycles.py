@@ -129,6 +129,8 @@ def test_bandit_takes_the_best_whole_night_probe():
             bandit.observe_probe(source, {"today": 0.1, "replay": -0.05, "inbox": 0.0}[source])
         bandit.update(bandit.choose(losses, cycle).source, 0.2)
     tonight = {"today": 0.01, "replay": -0.02, "inbox": 0.03}
+    assert "today" not in bandit.probes_wanted(losses, 4)  # three nights of evidence: no short probe needed
+    assert bandit.probes_wanted(losses, 4, whole=True) == sorted(losses)  # but tonight's night is worth having
     short = policies.make("bandit", state=json.loads(json.dumps(bandit.state)))
     for source, progress in tonight.items():
         bandit.observe_probe(source, progress, whole=True)

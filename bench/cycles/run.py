@@ -124,7 +124,7 @@ def write_results(result: dict, setup: dict, args) -> str:
         "learned in the set-up night), `inbox` (bench/cycles/inbox.jsonl), `synthetic` (general prompts answered by "
         "the base model). Reward = decrease of the mean eval loss over all sources; oracle = every source trained "
         "from the same checkpoint each cycle. Mean ± 95% CI half-width over seeds. Before each choice the bandit probes "
-        "the sources it has too little recent evidence about in their present state (in practice every source): "
+        "the sources it has too little recent evidence about in their present state (most sources, most nights; with whole-night probes every source): "
         f"{probes}; its seconds per cycle include the probes. Full information = a chooser that trained every source "
         "and kept the night that lowered the mean selection loss most (FULL_INFORMATION.md). No policy can capture all of the oracle's gain: one night's reward is a sample, and the "
         "oracle keeps the luckiest of four (a policy that knew every source's expected reward would capture 96% at "
