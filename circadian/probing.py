@@ -61,8 +61,9 @@ def run_probes(model, policy: Policy, losses: dict[str, float], cycle: int, *, n
                keep: Callable[[str], None] | None = None) -> Probes:
     """Probe the sources the policy asks for; tell it each one's progress. `night_rows(source)` gives the
     encoded rows that source's night would train (asked only for the sources probed), `settings` the
-    night's training settings, `select_rows` every source's encoded selection split; `keep(source)` is
-    called with each probe's adapter in place."""
+    night's training settings, `select_rows` every source's encoded selection split. Pass `keep` only for
+    whole-night probes: `keep(source)` is called with each probe's adapter in place, and the policy is
+    told the probes are the nights themselves."""
     tic = time.time()
     before = sum(losses.values()) / len(losses)
     progress: dict[str, float] = {}
