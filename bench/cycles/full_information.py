@@ -22,6 +22,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT))
+
+from circadian.fsutil import read_jsonl  # noqa: E402
 
 
 def analysis(home: Path) -> dict:
@@ -33,13 +36,11 @@ def analysis(home: Path) -> dict:
 
 
 def run_lines(home: Path, experiments: set[str]) -> dict[str, list[dict]]:
+    """The run_log lines of `experiments` that carry every oracle night's selection-split progress.
+    (`analyze` counts and reports broken lines; this table only needs the good ones.)"""
     out: dict[str, list[dict]] = {name: [] for name in experiments}
-    for line in (home / "data" / "runs" / "run_log.jsonl").read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # analyze counts and reports broken lines; this table only needs the good ones
-        if row.get("experiment") in out and row.get("oracle_progress"):
+    for _number, row, _raw in read_jsonl(home / "data" / "runs" / "run_log.jsonl"):
+        if row and row.get("experiment") in out and row.get("oracle_progress"):
             out[row["experiment"]].append(row)
     return out
 
