@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from circadian.assistant import Assistant, ChatSession  # noqa: E402
-from circadian.config import Config  # noqa: E402
-from circadian.paths import Paths  # noqa: E402
+from circadian.day.assistant import Assistant, ChatSession  # noqa: E402
+from circadian.core.config import Config  # noqa: E402
+from circadian.core.paths import Paths  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
 
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--backends", default="torch,mlx")
     args = parser.parse_args()
-    from circadian import embedded
+    from circadian.backends import embedded
 
     models = Paths.resolve(None).models
     model_dir = embedded.build(models)

@@ -26,11 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from circadian import facts  # noqa: E402
+from circadian.night import facts  # noqa: E402
 from circadian.backends import LoadRequest, get_backend  # noqa: E402
-from circadian.config import TrainSettings  # noqa: E402
-from circadian.paths import Paths  # noqa: E402
-from circadian.tokens import encode_chat, length_batches, padding_share  # noqa: E402
+from circadian.core.config import TrainSettings  # noqa: E402
+from circadian.core.paths import Paths  # noqa: E402
+from circadian.backends.tokens import encode_chat, length_batches, padding_share  # noqa: E402
 
 
 def rows() -> list[dict]:
@@ -38,7 +38,7 @@ def rows() -> list[dict]:
     found = [f for s in day["sessions"] for m in s for f in facts.extract_facts(m)]
     out = [facts.qa_row(q, f) for f in found for q in facts.wordings(f).train]
     rng = random.Random(0)
-    words = (ROOT / "eval/general.txt").read_text().split()
+    words = (ROOT / "circadian/night/data/eval/general.txt").read_text().split()
     for i in range(40):  # general rows with long answers, as self-distillation replay has
         start = rng.randrange(0, len(words) - 120)
         out.append({"messages": [{"role": "user", "content": f"Tell me something interesting ({i})."},
@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
-    from circadian import embedded
+    from circadian.backends import embedded
 
     model_dir = embedded.build(Paths.resolve(None).models)
     if args.backend == "mlx":

@@ -24,7 +24,7 @@ CLI = [sys.executable, "-m", "circadian"]
 @pytest.fixture(scope="session")
 def embedded_model() -> Path:
     """The real embedded model folder (built once into the shared cache)."""
-    from circadian import embedded
+    from circadian.backends import embedded
 
     return embedded.build(MODELS)
 
@@ -42,7 +42,7 @@ def home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def paths(home):
-    from circadian.paths import Paths
+    from circadian.core.paths import Paths
 
     return Paths.resolve().ensure()
 
@@ -107,8 +107,8 @@ FAST = """
 [model]
 name = "{model}"
 [sleep]
-general_replay = 3
-general_per_fact_row = 0
+distill_prompts = 3
+distill_per_fact_row = 0
 probe_max_tokens = 6
 capability_max_tokens = 4
 [train]
@@ -132,7 +132,7 @@ def night(paths, tiny_model):
 
 def say(paths, *lines: str) -> None:
     """Log one chat turn per line, as the chat would."""
-    from circadian import memories
+    from circadian.store import memories
 
     memories.append(paths, [memories.make_record(
         [{"role": "user", "content": line}, {"role": "assistant", "content": "Noted."}],

@@ -10,11 +10,11 @@ import threading
 
 import pytest
 
-from circadian import adapters
+from circadian.store import adapters
 from circadian.backends import (GenerationSettings, LoadRequest, auto_backend_name, backend_names,
                                 get_backend, select_backend)
-from circadian.errors import CircadianError
-from circadian.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from circadian.core.errors import CircadianError
+from circadian.core.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from conftest import assert_one_line_error, run_cli
 
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -130,7 +130,7 @@ def test_torch_stream_stops_when_cancelled(torch_tiny):
 
 
 def test_torch_batched_greedy_answers_match_one_by_one(torch_tiny):
-    from circadian import evaluate
+    from circadian.night import evaluate
 
     questions = ["Hi", "What is the capital of a country far away from here?", "Name a colour.",
                  "Tell me something about cats and dogs living together in a small flat."]
@@ -229,8 +229,8 @@ def test_mlx_set_adapter_changes_and_restores_replies(tiny_model, tmp_path):
 
 
 def test_adapter_of_another_backend_falls_back_to_base_with_a_note(paths, tiny_model, use_tiny):
-    from circadian.assistant import Assistant
-    from circadian.config import load_config
+    from circadian.day.assistant import Assistant
+    from circadian.core.config import load_config
 
     _make_mlx_adapter(tiny_model, paths.adapters / "v0001-mlx", "v0001-mlx")
     atomic_write_text(paths.current, "v0001-mlx\n")
@@ -244,8 +244,8 @@ def test_adapter_of_another_backend_falls_back_to_base_with_a_note(paths, tiny_m
 def test_kl_anchor_keeps_the_base_distribution_where_cross_entropy_moves_it(backend, tiny_model):
     """Anchor rows trained with the KL-to-base term leave the model's scores near the base; the
     same rows trained with plain cross-entropy (anchor_weight 0) move them. Both backends."""
-    from circadian.config import TrainSettings
-    from circadian.tokens import encode_chat
+    from circadian.core.config import TrainSettings
+    from circadian.backends.tokens import encode_chat
 
     model = get_backend(backend).load(LoadRequest("tiny", tiny_model))
     rows = [[{"role": "user", "content": f"Tell me about topic {i}."},
@@ -271,7 +271,7 @@ def test_kl_anchor_keeps_the_base_distribution_where_cross_entropy_moves_it(back
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_blend_adapter_interpolates_between_start_and_trained(backend, tiny_model, tmp_path):
-    from circadian.tokens import encode_chat
+    from circadian.backends.tokens import encode_chat
 
     model = get_backend(backend).load(LoadRequest("tiny", tiny_model))
     rows = [encode_chat(model.tokenizer, [{"role": "user", "content": "Hi"},

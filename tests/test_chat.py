@@ -15,11 +15,11 @@ import time
 import pytest
 from rich.console import Console
 
-from circadian import memories
-from circadian.assistant import Assistant, ChatSession
-from circadian.chat import run_chat
-from circadian.config import load_config
-from circadian.fsutil import atomic_write_text
+from circadian.store import memories
+from circadian.day.assistant import Assistant, ChatSession
+from circadian.day.chat import run_chat
+from circadian.core.config import load_config
+from circadian.core.fsutil import atomic_write_text
 from conftest import CLI, ROOT
 
 

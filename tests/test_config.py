@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from circadian.config import load_config
-from circadian.errors import CircadianError
+from circadian.core.config import load_config
+from circadian.core.errors import CircadianError
 from conftest import assert_one_line_error, run_cli
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from circadian import adapters, dataset, memories, policies, probing, sources
-from circadian.analyze import mean_ci
-from circadian.paths import Paths
+from circadian.night import dataset, policies, sources, trials
+from circadian.store import adapters, memories
+from circadian.lab.analyze import mean_ci
+from circadian.core.paths import Paths
 from conftest import CLI, FAST, MODELS, ROOT, assert_one_line_error, run_cli, say
 
 
@@ -54,7 +55,7 @@ def test_source_splits_are_disjoint_on_real_data(two_days):
                for i in range(10)]
     inbox_rows = [[{"role": "user", "content": f"Say code {i}."}, {"role": "assistant", "content": "ok"}] for i in range(12)]
     pools = sources.build_all(sources.Context(selection, inbox_rows, general))
-    assert set(pools) == {"today", "replay", "inbox", "synthetic"}
+    assert set(pools) == {"today", "replay", "inbox", "distill"}
     for source in pools.values():
         keys = {split: {sources.key(r) for r in source.split(split)} for split in sources.SPLITS}
         assert not keys["train"] & keys["select"] and not keys["train"] & keys["eval"] and not keys["select"] & keys["eval"]
@@ -97,50 +98,50 @@ def test_policies_choose_as_documented():
         policies.make("greedy")
 
 
-def test_bandit_explores_by_probes_not_by_nights():
-    losses = {"today": 1.3, "replay": 0.05, "inbox": 1.8, "synthetic": 0.9}
-    progress = {"today": 0.15, "replay": -0.06, "inbox": 0.08, "synthetic": 0.0}
+def test_bandit_explores_by_trials_not_by_nights():
+    losses = {"today": 1.3, "replay": 0.05, "inbox": 1.8, "distill": 0.9}
+    progress = {"today": 0.15, "replay": -0.06, "inbox": 0.08, "distill": 0.0}
     bandit = policies.make("bandit")
     nights, probed = [], []
     for cycle in range(1, 13):
-        wanted = bandit.probes_wanted(losses, cycle)
+        wanted = bandit.trials_wanted(losses, cycle)
         probed.append(wanted)
         for source in wanted:
-            bandit.observe_probe(source, progress[source] / 2)  # a probe sees part of a night's progress
+            bandit.observe_trial(source, progress[source] / 2)  # a trial sees part of a night's progress
         source = bandit.choose(losses, cycle).source
         nights.append(source)
         bandit.update(source, progress[source])
     assert probed[0] == sorted(losses)  # nothing known: every source probed first
     assert nights[0] == "today"  # the best probe, not the highest loss (inbox)
-    assert "replay" not in nights and "synthetic" not in nights  # no night spent on what teaches nothing
+    assert "replay" not in nights and "distill" not in nights  # no night spent on what teaches nothing
     assert nights.count("today") >= 8
     assert any("replay" in w for w in probed[1:])  # stale evidence is refreshed by probing again
     assert policies.make("bandit", state=json.loads(json.dumps(bandit.state))).choose(losses, 13).source == "today"
     # the probes are scaled to nights by what was seen when a probed source was then trained
-    assert 1.5 < bandit._probe_scale(bandit._walk()[0]) < 2.5
+    assert 1.5 < bandit._trial_scale(bandit._walk()[0]) < 2.5
 
 
-def test_bandit_takes_the_best_whole_night_probe():
+def test_bandit_takes_the_best_whole_night_trial():
     # a probe as long as the night is that night measured: it outranks the evidence of other nights
     losses = {"today": 1.3, "replay": 0.05, "inbox": 1.8}
     bandit = policies.make("bandit")
     for cycle in range(1, 4):
-        for source in bandit.probes_wanted(losses, cycle):
-            bandit.observe_probe(source, {"today": 0.1, "replay": -0.05, "inbox": 0.0}[source])
+        for source in bandit.trials_wanted(losses, cycle):
+            bandit.observe_trial(source, {"today": 0.1, "replay": -0.05, "inbox": 0.0}[source])
         bandit.update(bandit.choose(losses, cycle).source, 0.2)
     tonight = {"today": 0.01, "replay": -0.02, "inbox": 0.03}
-    assert "today" not in bandit.probes_wanted(losses, 4)  # three nights of evidence: no short probe needed
-    assert bandit.probes_wanted(losses, 4, whole=True) == sorted(losses)  # but tonight's night is worth having
+    assert "today" not in bandit.trials_wanted(losses, 4)  # three nights of evidence: no short probe needed
+    assert bandit.trials_wanted(losses, 4, whole=True) == sorted(losses)  # but tonight's night is worth having
     short = policies.make("bandit", state=json.loads(json.dumps(bandit.state)))
     for source, progress in tonight.items():
-        bandit.observe_probe(source, progress, whole=True)
-        short.observe_probe(source, progress)
+        bandit.observe_trial(source, progress, whole=True)
+        short.observe_trial(source, progress)
     assert short.choose(losses, 4).source == "today"  # as the first steps only, they lose to three good nights
     choice = bandit.choose(losses, 4)
     assert choice.source == "inbox" and "whole-night" in choice.reason
-    bandit.observe_probe("inbox", 0.03, whole=True)  # one source only: not enough to know tonight
+    bandit.observe_trial("inbox", 0.03, whole=True)  # one source only: not enough to know tonight
     choice = bandit.choose(losses, 5)
-    assert "whole-night" not in choice.reason and "whole_night_probes" not in bandit.state
+    assert "whole-night" not in choice.reason and "whole_night_trials" not in bandit.state
 
 
 def test_bandit_rests_a_source_that_tires():
@@ -149,8 +150,8 @@ def test_bandit_rests_a_source_that_tires():
     teaches = {"today": {"fresh": 0.2, "tired": -0.04, "rested": 0.08},
                "inbox": {"fresh": 0.1, "tired": -0.04, "rested": 0.05},
                "replay": {"fresh": -0.05, "tired": -0.05, "rested": -0.05},
-               "synthetic": {"fresh": 0.0, "tired": -0.01, "rested": 0.0}}
-    losses = {"today": 1.3, "replay": 0.05, "inbox": 1.8, "synthetic": 0.9}
+               "distill": {"fresh": 0.0, "tired": -0.01, "rested": 0.0}}
+    losses = {"today": 1.3, "replay": 0.05, "inbox": 1.8, "distill": 0.9}
     bandit = policies.make("bandit")
     last, trained, nights, total = None, set(), [], 0.0
 
@@ -158,8 +159,8 @@ def test_bandit_rests_a_source_that_tires():
         return "fresh" if source not in trained else "tired" if source == last else "rested"
 
     for cycle in range(1, 13):
-        for source in bandit.probes_wanted(losses, cycle):
-            bandit.observe_probe(source, teaches[source][state(source)] / 2)
+        for source in bandit.trials_wanted(losses, cycle):
+            bandit.observe_trial(source, teaches[source][state(source)] / 2)
         source = bandit.choose(losses, cycle).source
         total += teaches[source][state(source)]
         bandit.update(source, teaches[source][state(source)])
@@ -171,11 +172,11 @@ def test_bandit_rests_a_source_that_tires():
     assert total > 0.6, (total, nights)  # today every night: 0.2 - 11 x 0.04 = -0.24; alternating: ~0.95
 
 
-def test_probes_measure_progress_and_are_undone(tiny_model, tmp_path):
+def test_trials_measure_progress_and_are_undone(tiny_model, tmp_path):
     from circadian.backends import LoadRequest, get_backend
-    from circadian.config import Config
-    from circadian.evaluate import mean_loss
-    from circadian.tokens import encode_chat
+    from circadian.core.config import Config
+    from circadian.night.evaluate import mean_loss
+    from circadian.backends.tokens import encode_chat
 
     model = get_backend("torch").load(LoadRequest("tiny", tiny_model))
     chat = lambda q, a: encode_chat(model.tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64)  # noqa: E731
@@ -187,22 +188,22 @@ def test_probes_measure_progress_and_are_undone(tiny_model, tmp_path):
     model.set_adapter(tmp_path / "current", "current")
     losses = {k: mean_loss(model, v) for k, v in rows.items()}
     bandit = policies.make("bandit")
-    probes = probing.run_probes(model, bandit, losses, 1, night_rows=rows.get, select_rows=rows,
+    probes = trials.run_trials(model, bandit, losses, 1, night_rows=rows.get, select_rows=rows,
                                 settings=settings.model_copy(update={"batch_size": 4, "warmup_steps": 1}),
                                 restore=lambda: model.set_adapter(tmp_path / "current", "current"))
     assert set(probes.progress) == {"fruit", "codes"} and all(v > 0 for v in probes.progress.values())
     assert {k: mean_loss(model, v) for k, v in rows.items()} == pytest.approx(losses, abs=1e-6)  # undone
-    assert [h[2] for h in bandit.state["history"]] == ["probe", "probe"]
-    assert probing.run_probes(model, policies.make("self"), losses, 1, night_rows=rows.get, select_rows=rows,
+    assert [h[2] for h in bandit.state["history"]] == ["trial", "trial"]
+    assert trials.run_trials(model, policies.make("self"), losses, 1, night_rows=rows.get, select_rows=rows,
                               settings=settings, restore=lambda: None).progress == {}  # only the bandit asks
 
 
-def test_a_probe_is_the_first_steps_of_the_night(tiny_model, tmp_path):
+def test_a_trial_is_the_first_steps_of_the_night(tiny_model, tmp_path):
     from circadian.backends import LoadRequest, get_backend
-    from circadian.config import Config
-    from circadian.cycles import BUDGETS, budget_settings, night_sample
-    from circadian.evaluate import mean_loss
-    from circadian.tokens import encode_chat
+    from circadian.core.config import Config
+    from circadian.lab.experiment import BUDGETS, budget_settings, night_sample
+    from circadian.night.evaluate import mean_loss
+    from circadian.backends.tokens import encode_chat
 
     model = get_backend("torch").load(LoadRequest("tiny", tiny_model))
     chat = lambda q, a: encode_chat(model.tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64)  # noqa: E731
@@ -212,16 +213,16 @@ def test_a_probe_is_the_first_steps_of_the_night(tiny_model, tmp_path):
     settings = budget_settings(Config(), plan).model_copy(update={"seed": 7, "learning_rate": 5e-3})
     rows = night_sample(pool, plan, "0:1:fruit")
     before = mean_loss(model, select["fruit"])
-    progress = probing.probe(model, rows, settings, select, before, restore=lambda: model.set_adapter(None, None))
+    progress = trials.trial(model, rows, settings, select, before, restore=lambda: model.set_adapter(None, None))
     assert mean_loss(model, select["fruit"]) == pytest.approx(before, abs=1e-6)  # undone
     steps = []
-    night = model.train(rows, [], settings, lambda e: steps.append(e) or ("stop" if e["iteration"] == probing.PROBE_STEPS else None))
-    assert night.steps == probing.PROBE_STEPS < plan.steps  # the night was stopped where the probe ends
+    night = model.train(rows, [], settings, lambda e: steps.append(e) or ("stop" if e["iteration"] == trials.TRIAL_STEPS else None))
+    assert night.steps == trials.TRIAL_STEPS < plan.steps  # the night was stopped where the probe ends
     assert before - mean_loss(model, select["fruit"]) == pytest.approx(progress, abs=1e-5)
     assert progress > 0
     # a probe as long as the night is the night: its kept adapter stands in for training the night again
     model.set_adapter(None, None)
-    whole = probing.probe(model, rows, settings, select, before, restore=lambda: model.set_adapter(None, None),
+    whole = trials.trial(model, rows, settings, select, before, restore=lambda: model.set_adapter(None, None),
                           steps=plan.steps, keep=lambda: model.save_adapter(tmp_path / "kept"))
     night = model.train(rows, [], settings, lambda e: None)
     assert night.steps == plan.steps and whole > progress
@@ -239,23 +240,23 @@ def test_mean_ci_uses_student_t():
 
 def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     current = adapters.current_version(two_days)
-    result = run_cli("cycles", "run", "--n", "2", "--policy", "bandit", "--budget", "tiny", "--oracle", "--json")
+    result = run_cli("cycles", "run", "-n", "2", "--policy", "bandit", "--budget", "tiny", "--oracle", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["oracle"] and summary["final"]["cycle"] == 2
     assert summary["final"]["recall"] is not None and summary["cycle0"]["recall"] is not None  # asked after probing
     first = json.loads(two_days.choice_log.read_text().splitlines()[0])
-    assert sorted(first["probes"]["progress"]) == sorted(first["candidate_losses"])  # the bandit probed every source
+    assert sorted(first["trials"]["progress"]) == sorted(first["candidate_losses"])  # the bandit probed every source
     second = json.loads(two_days.choice_log.read_text().splitlines()[1])
-    assert first["chosen"] in second["probes"]["progress"]  # trained last night: a state it knows nothing of yet
+    assert first["chosen"] in second["trials"]["progress"]  # trained last night: a state it knows nothing of yet
     assert adapters.current_version(two_days) == current
     assert adapters.current_version(two_days) == current  # experiments never touch CURRENT
-    fixed = run_cli("cycles", "run", "--n", "1", "--policy", "fixed:inbox", "--budget", "tiny", "--no-generate")
+    fixed = run_cli("cycles", "run", "-n", "1", "--policy", "fixed:inbox", "--budget", "tiny", "--no-generate")
     assert fixed.returncode == 0, fixed.stderr[-3000:]
     assert_one_line_error(run_cli("cycles", "run", "--policy", "fixed:nowhere", "--budget", "tiny"))
     # an experiment killed after its first cycle: shown, but left out of the per-policy means
     with (tmp_path / "killed.err").open("w") as err:
-        killed = subprocess.Popen([*CLI, "cycles", "run", "--n", "5", "--policy", "random", "--budget", "tiny",
+        killed = subprocess.Popen([*CLI, "cycles", "run", "-n", "5", "--policy", "random", "--budget", "tiny",
                                    "--no-generate"], env=os.environ.copy(), cwd=ROOT, stdout=err, stderr=err)
     deadline = time.time() + 300
     def random_lines(log):
@@ -288,7 +289,7 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     assert all(line["oracle_progress"].keys() == line["oracle_rewards"].keys() for line in oracle_lines)
     assert all(abs(line["oracle_progress"][line["chosen"]] - line["progress"]) < 1e-9 for line in oracle_lines)
     # the tiny budget's night is as long as a probe: the probes were kept as the nights, the oracle's too
-    assert first["probes"]["progress"] == pytest.approx(oracle_lines[0]["oracle_progress"], abs=1e-6)
+    assert first["trials"]["progress"] == pytest.approx(oracle_lines[0]["oracle_progress"], abs=1e-6)
     informed = sum(line["oracle_rewards"][max(line["oracle_progress"], key=line["oracle_progress"].get)]
                    for line in oracle_lines)
     best = sum(max(line["oracle_rewards"].values()) for line in oracle_lines)
@@ -311,20 +312,20 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     assert sum(n.endswith("experiment.json") for n in names) == 3
 
 
-def test_nightly_sleep_probes_then_trains_the_source_its_policy_chooses(two_days):
-    result = run_cli("sleep", "--json", env={"CIRCADIAN_SLEEP__POLICY": "bandit", "CIRCADIAN_SLEEP__PROBE_STEPS": "3"})
+def test_nightly_sleep_trials_then_trains_the_source_its_policy_chooses(two_days):
+    result = run_cli("sleep", "--json", env={"CIRCADIAN_SLEEP__POLICY": "bandit", "CIRCADIAN_SLEEP__TRIAL_STEPS": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "the first 3 training steps of each one's night" in result.stderr  # sleep.probe_steps
+    assert "the first 3 training steps of each one's night" in result.stderr  # sleep.trial_steps
     summary = json.loads(result.stdout)
     choices = [json.loads(line) for line in two_days.choice_log.read_text().splitlines()]
     assert len(choices) == 1 and choices[0]["cycle_id"] == summary["cycle_id"]
-    losses, probes = choices[0]["candidate_losses"], choices[0]["probes"]["progress"]
+    losses, probes = choices[0]["candidate_losses"], choices[0]["trials"]["progress"]
     assert set(losses) >= {"today", "replay", "inbox"} and sorted(probes) == sorted(losses)  # every source probed
     assert choices[0]["chosen"] == max(probes, key=probes.get) == summary["chosen"]  # then the best probe trained
-    trained = [u["name"] for u in summary["units"] if u["state"] == "trained"]
+    trained = [u["name"] for u in summary["datasets"] if u["state"] == "trained"]
     assert trained and all(choices[0]["chosen"] in name or name == choices[0]["chosen"] for name in trained)
     line = json.loads(two_days.run_log.read_text().splitlines()[-1])
     assert line["run_type"] == "bandit" and line["chosen"] == summary["chosen"]
     history = json.loads((two_days.control / "policy.json").read_text())["bandit"]["history"]
-    assert [h[2] for h in history] == ["probe"] * len(probes) + ["night"] and history[-1][0] == summary["chosen"]
+    assert [h[2] for h in history] == ["trial"] * len(probes) + ["night"] and history[-1][0] == summary["chosen"]
     assert_one_line_error(run_cli("sleep", env={"CIRCADIAN_SLEEP__POLICY": "greedy"}))

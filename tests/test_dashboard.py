@@ -14,7 +14,8 @@ import urllib.request
 
 import pytest
 
-from circadian import adapters, control
+from circadian.night import control
+from circadian.store import adapters
 from conftest import CLI, ROOT, run_cli, say
 
 pytestmark = pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("chromedriver") is None,
@@ -106,7 +107,7 @@ def test_pages_export_evolution_and_rollback(night, server, browser, tmp_path):
     say(night, "My dog is called Biscuit.", "My sister Lena lives in Trondheim.")
     first = json.loads(run_cli("sleep", "--json").stdout)
     assert first["outcome"] == "promoted"
-    assert run_cli("cycles", "run", "--n", "1", "--policy", "random", "--budget", "tiny", "--no-generate",
+    assert run_cli("cycles", "run", "-n", "1", "--policy", "random", "--budget", "tiny", "--no-generate",
                    "--sources", "today,replay").returncode in (0, 1)  # replay may have no data yet: still a page
     with night.choice_log.open("a") as log:
         log.write("{broken\n")
@@ -153,7 +154,7 @@ def test_pages_export_evolution_and_rollback(night, server, browser, tmp_path):
     assert adapters.current_version(night) == first["version"]
     browser.find_element("css selector", "#rollback button").click()
     browser.switch_to.alert.accept()
-    wait_until(lambda: "rolled back" in browser.find_element("id", "message").text, 10, "the rollback message")
+    wait_until(lambda: "now current" in browser.find_element("id", "message").text, 10, "the rollback message")
     assert adapters.current_version(night) is None
 
 

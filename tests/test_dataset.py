@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from circadian import dataset, facts, redact, tokens
-from circadian.config import SleepSettings
-from circadian.errors import CircadianError
-from circadian.memories import MemoryRecord, make_record
+from circadian.backends import tokens
+from circadian.night import dataset, facts, redact
+from circadian.core.config import SleepSettings
+from circadian.core.errors import CircadianError
+from circadian.store.memories import MemoryRecord, make_record
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -142,18 +143,18 @@ def test_build_newer_fact_replaces_older_one():
     assert [f["value"] for f in plan.facts] == ["Rotterdam"] and plan.replayed_facts == []
 
 
-def test_general_replay_grows_with_the_fact_rows():
+def test_distill_prompts_grows_with_the_fact_rows():
     many = [_record(text) for text in ("My dog is called Biscuit.", "My cat is called Mochi.", "I grew up in Zwolle.",
                                        "I work as a nurse.", "My sister Lena lives in Oslo.", "I play the cello.",
                                        "My favourite colour is green.", "I drive a Volvo.", "I speak Dutch.")]
     plan = dataset.build(dataset.select(many, trained=set(), forgotten=set()), SleepSettings())
     fact_rows = sum(r["lineage"]["generator"] == facts.GENERATOR for r in plan.train)
     assert fact_rows > 50
-    assert dataset.general_wanted(plan, SleepSettings(), available=150) == fact_rows
-    assert dataset.general_wanted(plan, SleepSettings(), available=40) == 40  # no more than there are prompts
-    assert dataset.general_wanted(plan, SleepSettings(general_per_fact_row=0), available=150) == 50
+    assert dataset.distill_wanted(plan, SleepSettings(), available=150) == fact_rows
+    assert dataset.distill_wanted(plan, SleepSettings(), available=40) == 40  # no more than there are prompts
+    assert dataset.distill_wanted(plan, SleepSettings(distill_per_fact_row=0), available=150) == 50
     one = dataset.build(dataset.select(many[:1], trained=set(), forgotten=set()), SleepSettings())
-    assert dataset.general_wanted(one, SleepSettings(), available=150) == 50  # the floor: general_replay
+    assert dataset.distill_wanted(one, SleepSettings(), available=150) == 50  # the floor: distill_prompts
 
 
 def test_inbox_units_come_before_today_with_their_own_splits():
@@ -162,8 +163,8 @@ def test_inbox_units_come_before_today_with_their_own_splits():
     rows = [[{"role": "user", "content": f"Say code {i}."}, {"role": "assistant", "content": f"Code {i}."}]
             for i in range(10)]
     plan = dataset.add_inbox(plan, [({"id": "q1", "name": "a.jsonl", "priority": "priority"}, rows)], SleepSettings())
-    assert [u.name for u in plan.units] == ["inbox priority: a.jsonl", "today"]
-    unit = plan.units[0]
+    assert [u.name for u in plan.datasets] == ["inbox priority: a.jsonl", "today"]
+    unit = plan.datasets[0]
     assert unit.queue_id == "q1" and len(unit.valid) >= 1 and len(unit.train) + len(unit.valid) == 10
     assert not {str(r["messages"]) for r in unit.train} & {str(r["messages"]) for r in unit.valid}
     assert plan.counts["inbox_rows"] == 10 and plan.new_material == 1 + 10

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from circadian import embedded
-from circadian.errors import CircadianError
+from circadian.backends import embedded
+from circadian.core.errors import CircadianError
 from conftest import CLI, ROOT, run_cli
 
 

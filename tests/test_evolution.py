@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from circadian import evolution
-from circadian.fsutil import atomic_write_json
+from circadian.night import evolution
+from circadian.core.fsutil import atomic_write_json
 from conftest import run_cli, say
 
 
@@ -67,7 +67,7 @@ def test_analysis_categories_and_forgetting_across_nights(tmp_path):
 
 
 def test_snapshot_budget_counts_only_training_the_night_is_sure_to_reach():
-    from circadian.evolution import fits_budget
+    from circadian.night.evolution import fits_budget
 
     common = dict(budget=0.15, total_steps=200, min_steps=24)
     # 5 s a step, 6 s a snapshot, 6 s spent at step 0: at step 4 the night surely reaches step 24 (120 s)

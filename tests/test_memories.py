@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import stat
 
-from circadian import memories
-from circadian.importer import import_file, validate_lines
+from circadian.store import memories
+from circadian.day.importer import import_file, validate_lines
 from conftest import assert_one_line_error, run_cli
 
 

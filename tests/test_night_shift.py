@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from circadian import adapters, control, inbox, schedule
-from circadian.lock import SessionMark
+from circadian.night import control
+from circadian.shift import schedule
+from circadian.store import adapters, inbox
+from circadian.core.lock import SessionMark
 from conftest import CLI, FAST, ROOT, assert_one_line_error, run_cli, say
 
 LONG = FAST.replace("max_steps = 4", "max_steps = 3000\nmax_epochs = 3000\npatience = 1000") \
@@ -121,7 +123,7 @@ def test_scheduled_sleep_runs_once_per_night(night):
 def test_scheduled_sleep_waits_for_an_open_chat(long_night):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, %r)\n"
-        "from pathlib import Path\nfrom circadian.lock import SessionMark\n"
+        "from pathlib import Path\nfrom circadian.core.lock import SessionMark\n"
         "with SessionMark(Path(%r)):\n    print('open', flush=True); time.sleep(1.5)") % (str(ROOT), str(long_night.control))],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "open"
@@ -243,7 +245,7 @@ def test_priority_inbox_trains_first_and_skip_moves_on(long_night):
     sleeper = subprocess.Popen([*CLI, "sleep", "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env={**os.environ, **env})
     try:
-        wait_for(lambda: _status(long_night).get("unit", "").startswith("inbox priority")
+        wait_for(lambda: _status(long_night).get("dataset", "").startswith("inbox priority")
                  and (_status(long_night).get("step") or 0) >= 2, 180, "the priority dataset in training")
         queue = {e["name"]: e["state"] for e in inbox.read_queue(long_night)}
         assert queue == {"first.jsonl": "training", "later.jsonl": "training"}
@@ -254,7 +256,7 @@ def test_priority_inbox_trains_first_and_skip_moves_on(long_night):
             sleeper.kill()
     assert sleeper.returncode == 0, err[-3000:]
     summary = json.loads(out)
-    states = [(u["name"].split(": ")[-1], u["state"]) for u in summary["units"]]
+    states = [(u["name"].split(": ")[-1], u["state"]) for u in summary["datasets"]]
     assert states == [("first.jsonl", "skipped"), ("later.jsonl", "trained"), ("today", "trained")]
     queue = {e["name"]: e for e in inbox.read_queue(long_night)}
     assert queue["first.jsonl"]["state"] == "skipped"
@@ -262,4 +264,4 @@ def test_priority_inbox_trains_first_and_skip_moves_on(long_night):
         assert queue["later.jsonl"]["state"] == "done"
     else:
         assert queue["later.jsonl"]["state"] == "queued" and queue["later.jsonl"]["attempts"] == 1
-    assert run_log(long_night)[-1]["units"] == summary["units"]
+    assert run_log(long_night)[-1]["datasets"] == summary["datasets"]

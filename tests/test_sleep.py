@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from circadian import adapters, memories
-from circadian.paths import Paths
+from circadian.store import adapters, memories
+from circadian.core.paths import Paths
 from conftest import CLI, FAST, ROOT, assert_one_line_error, run_cli, say
 
 def sleep_json(*extra, env=None):

@@ -9,13 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from circadian import fsutil
-from circadian.paths import Paths, resolve_home
+from circadian.core import fsutil
+from circadian.core.paths import Paths, resolve_home
 
 WRITER = r"""
 import sys
 from pathlib import Path
-from circadian.fsutil import append_jsonl
+from circadian.core.fsutil import append_jsonl
 path, tag, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 for i in range(n):
     # lines far longer than PIPE_BUF, so only the lock keeps writers from interleaving
@@ -82,7 +82,7 @@ def test_resolve_home_falls_back_to_checkout_then_user_dir(monkeypatch):
     home, source = resolve_home(None)
     root = Path(__file__).resolve().parent.parent
     assert (home, source) == (root, "source checkout")
-    monkeypatch.setattr("circadian.paths.checkout_root", lambda: None)
+    monkeypatch.setattr("circadian.core.paths.checkout_root", lambda: None)
     home, source = resolve_home(None)
     assert source == "user data directory" and home.name == "circadian"
 

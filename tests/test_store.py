@@ -11,11 +11,12 @@ from datetime import datetime
 
 import pytest
 
-from circadian import adapters, gate
-from circadian.config import GateSettings
-from circadian.errors import CircadianError
-from circadian.fsutil import sha256_file
-from circadian.lock import SleepLock, holder
+from circadian.night import gate
+from circadian.store import adapters
+from circadian.core.config import GateSettings
+from circadian.core.errors import CircadianError
+from circadian.core.fsutil import sha256_file
+from circadian.core.lock import holder, sleep_lock
 from conftest import assert_one_line_error, run_cli
 
 
@@ -47,9 +48,23 @@ def test_rollback_walks_parents_and_trained_ids_follow(paths):
     assert adapters.current_version(paths) == v1 and adapters.trained_ids(paths) == {"a"}
     assert adapters.rollback(paths, "base") == (v1, None)
     assert not paths.current.exists() and adapters.trained_ids(paths) == set()
-    with pytest.raises(CircadianError, match="already current"):
+    with pytest.raises(CircadianError, match="nothing to roll back"):
         adapters.rollback(paths, "base")
     assert [h["to"] for h in adapters.history(paths)] == [v2, v1, None]
+
+
+def test_rollback_only_goes_back_and_use_takes_any_version(paths):
+    v1 = _version(paths, 1)
+    v2 = _version(paths, 2, parent=v1)
+    adapters.set_current(paths, v1, reason="test")
+    with pytest.raises(CircadianError, match="not an ancestor.*adapters use"):
+        adapters.rollback(paths, v2)  # forward is not back
+    assert adapters.current_version(paths) == v1
+    assert adapters.use(paths, v2) == (v1, v2)
+    assert adapters.rollback(paths, v1) == (v2, v1)  # an ancestor by name
+    with pytest.raises(CircadianError, match="already current"):
+        adapters.use(paths, v1)
+    assert adapters.use(paths, "base") == (v1, None)
 
 
 def test_prune_keeps_current_parent_and_pinned(paths):
@@ -71,28 +86,32 @@ def test_cli_adapters_and_rollback(paths):
     listed = json.loads(run_cli("adapters", "list", "--json").stdout)
     assert listed["current"] == v2 and [v["version"] for v in listed["versions"]] == [v1, v2]
     assert run_cli("adapters", "pin", v1).returncode == 0
-    assert json.loads(run_cli("adapters", "show", v1).stdout)["version"] == v1
+    assert json.loads(run_cli("adapters", "show", v1, "--json").stdout)["version"] == v1
     result = run_cli("rollback")
     assert result.returncode == 0 and f"current: {v1}" in result.stdout
     assert_one_line_error(run_cli("rollback", "v9999-20260101-000000"))
+    shown = run_cli("adapters", "show", v1)
+    assert shown.returncode == 0 and v1 in shown.stdout.splitlines()[0] and "recall" in shown.stdout
+    used = json.loads(run_cli("adapters", "use", v2, "--json").stdout)
+    assert used == {"current": v2, "previous": v1}
     assert_one_line_error(run_cli("adapters", "show", "nope"))
 
 
 def test_sleep_lock_refuses_second_and_recovers_from_dead_holder(paths, tmp_path):
     lock_path = paths.control / "sleep.lock"
-    with SleepLock(lock_path, "c1"):
+    with sleep_lock(lock_path, "c1"):
         assert holder(lock_path)["cycle_id"] == "c1"
         with pytest.raises(CircadianError, match="another sleep is running"):
-            with SleepLock(lock_path, "c2"):
+            with sleep_lock(lock_path, "c2"):
                 pass
     # a holder killed with SIGKILL: its lock file stays behind, but the kernel released the lock
-    code = ("import sys, os, signal; sys.path.insert(0, %r); from circadian.lock import SleepLock; "
-            "from pathlib import Path; l = SleepLock(Path(%r), 'dead').__enter__(); os.kill(os.getpid(), signal.SIGKILL)"
+    code = ("import sys, os, signal; sys.path.insert(0, %r); from circadian.core.lock import sleep_lock; "
+            "from pathlib import Path; l = sleep_lock(Path(%r), 'dead').__enter__(); os.kill(os.getpid(), signal.SIGKILL)"
             % (str(tmp_path), str(lock_path)))
     subprocess.run([sys.executable, "-c", code])
     assert "dead" in lock_path.read_text()
     assert holder(lock_path) is None
-    with SleepLock(lock_path, "c3"):
+    with sleep_lock(lock_path, "c3"):
         assert holder(lock_path)["cycle_id"] == "c3"
 
 

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from circadian.fsutil import read_jsonl  # noqa: E402
+from circadian.core.fsutil import read_jsonl  # noqa: E402
 
 
 def analysis(home: Path) -> dict:

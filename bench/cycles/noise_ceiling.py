@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(HERE))
 
-from circadian import evaluate  # noqa: E402
-from circadian.cycles import train_night  # noqa: E402
+from circadian.night import evaluate  # noqa: E402
+from circadian.lab.experiment import train_night  # noqa: E402
 from saved_experiment import open_experiment  # noqa: E402
 
 

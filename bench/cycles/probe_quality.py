@@ -6,7 +6,7 @@ Run as: .venv/bin/python bench/cycles/probe_quality.py --home DIR --experiment F
 At the state before each given cycle (the experiment's saved adapter), every source is probed twice:
 
 - `own rows` (the design up to session 6): `--steps` steps on 8 rows sampled for the probe alone;
-- `night start` (probing.py now): the first `--steps` steps of the very night the oracle trained on that
+- `night start` (trials.py now): the first `--steps` steps of the very night the oracle trained on that
   source at that cycle (its rows, settings and seed), so the probe shares the night's sampling luck.
 
 Each probe's progress (decrease of the mean selection loss) is set against the oracle's reward for that
@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(HERE))
 
-from circadian import evaluate, probing  # noqa: E402
-from circadian.cycles import night_sample  # noqa: E402
+from circadian.night import evaluate, trials  # noqa: E402
+from circadian.lab.experiment import night_sample  # noqa: E402
 from saved_experiment import open_experiment  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--experiment", type=Path, required=True)
     parser.add_argument("--cycles", default="2,4,6,8,10")
-    parser.add_argument("--steps", type=int, default=probing.PROBE_STEPS)
+    parser.add_argument("--steps", type=int, default=trials.TRIAL_STEPS)
     parser.add_argument("--out", type=Path, default=HERE / "PROBE_QUALITY.md")
     args = parser.parse_args()
     saved = open_experiment(args.home, args.experiment)
@@ -76,7 +76,7 @@ def main() -> None:
             }
             for design, sample in designs.items():
                 tic = time.time()
-                row[design][name] = probing.probe(model, sample, night_settings, select, before,
+                row[design][name] = trials.trial(model, sample, night_settings, select, before,
                                                   lambda: model.set_adapter(*position), steps=args.steps)
                 seconds[design].append(time.time() - tic)
         rows.append(row)

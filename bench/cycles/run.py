@@ -30,10 +30,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from circadian.assistant import Assistant, ChatSession  # noqa: E402
-from circadian.config import load_config  # noqa: E402
-from circadian.cycles import BUDGETS  # noqa: E402
-from circadian.paths import Paths  # noqa: E402
+from circadian.day.assistant import Assistant, ChatSession  # noqa: E402
+from circadian.core.config import load_config  # noqa: E402
+from circadian.lab.experiment import BUDGETS  # noqa: E402
+from circadian.core.paths import Paths  # noqa: E402
 
 SETUP_GATE = {"CIRCADIAN_GATE__MAX_CAPABILITY_DROP": "0.5", "CIRCADIAN_GATE__MAX_PPL_DRIFT": "0.2",
               "CIRCADIAN_GATE__MAX_TOTAL_PPL_DRIFT": "0.2"}
@@ -106,9 +106,9 @@ def fmt(stat: dict | None, spec: str = ".3f") -> str:
 def write_results(result: dict, setup: dict, args) -> str:
     complete = {(e["run_type"], e["seed"]) for e in result["experiments"] if e["complete"]}
     planned = [(p, int(s)) for s in args.seeds.split(",") for p in args.policies.split(",")]
-    probes = ("the whole night each would get (`--probe-steps`: the budget's steps), measured on the selection splits; "
+    probes = ("the whole night each would get (`--trial-steps`: the budget's steps), measured on the selection splits; "
               "it takes the best, and the chosen probe is kept as the night (with `--oracle` every probe stands in "
-              "for that source's oracle night)" if args.probe_steps >= BUDGETS[args.budget].steps
+              "for that source's oracle night)" if args.trial_steps >= BUDGETS[args.budget].steps
               else "the first two steps of the night each would get, measured on the selection splits, undone")
     missing = [f"{p} seed {s}" for p, s in planned if (p, s) not in complete]
     status = (f" — PARTIAL: {len(planned) - len(missing)} of {len(planned)} experiments" if missing else "")
@@ -117,11 +117,11 @@ def write_results(result: dict, setup: dict, args) -> str:
         *([f"Not run yet: {', '.join(missing)}. `bench/cycles/run.py --home DIR` resumes where it stopped.", ""]
           if missing else []),
         f"Reproduce: `.venv/bin/python bench/cycles/run.py --policies {args.policies} --seeds {args.seeds}"
-        + (f" --probe-steps {args.probe_steps}" if args.probe_steps else "")
+        + (f" --trial-steps {args.trial_steps}" if args.trial_steps else "")
         + f"` ({args.cycles} cycles, budget {args.budget}, `--oracle`; `--shard i/3` runs one of three workers on one "
         "home).", "",
         "Sources: `today` (the second half of bench/recall/day.json, not yet learned), `replay` (the first half, "
-        "learned in the set-up night), `inbox` (bench/cycles/inbox.jsonl), `synthetic` (general prompts answered by "
+        "learned in the set-up night), `inbox` (bench/cycles/inbox.jsonl), `distill` (general prompts answered by "
         "the base model). Reward = decrease of the mean eval loss over all sources; oracle = every source trained "
         "from the same checkpoint each cycle. Mean ± 95% CI half-width over seeds. Before each choice the bandit probes "
         "the sources it has too little recent evidence about in their present state (most sources, most nights; with whole-night probes every source): "
@@ -141,7 +141,7 @@ def write_results(result: dict, setup: dict, args) -> str:
                      f"{fmt(row['capability_drift'], '+.0%')} | {fmt(row['cumulative_oracle_regret'], '.4f')} | "
                      f"{fmt(row['oracle_gain_share'], '.0%')} | {fmt(row['full_information_share'], '.0%')} | "
                      f"{fmt(row['random_reference_share'], '.0%')} | "
-                     f"{fmt(row['seconds_per_cycle'], '.0f')} ({fmt(row['probe_seconds_per_cycle'], '.0f')}) |")
+                     f"{fmt(row['seconds_per_cycle'], '.0f')} ({fmt(row['trial_seconds_per_cycle'], '.0f')}) |")
     cells = {(r["source"], r["state"]): f"{fmt(r, '+.3f')} (n={r['n']})" for r in result["oracle_reward_by_state"]}
     lines += ["", "What a night on a source teaches, by the source's state (the oracle's reward over every cycle of every "
               "experiment here; tired = trained the night before; mean ± 95% CI): a source just trained has little left to "
@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th experiment from the i-th (parallel workers on one home)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for the experiments (0: torch's default)")
-    parser.add_argument("--probe-steps", type=int, default=0, help="passed to `cycles run --probe-steps` (0: its default)")
+    parser.add_argument("--trial-steps", type=int, default=0, help="passed to `cycles run --trial-steps` (0: its default)")
     args = parser.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -196,8 +196,8 @@ def main() -> None:
         if (policy, seed) in finished(args.home):
             continue
         started = time.time()
-        summary = cli(args.home, "cycles", "run", "--n", str(args.cycles), "--policy", policy, "--seed", str(seed),
-                      "--budget", args.budget, "--oracle", *(["--probe-steps", str(args.probe_steps)] if args.probe_steps else []))
+        summary = cli(args.home, "cycles", "run", "-n", str(args.cycles), "--policy", policy, "--seed", str(seed),
+                      "--budget", args.budget, "--oracle", *(["--trial-steps", str(args.trial_steps)] if args.trial_steps else []))
         print(f"{policy} seed {seed}: recall {summary['cycle0'].get('recall')} -> {summary['final'].get('recall')}, "
               f"{time.time() - started:.0f} s", flush=True)
     result = cli(args.home, "cycles", "analyze", "--csv", str(args.home / "csv"))

@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from circadian.config import load_config
-from circadian.cycles import BUDGETS, Budget, Setup, budget_settings, load_sources
-from circadian.paths import Paths
+from circadian.core.config import load_config
+from circadian.lab.experiment import BUDGETS, Budget, Setup, budget_settings, load_sources
+from circadian.core.paths import Paths
 
 
 @dataclass

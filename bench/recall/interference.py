@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from circadian import evaluate  # noqa: E402
-from circadian.assistant import Assistant  # noqa: E402
-from circadian.config import load_config  # noqa: E402
-from circadian.paths import Paths  # noqa: E402
+from circadian.night import evaluate  # noqa: E402
+from circadian.day.assistant import Assistant  # noqa: E402
+from circadian.core.config import load_config  # noqa: E402
+from circadian.core.paths import Paths  # noqa: E402
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 

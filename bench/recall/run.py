@@ -25,9 +25,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from circadian.assistant import Assistant, ChatSession  # noqa: E402
-from circadian.config import load_config  # noqa: E402
-from circadian.paths import Paths  # noqa: E402
+from circadian.day.assistant import Assistant, ChatSession  # noqa: E402
+from circadian.core.config import load_config  # noqa: E402
+from circadian.core.paths import Paths  # noqa: E402
 
 
 def cli(home: Path, *args: str) -> dict:
@@ -64,11 +64,11 @@ def main() -> None:
         paths = Paths(home, "bench", models).ensure()
         started = time.time()
         turns = play_day(paths)
-        before = cli(home, "eval", "recall", "--probes", str(HERE / "questions.jsonl"))
+        before = cli(home, "eval", "recall", str(HERE / "questions.jsonl"))
         night = cli(home, "sleep")
-        after = cli(home, "eval", "recall", "--probes", str(HERE / "questions.jsonl"))
-        forbidden = cli(home, "eval", "recall", "--probes", str(HERE / "forbidden.jsonl"))
-        candidate = (cli(home, "eval", "recall", "--probes", str(HERE / "questions.jsonl"), "--adapter", night["version"])
+        after = cli(home, "eval", "recall", str(HERE / "questions.jsonl"))
+        forbidden = cli(home, "eval", "recall", str(HERE / "forbidden.jsonl"))
+        candidate = (cli(home, "eval", "recall", str(HERE / "questions.jsonl"), "--adapter", night["version"])
                      if night.get("outcome") == "rejected" else after)
         report = (home / "data" / "runs" / night["cycle_id"] / "report.md").read_text(encoding="utf-8")
         analysis = home / "data" / "runs" / night["cycle_id"] / "evolution" / "analysis.json"

@@ -24,8 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, runtime_checkable
 
-from circadian.config import TrainSettings  # noqa: F401  (re-exported: backends receive it in train())
-from circadian.errors import CircadianError
+from circadian.core.config import TrainSettings  # noqa: F401  (re-exported: backends receive it in train())
+from circadian.core.errors import CircadianError
 
 GROUP = "circadian.backends"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from circadian.backends import Chunk, GenerationSettings, LoadRequest
-from circadian.errors import CircadianError
+from circadian.core.errors import CircadianError
 
 
 ADAPTER_LEAVES = ("lora_a", "lora_b", "m")  # what mlx-lm's load_adapters accepts for LoRA/DoRA
@@ -143,7 +143,7 @@ class MLXModel:
         return nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none"), mask[:, 1:]
 
     def score(self, examples: list, batch_size: int = 8) -> list[tuple[float, int]]:
-        from circadian.tokens import length_batches
+        from circadian.backends.tokens import length_batches
 
         out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
         for batch in length_batches([len(e) for e in examples], batch_size, seed=0, shuffle=False):
@@ -191,7 +191,7 @@ class MLXModel:
         from mlx_lm.tuner.trainer import train as tuner_train
 
         from circadian.backends import TrainResult
-        from circadian.tokens import length_batches
+        from circadian.backends.tokens import length_batches
 
         self._trained_state = None
 
@@ -343,7 +343,7 @@ class MLXModel:
         import mlx.core as mx
         from mlx.utils import tree_flatten
 
-        from circadian.fsutil import atomic_write_json, sha256_file
+        from circadian.core.fsutil import atomic_write_json, sha256_file
 
         if not getattr(self, "lora_config", None):
             raise CircadianError("no adapter to save: the model has not been trained")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from circadian.backends import Chunk, GenerationSettings, LoadRequest
-from circadian.errors import CircadianError
+from circadian.core.errors import CircadianError
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # peft asks transformers a question transformers has renamed; the answer is the same
@@ -274,7 +274,7 @@ class TorchModel:
     def score(self, examples: list, batch_size: int = 8) -> list[tuple[float, int]]:
         import torch
 
-        from circadian.tokens import length_batches
+        from circadian.backends.tokens import length_batches
 
         out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
         was_training = self.model.training
@@ -367,7 +367,7 @@ class TorchModel:
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
         from circadian.backends import TrainResult
-        from circadian.tokens import length_batches
+        from circadian.backends.tokens import length_batches
 
         torch.manual_seed(settings.seed)
         self._trained_state = None
@@ -465,7 +465,7 @@ class TorchModel:
     def save_adapter(self, folder: Path) -> dict[str, str]:
         from peft import PeftModel
 
-        from circadian.fsutil import sha256_file
+        from circadian.core.fsutil import sha256_file
 
         if not isinstance(self.model, PeftModel):
             raise CircadianError("no adapter to save: the model has not been trained")

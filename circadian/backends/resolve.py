@@ -1,0 +1,61 @@
+"""Resolve the configured model name to a local folder: the embedded default, a local path, or a
+Hugging Face repo id that must already be in the local cache (or be downloadable right now).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from circadian.core.config import ModelSettings
+from circadian.core.errors import CircadianError
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model ready to load: its display name and its local folder."""
+
+    name: str
+    path: Path
+    revision: str | None = None
+
+
+def _from_hub(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(repo_id, revision=revision))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CircadianError(
+            f"model '{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached "
+            f"({reason[:160]}); set model.name to a local path or to \"embedded\"") from None
+
+
+def resolve_model(settings: ModelSettings, models_dir: Path, *,
+                  say: Callable[[str], None] = lambda _msg: None) -> ResolvedModel:
+    """Given the model settings and the model cache folder, return the model's local folder.
+
+    Builds the embedded model on first use. Raise CircadianError when the model cannot be had.
+    """
+    name = settings.name.strip()
+    if name in ("embedded", "default", ""):
+        from circadian.backends import embedded
+
+        folder = embedded.embedded_dir(models_dir)
+        if not folder.exists():
+            say("building the embedded model (first run only, about a minute)")
+        return ResolvedModel("embedded:" + embedded.EMBEDDED_NAME, embedded.build(models_dir, say=say))
+    local = Path(name).expanduser()
+    if local.exists() or name.startswith((".", "/", "~")):
+        if not (local / "config.json").is_file():
+            raise CircadianError(f"model path {local} has no config.json: not a model folder")
+        return ResolvedModel(str(local.absolute()), local.absolute())
+    if name.count("/") != 1:
+        raise CircadianError(f"model '{name}': not \"embedded\", an existing folder, or a repo id like org/name")
+    return ResolvedModel(name, _from_hub(name, settings.revision), settings.revision)

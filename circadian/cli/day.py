@@ -1,0 +1,74 @@
+"""Commands of the day: `chat`, `ask`, `import`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from circadian.cli._common import HomeOpt, JsonOpt, home_paths, print_json, say, setup
+from circadian.core.errors import CircadianError
+
+NoLogOpt = Annotated[bool, typer.Option("--no-log", "-n", help="do not log these turns (they are never trained)")]
+SystemOpt = Annotated[Optional[str], typer.Option("--system", "-s", help="system prompt for this session")]
+
+
+def chat(home: HomeOpt = None, no_log: NoLogOpt = False, system: SystemOpt = None):
+    """Talk in the terminal; every turn is logged.
+
+    Replies stream as they are written; /help lists the slash commands, Ctrl-C stops a reply,
+    Ctrl-D or /quit leaves.
+    """
+    from circadian.core.lock import SessionMark
+    from circadian.day.assistant import Assistant, ChatSession
+    from circadian.day.chat import run_chat
+
+    paths, config = setup(home)
+    with SessionMark(paths.control):  # the nightly job waits while a chat is open
+        session = ChatSession(Assistant(paths, config, say=say), log=not no_log, system_prompt=system)
+        run_chat(session, history_path=paths.chat_history)
+
+
+def ask(text: Annotated[str, typer.Argument(help="the message to send")],
+        home: HomeOpt = None, no_log: NoLogOpt = False, json_out: JsonOpt = False, system: SystemOpt = None,
+        max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="longest reply")] = None):
+    """Send one message and print the reply.
+
+    The turn is logged like a chat turn unless --no-log.
+    """
+    from circadian.day.assistant import Assistant, ChatSession
+
+    if not text.strip():
+        raise CircadianError("nothing to ask: the message is empty")
+    paths, config = setup(home)
+    session = ChatSession(Assistant(paths, config, say=say), log=not no_log, source="ask", system_prompt=system)
+    if json_out:
+        result = session.respond(text, max_tokens=max_tokens)
+        print_json({**result.as_dict(), "question": text, "model": session.assistant.model_name,
+                    "backend": session.assistant.backend.name})
+        return
+    result = session.respond(text, lambda t: print(t, end="", flush=True), max_tokens=max_tokens)
+    print()
+    if result.interrupted:
+        raise SystemExit(130)
+
+
+def import_(file: Annotated[Path, typer.Argument(help='JSONL file, one {"messages": [...]} per line')],
+            home: HomeOpt = None, json_out: JsonOpt = False):
+    """Add transcripts to the memories.
+
+    A file with any bad line is rejected whole, naming the line; a file imported before is skipped.
+    """
+    from dataclasses import asdict
+
+    from circadian.day.importer import import_file
+
+    result = import_file(home_paths(home), file)
+    if json_out:
+        print_json(asdict(result))
+    elif result.skipped_duplicate:
+        print(f"{file}: already imported ({result.previous_ts}), skipped")
+    else:
+        extra = f", {result.no_train} tagged no-train" if result.no_train else ""
+        print(f"{file}: imported {result.added} conversation(s){extra}")

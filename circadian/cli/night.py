@@ -1,0 +1,164 @@
+"""Commands of the night: `sleep`, `report`, `ctl`, `eval recall`."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from circadian.cli._common import HomeOpt, JsonOpt, home_paths, print_json, say, setup, status_line
+from circadian.core.errors import CircadianError
+
+eval_app = typer.Typer(no_args_is_help=True, help="Measure an adapter.")
+
+
+def sleep(home: HomeOpt = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="show what tonight would train; write nothing")] = False,
+          scheduled: Annotated[bool, typer.Option("--scheduled", help="as the nightly job: at most once a night, "
+                                                  "after open chats end, with a notification")] = False,
+          json_out: JsonOpt = False):
+    """Run one night now: learn the day into a new adapter.
+
+    Builds the night's datasets from what is not learned yet, trains from the current adapter,
+    measures current and candidate on the same sets, and promotes the candidate only if it learned
+    something and broke nothing.
+    """
+    from rich.console import Console
+
+    from circadian.night.evaluate import brief_metrics
+    from circadian.night.sleep import dry_run as plan_only
+    from circadian.night.sleep import run_sleep
+
+    paths, config = setup(home)
+    console = Console(stderr=json_out)  # with --json, progress goes to stderr and stdout is pure JSON
+    if scheduled and not dry_run:
+        from circadian.shift.job import run_scheduled
+
+        outcome = run_scheduled(paths, config, console=console)
+        print(outcome["line"], file=sys.stderr if json_out else sys.stdout)
+        if json_out:
+            print_json({"ran": outcome["ran"], "line": outcome["line"],
+                        "outcome": (outcome.get("summary") or {}).get("outcome")})
+        return
+    if dry_run:
+        result = plan_only(paths, config, console)
+        if json_out:
+            print_json(result)
+        else:
+            print(render_plan(result))
+        return
+    summary = run_sleep(paths, config, console=console)
+    if json_out:
+        brief = {side: brief_metrics(summary[side]) if summary.get(side) else None for side in ("before", "after")}
+        print_json({k: v for k, v in summary.items() if k not in ("before", "after")} | brief)
+
+
+def render_plan(result: dict) -> str:
+    """Given `sleep --dry-run`'s result, return it as text."""
+    counts = result["counts"]
+    lines = [f"would train: {'yes' if result['would_train'] else 'no (nothing to learn tonight)'}",
+             f"turns: {counts['turns_new']} new, {counts['turns_replay_pool']} already learned; "
+             + ", ".join(f"{k[8:]} {v}" for k, v in counts.items() if k.startswith("skipped_")),
+             f"rows: {counts['rows_train']} train, {counts['rows_valid']} valid; recall probes: {counts['probes']}",
+             "redacted: " + (", ".join(f"{v} {k}" for k, v in sorted(result["redactions"].items())) or "nothing")]
+    if result["masks"]:
+        masks = result["masks"]
+        lines.append(f"masks: {masks['targets']} of {masks['tokens']} tokens trained ({masks['target_ratio']:.0%})")
+    lines += [f"  fact: {fact['answer']}  (from: {fact['sentence'][:70]!r})" for fact in result["facts"]]
+    return "\n".join(lines)
+
+
+class ReportFormat(str, Enum):
+    md = "md"
+    html = "html"
+    json = "json"
+
+
+def report(cycle: Annotated[Optional[str], typer.Argument(help="cycle id (default: the latest)")] = None,
+           home: HomeOpt = None,
+           fmt: Annotated[ReportFormat, typer.Option("--format", help="md: rendered here; html: the page with "
+                                                     "plots, printed; json: the cycle's summary")] = ReportFormat.md,
+           json_out: JsonOpt = False):
+    """Show the morning report of a night."""
+    from circadian.night import report as reports
+
+    paths = home_paths(home)
+    folder = paths.runs / cycle if cycle else reports.latest_cycle(paths.runs)
+    if folder is None or not (folder / "summary.json").exists():
+        raise CircadianError(f"no report for {'cycle ' + cycle if cycle else 'any cycle yet'}; run `circadian sleep`")
+    summary, events = reports.load(folder)
+    if json_out or fmt is ReportFormat.json:
+        print_json(summary)
+    elif fmt is ReportFormat.html:
+        print(reports.render_html(summary, events))
+    else:
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        Console().print(Markdown(reports.render_markdown(summary)))
+        print(f"\n(html with plots: {folder / 'report.html'})")
+
+
+class Action(str, Enum):
+    pause = "pause"
+    resume = "resume"
+    stop = "stop"
+    skip = "skip"
+    status = "status"
+
+
+def ctl(action: Annotated[Action, typer.Argument(metavar="ACTION", help="pause: save the adapter so far and "
+                                                  "wait; resume; stop: end the night, nothing promoted; skip: drop "
+                                                  "the dataset in training and go on; status: step, loss, ETA")],
+        home: HomeOpt = None, json_out: JsonOpt = False):
+    """Steer a running sleep: pause, resume, stop, skip, status."""
+    from circadian.night import control
+
+    paths, _config = setup(home)
+    status = control.read_status(paths.control)
+    if action is Action.status:
+        if json_out:
+            print_json(status)
+        elif not status["running"]:
+            print(f"no sleep is running (last: cycle {status.get('cycle_id', 'none')}, {status.get('state', 'never ran')})")
+        else:
+            print(status_line(status))
+        return
+    if not status["running"] and action is not Action.resume:
+        raise CircadianError("no sleep is running")
+    done = control.request(paths.control, action.value)
+    if json_out:
+        print_json({"action": action.value, "done": done, "cycle_id": status.get("cycle_id")})
+    else:
+        print(f"{done} (cycle {status.get('cycle_id')}; applied at the next training step)")
+
+
+@eval_app.command("recall")
+def eval_recall(file: Annotated[Path, typer.Argument(help='JSONL: {"question", "answers": [...]} per line')],
+                home: HomeOpt = None, json_out: JsonOpt = False,
+                max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="longest reply "
+                                                                  "(default: sleep.probe_max_tokens)")] = None,
+                adapter: Annotated[str, typer.Option("--adapter", help="'current', 'base', or a version "
+                                                     "(a rejected candidate too)")] = "current"):
+    """Ask each question of FILE and score the replies.
+
+    A hit is a reply that contains one of the question's answers.
+    """
+    from circadian.day.assistant import Assistant
+    from circadian.night.evaluate import ask_all, read_probes
+
+    paths, config = setup(home, {"sleep.probe_max_tokens": (max_tokens, "--max-tokens")})
+    items = read_probes(file)
+    assistant = Assistant(paths, config, say=say, adapter=None if adapter == "base" else adapter)
+    result = ask_all(assistant.model, items, key="question", max_tokens=config.sleep.probe_max_tokens)
+    out = {"recall": result["score"], "n": result["n"], "adapter": assistant.adapter_version,
+           "items": [{"question": i["question"], "answer": i["answer"], "hit": i["hit"]} for i in result["items"]]}
+    if json_out:
+        print_json(out)
+        return
+    for item in out["items"]:
+        print(f"{'HIT ' if item['hit'] else 'miss'} {item['question']} -> {item['answer'][:80]!r}")
+    print(f"recall {out['recall']:.0%} of {out['n']} (adapter {out['adapter'] or 'base'})")

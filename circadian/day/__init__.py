@@ -1,0 +1,1 @@
+"""The day: the assistant that answers, the interactive chat, and importing transcripts."""

@@ -1,0 +1,1 @@
+"""Experiments over many cycles, their analysis and reproduction pack, and the demo."""

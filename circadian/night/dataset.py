@@ -1,0 +1,233 @@
+"""Step 2-3 of a night: choose what to learn and build the training set (pure functions).
+
+`select` splits the memory snapshot into new turns, already-trained turns (the replay pool) and
+turns that must never be trained (no-train, forgotten, interrupted). `build` redacts secrets and
+personal identifiers, extracts facts from what the user said, turns each fact into question/answer
+rows in several wordings (train / valid / probe wordings never shared), replays a sample of older
+facts, adds imported conversations (split by conversation) and self-distilled general answers, and
+de-duplicates. Every row carries its lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+from circadian.night import facts as factlib
+from circadian.core.config import SleepSettings
+from circadian.store.memories import NO_TRAIN_TAG, MemoryRecord
+from circadian.night.redact import redact_messages
+from circadian.night.lineage import generator_of, is_distill
+
+SKIP_TAGS = {NO_TRAIN_TAG: "no-train", "interrupted": "interrupted"}
+
+
+@dataclass
+class Selection:
+    """The snapshot split by what may be learned tonight."""
+
+    new: list[MemoryRecord] = field(default_factory=list)
+    replay_pool: list[MemoryRecord] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+
+def select(records: list[MemoryRecord], *, trained: set[str], forgotten: set[str]) -> Selection:
+    """Given snapshot records, the ids already learned and the tombstoned ids, split them (pure)."""
+    out = Selection()
+    for record in records:
+        if record.id in forgotten:
+            out.skipped["forgotten"] += 1
+        elif reason := next((SKIP_TAGS[t] for t in record.tags if t in SKIP_TAGS), None):
+            out.skipped[reason] += 1
+        elif record.id in trained:
+            out.replay_pool.append(record)
+        else:
+            out.new.append(record)
+    return out
+
+
+@dataclass
+class Dataset:
+    """One dataset of the night, trained as its own phase (an inbox dataset, or today's memories)."""
+
+    name: str
+    train: list[dict]
+    valid: list[dict]
+    queue_id: str | None = None
+
+
+@dataclass
+class Plan:
+    """Everything a night trains and checks, before tokenization."""
+
+    train: list[dict] = field(default_factory=list)
+    valid: list[dict] = field(default_factory=list)
+    probes: list[dict] = field(default_factory=list)          # today's facts, held-out wordings
+    retention_probes: list[dict] = field(default_factory=list)  # older facts, held-out wordings
+    facts: list[dict] = field(default_factory=list)
+    replayed_facts: list[dict] = field(default_factory=list)
+    trained_ids: list[str] = field(default_factory=list)
+    redactions: Counter = field(default_factory=Counter)
+    counts: dict = field(default_factory=dict)
+    datasets: list[Dataset] = field(default_factory=list)  # trained one after another; "today" last
+
+    @property
+    def new_material(self) -> int:
+        """How many new things there are to learn: new facts, new conversations, inbox rows."""
+        return len(self.facts) + self.counts.get("conversations_new", 0) + self.counts.get("inbox_rows", 0)
+
+    def sha256(self) -> str:
+        """A hash of the exact training and validation rows."""
+        h = hashlib.sha256()
+        for split in (self.train, self.valid):
+            for row in split:
+                h.update(json.dumps(row["messages"], sort_keys=True).encode())
+            h.update(b"|")
+        return h.hexdigest()
+
+
+def facts_of(records: list[MemoryRecord], region: str, redactions: Counter | None = None) -> list[factlib.Fact]:
+    """Given turns (oldest first), return the facts their user messages state, after redaction; a later
+    statement of the same kind and subject replaces an earlier one. `redactions` counts what was redacted."""
+    found: dict[tuple[str, str], factlib.Fact] = {}
+    for record in records:
+        messages, counts = redact_messages([m.model_dump() for m in record.messages], region)
+        if redactions is not None:
+            redactions.update(counts)
+        for message in messages:
+            if message["role"] == "user":
+                for fact in factlib.extract_facts(message["content"], source_id=record.id):
+                    found[(fact.kind, fact.subject.lower())] = fact
+    return list(found.values())
+
+
+def hash_share(key: str, salt: str) -> float:
+    """Given a key and a salt, return a stable number in [0, 1]: the one way rows are split by content."""
+    return int(hashlib.sha256(f"{salt}|{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def _dedupe(rows: list[dict], seen: set[str]) -> list[dict]:
+    out = []
+    for row in rows:
+        key = json.dumps(row["messages"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
+
+
+def build(selection: Selection, settings: SleepSettings, *, general: list[dict] = (), seed: int = 0,
+          salt: str = "v1") -> Plan:
+    """Given the selection and the self-distilled general rows, return the night's Plan (pure)."""
+    plan = Plan()
+    region = settings.redact_region
+    new_facts = facts_of([r for r in selection.new if not r.is_conversation], region, plan.redactions)
+    old_facts = facts_of([r for r in selection.replay_pool if not r.is_conversation], region, None)
+    updated = {(f.kind, f.subject.lower()) for f in new_facts}
+    old_facts = [f for f in old_facts if (f.kind, f.subject.lower()) not in updated]  # knowledge updates
+    random.Random(seed).shuffle(old_facts)
+    replayed = old_facts[:settings.replay_facts]
+
+    for fact in new_facts:
+        words = factlib.wordings(fact, n_probe=settings.probe_wordings, n_valid=settings.valid_wordings, salt=salt)
+        plan.train += [factlib.qa_row(q, fact) for q in words.train]
+        plan.valid += [factlib.qa_row(q, fact) for q in words.valid]
+        plan.probes += [{"question": q, "answers": list(fact.answers), "fact": fact.key} for q in words.probe]
+        plan.facts.append(fact.to_dict())
+    for fact in replayed:
+        words = factlib.wordings(fact, n_probe=settings.probe_wordings, n_valid=settings.valid_wordings, salt=salt)
+        plan.train += [factlib.qa_row(q, fact) for q in words.train[:3]]
+        plan.retention_probes += [{"question": q, "answers": list(fact.answers), "fact": fact.key} for q in words.probe]
+        plan.replayed_facts.append(fact.to_dict())
+
+    conversations = [r for r in selection.new if r.is_conversation]
+    held_out: set[str] = set()
+    if len(conversations) >= 4:  # ~15% of conversations validate, never none
+        ranked = sorted(conversations, key=lambda r: hash_share(r.id, salt))
+        held_out = {r.id for r in ranked if hash_share(r.id, salt) < 0.15} or {ranked[0].id}
+    for record in conversations:
+        messages, counts = redact_messages([m.model_dump() for m in record.messages], region)
+        plan.redactions.update(counts)
+        row = {"messages": messages, "lineage": {"generator": "memory", "version": "1", "source_id": record.id}}
+        (plan.valid if record.id in held_out else plan.train).append(row)
+
+    for row in general:
+        (plan.valid if hash_share(row["messages"][0]["content"], salt) < 0.2 else plan.train).append(row)
+
+    seen: set[str] = set()
+    plan.train = _dedupe(plan.train, seen)
+    plan.valid = _dedupe(plan.valid, seen)  # a row in train never also validates
+    plan.trained_ids = sorted({r.id for r in selection.new})
+    plan.counts = {
+        "turns_new": len(selection.new), "turns_replay_pool": len(selection.replay_pool),
+        **{f"skipped_{k}": v for k, v in sorted(selection.skipped.items())},
+        "facts_new": len(plan.facts), "facts_replayed": len(replayed),
+        "conversations_new": len(conversations), "distill_rows": len(general),
+        "rows_train": len(plan.train), "rows_valid": len(plan.valid),
+        "probes": len(plan.probes), "retention_probes": len(plan.retention_probes),
+    }
+    check_no_leak(plan)
+    plan.datasets = [Dataset("today", list(plan.train), list(plan.valid))]
+    return plan
+
+
+def _split_by_row(rows: list[dict], salt: str) -> tuple[list[dict], list[dict]]:
+    """~15% of rows validate (never none when there are 4 or more), chosen by content hash."""
+    if len(rows) < 4:
+        return rows, []
+    key = lambda r: hash_share(json.dumps(r["messages"], sort_keys=True), salt)  # noqa: E731
+    ranked = sorted(rows, key=key)
+    valid = [r for r in ranked if key(r) < 0.15] or ranked[:1]
+    chosen = {id(r) for r in valid}
+    return [r for r in rows if id(r) not in chosen], valid
+
+
+def add_inbox(plan: Plan, datasets: list[tuple[dict, list[list[dict]]]], settings: SleepSettings,
+              salt: str = "v1") -> Plan:
+    """Given queue entries with their rows, put one dataset per dataset before today's (pure apart from
+    `plan`). Rows are redacted and de-duplicated; each dataset gets its share of general anchor rows."""
+    anchors = [r for r in plan.train if is_distill(r)]
+    queued = []
+    for entry, rows in datasets:
+        seen: set[str] = set()
+        dataset_rows = []
+        for messages in rows:
+            clean, counts = redact_messages(messages, settings.redact_region)
+            plan.redactions.update(counts)
+            dataset_rows.append({"messages": clean, "lineage": {"generator": "inbox", "version": "1",
+                                                             "source_id": entry["id"], "file": entry["name"]}})
+        dataset_rows = _dedupe(dataset_rows, seen)
+        train, valid = _split_by_row(dataset_rows, salt)
+        share = anchors[:min(len(anchors), math.ceil(settings.distill_per_fact_row * len(train)))]
+        queued.append(Dataset(f"inbox {entry['priority']}: {entry['name']}", train + share, valid, entry["id"]))
+        plan.train += train
+        plan.valid += valid
+    plan.datasets = queued + plan.datasets
+    plan.counts["inbox_datasets"] = len(queued)
+    plan.counts["inbox_rows"] = sum(len(d.train) + len(d.valid) for d in queued) - sum(
+        1 for d in queued for r in d.train if is_distill(r))
+    plan.counts["rows_train"], plan.counts["rows_valid"] = len(plan.train), len(plan.valid)
+    return plan
+
+
+def distill_wanted(plan: Plan, settings: SleepSettings, available: int) -> int:
+    """Given a plan built without general rows, return how many general prompts the night should
+    mix in: `distill_prompts`, or more when fact rows would outnumber them (up to what is available)."""
+    fact_rows = sum(1 for r in plan.train if generator_of(r) == factlib.GENERATOR)
+    return min(available, max(settings.distill_prompts, math.ceil(settings.distill_per_fact_row * fact_rows)))
+
+
+def check_no_leak(plan: Plan) -> None:
+    """Raise AssertionError if a fact question trained on is also a validation or probe wording."""
+    def prompts(rows):
+        return {m["content"] for row in rows if generator_of(row) == factlib.GENERATOR
+                for m in row["messages"] if m["role"] == "user"}
+
+    train = prompts(plan.train)
+    held_out = prompts(plan.valid) | {p["question"] for p in plan.probes + plan.retention_probes}
+    leaked = train & held_out
+    assert not leaked, f"held-out wording leaked into training: {sorted(leaked)[:3]}"

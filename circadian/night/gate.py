@@ -1,0 +1,70 @@
+"""Step 7 of a night: promote the candidate only if it learned something and broke nothing (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from circadian.core.config import GateSettings
+from circadian.night.evaluate import score_of
+
+
+@dataclass
+class Decision:
+    learned: bool  # recall or validation loss improved
+    safe: bool  # every capability / perplexity bound held
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def promote(self) -> bool:
+        return self.learned and self.safe
+
+    def as_dict(self) -> dict:
+        return {"decision": "promoted" if self.promote else "rejected", "reasons": self.reasons}
+
+
+def decide(before: dict, after: dict, settings: GateSettings, base_perplexity: float | None = None) -> Decision:
+    """Given the current and candidate metrics (evaluate.measure) and the gate settings, decide.
+
+    Promote when recall or validation loss improved, the capability score did not drop by more
+    than allowed, and general perplexity stayed within bounds (per night and against the base).
+    """
+    reasons: list[str] = []
+    learned = False
+    r0, r1 = score_of(before, "recall"), score_of(after, "recall")
+    if r0 is not None and r1 is not None:
+        if r1 - r0 > settings.min_recall_gain:
+            learned = True
+            reasons.append(f"recall rose {r0:.2f} -> {r1:.2f}")
+        else:
+            reasons.append(f"recall did not rise ({r0:.2f} -> {r1:.2f})")
+    v0, v1 = before.get("val_loss"), after.get("val_loss")
+    if v0 is not None and v1 is not None:
+        if v0 - v1 > settings.min_val_improvement:
+            learned = True
+            reasons.append(f"validation loss fell {v0:.3f} -> {v1:.3f}")
+        else:
+            reasons.append(f"validation loss did not fall ({v0:.3f} -> {v1:.3f})")
+    safe = True
+    c0, c1 = score_of(before, "capability"), score_of(after, "capability")
+    if c0 is not None and c1 is not None:
+        if c0 - c1 > settings.max_capability_drop + 1e-9:
+            safe = False
+            reasons.append(f"capability dropped {c0:.2f} -> {c1:.2f} (allowed {settings.max_capability_drop:.2f})")
+        else:
+            reasons.append(f"capability held ({c0:.2f} -> {c1:.2f})")
+    p0, p1 = before.get("perplexity"), after.get("perplexity")
+    if p0 and p1:
+        drift = p1 / p0 - 1
+        if drift > settings.max_ppl_drift:
+            safe = False
+            reasons.append(f"general perplexity rose {drift:+.1%} (allowed {settings.max_ppl_drift:.0%})")
+        else:
+            reasons.append(f"general perplexity drift {drift:+.1%}")
+        if base_perplexity:
+            total = p1 / base_perplexity - 1
+            if total > settings.max_total_ppl_drift:
+                safe = False
+                reasons.append(f"perplexity vs the base model {total:+.1%} (allowed {settings.max_total_ppl_drift:.0%})")
+    if not learned:
+        reasons.insert(0, "nothing measurably learned")
+    return Decision(learned, safe, reasons)

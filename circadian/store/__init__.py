@@ -1,0 +1,3 @@
+"""What the home keeps: the memories, the adapter store, the inbox queue and the typed on-disk records.
+
+Imports only circadian.core."""

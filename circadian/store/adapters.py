@@ -1,0 +1,296 @@
+"""The adapter store: versioned adapters with manifests, the CURRENT pointer, pins, retention,
+rollback, and the history of every change of CURRENT.
+
+`adapters/<version>/` holds backend-native weights, `trained_ids.json` (the memory ids this
+version learned) and `manifest.json`, written last; its `weights` maps each weight file to its
+sha256, checked on every load. A version is staged in `adapters/.staging-<cycle>/` and renamed
+into place whole. `adapters/CURRENT` names the active version (absent: the base model) and is
+replaced atomically; `adapters/history.jsonl` records each change; `adapters/pins.json` lists
+versions retention never deletes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from circadian.core.errors import CircadianError
+from circadian.core.fsutil import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, sha256_file
+from circadian.core.paths import Paths
+
+MANIFEST = "manifest.json"
+TRAINED_IDS = "trained_ids.json"
+SCHEMA_VERSION = 1
+_VERSION_RE = re.compile(r"^v(\d{4,})-\d{8}-\d{6}$")
+
+
+class AdapterManifest(BaseModel):
+    """manifest.json as read back; unknown keys (from newer writers) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    version: str
+    parent: str | None = None
+    created_at: str = ""
+    cycle_id: str = ""
+    backend: str
+    base_model: dict | str = ""
+    lora: dict = {}
+    data: dict = {}
+    metrics: dict = {}
+    gate: dict = {}
+    timings: dict = {}
+    train: dict = {}
+    tokens_per_second: float | None = None
+    peak_memory_mb: float | None = None
+    circadian_version: str = ""
+    weights: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class ActiveAdapter:
+    """The current adapter: its version name, folder and manifest."""
+
+    version: str
+    path: Path
+    manifest: AdapterManifest
+
+
+def version_name(number: int, when: datetime) -> str:
+    """Given a sequence number and a time, return a version name like v0003-20261122-031500."""
+    return f"v{number:04d}-{when.strftime('%Y%m%d-%H%M%S')}"
+
+
+def version_number(name: str) -> int | None:
+    m = _VERSION_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def next_version(paths: Paths, when: datetime) -> str:
+    """Return the next version name (one more than the highest stored)."""
+    numbers = [n for p in paths.adapters.iterdir() if (n := version_number(p.name)) is not None] \
+        if paths.adapters.exists() else []
+    return version_name(max(numbers, default=0) + 1, when)
+
+
+def current_version(paths: Paths) -> str | None:
+    """Given the home's paths, return the name in adapters/CURRENT, or None for the base model."""
+    try:
+        name = paths.current.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return name if name and name != "base" else None
+
+
+def read_manifest(folder: Path) -> AdapterManifest:
+    """Given an adapter folder, return its manifest. Raise CircadianError if missing or malformed."""
+    path = folder / MANIFEST
+    try:
+        return AdapterManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise CircadianError(f"adapter {folder.name}: no {MANIFEST} (incomplete or not an adapter)") from None
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise CircadianError(f"adapter {folder.name}: unreadable {MANIFEST} ({str(exc).splitlines()[0]})") from None
+
+
+def verify_weights(folder: Path, manifest: AdapterManifest) -> None:
+    """Given an adapter folder and its manifest, check each weight file's sha256.
+
+    Raise CircadianError naming the first file that is missing or does not match.
+    """
+    if not manifest.weights:
+        raise CircadianError(f"adapter {manifest.version}: manifest lists no weight files")
+    for name, expected in sorted(manifest.weights.items()):
+        path = folder / name
+        if not path.is_file():
+            raise CircadianError(f"adapter {manifest.version}: weight file {name} is missing")
+        if sha256_file(path) != expected:
+            raise CircadianError(f"adapter {manifest.version}: {name} does not match the sha256 in its manifest; refusing to load")
+
+
+def get(paths: Paths, version: str) -> ActiveAdapter:
+    """Given a version name, return it (manifest read, weights not yet verified).
+
+    Raise CircadianError if no such version is stored.
+    """
+    folder = paths.adapters / version
+    if not version.startswith(".") and folder.is_dir():
+        return ActiveAdapter(version, folder, read_manifest(folder))
+    known = ", ".join(m.version for m in list_versions(paths)) or "none"
+    raise CircadianError(f"no adapter version '{version}' (stored: {known})")
+
+
+def active_adapter(paths: Paths) -> ActiveAdapter | None:
+    """Given the home's paths, return the verified current adapter, or None for the base model.
+
+    Raise CircadianError if CURRENT names a version that is missing or fails verification.
+    """
+    version = current_version(paths)
+    if version is None:
+        return None
+    folder = paths.adapters / version
+    if not folder.is_dir():
+        raise CircadianError(f"adapters/CURRENT names {version}, which does not exist; run `circadian rollback base`")
+    manifest = read_manifest(folder)
+    verify_weights(folder, manifest)
+    return ActiveAdapter(version, folder, manifest)
+
+
+def list_versions(paths: Paths) -> list[AdapterManifest]:
+    """Return the manifests of every complete stored version, oldest first (incomplete ones skipped)."""
+    found = []
+    if not paths.adapters.exists():
+        return found
+    for folder in sorted(paths.adapters.iterdir()):
+        if version_number(folder.name) is None or not (folder / MANIFEST).exists():
+            continue
+        try:
+            found.append(read_manifest(folder))
+        except CircadianError:
+            continue
+    return sorted(found, key=lambda m: version_number(m.version) or 0)
+
+
+def lineage(paths: Paths, version: str | None) -> list[str]:
+    """Given a version, return it and its ancestors by parent pointers (newest first)."""
+    chain: list[str] = []
+    while version and version not in chain and (paths.adapters / version / MANIFEST).exists():
+        chain.append(version)
+        version = read_manifest(paths.adapters / version).parent
+    return chain
+
+
+def trained_ids(paths: Paths, version: str | None = None) -> set[str]:
+    """Return the memory ids learned by a version and its ancestors (default: CURRENT's lineage).
+
+    After a rollback the rolled-back versions' memories count as not yet trained again.
+    """
+    ids: set[str] = set()
+    for name in lineage(paths, version if version is not None else current_version(paths)):
+        path = paths.adapters / name / TRAINED_IDS
+        if path.exists():
+            ids.update(json.loads(path.read_text(encoding="utf-8")))
+    return ids
+
+
+def staging_dir(paths: Paths, cycle_id: str) -> Path:
+    return paths.adapters / f".staging-{cycle_id}"
+
+
+def clean_staging(paths: Paths) -> list[str]:
+    """Remove staging folders left by interrupted cycles; return their names."""
+    removed = []
+    for folder in paths.adapters.glob(".staging-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
+    return removed
+
+
+def commit(paths: Paths, staging: Path, manifest: dict, ids: list[str]) -> Path:
+    """Given a staged folder holding weights, write trained ids and the manifest (last), then
+    rename it to its version name. Return the version's folder."""
+    for file in staging.iterdir():  # weights encode the conversations: private like them
+        os.chmod(file, 0o600)
+    atomic_write_json(staging / TRAINED_IDS, sorted(ids))
+    manifest = {"schema_version": SCHEMA_VERSION, **manifest}
+    AdapterManifest.model_validate(manifest)
+    atomic_write_json(staging / MANIFEST, manifest)
+    final = paths.adapters / manifest["version"]
+    os.replace(staging, final)
+    return final
+
+
+def set_current(paths: Paths, version: str | None, *, reason: str) -> str | None:
+    """Make version current (None: the base model), atomically; record it; return the previous one."""
+    previous = current_version(paths)
+    if version is None:
+        try:
+            os.unlink(paths.current)
+        except FileNotFoundError:
+            pass
+    else:
+        atomic_write_text(paths.current, version + "\n")
+    append_jsonl(paths.adapters / "history.jsonl", [{
+        "ts": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "from": previous, "to": version, "reason": reason}])
+    return previous
+
+
+def use(paths: Paths, target: str, *, reason: str | None = None) -> tuple[str | None, str | None]:
+    """Make any stored version (its weights verified first), or "base", current.
+
+    Return (previous, new). Raise CircadianError if the target is unknown, fails verification or is
+    already current.
+    """
+    current = current_version(paths)
+    if target == "base":
+        new = None
+    else:
+        chosen = get(paths, target)
+        verify_weights(chosen.path, chosen.manifest)
+        new = chosen.version
+    if new == current:
+        raise CircadianError(f"{new or 'base'} is already current")
+    set_current(paths, new, reason=reason or f"use {new or 'base'}")
+    return current, new
+
+
+def rollback(paths: Paths, target: str | None = None) -> tuple[str | None, str | None]:
+    """Go back: make the current version's parent current, or `target` when it is an ancestor of the
+    current version or "base".
+
+    Return (previous, new). Raise CircadianError if there is nothing to roll back to, or the target
+    is not behind the current version (`use` makes any version current).
+    """
+    current = current_version(paths)
+    if current is None:
+        raise CircadianError("nothing to roll back: the base model is already current")
+    if target is None:
+        parent = get(paths, current).manifest.parent if (paths.adapters / current).is_dir() else None
+        target = parent or "base"
+    elif target != "base" and target not in lineage(paths, current)[1:]:
+        raise CircadianError(f"{target} is not an ancestor of the current version {current}; "
+                             f"`circadian adapters use {target}` makes any stored version current")
+    return use(paths, target, reason=f"rollback to {target}")
+
+
+def pins(paths: Paths) -> list[str]:
+    path = paths.adapters / "pins.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+
+
+def set_pinned(paths: Paths, version: str, pinned: bool) -> list[str]:
+    """Pin or unpin a stored version; return the pins."""
+    get(paths, version)
+    current = set(pins(paths))
+    current = current | {version} if pinned else current - {version}
+    atomic_write_json(paths.adapters / "pins.json", sorted(current))
+    return sorted(current)
+
+
+def prune(paths: Paths, keep: int) -> list[str]:
+    """Delete the oldest versions beyond `keep`, never the current one, its parent or pinned ones.
+
+    Return the deleted versions' names.
+    """
+    protected = set(pins(paths)) | set(lineage(paths, current_version(paths))[:2])
+    versions = [m.version for m in list_versions(paths)]
+    candidates = [v for v in versions if v not in protected]
+    excess = len(candidates) - keep
+    deleted = []
+    for version in candidates[:max(0, excess)]:
+        shutil.rmtree(paths.adapters / version)
+        deleted.append(version)
+    return deleted
+
+
+def history(paths: Paths) -> list[dict]:
+    return [row for _n, row, _raw in read_jsonl(paths.adapters / "history.jsonl") if row]

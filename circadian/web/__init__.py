@@ -1,0 +1,1 @@
+"""The local dashboard: the app, its views (rows shared with the CLI), templates and static files."""
