@@ -130,7 +130,7 @@ def test_pages_export_evolution_and_rollback(night, server, browser, tmp_path):
     texts = [r.text for r in submit_filter(browser, "search=Biscuit")]
     assert texts and all("biscuit" in t.lower() for t in texts)
     browser.find_element("css selector", "#table-evolution tr td a").click()
-    wait_until(lambda: browser.find_elements("css selector", "svg polyline"), 10, "the example's loss curve")
+    wait_until(lambda: browser.find_elements("css selector", "#example-curve svg path"), 10, "the example's loss curve")
     screenshot_shows(browser, tmp_path, "example", "question", "expected", "loss by snapshot")
     export = browser.find_element("partial link text", "CSV").get_attribute("href")
     assert urllib.request.urlopen(export).read().decode().splitlines()[0] == "answer,hit,loss,step"
@@ -175,7 +175,7 @@ def test_live_page_follows_a_real_sleep_and_its_buttons_steer_it(paths, tiny_mod
         screenshot_shows(browser, tmp_path, "live-running", "step", "tokens/s", "ETA")
         browser.find_element("id", "btn-pause").click()
         wait_until(lambda: browser.find_element("id", "live-state").text == "paused", 60, "paused on the page")
-        assert control.read_status(paths.control)["state"] == "paused"
+        assert control.read_status(paths.control).state == "paused"
         browser.find_element("id", "btn-stop").click()
         out, err = sleeper.communicate(timeout=120)
     finally:

@@ -166,7 +166,7 @@ def test_daemon_catches_up_a_missed_night_and_reports_its_next_run(paths, tiny_m
 # ----------------------------------------------------------------------------- ctl on a real sleep
 
 def _status(paths) -> dict:
-    return control.read_status(paths.control)
+    return control.read_status(paths.control).row()
 
 
 def test_ctl_pause_resume_stop_on_a_running_sleep(long_night):

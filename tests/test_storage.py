@@ -41,7 +41,7 @@ def test_append_jsonl_creates_file_private(tmp_path):
     end = fsutil.append_jsonl(target, [{"a": 1}, {"b": 2}])
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert end == target.stat().st_size
-    assert [r for _n, r, _raw in fsutil.read_jsonl(target)] == [{"a": 1}, {"b": 2}]
+    assert [line.value for line in fsutil.read_jsonl(target)] == [{"a": 1}, {"b": 2}]
 
 
 def test_read_jsonl_reports_broken_lines_and_honours_offset(tmp_path):
@@ -52,8 +52,9 @@ def test_read_jsonl_reports_broken_lines_and_honours_offset(tmp_path):
         f.write("{not json\n")
     fsutil.append_jsonl(target, [{"b": 2}])
     rows = list(fsutil.read_jsonl(target))
-    assert [(n, r) for n, r, _ in rows] == [(1, {"a": 1}), (2, None), (3, {"b": 2})]
-    assert [r for _n, r, _ in fsutil.read_jsonl(target, end=offset)] == [{"a": 1}]
+    assert [(line.number, line.value) for line in rows] == [(1, {"a": 1}), (2, None), (3, {"b": 2})]
+    assert rows[1].error.startswith("not JSON") and rows[1].raw == "{not json"
+    assert [line.value for line in fsutil.read_jsonl(target, end=offset)] == [{"a": 1}]
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):

@@ -39,7 +39,7 @@ def run_lines(home: Path, experiments: set[str]) -> dict[str, list[dict]]:
     """The run_log lines of `experiments` that carry every oracle night's selection-split progress.
     (`analyze` counts and reports broken lines; this table only needs the good ones.)"""
     out: dict[str, list[dict]] = {name: [] for name in experiments}
-    for _number, row, _raw in read_jsonl(home / "data" / "runs" / "run_log.jsonl"):
+    for row in (line.value for line in read_jsonl(home / "data" / "runs" / "run_log.jsonl")):
         if row and row.get("experiment") in out and row.get("oracle_progress"):
             out[row["experiment"]].append(row)
     return out

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from circadian.store.records import LiveStatus
 
 HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="state directory (default: $CIRCADIAN_HOME, "
                                                  "the source checkout, or the user data directory)")]
@@ -40,18 +43,18 @@ def print_json(value) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
-def status_line(status: dict) -> str:
-    """Given control/status.json as read by night.control.read_status, return it as one line."""
-    parts = [f"cycle {status.get('cycle_id')}", status.get("state", "?"), f"stage {status.get('stage', '?')}"]
-    if status.get("stage") == "train" and status.get("step") is not None:
-        parts.append(f"{status.get('dataset')} ({status.get('dataset_index')}/{status.get('datasets')})")
-        parts.append(f"step {status['step']}/{status.get('total_steps')}")
-        if status.get("train_loss") is not None:
-            parts.append(f"loss {status['train_loss']:.3f}")
-        if status.get("best_val_loss") is not None:
-            parts.append(f"best val {status['best_val_loss']:.3f}")
-        if status.get("eta_seconds") is not None:
-            parts.append(f"ETA {status['eta_seconds']:.0f} s")
-    if status.get("flags"):
-        parts.append("requested: " + ", ".join(status["flags"]))
+def status_line(status: LiveStatus) -> str:
+    """Given a running sleep's status (night.control.read_status), return it as one line."""
+    parts = [f"cycle {status.cycle_id}", status.state or "?", f"stage {status.stage or '?'}"]
+    if status.stage == "train" and status.step is not None:
+        parts.append(f"{status.dataset} ({status.dataset_index}/{status.datasets})")
+        parts.append(f"step {status.step}/{status.total_steps}")
+        if status.train_loss is not None:
+            parts.append(f"loss {status.train_loss:.3f}")
+        if status.best_val_loss is not None:
+            parts.append(f"best val {status.best_val_loss:.3f}")
+        if status.eta_seconds is not None:
+            parts.append(f"ETA {status.eta_seconds:.0f} s")
+    if status.flags:
+        parts.append("requested: " + ", ".join(status.flags))
     return " · ".join(parts)

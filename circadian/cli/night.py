@@ -28,7 +28,6 @@ def sleep(home: HomeOpt = None,
     """
     from rich.console import Console
 
-    from circadian.night.evaluate import brief_metrics
     from circadian.night.sleep import dry_run as plan_only
     from circadian.night.sleep import run_sleep
 
@@ -41,7 +40,7 @@ def sleep(home: HomeOpt = None,
         print(outcome["line"], file=sys.stderr if json_out else sys.stdout)
         if json_out:
             print_json({"ran": outcome["ran"], "line": outcome["line"],
-                        "outcome": (outcome.get("summary") or {}).get("outcome")})
+                        "outcome": outcome["summary"].outcome if outcome.get("summary") else None})
         return
     if dry_run:
         result = plan_only(paths, config, console)
@@ -52,8 +51,9 @@ def sleep(home: HomeOpt = None,
         return
     summary = run_sleep(paths, config, console=console)
     if json_out:
-        brief = {side: brief_metrics(summary[side]) if summary.get(side) else None for side in ("before", "after")}
-        print_json({k: v for k, v in summary.items() if k not in ("before", "after")} | brief)
+        brief = {side: getattr(summary, side).brief().row() if getattr(summary, side) else None
+                 for side in ("before", "after")}
+        print_json({k: v for k, v in summary.row().items() if k not in ("before", "after")} | brief)
 
 
 def render_plan(result: dict) -> str:
@@ -91,7 +91,7 @@ def report(cycle: Annotated[Optional[str], typer.Argument(help="cycle id (defaul
         raise CircadianError(f"no report for {'cycle ' + cycle if cycle else 'any cycle yet'}; run `circadian sleep`")
     summary, events = reports.load(folder)
     if json_out or fmt is ReportFormat.json:
-        print_json(summary)
+        print_json(summary.row())
     elif fmt is ReportFormat.html:
         print(reports.render_html(summary, events))
     else:
@@ -121,19 +121,19 @@ def ctl(action: Annotated[Action, typer.Argument(metavar="ACTION", help="pause: 
     status = control.read_status(paths.control)
     if action is Action.status:
         if json_out:
-            print_json(status)
-        elif not status["running"]:
-            print(f"no sleep is running (last: cycle {status.get('cycle_id', 'none')}, {status.get('state', 'never ran')})")
+            print_json(status.row())
+        elif not status.running:
+            print(f"no sleep is running (last: cycle {status.cycle_id or 'none'}, {status.state or 'never ran'})")
         else:
             print(status_line(status))
         return
-    if not status["running"] and action is not Action.resume:
+    if not status.running and action is not Action.resume:
         raise CircadianError("no sleep is running")
     done = control.request(paths.control, action.value)
     if json_out:
-        print_json({"action": action.value, "done": done, "cycle_id": status.get("cycle_id")})
+        print_json({"action": action.value, "done": done, "cycle_id": status.cycle_id})
     else:
-        print(f"{done} (cycle {status.get('cycle_id')}; applied at the next training step)")
+        print(f"{done} (cycle {status.cycle_id}; applied at the next training step)")
 
 
 @eval_app.command("recall")

@@ -47,7 +47,9 @@ def render_status(info: dict) -> str:
              f"last      {last.get('cycle_id', '?') + ' ' + str(last.get('outcome', '')) if last else 'no cycle yet'}",
              f"next run  {when['next_run'] + ' (' + when['by'] + ')' if when['by'] else 'not scheduled'}"]
     if info["sleep"]:
-        lines.append(f"sleeping  {status_line(info['sleep'])}")
+        from circadian.store.records import LiveStatus
+
+        lines.append(f"sleeping  {status_line(LiveStatus.model_validate(info['sleep']))}")
     lines.append(f"queue     {queue['counts']['queued']} queued, {queue['counts']['done']} done, "
                  f"{queue['counts']['failed']} failed{waiting}")
     return "\n".join(lines)

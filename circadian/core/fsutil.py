@@ -4,6 +4,7 @@
   fsync, `os.replace`, fsync of the folder. A reader sees the old file or the new one, never half.
 - `append_jsonl`: one whole line per call, under a file lock, written with a single `write` on an
   `O_APPEND` descriptor and fsynced, so concurrent writers from several processes never interleave.
+- `read_jsonl` / `parse_lines`: the one JSONL reader (blank lines skipped, broken lines reported).
 - `private_dir` / `private_file_mode`: the home is 0700, files holding conversations 0600.
 """
 
@@ -13,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from filelock import FileLock
 
@@ -105,24 +106,40 @@ def append_jsonl(path: Path, rows: Iterable[dict], *, lock: bool = True) -> int:
     return _write()
 
 
-def read_jsonl(path: Path, *, end: int | None = None) -> Iterable[tuple[int, dict | None, str]]:
-    """Given a JSONL path, yield (line_number, parsed dict or None, raw line) for every non-empty line.
+class Line(NamedTuple):
+    """One non-blank line of a JSONL file: its number (from 1), the JSON object or None, the raw text,
+    and why the value is None ("not JSON (...)", "not a JSON object")."""
 
-    A line that is not a JSON object yields None as its value, so callers count or quarantine it
+    number: int
+    value: dict | None
+    raw: str
+    error: str | None = None
+
+
+def parse_lines(text: str) -> Iterator[Line]:
+    """Given JSONL text, yield a Line for every non-blank line (blank lines hold nothing and are skipped)."""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            yield Line(number, None, raw, f"not JSON ({exc.msg})")
+            continue
+        yield Line(number, value, raw) if isinstance(value, dict) else Line(number, None, raw, "not a JSON object")
+
+
+def read_jsonl(path: Path, *, end: int | None = None) -> Iterator[Line]:
+    """Given a JSONL path, yield a Line for every non-blank line; the one JSONL reader.
+
+    A line that is not a JSON object has None as its value, so callers count or quarantine it
     instead of crashing. `end` limits reading to the first `end` bytes (a snapshot by offset).
     """
     if not path.exists():
         return
     with path.open("rb") as f:
         data = f.read() if end is None else f.read(end)
-    for number, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = None
-        yield number, (value if isinstance(value, dict) else None), raw
+    yield from parse_lines(data.decode("utf-8", errors="replace"))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -134,16 +151,3 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def parse_lines(text: str):
-    """Given JSONL text, yield (line number, JSON object or None, why not) for each non-blank line."""
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            yield number, None, f"not JSON ({exc.msg})"
-            continue
-        yield (number, value, None) if isinstance(value, dict) else (number, None, "not a JSON object")

@@ -45,14 +45,14 @@ def validate_lines(text: str) -> tuple[list[memories.Conversation], list[str]]:
     """Given a JSONL file's text, return (parsed rows, problems as "line N: why") (pure)."""
     rows: list[memories.Conversation] = []
     problems: list[str] = []
-    for number, value, why in parse_lines(text):
-        if why:
-            problems.append(f"line {number}: {why}")
+    for line in parse_lines(text):
+        if line.error:
+            problems.append(f"line {line.number}: {line.error}")
             continue
         try:
-            rows.append(memories.Conversation.model_validate(value))
+            rows.append(memories.Conversation.model_validate(line.value))
         except ValidationError as exc:
-            problems.append(f"line {number}: {_describe(exc)}")
+            problems.append(f"line {line.number}: {_describe(exc)}")
     return rows, problems
 
 
@@ -81,9 +81,9 @@ def import_file(paths: Paths, file: Path) -> ImportResult:
     digest = hashlib.sha256(data).hexdigest()
     paths.ensure()
     with lock_for(paths.memories):
-        for _n, row, _raw in read_jsonl(paths.imports):
-            if row and row.get("sha256") == digest:
-                return ImportResult(str(file), digest, 0, True, previous_ts=row.get("ts"))
+        for line in read_jsonl(paths.imports):
+            if line.value and line.value.get("sha256") == digest:
+                return ImportResult(str(file), digest, 0, True, previous_ts=line.value.get("ts"))
         session = f"import-{digest[:12]}"
         records = [memories.make_record([m.model_dump() for m in row.messages], session=session,
                                         model="", adapter=None, source=f"import:{file.name}",

@@ -13,16 +13,21 @@ never silently dropped.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import statistics
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from circadian.core.paths import Paths
+from circadian.core.tables import write_csv as write_csv_file
 from circadian.night.policies import arm_state
+from circadian.store.records import ChoiceLine, RunLogLine, Trials, read_lines
+
+T = TypeVar("T")
 
 # two-sided 95% Student t quantiles for small samples (df 1..30); normal beyond
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -41,71 +46,64 @@ def mean_ci(values: list[float]) -> dict:
     return {"n": len(values), "mean": statistics.fmean(values), "std": std, "ci95": t * std / math.sqrt(len(values))}
 
 
-def _read(path: Path, label: str, broken: list[dict]) -> tuple[list[dict], dict]:
-    info = {"path": str(path.resolve()), "exists": path.exists(), "lines": 0, "mtime": None}
-    rows = []
-    if not path.exists():
-        return rows, info
-    info["mtime"] = datetime.fromtimestamp(path.stat().st_mtime).astimezone().isoformat(timespec="seconds")
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            info["lines"] += 1
-            text = raw.decode("utf-8", errors="replace").strip()
-            if not text:
-                broken.append({"file": label, "line": number, "why": "empty line"})
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                broken.append({"file": label, "line": number, "why": f"not JSON ({exc.msg})", "raw": text[:120]})
-                continue
-            if not isinstance(row, dict):
-                broken.append({"file": label, "line": number, "why": "not a JSON object"})
-                continue
-            rows.append({**row, "_line": number})
+@dataclass
+class Cycle:
+    """One cycle of an experiment (or a nightly sleep with a policy): its run_log line and its choice."""
+
+    run: RunLogLine
+    choice: ChoiceLine
+
+    @property
+    def experiment(self) -> str:
+        return self.run.experiment or self.run.cycle_id
+
+
+def _read(path: Path, label: str, model: type[T], broken: list[dict]) -> tuple[list[tuple[int, T]], dict]:
+    """Read a log; return (its records with their line numbers, the file's account) and list every line
+    that is not such a record in `broken`. Counts: `lines` non-blank lines, `parsed` JSON objects."""
+    info = {"path": str(path.resolve()), "exists": path.exists(), "lines": 0, "parsed": 0, "mtime": None}
+    rows: list[tuple[int, T]] = []
+    if path.exists():
+        info["mtime"] = datetime.fromtimestamp(path.stat().st_mtime).astimezone().isoformat(timespec="seconds")
+    for line, record in read_lines(path, model):
+        info["lines"] += 1
+        if line.error:
+            broken.append({"file": label, "line": line.number, "why": line.error, "raw": line.raw[:120]})
+            continue
+        info["parsed"] += 1
+        if record is None:
+            missing = [k for k in ("cycle_id", "run_type") if not line.value.get(k)]
+            why = f"missing {', '.join(missing)}" if missing else f"not a {model.__name__} line"
+            broken.append({"file": label, "line": line.number, "why": why})
+            continue
+        rows.append((line.number, record))
     return rows, info
 
 
 def load(paths: Paths, *, experiment: str | None = None, policy: str | None = None) -> dict:
-    """Read both logs; return the cycle rows joined by cycle_id, with the integrity account."""
+    """Read both logs; return the cycles joined by cycle_id (`rows`: Cycle), with the integrity account."""
     broken: list[dict] = []
-    runs, run_info = _read(paths.run_log, "run_log", broken)
-    choices, choice_info = _read(paths.choice_log, "choice_log", broken)
+    runs, run_info = _read(paths.run_log, "run_log", RunLogLine, broken)
+    choices, choice_info = _read(paths.choice_log, "choice_log", ChoiceLine, broken)
     counts = {"raw": {"run_log": run_info["lines"], "choice_log": choice_info["lines"]},
-              "parsed": {"run_log": len(runs), "choice_log": len(choices)}}
-    uncleaned = []
-
-    def clean(rows, label):
-        kept = []
-        for row in rows:
-            missing = [k for k in ("cycle_id", "run_type") if not row.get(k)]
-            if missing:
-                uncleaned.append({"file": label, "line": row["_line"], "why": f"missing {', '.join(missing)}"})
-            else:
-                kept.append(row)
-        return kept
-
-    runs, choices = clean(runs, "run_log"), clean(choices, "choice_log")
-    counts["cleaned"] = {"run_log": len(runs), "choice_log": len(choices)}
+              "parsed": {"run_log": run_info["parsed"], "choice_log": choice_info["parsed"]},
+              "cleaned": {"run_log": len(runs), "choice_log": len(choices)}}
+    run_lines = [r for _n, r in runs]
     # nightly cycles without a choice are expected (no policy configured); experiments must have both
-    run_ids = {r["cycle_id"] for r in runs if r.get("experiment") or r.get("chosen")}
-    choice_ids = {c["cycle_id"] for c in choices}
-    by_choice = {c["cycle_id"]: c for c in choices}
-    joined = [{**r, "choice": by_choice[r["cycle_id"]]} for r in runs if r["cycle_id"] in by_choice]
+    with_choice = {r.cycle_id for r in run_lines if r.experiment or r.chosen}
+    by_choice = {c.cycle_id: c for _n, c in choices}
+    joined = [Cycle(r, by_choice[r.cycle_id]) for r in run_lines if r.cycle_id in by_choice]
     counts["joined"] = len(joined)
-    filtered = [r for r in joined if (experiment is None or r.get("experiment") == experiment)
-                and (policy is None or r["run_type"] == policy)]
+    filtered = [c for c in joined if (experiment is None or c.run.experiment == experiment)
+                and (policy is None or c.run.run_type == policy)]
     counts["filtered"] = len(filtered)
-    return {"rows": filtered, "counts": counts, "broken": broken + uncleaned,
+    for info in (run_info, choice_info):
+        info.pop("parsed")
+    return {"rows": filtered, "counts": counts, "broken": broken,
             "logs": {"run_log": run_info, "choice_log": choice_info},
-            "missing": {"in_choice_log_not_run_log": sorted(choice_ids - run_ids),
-                        "in_run_log_not_choice_log": sorted(run_ids - choice_ids)},
-            "nightly_without_choice": sum(1 for r in runs if not (r.get("experiment") or r.get("chosen")))}
-
-
-def _trials(choice: dict) -> dict:
-    """A choice line's trials (logged as "probes" before trials had their name)."""
-    return choice.get("trials") or choice.get("probes") or {}
+            "missing": {"in_choice_log_not_run_log": sorted(set(by_choice) - with_choice),
+                        "in_run_log_not_choice_log": sorted(with_choice - set(by_choice))},
+            "nightly_without_choice": sum(1 for r in run_lines if not (r.experiment or r.chosen))}
 
 
 def _experiment_meta(paths: Paths, name: str) -> dict:
@@ -119,78 +117,86 @@ def _experiment_meta(paths: Paths, name: str) -> dict:
     return meta
 
 
+def _experiment(paths: Paths, name: str, cycles: list[Cycle], by_state: dict) -> tuple[list[dict], dict]:
+    """Given one experiment's cycles in order, return (its per-cycle rows, its summary row); oracle rewards
+    are added to `by_state` by source and arm state."""
+    meta = _experiment_meta(paths, name)
+    per_cycle = []
+    cum_regret = cum_loss_regret = 0.0
+    chosen_sum = best_sum = mean_sum = 0.0
+    informed_sum, informed_cycles = 0.0, 0
+    matches = 0
+    last, trained = None, set()
+    for c in cycles:
+        run, loss_regret = c.run, c.choice.loss_regret
+        cum_loss_regret += loss_regret or 0.0
+        oracle = run.oracle_rewards or None
+        regret = None
+        if oracle:
+            best = max(oracle.values())
+            chosen = oracle.get(run.chosen, run.reward)
+            regret = best - chosen
+            cum_regret += regret
+            chosen_sum += chosen
+            best_sum += best
+            mean_sum += statistics.fmean(oracle.values())
+            matches += regret <= 1e-9
+            progress = run.oracle_progress or {}
+            if progress.keys() == oracle.keys():  # older logs lack the selection-split measure
+                informed_sum += oracle[max(sorted(progress), key=progress.get)]
+                informed_cycles += 1
+            for source, value in oracle.items():
+                by_state[(source, arm_state(source, last, trained))].append(value)
+        last = run.chosen
+        trained.add(last)
+        per_cycle.append({"experiment": name, "run_type": run.run_type, "seed": run.seed, "cycle": run.cycle,
+                          "cycle_id": run.cycle_id, "chosen": run.chosen, "reward": run.reward,
+                          "loss_regret": loss_regret, "cumulative_loss_regret": cum_loss_regret,
+                          "oracle_regret": regret, "cumulative_oracle_regret": cum_regret if oracle else None,
+                          "eval_loss": run.eval_loss, "perplexity_drift": run.perplexity_drift})
+    cycle0 = meta.get("cycle0") or {}
+    first, final = cycles[0].run, cycles[-1].run
+    planned = (meta.get("experiment") or {}).get("n")
+    has_oracle = any(c.run.oracle_rewards for c in cycles)
+    share = (lambda total: total / best_sum if has_oracle and best_sum > 0 else None)  # noqa: E731
+    trials = [c.choice.trials or Trials() for c in cycles]
+    losses = [c.run.eval_loss for c in cycles if c.run.eval_loss is not None]
+    summary = {
+        "experiment": name, "run_type": first.run_type, "seed": first.seed, "cycles": len(cycles),
+        "planned_cycles": planned, "complete": not first.experiment or bool((meta.get("experiment") or {}).get("ended")),
+        "final_recall": final.recall, "recall_cycle0": cycle0.get("recall"),
+        "final_capability": final.capability, "capability_cycle0": cycle0.get("capability"),
+        "capability_drift": final.capability - cycle0["capability"]
+        if final.capability is not None and cycle0.get("capability") is not None else None,
+        "perplexity_drift": final.perplexity_drift, "final_eval_loss": final.eval_loss,
+        "eval_loss_cycle0": statistics.fmean(cycle0["eval_losses"].values()) if cycle0.get("eval_losses") else None,
+        "stability_eval_loss_var": statistics.pvariance(losses) if len(cycles) > 1 and losses else 0.0,
+        "cumulative_loss_regret": cum_loss_regret,
+        "cumulative_oracle_regret": cum_regret if has_oracle else None,
+        "oracle_gain_share": share(chosen_sum), "random_reference_share": share(mean_sum),
+        "full_information_share": share(informed_sum) if informed_cycles == len(cycles) else None,
+        "oracle_match_rate": matches / len(cycles) if has_oracle else None,
+        "choices": dict(Counter(c.run.chosen for c in cycles)),
+        "trials": sum(len(t.progress) for t in trials),
+        "trial_seconds_per_cycle": statistics.fmean(t.seconds for t in trials),
+        "seconds_per_cycle": statistics.fmean(c.run.seconds or 0.0 for c in cycles),
+    }
+    return per_cycle, summary
+
+
 def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None = None) -> dict:
+    """Given the home (and optionally one experiment or policy), return the whole analysis as JSON-able
+    tables: integrity, per run type, per experiment, per cycle, oracle reward by state, choices."""
     data = load(paths, experiment=experiment, policy=policy)
-    experiments: dict[str, list[dict]] = defaultdict(list)
-    for row in data["rows"]:
-        experiments[row.get("experiment") or row["cycle_id"]].append(row)
+    experiments: dict[str, list[Cycle]] = defaultdict(list)
+    for c in data["rows"]:
+        experiments[c.experiment].append(c)
     per_cycle, per_experiment = [], []
     by_state: dict[tuple[str, str], list[float]] = defaultdict(list)  # oracle rewards by source and arm state
-    for name, rows in sorted(experiments.items()):
-        rows.sort(key=lambda r: r.get("cycle", 0))
-        meta = _experiment_meta(paths, name)
-        cum_regret = cum_loss_regret = 0.0
-        chosen_sum = best_sum = mean_sum = 0.0
-        informed_sum, informed_cycles = 0.0, 0
-        matches = 0
-        last, trained = None, set()
-        for row in rows:
-            choice = row["choice"]
-            loss_regret = choice.get("loss_regret")
-            cum_loss_regret += loss_regret or 0.0
-            oracle = row.get("oracle_rewards") or None
-            regret = None
-            if oracle:
-                best = max(oracle.values())
-                chosen = oracle.get(row["chosen"], row.get("reward"))
-                regret = best - chosen
-                cum_regret += regret
-                chosen_sum += chosen
-                best_sum += best
-                mean_sum += statistics.fmean(oracle.values())
-                matches += regret <= 1e-9
-                progress = row.get("oracle_progress") or {}
-                if progress.keys() == oracle.keys():  # older logs lack the selection-split measure
-                    informed_sum += oracle[max(sorted(progress), key=progress.get)]
-                    informed_cycles += 1
-                for source, value in oracle.items():
-                    by_state[(source, arm_state(source, last, trained))].append(value)
-            last = row["chosen"]
-            trained.add(last)
-            per_cycle.append({"experiment": name, "run_type": row["run_type"], "seed": row.get("seed"),
-                              "cycle": row.get("cycle"), "cycle_id": row["cycle_id"], "chosen": row["chosen"],
-                              "reward": row.get("reward"), "loss_regret": loss_regret,
-                              "cumulative_loss_regret": cum_loss_regret, "oracle_regret": regret,
-                              "cumulative_oracle_regret": cum_regret if oracle else None,
-                              "eval_loss": row.get("eval_loss"), "perplexity_drift": row.get("perplexity_drift")})
-        cycle0 = meta.get("cycle0") or {}
-        last = rows[-1]
-        planned = (meta.get("experiment") or {}).get("n")
-        complete = not rows[0].get("experiment") or bool((meta.get("experiment") or {}).get("ended"))
-        has_oracle = any(r.get("oracle_rewards") for r in rows)
-        per_experiment.append({
-            "experiment": name, "run_type": rows[0]["run_type"], "seed": rows[0].get("seed"), "cycles": len(rows),
-            "planned_cycles": planned, "complete": complete,
-            "final_recall": last.get("recall"), "recall_cycle0": cycle0.get("recall"),
-            "final_capability": last.get("capability"), "capability_cycle0": cycle0.get("capability"),
-            "capability_drift": (last["capability"] - cycle0["capability"])
-            if last.get("capability") is not None and cycle0.get("capability") is not None else None,
-            "perplexity_drift": last.get("perplexity_drift"), "final_eval_loss": last.get("eval_loss"),
-            "eval_loss_cycle0": statistics.fmean(cycle0["eval_losses"].values()) if cycle0.get("eval_losses") else None,
-            "stability_eval_loss_var": statistics.pvariance([r["eval_loss"] for r in rows if r.get("eval_loss") is not None])
-            if len(rows) > 1 else 0.0,
-            "cumulative_loss_regret": cum_loss_regret,
-            "cumulative_oracle_regret": cum_regret if has_oracle else None,
-            "oracle_gain_share": chosen_sum / best_sum if has_oracle and best_sum > 0 else None,
-            "random_reference_share": mean_sum / best_sum if has_oracle and best_sum > 0 else None,
-            "full_information_share": informed_sum / best_sum
-            if has_oracle and best_sum > 0 and informed_cycles == len(rows) else None,
-            "oracle_match_rate": matches / len(rows) if has_oracle else None,
-            "choices": dict(Counter(r["chosen"] for r in rows)),
-            "trials": sum(len(_trials(r["choice"]).get("progress", {})) for r in rows),
-            "trial_seconds_per_cycle": statistics.fmean(_trials(r["choice"]).get("seconds", 0.0) for r in rows),
-            "seconds_per_cycle": statistics.fmean(r.get("seconds") or 0.0 for r in rows),
-        })
+    for name, cycles in sorted(experiments.items()):
+        rows, summary = _experiment(paths, name, sorted(cycles, key=lambda c: c.run.cycle or 0), by_state)
+        per_cycle += rows
+        per_experiment.append(summary)
     by_type: dict[str, list[dict]] = defaultdict(list)
     for e in per_experiment:
         if e["complete"]:  # an experiment that never ended (killed, still running) would skew its policy's means
@@ -219,19 +225,9 @@ def analyze(paths: Paths, *, experiment: str | None = None, policy: str | None =
 def write_csv(result: dict, folder: Path) -> list[Path]:
     """Write the tables of an analysis as CSV files; return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
     flat_summary = [{"run_type": s["run_type"], "experiments": s["experiments"],
                      **{f"{m}_{k}": v for m, stats in s.items() if isinstance(stats, dict) for k, v in stats.items()}}
                     for s in result["per_run_type"]]
-    tables = {"cycles.csv": result["cycles"], "experiments.csv": [{**e, "choices": json.dumps(e["choices"])}
-                                                                  for e in result["experiments"]],
+    tables = {"cycles.csv": result["cycles"], "experiments.csv": result["experiments"],
               "per_run_type.csv": flat_summary, "broken_lines.csv": result["integrity"]["broken_lines"]}
-    for name, rows in tables.items():
-        path = folder / name
-        fields = list(dict.fromkeys(k for row in rows for k in row)) or ["empty"]
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        written.append(path)
-    return written
+    return [write_csv_file(folder / name, rows) for name, rows in tables.items()]

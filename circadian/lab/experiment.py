@@ -43,6 +43,7 @@ from circadian.backends.resolve import resolve_model
 from circadian.core.paths import Paths
 from circadian.backends.tokens import encode_chat
 from circadian.core.clock import now_iso
+from circadian.store.records import ChoiceLine, RunLogLine, Trials
 
 
 @dataclass(frozen=True)
@@ -125,144 +126,199 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def run_experiment(paths: Paths, config: Config, *, n: int, policy_spec: str, seed: int = 0, budget: str = "small",
-               oracle: bool = False, only: list[str] | None = None, say: Callable[[str], None] = print,
-               generate: bool = True, trial_steps: int | None = None) -> dict:
-    """Run `n` cycles with the policy; return the experiment's summary (also in experiment.json).
-    `trial_steps` (default trials.TRIAL_STEPS, at most the budget's steps): how long the policy's trials
-    are; trials as long as the night are kept and stand in for the nights they equal."""
-    policy = policies.make(policy_spec, seed)
-    plan = BUDGETS[budget]
-    trial_steps = min(trial_steps or trials.TRIAL_STEPS, plan.steps)
-    whole_night_trials = trial_steps == plan.steps
-    known = sources.builders()
-    for name in [*(only or []), *([policy_spec[6:]] if policy_spec.startswith("fixed:") else [])]:
-        if name not in known:
-            raise CircadianError(f"unknown source {name!r} (known: {', '.join(sorted(known))})")
-    started = datetime.now().astimezone()
-    experiment = f"{started.strftime('%Y%m%d-%H%M%S')}-{policy_spec.replace(':', '-')}-s{seed}"
-    folder = experiment_dir(paths) / experiment
+@dataclass
+class Position:
+    """Where the experiment stands between cycles: the adapter it goes on from, and its losses there."""
 
-    setup = load_sources(paths, config, only=only, say=say)
-    model, pools, encoded, start, end = setup.model, setup.pools, setup.encoded, setup.start, setup.end
-    say(f"experiment {experiment}: policy {policy_spec}, seed {seed}, budget {budget} {plan}, "
-        f"{'with oracle, ' if oracle else ''}from {start[1] or 'the base model'}")
-    if policy_spec.startswith("fixed:") and policy_spec[6:] not in pools:
-        raise CircadianError(f"source {policy_spec[6:]!r} has no data here (available: {', '.join(pools)})")
-    folder.mkdir(parents=True, mode=0o700)
-    tok = model.tokenizer
-    probes = [p for src in pools.values() for p in src.probes()]
-    capability = evaluate.load_capability()
-    general_ex = evaluate.general_examples(tok)
-    say("sources: " + ", ".join(f"{k} {len(v.train)}/{len(v.select)}/{len(v.eval)}" for k, v in pools.items())
-        + " rows (train/select/eval)")
+    adapter: tuple
+    select: dict[str, float]
+    eval: dict[str, float]
 
-    settings = budget_settings(config, plan)
-    manifest = {
-        "experiment": experiment, "policy": policy_spec, "seed": seed, "budget": budget, "budget_detail": plan.__dict__,
-        "oracle": oracle, "trial_steps": trial_steps, "n": n, "started": started.isoformat(timespec="seconds"),
-        "start_adapter": start[1],
-        "backend": setup.backend, "model": setup.resolved.name, "model_identity": distill.model_identity(setup.resolved.path),
-        "train_settings": settings.model_dump(), "memories_end_offset": end,
-        "sources": {k: {s: {"rows": len(v.split(s)), "sha256": _rows_sha(v.split(s))} for s in sources.SPLITS}
-                    for k, v in pools.items()},
-        "versions": {"circadian": __version__, "python": platform.python_version(), **_package_versions()},
-    }
-    atomic_write_json(folder / "experiment.json", manifest)
 
-    def losses(split: str) -> dict[str, float]:
-        return {k: evaluate.mean_loss(model, encoded[k][split]) for k in pools}
+class Experiment:
+    """`cycles run` as a recipe: `run` takes `prepare`, `measure_start`, then per cycle `trial`, `choose`,
+    `train`, `measure` and `log`, and `finish`."""
 
-    def generated() -> dict:
-        if not generate:
+    def __init__(self, paths: Paths, config: Config, *, n: int, policy_spec: str, seed: int = 0,
+                 budget: str = "small", oracle: bool = False, only: list[str] | None = None,
+                 say: Callable[[str], None] = print, generate: bool = True, trial_steps: int | None = None):
+        self.paths, self.config, self.n, self.spec, self.seed = paths, config, n, policy_spec, seed
+        self.budget, self.plan, self.oracle, self.only, self.say, self.generate = \
+            budget, BUDGETS[budget], oracle, only, say, generate
+        self.policy = policies.make(policy_spec, seed)
+        self.trial_steps = min(trial_steps or trials.TRIAL_STEPS, self.plan.steps)
+        self.whole_night_trials = self.trial_steps == self.plan.steps
+        self.history: list[RunLogLine] = []
+
+    def run(self) -> dict:
+        self.prepare()
+        position = self.measure_start()
+        for cycle in range(1, self.n + 1):
+            tic = time.time()
+            kept = self.trial(cycle, position)
+            choice = self.policy.choose(position.select, cycle)
+            nights = self.train(cycle, choice.source, position, kept)
+            before = position
+            position, line = self.measure(cycle, choice, before, nights)
+            self.log(cycle, choice, before, line, tic)
+        return self.finish()
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def prepare(self) -> None:
+        """Check the sources, load the model at the home's current adapter, split the data into sources,
+        write the experiment's manifest."""
+        spec, known = self.spec, sources.builders()
+        for name in [*(self.only or []), *([spec[6:]] if spec.startswith("fixed:") else [])]:
+            if name not in known:
+                raise CircadianError(f"unknown source {name!r} (known: {', '.join(sorted(known))})")
+        started = datetime.now().astimezone()
+        self.name = f"{started.strftime('%Y%m%d-%H%M%S')}-{spec.replace(':', '-')}-s{self.seed}"
+        self.folder = experiment_dir(self.paths) / self.name
+        self.setup = setup = load_sources(self.paths, self.config, only=self.only, say=self.say)
+        self.model, self.pools, self.encoded = setup.model, setup.pools, setup.encoded
+        self.say(f"experiment {self.name}: policy {spec}, seed {self.seed}, budget {self.budget} {self.plan}, "
+                 f"{'with oracle, ' if self.oracle else ''}from {setup.start[1] or 'the base model'}")
+        if spec.startswith("fixed:") and spec[6:] not in self.pools:
+            raise CircadianError(f"source {spec[6:]!r} has no data here (available: {', '.join(self.pools)})")
+        self.folder.mkdir(parents=True, mode=0o700)
+        self.probes = [p for src in self.pools.values() for p in src.probes()]
+        self.capability = evaluate.load_capability()
+        self.general = evaluate.general_examples(self.model.tokenizer)
+        self.say("sources: " + ", ".join(f"{k} {len(v.train)}/{len(v.select)}/{len(v.eval)}"
+                                         for k, v in self.pools.items()) + " rows (train/select/eval)")
+        self.settings = budget_settings(self.config, self.plan)
+        self.manifest = {
+            "experiment": self.name, "policy": spec, "seed": self.seed, "budget": self.budget,
+            "budget_detail": self.plan.__dict__, "oracle": self.oracle, "trial_steps": self.trial_steps, "n": self.n,
+            "started": started.isoformat(timespec="seconds"), "start_adapter": setup.start[1],
+            "backend": setup.backend, "model": setup.resolved.name,
+            "model_identity": distill.model_identity(setup.resolved.path),
+            "train_settings": self.settings.model_dump(), "memories_end_offset": setup.end,
+            "sources": {k: {s: {"rows": len(v.split(s)), "sha256": _rows_sha(v.split(s))} for s in sources.SPLITS}
+                        for k, v in self.pools.items()},
+            "versions": {"circadian": __version__, "python": platform.python_version(), **_package_versions()},
+        }
+        atomic_write_json(self.folder / "experiment.json", self.manifest)
+
+    def losses(self, split: str) -> dict[str, float]:
+        return {k: evaluate.mean_loss(self.model, self.encoded[k][split]) for k in self.pools}
+
+    def generated(self) -> dict:
+        """Recall and capability by generation (at cycle 0 and after the last cycle), unless --no-generate."""
+        if not self.generate:
             return {}
-        recall = evaluate.ask_all(model, probes, key="question", max_tokens=config.sleep.probe_max_tokens)
-        cap = evaluate.ask_all(model, capability, key="prompt", max_tokens=config.sleep.capability_max_tokens)
+        sleep = self.config.sleep
+        recall = evaluate.ask_all(self.model, self.probes, key="question", max_tokens=sleep.probe_max_tokens)
+        cap = evaluate.ask_all(self.model, self.capability, key="prompt", max_tokens=sleep.capability_max_tokens)
         return {"recall": recall["score"], "capability": cap["score"],
-                "recall_by_source": {k: _hit_share(recall["items"], {p["question"] for p in pools[k].probes()})
-                                     for k in pools if pools[k].probes()}}
+                "recall_by_source": {k: _hit_share(recall["items"], {p["question"] for p in src.probes()})
+                                     for k, src in self.pools.items() if src.probes()}}
 
-    def train_on(name: str, cycle: int):
-        return train_night(model, encoded[name]["train"], settings, plan, f"{seed}:{cycle}:{name}", seed * 1000 + cycle)
+    def measure_start(self) -> Position:
+        """Cycle 0: every source's losses, perplexity and (unless --no-generate) recall and capability."""
+        position = Position(self.setup.start, self.losses("select"), self.losses("eval"))
+        self.base_ppl = evaluate.perplexity(self.model, self.general)
+        cycle0 = {"select_losses": position.select, "eval_losses": position.eval, "perplexity": self.base_ppl,
+                  **self.generated()}
+        atomic_write_json(self.folder / "cycle0.json", cycle0)
+        self.cycle0 = cycle0
+        self.say(f"cycle 0: eval loss {_mean(position.eval.values()):.3f}, perplexity {self.base_ppl:.2f}"
+                 + (f", recall {cycle0['recall']:.0%}, capability {cycle0['capability']:.0%}" if self.generate else ""))
+        return position
 
-    position = start
-    select_now, eval_now = losses("select"), losses("eval")
-    base_ppl = evaluate.perplexity(model, general_ex)
-    cycle0 = {"select_losses": select_now, "eval_losses": eval_now, "perplexity": base_ppl, **generated()}
-    atomic_write_json(folder / "cycle0.json", cycle0)
-    say(f"cycle 0: eval loss {_mean(eval_now.values()):.3f}, perplexity {base_ppl:.2f}"
-        + (f", recall {cycle0['recall']:.0%}, capability {cycle0['capability']:.0%}" if generate else ""))
-    history = []
-    branches = folder / "branches"  # whole-night trials, kept for the nights they equal (this cycle only)
-    for cycle in range(1, n + 1):
-        tic = time.time()
-        cycle_id = f"{experiment}-c{cycle:02d}"
+    def _branches(self):
+        return self.folder / "branches"  # whole-night trials, kept for the nights they equal (this cycle only)
+
+    def trial(self, cycle: int, position: Position) -> set[str]:
+        """Run the trials the policy asks for; return the sources whose trial was kept as their night."""
         kept: set[str] = set()
 
         def keep(name: str) -> None:
-            model.save_adapter(branches / name)
+            self.model.save_adapter(self._branches() / name)
             kept.add(name)
 
-        def night_on(name: str) -> None:
-            """Put in place the night on `name` from `position`: its whole-night trial, else trained now."""
-            if name in kept:
-                model.set_adapter(branches / name, f"{cycle_id}-{name}")
-            else:
-                model.set_adapter(*position)
-                train_on(name, cycle)
+        self.tried = trials.run_trials(
+            self.model, self.policy, position.select, cycle,
+            night_rows=lambda k: night_sample(self.encoded[k]["train"], self.plan, f"{self.seed}:{cycle}:{k}"),
+            select_rows={k: v["select"] for k, v in self.encoded.items()},
+            settings=self.settings.model_copy(update={"seed": self.seed * 1000 + cycle}),
+            restore=lambda: self.model.set_adapter(*position.adapter), say=self.say, steps=self.trial_steps,
+            keep=keep if self.whole_night_trials else None)
+        return kept
 
-        tried = trials.run_trials(model, policy, select_now, cycle,
-                                    night_rows=lambda k: night_sample(encoded[k]["train"], plan, f"{seed}:{cycle}:{k}"),
-                                    select_rows={k: v["select"] for k, v in encoded.items()},
-                                    settings=settings.model_copy(update={"seed": seed * 1000 + cycle}),
-                                    restore=lambda: model.set_adapter(*position), say=say, steps=trial_steps,
-                                    keep=keep if whole_night_trials else None)
-        choice = policy.choose(select_now, cycle)
-        rewards = oracle_progress = None
-        eval_after = select_after = None
-        if oracle:  # the chosen source last: its branch is where the experiment goes on, already measured
-            rewards, oracle_progress, after_eval, after_select = {}, {}, {}, {}
-            for name in sorted(pools, key=lambda k: k == choice.source):
-                night_on(name)
-                after_eval[name], after_select[name] = losses("eval"), losses("select")
-                rewards[name] = _mean(eval_now.values()) - _mean(after_eval[name].values())
-                oracle_progress[name] = _mean(select_now.values()) - _mean(after_select[name].values())
-            eval_after, select_after = after_eval[choice.source], after_select[choice.source]
+    def _night_on(self, name: str, cycle: int, position: Position, kept: set[str]) -> None:
+        """Put in place the night on `name` from `position`: its whole-night trial, else trained now."""
+        if name in kept:
+            self.model.set_adapter(self._branches() / name, f"{self.name}-c{cycle:02d}-{name}")
         else:
-            night_on(choice.source)
-        model.save_adapter(folder / "adapters" / f"c{cycle:02d}")
-        shutil.rmtree(branches, ignore_errors=True)
-        position = (folder / "adapters" / f"c{cycle:02d}", f"{experiment}-c{cycle:02d}")
-        model.set_adapter(*position)
-        select_after = select_after or losses("select")
-        eval_after = eval_after or losses("eval")
-        progress = _mean(select_now.values()) - _mean(select_after.values())
-        policy.update(choice.source, progress)
-        chosen_reward = _mean(eval_now.values()) - _mean(eval_after.values())
-        ppl = evaluate.perplexity(model, general_ex)
-        append_jsonl(paths.choice_log, [{
-            "cycle_id": cycle_id, "run_type": policy_spec, "experiment": experiment, "cycle": cycle, "seed": seed,
-            "candidate_losses": select_now, "chosen": choice.source, "reason": choice.reason,
-            "loss_regret": select_now[choice.source] - min(select_now.values()),
-            **({"trials": tried.as_dict()} if tried.progress else {}), "ts": now_iso()}])
-        line = {"cycle_id": cycle_id, "run_type": policy_spec, "experiment": experiment, "cycle": cycle, "seed": seed,
-                "budget": budget, "chosen": choice.source, "reward": chosen_reward, "progress": progress,
-                "oracle_rewards": rewards, "oracle_progress": oracle_progress, "select_losses": select_after,
-                "eval_losses": eval_after,
-                "eval_loss": _mean(eval_after.values()), "perplexity": ppl, "perplexity_drift": ppl / base_ppl - 1,
-                "seconds": round(time.time() - tic, 1), "outcome": "trained", "logged_at": now_iso()}
-        if cycle == n:
-            line.update(generated())
-        append_jsonl(paths.run_log, [line])
-        history.append(line)
+            self.model.set_adapter(*position.adapter)
+            train_night(self.model, self.encoded[name]["train"], self.settings, self.plan, f"{self.seed}:{cycle}:{name}",
+                        self.seed * 1000 + cycle)
+
+    def train(self, cycle: int, chosen: str, position: Position, kept: set[str]) -> dict | None:
+        """Train the chosen source's night; with --oracle every source's, from the same position, the chosen
+        one last (its branch is where the experiment goes on). Return the oracle's nights measured
+        ({source: (eval losses, select losses)}), or None without the oracle."""
+        if not self.oracle:
+            self._night_on(chosen, cycle, position, kept)
+            return None
+        nights = {}
+        for name in sorted(self.pools, key=lambda k: k == chosen):
+            self._night_on(name, cycle, position, kept)
+            nights[name] = (self.losses("eval"), self.losses("select"))
+        return nights
+
+    def measure(self, cycle: int, choice, position: Position, nights: dict | None) -> tuple[Position, RunLogLine]:
+        """Keep the cycle's adapter, measure it, reward the policy; return the new position and the cycle's line."""
+        adapter = (self.folder / "adapters" / f"c{cycle:02d}", f"{self.name}-c{cycle:02d}")
+        self.model.save_adapter(adapter[0])
+        shutil.rmtree(self._branches(), ignore_errors=True)
+        self.model.set_adapter(*adapter)
+        eval_after, select_after = nights[choice.source] if nights else (self.losses("eval"), self.losses("select"))
+        progress = _mean(position.select.values()) - _mean(select_after.values())
+        self.policy.update(choice.source, progress)
+        ppl = evaluate.perplexity(self.model, self.general)
+        before_eval, before_select = _mean(position.eval.values()), _mean(position.select.values())
+        line = RunLogLine(
+            cycle_id=f"{self.name}-c{cycle:02d}", run_type=self.spec, experiment=self.name, cycle=cycle, seed=self.seed,
+            budget=self.budget, chosen=choice.source, reward=before_eval - _mean(eval_after.values()),
+            progress=progress, select_losses=select_after, eval_losses=eval_after,
+            oracle_rewards={k: before_eval - _mean(e.values()) for k, (e, _s) in nights.items()} if nights else None,
+            oracle_progress={k: before_select - _mean(s.values()) for k, (_e, s) in nights.items()} if nights else None,
+            eval_loss=_mean(eval_after.values()), perplexity=ppl, perplexity_drift=ppl / self.base_ppl - 1,
+            outcome="trained", **(self.generated() if cycle == self.n else {}))
+        return Position(adapter, select_after, eval_after), line
+
+    def log(self, cycle: int, choice, before: Position, line: RunLogLine, tic: float) -> None:
+        """One line in choice_log.jsonl (what the policy saw at `before`) and one in run_log.jsonl for the cycle."""
+        select_now = before.select
+        append_jsonl(self.paths.choice_log, [ChoiceLine(
+            cycle_id=line.cycle_id, run_type=self.spec, experiment=self.name, cycle=cycle, seed=self.seed,
+            candidate_losses=select_now, chosen=choice.source, reason=choice.reason,
+            loss_regret=select_now[choice.source] - min(select_now.values()),
+            trials=Trials(**self.tried.as_dict()) if self.tried.progress else None, ts=now_iso()).row()])
+        line = line.model_copy(update={"seconds": round(time.time() - tic, 1), "logged_at": now_iso()})
+        append_jsonl(self.paths.run_log, [line.row()])
+        self.history.append(line)
+        rewards = line.oracle_rewards
         best = f", oracle best {max(rewards, key=rewards.get)} {max(rewards.values()):+.4f}" if rewards else ""
-        say(f"cycle {cycle}/{n}: chose {choice.source} ({choice.reason}); reward {chosen_reward:+.4f}{best}; "
-            f"perplexity {ppl:.2f} ({ppl / base_ppl - 1:+.1%}), {line['seconds']:.0f} s")
-        select_now, eval_now = select_after, eval_after
-    summary = {**manifest, "ended": now_iso(), "cycle0": cycle0, "final": history[-1] if history else None,
-               "policy_state": policy.state}
-    atomic_write_json(folder / "experiment.json", summary)
-    return summary
+        self.say(f"cycle {cycle}/{self.n}: chose {choice.source} ({choice.reason}); reward {line.reward:+.4f}{best}; "
+                 f"perplexity {line.perplexity:.2f} ({line.perplexity_drift:+.1%}), {line.seconds:.0f} s")
+
+    def finish(self) -> dict:
+        """The experiment's summary, also written over experiment.json."""
+        summary = {**self.manifest, "ended": now_iso(), "cycle0": self.cycle0,
+                   "final": self.history[-1].row() if self.history else None, "policy_state": self.policy.state}
+        atomic_write_json(self.folder / "experiment.json", summary)
+        return summary
+
+
+def run_experiment(paths: Paths, config: Config, **options) -> dict:
+    """Run an experiment (Experiment's options: n, policy_spec, seed, budget, oracle, only, say, generate,
+    trial_steps); return its summary (also in experiment.json). Trials as long as the night are kept and
+    stand in for the nights they equal."""
+    return Experiment(paths, config, **options).run()
 
 
 def _hit_share(items: list[dict], questions: set[str]) -> float | None:

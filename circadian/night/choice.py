@@ -23,6 +23,7 @@ from circadian.core.paths import Paths
 from circadian.backends.tokens import encode_chat
 from circadian.core.clock import now_iso
 from circadian.night.lineage import is_distill
+from circadian.store.records import ChoiceLine, Trials
 
 
 @dataclass
@@ -74,16 +75,15 @@ def choose(paths: Paths, spec: str, model, settings, *, cycle_id: str, selection
     encode = lambda rows: [encode_chat(model.tokenizer, r["messages"], settings.max_length) for r in rows]  # noqa: E731
     encoded = {k: encode(src.select) for k, src in pools.items()}
     losses = {k: mean_loss(model, rows) for k, rows in encoded.items()}
-    count = sum(1 for _n, row, _raw in read_jsonl(paths.choice_log) if row)
+    count = sum(1 for line in read_jsonl(paths.choice_log) if line.value)
     tried = trials.run_trials(model, policy, losses, count + 1, night_rows=lambda k: encode(pools[k].train),
                                 select_rows=encoded, settings=settings, restore=restore, say=say,
                                 steps=trial_steps) if losses else None
     choice = policy.choose(losses, count + 1) if losses else policies.Choice("none", "no source has data")
-    append_jsonl(paths.choice_log, [{"cycle_id": cycle_id, "run_type": spec, "candidate_losses": losses,
-                                     "chosen": choice.source, "reason": choice.reason,
-                                     "loss_regret": losses[choice.source] - min(losses.values()) if losses else None,
-                                     **({"trials": tried.as_dict()} if tried and tried.progress else {}),
-                                     "ts": now_iso()}])
+    append_jsonl(paths.choice_log, [ChoiceLine(
+        cycle_id=cycle_id, run_type=spec, candidate_losses=losses, chosen=choice.source, reason=choice.reason,
+        loss_regret=losses[choice.source] - min(losses.values()) if losses else None,
+        trials=Trials(**tried.as_dict()) if tried and tried.progress else None, ts=now_iso()).row()])
     anchors = [r for r in plan.train if is_distill(r)]
     share = lambda n: anchors[:min(len(anchors), math.ceil(distill_per_row * n))]  # noqa: E731
     if choice.source == "today":

@@ -16,6 +16,7 @@ from typing import Callable
 
 from circadian.core.fsutil import atomic_write_json
 from circadian.core.lock import holder
+from circadian.store.records import LiveStatus
 
 ACTIONS = ("pause", "resume", "stop", "skip")
 FLAGS = ("pause", "stop", "skip")
@@ -50,22 +51,22 @@ def status_path(control: Path) -> Path:
     return control / "status.json"
 
 
-def publish(control: Path, status: dict) -> None:
-    atomic_write_json(status_path(control), {**status, "pid": os.getpid(), "updated": time.time()})
+def publish(control: Path, status: LiveStatus) -> None:
+    """Write the running sleep's status, stamped with its pid and the time, atomically."""
+    fields = status.model_copy(update={"pid": os.getpid(), "updated": time.time()}).row()
+    atomic_write_json(status_path(control), {k: v for k, v in fields.items() if k not in ("running", "flags")})
 
 
-def read_status(control: Path) -> dict:
-    """Return the last published status, with `running` telling whether a sleep holds the lock now."""
+def read_status(control: Path) -> LiveStatus:
+    """Return the last published status, with `running` telling whether a sleep holds the lock now and
+    `flags` the control flags set."""
     try:
-        status = json.loads(status_path(control).read_text(encoding="utf-8"))
+        status = LiveStatus.model_validate(json.loads(status_path(control).read_text(encoding="utf-8")))
     except (OSError, ValueError):
-        status = {}
+        status = LiveStatus()
     owner = holder(control / "sleep.lock")
-    status["running"] = owner is not None
-    status["flags"] = sorted(active(control))
-    if owner is None and status.get("state") in ("running", "paused"):
-        status["state"] = "ended"  # the process died without saying so
-    return status
+    state = "ended" if owner is None and status.state in ("running", "paused") else status.state  # died silently
+    return status.model_copy(update={"running": owner is not None, "flags": sorted(active(control)), "state": state})
 
 
 class Stopped(Exception):

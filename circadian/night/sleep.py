@@ -1,150 +1,56 @@
-"""`circadian sleep`: one nightly cycle, setup -> train -> cleanup, each step logged.
+"""`circadian sleep`: one night, a recipe of named steps that `Sleep.run` takes in this order.
 
-1. take control/sleep.lock; note cycles a crash left unfinished; snapshot memories by byte offset
-2. select untrained turns + a replay sample; quarantine unreadable rows; redact; de-duplicate
-3. build question/answer rows from the day's facts (+ replay, imported conversations, general
-   self-distillation), split train / valid / probe wordings, write the dataset snapshot
-4. tokenize with every assistant turn as a target; validate the masks
-5. train from the current adapter, keeping the best validation checkpoint
-6. measure current and candidate on the same sets; 7. gate; 8. commit the version (CURRENT
-   replaced atomically when promoted), prune; 9. summary, report, one run_log line.
+1. prepare: take control/sleep.lock (in `run_sleep`), note cycles a crash left unfinished, snapshot the
+   memories by byte offset, select what the current adapter has not learned, quarantine unreadable
+   lines, ingest the inbox; a night with nothing new ends here ("nothing to learn");
+2. load: the model with the current adapter; the distill prompts not answered yet are answered by the
+   base model (cached per base model);
+3. build_dataset: the night's datasets (the day's facts in several wordings, replayed facts, imported
+   conversations, queued inbox datasets, distilled general rows), or the one source a policy picks;
+   the snapshot in the cycle folder; tokenized with every assistant turn a target, masks validated;
+4. measure_current: validation loss, recall, retention, capability and perplexity of the current
+   adapter;
+5. train: each dataset in turn from the current adapter, steered by `circadian ctl`, the best
+   validation step kept, learning evolution tracked;
+6. measure_candidate: the same measurements of the candidate;
+7. gate: promote it only if it learned something and broke nothing; a candidate that learned but
+   broke a bound is tried blended back toward the current adapter;
+8. commit: the version staged in adapters/.staging-<cycle>/ and renamed whole, the manifest written
+   last, CURRENT replaced (last) only when promoted; retention;
+9. report: summary.json, report.md and report.html, one run_log line.
 
-A crash at any point leaves CURRENT and the memories as they were: the candidate is staged in
-adapters/.staging-<cycle>/ and only renamed into place whole, CURRENT is replaced last.
+A crash at any point leaves CURRENT and the memories as they were.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import sys
 import time
 from dataclasses import asdict
 from datetime import datetime
-from pathlib import Path
 from typing import Callable
 
 from circadian import __version__
-from circadian.night import choice, control, dataset, distill, evaluate, evolution, gate, report
-from circadian.store import adapters, inbox, memories
-from circadian.backends import LoadRequest, select_backend
-from circadian.core.config import Config
-from circadian.core.errors import CircadianError
-from circadian.core.fsutil import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
-from circadian.core.lock import sleep_lock
+from circadian.backends import LoadRequest, TrainResult, select_backend
 from circadian.backends.resolve import resolve_model
-from circadian.core.paths import Paths
-from circadian.night.training import Stopped, train_datasets
 from circadian.backends.tokens import encode_chat, length_batches, padding_share, validate
 from circadian.core.clock import now_iso
+from circadian.core.config import Config
+from circadian.core.errors import CircadianError
+from circadian.core.fsutil import append_jsonl, atomic_write_json
+from circadian.core.lock import sleep_lock
+from circadian.core.paths import Paths
+from circadian.night import choice, control, dataset, distill, evaluate, evolution, gate, report
+from circadian.night.cycle import RUN_TYPE, Cycle, hold, new_cycle_id, quarantine_bad_lines, recover_interrupted
 from circadian.night.lineage import generator_of, is_distill
-
-RUN_TYPE = "nightly"
-HOLD_ENV = "CIRCADIAN_HOLD_AT"
-
-
-def hold(point: str) -> None:
-    """Crash-test hook: with CIRCADIAN_HOLD_AT=<point> the process says so on stderr and waits
-    there, so a test can SIGKILL it at exactly that moment. Points: every stage name, plus
-    commit:staged (weights written) and commit:renamed (version in place, CURRENT not yet)."""
-    if os.environ.get(HOLD_ENV) == point:
-        print(f"holding at {point}", file=sys.stderr, flush=True)
-        time.sleep(300)
-
-
-class Cycle:
-    """One cycle's folder, stage marker and step log."""
-
-    def __init__(self, paths: Paths, cycle_id: str, say: Callable[[str], None]):
-        self.paths = paths
-        self.id = cycle_id
-        self.dir = paths.runs / cycle_id
-        self.say_out = say
-        self.started = time.time()
-        self.timings: dict[str, float] = {}
-        self._stage: tuple[str, float] | None = None
-        self.status: dict = {"cycle_id": cycle_id, "state": "running", "started": time.time()}
-        self.trigger, self.night = "manual", None  # "scheduled" + the night's date for the nightly job
-
-    def create(self) -> "Cycle":
-        self.dir.mkdir(parents=True, exist_ok=False, mode=0o700)
-        return self
-
-    def say(self, message: str) -> None:
-        self.say_out(message)
-        append_jsonl(self.dir / "log.jsonl", [{"ts": now_iso(), "message": message}])
-
-    def stage(self, name: str) -> None:
-        now = time.time()
-        if self._stage:
-            self.timings[self._stage[0]] = round(now - self._stage[1], 2)
-        self._stage = (name, now)
-        atomic_write_json(self.dir / "state.json", {"cycle_id": self.id, "stage": name, "ts": now_iso()})
-        self.publish({"stage": name, **({"state": name} if name in ("done", "failed", "stopped") else {})})
-        hold(name)
-
-    def publish(self, fields: dict) -> None:
-        """Update control/status.json (what `ctl status`, `status` and the dashboard show)."""
-        self.status.update(fields)
-        control.publish(self.paths.control, self.status)
-
-    def write(self, name: str, rows: list[dict]) -> None:
-        atomic_write_text(self.dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def new_cycle_id(paths: Paths, now: datetime) -> str:
-    base = now.strftime("%Y%m%d-%H%M%S")
-    cycle_id, n = base, 1
-    while (paths.runs / cycle_id).exists():
-        n += 1
-        cycle_id = f"{base}-{n}"
-    return cycle_id
-
-
-def logged_cycles(paths: Paths) -> set[str]:
-    return {row["cycle_id"] for _n, row, _raw in read_jsonl(paths.run_log) if row and "cycle_id" in row}
-
-
-def recover_interrupted(paths: Paths, say: Callable[[str], None]) -> list[str]:
-    """Log cycles a crash left unfinished (one run_log line each) and remove staged candidates."""
-    recovered = []
-    done = logged_cycles(paths)
-    for state_file in sorted(paths.runs.glob("*/state.json")):
-        cycle_id = state_file.parent.name
-        if cycle_id in done:
-            continue
-        state = json.loads(state_file.read_text())
-        append_jsonl(paths.run_log, [{"cycle_id": cycle_id, "run_type": RUN_TYPE, "outcome": "interrupted",
-                                      "stage": state.get("stage"), "logged_at": now_iso(),
-                                      "note": "the process ended before the cycle finished; nothing was promoted"}])
-        recovered.append(cycle_id)
-        say(f"cycle {cycle_id} was interrupted during '{state.get('stage')}'; logged, nothing promoted")
-    for name in adapters.clean_staging(paths):
-        say(f"removed unfinished candidate {name}")
-    released = inbox.release_training(paths, "the cycle training it ended without a decision")
-    if released:
-        say(f"inbox datasets back in the queue: {', '.join(released)}")
-    return recovered
-
-
-def quarantine_bad_lines(paths: Paths, bad_lines: list[int], end: int) -> int:
-    """Copy unreadable memory lines to data/quarantine/memories.jsonl once each, with the reason."""
-    if not bad_lines:
-        return 0
-    target = paths.quarantine / "memories.jsonl"
-    known = {row.get("line") for _n, row, _raw in read_jsonl(target) if row}
-    raw_by_line = {n: raw for n, _row, raw in read_jsonl(paths.memories, end=end)}
-    rows = [{"line": n, "reason": "not a valid memory record (JSON object with id, ts and messages)",
-             "raw": raw_by_line.get(n, ""), "quarantined_at": now_iso()}
-            for n in bad_lines if n not in known]
-    if rows:
-        append_jsonl(target, rows)
-    return len(rows)
+from circadian.night.training import Stopped, train_datasets
+from circadian.store import adapters, inbox, memories
+from circadian.store.records import CycleSummary, RunLogLine, TrainBrief, TrainCallback, TrainEvent
+from circadian.store.records import SCHEMA_VERSION as RECORDS_VERSION
 
 
 def _tokenize(tokenizer, rows: list[dict], max_length: int, *, anchors: bool = False):
-    """Tokenize rows; with `anchors`, self-distillation replay rows become KL-to-base anchors."""
+    """Tokenize rows; with `anchors`, distilled general rows become KL-to-base anchors."""
     examples = []
     for row in rows:
         example = encode_chat(tokenizer, row["messages"], max_length)
@@ -154,7 +60,7 @@ def _tokenize(tokenizer, rows: list[dict], max_length: int, *, anchors: bool = F
 
 
 def prepare(paths: Paths, config: Config, say: Callable[[str], None], *, general=()):
-    """Steps 1-3 without side effects beyond the cycle folder: return (scan, selection, plan)."""
+    """Snapshot the memories and build the night's plan, writing nothing: return (scan, selection, plan)."""
     end = paths.memories.stat().st_size if paths.memories.exists() else 0
     scan = memories.scan(paths, end=end)
     say(f"snapshot: {len(scan.records)} turns up to byte {end}"
@@ -176,10 +82,308 @@ def _progress(console):
                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console, transient=False)
 
 
+def _say_on(console) -> Callable[[str], None]:
+    return lambda message: console.print(f"· {message}", highlight=False, markup=False, soft_wrap=True)
+
+
+class _Done(Exception):
+    """A step ended the night early (nothing to learn, every dataset skipped): its summary is the result."""
+
+    def __init__(self, summary: CycleSummary):
+        self.summary = summary
+
+
+class Sleep:
+    """One night's recipe: the state the steps share, and the steps in the order of the module docstring."""
+
+    def __init__(self, cycle: Cycle, paths: Paths, config: Config, console, on_event: TrainCallback | None = None):
+        self.cycle, self.paths, self.config, self.console, self.on_event = cycle, paths, config, console, on_event
+        self.say = cycle.say
+
+    def run(self) -> CycleSummary:
+        try:
+            self.prepare()
+            self.load()
+            self.build_dataset()
+            self.before = self.measure_current()
+            self.train()
+            self.after = self.measure_candidate()
+            self.gate()
+            self.commit()
+        except _Done as done:
+            return done.summary
+        return self.report()
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def prepare(self) -> None:
+        cycle, config = self.cycle, self.config
+        cycle.stage("snapshot")
+        self.say(f"cycle {cycle.id} starts")
+        self.scan, self.selection, self.plan = prepare(self.paths, config, self.say)
+        quarantined = quarantine_bad_lines(self.paths, self.scan.bad_lines, self.scan.end_offset)
+        if quarantined:
+            self.say(f"quarantined {quarantined} unreadable line(s) in data/quarantine/memories.jsonl")
+        for entry in inbox.ingest(self.paths, settle_seconds=config.sleep.inbox_settle_seconds):
+            self.say(f"inbox: {entry['priority']}/{entry['name']} -> {entry['id']}: {entry['rows']} rows, "
+                     f"{entry['quarantined']} quarantined, {entry['state']}")
+        self.queued = inbox.queued(self.paths)
+        if self.queued:
+            self.say(f"queue: {len(self.queued)} dataset(s) to train, {', '.join(e['id'] for e in self.queued)}")
+        if self.plan.new_material < max(1, config.sleep.min_new_facts) and not self.queued:
+            self.say("nothing to learn tonight")
+            raise _Done(finish(cycle, self.paths, CycleSummary(
+                cycle_id=cycle.id, outcome="nothing to learn", counts=self.plan.counts,
+                redactions=dict(self.plan.redactions))))
+
+    def load(self) -> None:
+        config, paths = self.config, self.paths
+        self.cycle.stage("load")
+        self.backend = select_backend(config.model.backend)
+        self.resolved = resolve_model(config.model, paths.models, say=self.say)
+        self.active = active = adapters.active_adapter(paths)
+        if active and active.manifest.backend != self.backend.name:
+            raise CircadianError(f"the current adapter {active.version} was trained with {active.manifest.backend}; "
+                                 f"this sleep runs {self.backend.name} (set model.backend, or `circadian rollback base`)")
+        self.say(f"loading {self.resolved.name} on {self.backend.name} with adapter "
+                 f"{active.version if active else 'none (base)'}")
+        self.start = (active.path, active.version) if active else (None, None)
+        self.model = self.backend.load(LoadRequest(self.resolved.name, self.resolved.path, config.model.device,
+                                                   config.model.dtype, config.model.quantize, *self.start))
+        cache = paths.models / "distill_cache"
+        wanted = dataset.distill_wanted(self.plan, config.sleep, len(distill.prompts()))
+        restore = (lambda: self.model.set_adapter(*self.start)) if active else (lambda: None)
+        with _progress(self.console) as progress:
+            task = progress.add_task("distill: general prompts",
+                                     total=distill.missing(cache, self.resolved.path, wanted), info="")
+            self.general = distill.distilled_rows(self.model, restore, cache, self.resolved.path, wanted,
+                                                  on_item=lambda: progress.advance(task))
+        self.say(f"distill: {len(self.general)} general prompts answered by the base model")
+
+    def build_dataset(self) -> None:
+        config, paths, cycle = self.config, self.paths, self.cycle
+        plan = dataset.build(self.selection, config.sleep, general=self.general, seed=config.train.seed)
+        if plan.new_material < max(1, config.sleep.min_new_facts):
+            plan.datasets[-1].train = []  # today has too little of its own; its general rows alone teach nothing
+        inbox_rows = {e["id"]: inbox.load_rows(paths, e) for e in self.queued}
+        self.plan = plan = dataset.add_inbox(plan, [(e, inbox_rows[e["id"]]) for e in self.queued], config.sleep)
+        self.datasets, self.choice = plan.datasets, None
+        if config.sleep.policy != "all":
+            self.choice, self.datasets = choice.choose(
+                paths, config.sleep.policy, self.model, config.train, cycle_id=cycle.id, selection=self.selection,
+                inbox_rows=[m for rows in inbox_rows.values() for m in rows], general=self.general,
+                region=config.sleep.redact_region, plan=plan, distill_per_row=config.sleep.distill_per_fact_row,
+                restore=lambda: self.model.set_adapter(*self.start),  # a trial trained: undo it, on the base too
+                say=self.say, trial_steps=config.sleep.trial_steps)
+            self.say(f"policy {config.sleep.policy}: chose {self.choice.choice.source} ({self.choice.choice.reason}); "
+                     "selection losses " + ", ".join(f"{k} {v:.3f}" for k, v in self.choice.losses.items()))
+        inbox.set_state(paths, [d.queue_id for d in self.datasets if d.queue_id], "training", cycle_id=cycle.id)
+
+        cycle.stage("dataset")
+        (cycle.dir / "dataset").mkdir()
+        for name, rows in (("train.jsonl", plan.train), ("valid.jsonl", plan.valid), ("probes.jsonl", plan.probes),
+                           ("retention_probes.jsonl", plan.retention_probes), ("facts.jsonl", plan.facts),
+                           ("replayed_facts.jsonl", plan.replayed_facts)):
+            cycle.write(f"dataset/{name}", [{k: v for k, v in r.items() if k != "lineage"} for r in rows])
+        cycle.write("dataset/lineage.jsonl", [{"split": split, "row": i, **row.get("lineage", {})}
+                                              for split, rows in (("train", plan.train), ("valid", plan.valid))
+                                              for i, row in enumerate(rows)])
+        self.say(f"dataset: {len(plan.train)} train rows, {len(plan.valid)} valid rows, {len(plan.probes)} recall "
+                 f"probes (sha256 {plan.sha256()[:12]})")
+
+        tokenizer, length = self.model.tokenizer, config.train.max_length
+        train_ex = _tokenize(tokenizer, plan.train, length, anchors=config.train.anchor_weight > 0)
+        valid_ex = _tokenize(tokenizer, plan.valid, length)
+        self.masks = validate(train_ex)
+        validate(valid_ex)
+        lengths = [len(e) for e in train_ex]
+        self.padding = padding_share(lengths, length_batches(lengths, config.train.batch_size, seed=0))
+        self.say(f"masks: {self.masks.targets} of {self.masks.tokens} tokens trained ({self.masks.target_ratio:.0%}); "
+                 f"padding with length batches {self.padding:.1%}")
+        self.capability = evaluate.load_capability()
+        self.measure_sets = dict(valid=valid_ex, probes=plan.probes, retention=plan.retention_probes,
+                                 capability=self.capability, general=evaluate.general_examples(tokenizer),
+                                 probe_tokens=config.sleep.probe_max_tokens,
+                                 capability_tokens=config.sleep.capability_max_tokens)
+
+    def measure(self, label: str) -> dict:
+        """Measure the model as it is now on the night's sets, with a progress bar; say the figures."""
+        questions = len(self.plan.probes) + len(self.plan.retention_probes) + len(self.capability)
+        with _progress(self.console) as progress:
+            task = progress.add_task(f"measuring {label}", total=questions, info="")
+            metrics = evaluate.measure(self.model, **self.measure_sets, on_item=lambda: progress.advance(task))
+        self.say(_figures(label, metrics))
+        return metrics
+
+    def measure_current(self) -> dict:
+        self.cycle.stage("eval_before")
+        return self.measure("current")
+
+    def train(self) -> None:
+        config, paths, cycle, plan = self.config, self.paths, self.cycle, self.plan
+        cycle.stage("train")
+        self.tracker = tracker = None
+        if config.sleep.track:
+            examples = evolution.tracked_sample(
+                evolution.probe_expected(plan.train, plan.probes + plan.retention_probes),
+                [r for d in self.datasets for r in d.train], config.sleep.track_sample, seed=config.train.seed)
+            self.tracker = tracker = evolution.Tracker(
+                self.model, examples, cycle.dir / "evolution", max_tokens=config.sleep.track_max_tokens,
+                budget=config.sleep.track_budget, max_length=config.train.max_length, min_steps=config.train.min_steps)
+            tracker.start()
+        tokenizer, length = self.model.tokenizer, config.train.max_length
+        self.night = night = train_datasets(
+            self.model, self.datasets, cycle_dir=cycle.dir, control=paths.control, say=self.say,
+            publish=cycle.publish,
+            tokenize=lambda rows, is_train: _tokenize(tokenizer, rows, length,
+                                                      anchors=is_train and config.train.anchor_weight > 0),
+            train_one=lambda m, t, v, cb: self._train_one(m, t, v, chain(cb, tracker.on_event if tracker else None,
+                                                                         self.on_event)),
+            on_skip=lambda skipped: inbox.set_state(paths, [skipped.queue_id] if skipped.queue_id else [], "skipped",
+                                                    cycle_id=cycle.id, reason="skipped by request"),
+            start=self.start)
+        if night.result is None:
+            self.say("every dataset was skipped; nothing to evaluate or commit")
+            inbox.release_training(paths, "nothing was trained")
+            raise _Done(finish(cycle, paths, CycleSummary(
+                cycle_id=cycle.id, outcome="skipped", counts=plan.counts, datasets=night.outcomes,
+                redactions=dict(plan.redactions))))
+        result = self.result = night.result
+        self.evolution = tracker.finish(result.steps) if tracker else None
+        if self.evolution:
+            counts, overhead = self.evolution["counts"], self.evolution["overhead"]
+            self.say(f"learning evolution: {counts['learned']} learned, {counts['struggling']} struggling, "
+                     f"{counts['not learned']} not learned; {overhead['snapshots']} snapshots cost "
+                     f"{overhead['share']:.0%} of the training time")
+        if self.choice:
+            chosen = self.choice
+            reward = sum(chosen.losses.values()) / len(chosen.losses) - chosen.mean_loss(self.model)
+            chosen.policy.update(chosen.choice.source, reward)
+            choice.save_policy(paths, chosen.policy)
+            self.say(f"learning progress on the selection splits: {reward:+.4f} (the policy's reward)")
+        self.say(f"trained {result.steps} steps ({result.stop_reason}); best step {result.best_step}, "
+                 f"{result.tokens_per_second:.0f} tokens/s, peak memory {result.peak_memory_mb:.0f} MB")
+
+    def _train_one(self, model, train_ex, valid_ex, on_event: TrainCallback) -> TrainResult:
+        """One backend training run, with a progress bar and every event appended to metrics.jsonl."""
+        metrics_path = self.cycle.dir / "metrics.jsonl"
+        with _progress(self.console) as progress:
+            task = progress.add_task("training", total=None, info="")
+
+            def callback(event: TrainEvent) -> str | None:
+                decision = on_event(event)  # may tag the event with its dataset, or pause
+                append_jsonl(metrics_path, [{**event, "ts": time.time(), "schema_version": RECORDS_VERSION}],
+                             lock=False)
+                info = [f"loss {event['train_loss']:.3f}" if "train_loss" in event else "",
+                        f"val {event['val_loss']:.3f}" if event.get("val_loss") is not None else "",
+                        f"{event['tokens_per_second']:.0f} tok/s" if "tokens_per_second" in event else "",
+                        f"{event['peak_memory_mb']:.0f} MB" if "peak_memory_mb" in event else ""]
+                progress.update(task, total=event.get("total_steps"), completed=event["iteration"],
+                                info=" · ".join(i for i in info if i))
+                return decision
+
+            return model.train(train_ex, valid_ex, self.config.train, callback)
+
+    def measure_candidate(self) -> dict:
+        self.cycle.stage("eval_after")
+        return self.measure("candidate")
+
+    def gate(self) -> None:
+        config, active = self.config, self.active
+        self.cycle.stage("gate")
+        self.base_ppl = (active.manifest.metrics.get("base_perplexity") if active else None) or \
+            (self.before["perplexity"] if not active else None)
+        decision = gate.decide(self.before, self.after, config.gate, self.base_ppl)
+        self.say(f"gate: {'PROMOTE' if decision.promote else 'REJECT'} ({'; '.join(decision.reasons)})")
+        self.decision, self.blend = decision, None
+        if decision.learned and not decision.safe and config.gate.fallback_scales \
+                and hasattr(self.model, "blend_adapter"):
+            self.after, self.decision, self.blend = self.blended_fallback(decision)
+
+    def blended_fallback(self, full_decision: gate.Decision):
+        """The candidate learned but broke a capability or perplexity bound: try it blended back toward
+        the adapter it started from (each of `gate.fallback_scales`, largest first) and keep the first
+        blend that passes the gate; if none does, restore the full candidate (kept as rejected).
+        Return (metrics, decision, record for the manifest)."""
+        self.cycle.stage("eval_blend")
+        start_path, full, scales = self.start[0], self.after, self.config.gate.fallback_scales
+        tried = []
+        for factor in scales:
+            self.model.blend_adapter(start_path, factor)
+            metrics = self.measure(f"candidate blended x{factor:g}")
+            decision = gate.decide(self.before, metrics, self.config.gate, self.base_ppl)
+            tried.append({"factor": factor, "metrics": evaluate.brief_metrics(metrics), "gate": decision.as_dict()})
+            self.say(f"gate, blend x{factor:g}: {'PROMOTE' if decision.promote else 'REJECT'} "
+                     f"({'; '.join(decision.reasons)})")
+            if decision.promote:
+                failed = [r for r in full_decision.reasons if "allowed" in r]
+                decision.reasons.insert(0, f"the full candidate broke a bound ({'; '.join(failed)}); promoted blended "
+                                           f"x{factor:g} toward {'the current adapter' if start_path else 'the base model'}")
+                return metrics, decision, {"factor": factor, "tried": tried, "full": evaluate.brief_metrics(full),
+                                           "full_gate": full_decision.as_dict()}
+        self.model.blend_adapter(start_path, 1.0)
+        full_decision.reasons.append(f"blends x{', x'.join(f'{f:g}' for f in scales)} failed the gate too")
+        return full, full_decision, {"factor": 1.0, "tried": tried, "full": evaluate.brief_metrics(full),
+                                     "full_gate": full_decision.as_dict()}
+
+    def commit(self) -> None:
+        paths, cycle, config, plan, result = self.paths, self.cycle, self.config, self.plan, self.result
+        active, decision = self.active, self.decision
+        cycle.stage("commit")
+        self.version = version = adapters.next_version(paths, datetime.now().astimezone())
+        staging = adapters.staging_dir(paths, cycle.id)
+        if staging.exists():
+            shutil.rmtree(staging)
+        weights = self.model.save_adapter(staging)
+        hold("commit:staged")
+        manifest = {
+            "version": version, "parent": active.version if active else None,
+            "created_at": now_iso(), "cycle_id": cycle.id, "backend": self.backend.name,
+            "base_model": {"name": self.resolved.name, "path": str(self.resolved.path),
+                           "revision": self.resolved.revision, "identity": distill.model_identity(self.resolved.path)},
+            "lora": {k: v for k, v in config.train.model_dump().items()
+                     if k in ("rank", "alpha", "dropout", "dora", "learning_rate", "batch_size", "max_length")},
+            "data": {**plan.counts, "sha256": plan.sha256(), "redactions": dict(plan.redactions),
+                     "sources": sorted({generator_of(row) or "?" for row in plan.train}),
+                     "snapshot": str(cycle.dir / "dataset"), "memories_end_offset": self.scan.end_offset},
+            "metrics": {"before": evaluate.brief_metrics(self.before), "after": evaluate.brief_metrics(self.after),
+                        "base_perplexity": self.base_ppl},
+            "gate": decision.as_dict(), **({"blend": self.blend} if self.blend else {}),
+            "timings": cycle.timings, "train": TrainBrief.model_validate(asdict(result)).row(),
+            "tokens_per_second": round(result.tokens_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb, 1),
+            "circadian_version": __version__, "weights": weights,
+        }
+        today_trained = any(o.name == "today" and o.state == "trained" for o in self.night.outcomes)
+        adapters.commit(paths, staging, manifest, plan.trained_ids if decision.promote and today_trained else [])
+        hold("commit:renamed")
+        if decision.promote:
+            inbox.set_state(paths, self.night.ids("trained"), "done", cycle_id=cycle.id, reason=f"learned in {version}")
+            adapters.set_current(paths, version, reason=f"promoted by cycle {cycle.id}")
+            self.say(f"promoted {version}; it answers from the next chat turn")
+        else:
+            inbox.set_state(paths, self.night.ids("trained"), "queued", cycle_id=cycle.id, retry=True,
+                            reason=f"the candidate {version} was rejected")
+            self.say(f"kept {version} as rejected; {active.version if active else 'the base model'} stays current")
+        for gone in adapters.prune(paths, config.store.keep):
+            self.say(f"retention: deleted {gone}")
+
+    def report(self) -> CycleSummary:
+        plan = self.plan
+        return finish(self.cycle, self.paths, CycleSummary(
+            cycle_id=self.cycle.id, outcome="promoted" if self.decision.promote else "rejected",
+            version=self.version, parent=self.active.version if self.active else None, backend=self.backend.name,
+            model=self.resolved.name, counts=plan.counts, redactions=dict(plan.redactions),
+            dataset_sha256=plan.sha256(), masks=asdict(self.masks) | {"target_ratio": self.masks.target_ratio},
+            padding_share=self.padding, train=TrainBrief.model_validate(asdict(self.result)), before=self.before,
+            after=self.after, gate=self.decision.as_dict(), blend=self.blend, facts=plan.facts,
+            base_perplexity=self.base_ppl, datasets=self.night.outcomes,
+            chosen=self.choice.choice.source if self.choice else None,
+            policy=self.config.sleep.policy if self.choice else None, evolution=self.evolution))
+
+
 def run_sleep(paths: Paths, config: Config, *, console=None, now: datetime | None = None,
-              on_event: Callable[[dict], str | None] | None = None, trigger: str = "manual",
-              night: str | None = None) -> dict:
-    """Run one cycle; return its summary (also written to data/runs/<cycle>/summary.json).
+              on_event: TrainCallback | None = None, trigger: str = "manual", night: str | None = None) -> CycleSummary:
+    """Run one night; return its summary (also written to data/runs/<cycle>/summary.json).
 
     Raise CircadianError for user errors (locked, model missing, bad data).
     """
@@ -187,283 +391,29 @@ def run_sleep(paths: Paths, config: Config, *, console=None, now: datetime | Non
 
     console = console or Console()
     paths.ensure()
-    now = now or datetime.now().astimezone()
-    say_console = lambda m: console.print(f"· {m}", highlight=False, markup=False, soft_wrap=True)  # noqa: E731
-    cycle_id = new_cycle_id(paths, now)
+    say = _say_on(console)
+    cycle_id = new_cycle_id(paths, now or datetime.now().astimezone())
     with sleep_lock(paths.control / "sleep.lock", cycle_id):
-        recover_interrupted(paths, say_console)
+        recover_interrupted(paths, say)
         stale = control.active(paths.control)
         if stale:
             control.clear(paths.control)
-            say_console(f"cleared control flags left from before this sleep: {', '.join(sorted(stale))}")
-        cycle = Cycle(paths, cycle_id, say_console).create()
-        cycle.trigger, cycle.night = trigger, night
+            say(f"cleared control flags left from before this sleep: {', '.join(sorted(stale))}")
+        cycle = Cycle(paths, cycle_id, say, trigger=trigger, night=night).create()
         try:
-            return _run(cycle, paths, config, console, on_event)
+            return Sleep(cycle, paths, config, console, on_event).run()
         except Stopped as exc:
             control.clear(paths.control)
             inbox.release_training(paths, "the sleep was stopped")
             cycle.say(f"{exc}; nothing was promoted, {adapters.current_version(paths) or 'the base model'} stays current")
-            summary = _finish(cycle, paths, {"outcome": "stopped", "reason": str(exc)}, final_stage="stopped")
-            return summary
+            return finish(cycle, paths, CycleSummary(cycle_id=cycle.id, outcome="stopped", reason=str(exc)),
+                          final_stage="stopped")
         except Exception as exc:  # Ctrl-C / SIGKILL: the next sleep logs the cycle as interrupted
-            append_jsonl(paths.run_log, [{"cycle_id": cycle.id, "run_type": RUN_TYPE, "trigger": trigger,
-                                          "night": night, "outcome": "failed", "error": str(exc)[:500], "logged_at": now_iso()}])
+            append_jsonl(paths.run_log, [RunLogLine(cycle_id=cycle.id, run_type=RUN_TYPE, trigger=trigger, night=night,
+                                                    outcome="failed", error=str(exc)[:500], logged_at=now_iso()).row()])
             inbox.release_training(paths, f"the sleep failed: {str(exc)[:200]}")
             cycle.stage("failed")
             raise
-
-
-def _run(cycle: Cycle, paths: Paths, config: Config, console, on_event) -> dict:
-    cycle.stage("snapshot")
-    cycle.say(f"cycle {cycle.id} starts")
-    scan, selection, plan = prepare(paths, config, cycle.say)
-    quarantined = quarantine_bad_lines(paths, scan.bad_lines, scan.end_offset)
-    if quarantined:
-        cycle.say(f"quarantined {quarantined} unreadable line(s) in data/quarantine/memories.jsonl")
-    for entry in inbox.ingest(paths, settle_seconds=config.sleep.inbox_settle_seconds):
-        cycle.say(f"inbox: {entry['priority']}/{entry['name']} -> {entry['id']}: {entry['rows']} rows, "
-                  f"{entry['quarantined']} quarantined, {entry['state']}")
-    queued = inbox.queued(paths)
-    if queued:
-        cycle.say(f"queue: {len(queued)} dataset(s) to train, {', '.join(e['id'] for e in queued)}")
-    if plan.new_material < max(1, config.sleep.min_new_facts) and not queued:
-        cycle.say("nothing to learn tonight")
-        return _finish(cycle, paths, {"outcome": "nothing to learn", "counts": plan.counts,
-                                      "redactions": dict(plan.redactions)})
-
-    cycle.stage("load")
-    backend = select_backend(config.model.backend)
-    resolved = resolve_model(config.model, paths.models, say=cycle.say)
-    active = adapters.active_adapter(paths)
-    if active and active.manifest.backend != backend.name:
-        raise CircadianError(f"the current adapter {active.version} was trained with {active.manifest.backend}; "
-                             f"this sleep runs {backend.name} (set model.backend, or `circadian rollback base`)")
-    cycle.say(f"loading {resolved.name} on {backend.name} with adapter {active.version if active else 'none (base)'}")
-    model = backend.load(LoadRequest(resolved.name, resolved.path, config.model.device, config.model.dtype,
-                                     config.model.quantize, active.path if active else None,
-                                     active.version if active else None))
-    start = (active.path, active.version) if active else (None, None)
-    restore = lambda: model.set_adapter(*start) if active else None  # noqa: E731  (nothing to undo on the base)
-    cache = paths.models / "distill_cache"
-    wanted = dataset.distill_wanted(plan, config.sleep, len(distill.prompts()))
-    with _progress(console) as progress:
-        task = progress.add_task("distill: general prompts", total=distill.missing(cache, resolved.path, wanted), info="")
-        general = distill.distilled_rows(model, restore, cache, resolved.path, wanted,
-                                      on_item=lambda: progress.advance(task))
-    cycle.say(f"distill: {len(general)} general prompts answered by the base model")
-    plan = dataset.build(selection, config.sleep, general=general, seed=config.train.seed)
-    if plan.new_material < max(1, config.sleep.min_new_facts):
-        plan.datasets[-1].train = []  # today has too little of its own; its general rows alone teach nothing
-    inbox_rows = {e["id"]: inbox.load_rows(paths, e) for e in queued}
-    plan = dataset.add_inbox(plan, [(e, inbox_rows[e["id"]]) for e in queued], config.sleep)
-    datasets, night_choice = plan.datasets, None
-    if config.sleep.policy != "all":
-        night_choice, datasets = choice.choose(
-            paths, config.sleep.policy, model, config.train, cycle_id=cycle.id, selection=selection,
-            inbox_rows=[m for rows in inbox_rows.values() for m in rows], general=general,
-            region=config.sleep.redact_region, plan=plan, distill_per_row=config.sleep.distill_per_fact_row,
-            restore=lambda: model.set_adapter(*start),  # a trial trained: undo it, on the base too
-            say=cycle.say, trial_steps=config.sleep.trial_steps)
-        cycle.say(f"policy {config.sleep.policy}: chose {night_choice.choice.source} ({night_choice.choice.reason}); "
-                  "selection losses " + ", ".join(f"{k} {v:.3f}" for k, v in night_choice.losses.items()))
-    inbox.set_state(paths, [u.queue_id for u in datasets if u.queue_id], "training", cycle_id=cycle.id)
-
-    cycle.stage("dataset")
-    snapshot = cycle.dir / "dataset"
-    snapshot.mkdir()
-    for name, rows in (("train.jsonl", plan.train), ("valid.jsonl", plan.valid), ("probes.jsonl", plan.probes),
-                       ("retention_probes.jsonl", plan.retention_probes), ("facts.jsonl", plan.facts),
-                       ("replayed_facts.jsonl", plan.replayed_facts)):
-        cycle.write(f"dataset/{name}", [{k: v for k, v in r.items() if k != "lineage"} for r in rows])
-    cycle.write("dataset/lineage.jsonl", [{"split": split, "row": i, **row.get("lineage", {})}
-                                          for split, rows in (("train", plan.train), ("valid", plan.valid))
-                                          for i, row in enumerate(rows)])
-    cycle.say(f"dataset: {len(plan.train)} train rows, {len(plan.valid)} valid rows, {len(plan.probes)} recall probes "
-              f"(sha256 {plan.sha256()[:12]})")
-
-    tokenizer = model.tokenizer
-    train_ex = _tokenize(tokenizer, plan.train, config.train.max_length, anchors=config.train.anchor_weight > 0)
-    valid_ex = _tokenize(tokenizer, plan.valid, config.train.max_length)
-    masks = validate(train_ex)
-    validate(valid_ex)
-    lengths = [len(e) for e in train_ex]
-    padding = padding_share(lengths, length_batches(lengths, config.train.batch_size, seed=0))
-    cycle.say(f"masks: {masks.targets} of {masks.tokens} tokens trained ({masks.target_ratio:.0%}); "
-              f"padding with length batches {padding:.1%}")
-
-    capability = evaluate.load_capability()
-    general_ex = evaluate.general_examples(tokenizer)
-    measure_kwargs = dict(valid=valid_ex, probes=plan.probes, retention=plan.retention_probes, capability=capability,
-                          general=general_ex, probe_tokens=config.sleep.probe_max_tokens,
-                          capability_tokens=config.sleep.capability_max_tokens)
-    n_questions = len(plan.probes) + len(plan.retention_probes) + len(capability)
-
-    def measured(label: str) -> dict:
-        with _progress(console) as progress:
-            task = progress.add_task(f"measuring {label}", total=n_questions, info="")
-            metrics = evaluate.measure(model, **measure_kwargs, on_item=lambda: progress.advance(task))
-        cycle.say(_figures(label, metrics))
-        return metrics
-
-    cycle.stage("eval_before")
-    before = measured("current")
-
-    cycle.stage("train")
-    tracker = None
-    if config.sleep.track:
-        examples = evolution.tracked_sample(
-            evolution.probe_expected(plan.train, plan.probes + plan.retention_probes),
-            [r for u in datasets for r in u.train], config.sleep.track_sample, seed=config.train.seed)
-        tracker = evolution.Tracker(model, examples, cycle.dir / "evolution", max_tokens=config.sleep.track_max_tokens,
-                                    budget=config.sleep.track_budget, max_length=config.train.max_length,
-                                    min_steps=config.train.min_steps)
-        tracker.start()
-    night = train_datasets(
-        model, datasets, cycle_dir=cycle.dir, control=paths.control, say=cycle.say, publish=cycle.publish,
-        tokenize=lambda rows, is_train: _tokenize(tokenizer, rows, config.train.max_length,
-                                                  anchors=is_train and config.train.anchor_weight > 0),
-        train_one=lambda m, t, v, cb: _train(cycle, m, t, v, config, console,
-                                             _chain(cb, tracker.on_event if tracker else None, on_event)),
-        on_skip=lambda dataset: inbox.set_state(paths, [dataset.queue_id] if dataset.queue_id else [], "skipped",
-                                             cycle_id=cycle.id, reason="skipped by request"),
-        start=start)
-    if night.result is None:
-        cycle.say("every dataset was skipped; nothing to evaluate or commit")
-        inbox.release_training(paths, "nothing was trained")
-        return _finish(cycle, paths, {"outcome": "skipped", "counts": plan.counts,
-                                      "datasets": [o.as_dict() for o in night.outcomes],
-                                      "redactions": dict(plan.redactions)})
-    result = night.result
-    evolution_brief = tracker.finish(result.steps) if tracker else None
-    if evolution_brief:
-        counts, overhead = evolution_brief["counts"], evolution_brief["overhead"]
-        cycle.say(f"learning evolution: {counts['learned']} learned, {counts['struggling']} struggling, "
-                  f"{counts['not learned']} not learned; {overhead['snapshots']} snapshots cost "
-                  f"{overhead['share']:.0%} of the training time")
-    if night_choice:
-        reward = sum(night_choice.losses.values()) / len(night_choice.losses) - night_choice.mean_loss(model)
-        night_choice.policy.update(night_choice.choice.source, reward)
-        choice.save_policy(paths, night_choice.policy)
-        cycle.say(f"learning progress on the selection splits: {reward:+.4f} (the policy's reward)")
-    cycle.say(f"trained {result.steps} steps ({result.stop_reason}); best step {result.best_step}, "
-              f"{result.tokens_per_second:.0f} tokens/s, peak memory {result.peak_memory_mb:.0f} MB")
-
-    cycle.stage("eval_after")
-    after = measured("candidate")
-
-    cycle.stage("gate")
-    base_ppl = (active.manifest.metrics.get("base_perplexity") if active else None) or \
-        (before["perplexity"] if not active else None)
-    decision = gate.decide(before, after, config.gate, base_ppl)
-    cycle.say(f"gate: {'PROMOTE' if decision.promote else 'REJECT'} ({'; '.join(decision.reasons)})")
-    blend = None
-    if decision.learned and not decision.safe and config.gate.fallback_scales and hasattr(model, "blend_adapter"):
-        after, decision, blend = _blended_fallback(cycle, model, start[0], before, after, decision, measured,
-                                                   config, base_ppl)
-
-    cycle.stage("commit")
-    version = adapters.next_version(paths, datetime.now().astimezone())
-    staging = adapters.staging_dir(paths, cycle.id)
-    if staging.exists():
-        shutil.rmtree(staging)
-    weights = model.save_adapter(staging)
-    hold("commit:staged")
-    manifest = {
-        "version": version, "parent": active.version if active else None,
-        "created_at": now_iso(), "cycle_id": cycle.id, "backend": backend.name,
-        "base_model": {"name": resolved.name, "path": str(resolved.path), "revision": resolved.revision,
-                       "identity": distill.model_identity(resolved.path)},
-        "lora": {k: v for k, v in config.train.model_dump().items()
-                 if k in ("rank", "alpha", "dropout", "dora", "learning_rate", "batch_size", "max_length")},
-        "data": {**plan.counts, "sha256": plan.sha256(), "redactions": dict(plan.redactions),
-                 "sources": sorted({generator_of(row) or "?" for row in plan.train}),
-                 "snapshot": str(cycle.dir / "dataset"), "memories_end_offset": scan.end_offset},
-        "metrics": {"before": evaluate.brief_metrics(before), "after": evaluate.brief_metrics(after), "base_perplexity": base_ppl},
-        "gate": decision.as_dict(), **({"blend": blend} if blend else {}),
-        "timings": cycle.timings, "train": _train_brief(result),
-        "tokens_per_second": round(result.tokens_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb, 1),
-        "circadian_version": __version__, "weights": weights,
-    }
-    today_trained = any(o.name == "today" and o.state == "trained" for o in night.outcomes)
-    adapters.commit(paths, staging, manifest, plan.trained_ids if decision.promote and today_trained else [])
-    hold("commit:renamed")
-    if decision.promote:
-        inbox.set_state(paths, night.ids("trained"), "done", cycle_id=cycle.id, reason=f"learned in {version}")
-        adapters.set_current(paths, version, reason=f"promoted by cycle {cycle.id}")
-        cycle.say(f"promoted {version}; it answers from the next chat turn")
-    else:
-        inbox.set_state(paths, night.ids("trained"), "queued", cycle_id=cycle.id, retry=True,
-                        reason=f"the candidate {version} was rejected")
-        cycle.say(f"kept {version} as rejected; {active.version if active else 'the base model'} stays current")
-    for gone in adapters.prune(paths, config.store.keep):
-        cycle.say(f"retention: deleted {gone}")
-
-    return _finish(cycle, paths, {
-        "outcome": "promoted" if decision.promote else "rejected", "version": version,
-        "parent": active.version if active else None, "backend": backend.name, "model": resolved.name,
-        "counts": plan.counts, "redactions": dict(plan.redactions), "dataset_sha256": plan.sha256(),
-        "masks": asdict(masks) | {"target_ratio": masks.target_ratio}, "padding_share": padding,
-        "train": _train_brief(result), "before": before, "after": after, "gate": decision.as_dict(),
-        **({"blend": blend} if blend else {}),
-        "facts": plan.facts, "base_perplexity": base_ppl, "datasets": [o.as_dict() for o in night.outcomes],
-        **({"chosen": night_choice.choice.source, "policy": config.sleep.policy} if night_choice else {}),
-        **({"evolution": evolution_brief} if evolution_brief else {}),
-    })
-
-
-def _blended_fallback(cycle: Cycle, model, start_path, before: dict, full: dict, full_decision, measured,
-                      config: Config, base_ppl):
-    """The candidate learned but broke a capability or perplexity bound: try it blended back toward
-    the adapter it started from (each of `gate.fallback_scales`, largest first) and keep the first
-    blend that passes the gate; if none does, restore the full candidate (kept as rejected).
-    Return (metrics, decision, record for the manifest)."""
-    cycle.stage("eval_blend")
-    tried = []
-    for factor in config.gate.fallback_scales:
-        model.blend_adapter(start_path, factor)
-        metrics = measured(f"candidate blended x{factor:g}")
-        decision = gate.decide(before, metrics, config.gate, base_ppl)
-        tried.append({"factor": factor, "metrics": evaluate.brief_metrics(metrics), "gate": decision.as_dict()})
-        cycle.say(f"gate, blend x{factor:g}: {'PROMOTE' if decision.promote else 'REJECT'} "
-                  f"({'; '.join(decision.reasons)})")
-        if decision.promote:
-            failed = [r for r in full_decision.reasons if "allowed" in r]
-            decision.reasons.insert(0, f"the full candidate broke a bound ({'; '.join(failed)}); promoted blended "
-                                       f"x{factor:g} toward {'the current adapter' if start_path else 'the base model'}")
-            return metrics, decision, {"factor": factor, "tried": tried, "full": evaluate.brief_metrics(full),
-                                       "full_gate": full_decision.as_dict()}
-    model.blend_adapter(start_path, 1.0)
-    full_decision.reasons.append(f"blends x{', x'.join(f'{f:g}' for f in config.gate.fallback_scales)} "
-                                 "failed the gate too")
-    return full, full_decision, {"factor": 1.0, "tried": tried, "full": evaluate.brief_metrics(full),
-                                 "full_gate": full_decision.as_dict()}
-
-
-def _train(cycle: Cycle, model, train_ex, valid_ex, config: Config, console, on_event):
-    metrics_path = cycle.dir / "metrics.jsonl"
-    with _progress(console) as progress:
-        task = progress.add_task("training", total=None, info="")
-
-        def callback(event: dict) -> str | None:
-            decision = on_event(event) if on_event else None  # may tag the event with its dataset, or pause
-            append_jsonl(metrics_path, [{**event, "ts": time.time()}], lock=False)
-            info = [f"loss {event['train_loss']:.3f}" if "train_loss" in event else "",
-                    f"val {event['val_loss']:.3f}" if event.get("val_loss") is not None else "",
-                    f"{event['tokens_per_second']:.0f} tok/s" if "tokens_per_second" in event else "",
-                    f"{event['peak_memory_mb']:.0f} MB" if "peak_memory_mb" in event else ""]
-            progress.update(task, total=event.get("total_steps"), completed=event["iteration"],
-                            info=" · ".join(i for i in info if i))
-            return decision
-
-        return model.train(train_ex, valid_ex, config.train, callback)
-
-
-def _train_brief(result) -> dict:
-    return {"steps": result.steps, "best_step": result.best_step, "stop_reason": result.stop_reason,
-            "initial_val_loss": result.initial_val_loss, "best_val_loss": result.best_val_loss,
-            "trained_tokens": result.trained_tokens, "tokens_per_second": result.tokens_per_second,
-            "train_seconds": result.train_seconds, "peak_memory_mb": result.peak_memory_mb}
 
 
 def _figures(label: str, metrics: dict) -> str:
@@ -474,51 +424,47 @@ def _figures(label: str, metrics: dict) -> str:
             f"val loss {fmt(brief['val_loss'], '.3f')}")
 
 
-def _chain(*callbacks: Callable | None) -> Callable:
+def chain(*callbacks: TrainCallback | None) -> TrainCallback:
     """Return a callback asking each callback in turn; the first decision ("stop") wins."""
-    def callback(event: dict) -> str | None:
+    def callback(event: TrainEvent) -> str | None:
         decisions = [c(event) for c in callbacks if c is not None]
         return next((d for d in decisions if d), None)
     return callback
 
 
-def _finish(cycle: Cycle, paths: Paths, figures: dict, final_stage: str = "done") -> dict:
+def finish(cycle: Cycle, paths: Paths, summary: CycleSummary, final_stage: str = "done") -> CycleSummary:
+    """The last step of every night, however it ended: summary.json, the report, one run_log line."""
     cycle.stage("report")
-    summary = {"cycle_id": cycle.id, "run_type": RUN_TYPE, "trigger": cycle.trigger, "started": datetime.fromtimestamp(cycle.started).astimezone()
-               .isoformat(timespec="seconds"), "ended": now_iso(),
-               "seconds": round(time.time() - cycle.started, 1), "timings": cycle.timings,
-               "circadian_version": __version__, **figures}
-    atomic_write_json(cycle.dir / "summary.json", summary)
+    summary = summary.model_copy(update={
+        "run_type": RUN_TYPE, "trigger": cycle.trigger, "started": cycle.started_iso, "ended": now_iso(),
+        "seconds": round(time.time() - cycle.started, 1), "timings": cycle.timings,
+        "circadian_version": __version__})
+    atomic_write_json(cycle.dir / "summary.json", summary.row())
     try:
         report.write_reports(cycle.dir)
     except Exception as exc:  # the cycle's outcome stands; the report can be rendered again later
         cycle.say(f"the report could not be rendered ({exc}); `circadian report {cycle.id}` retries")
-    line = {k: summary.get(k) for k in ("cycle_id", "run_type", "trigger", "started", "ended", "seconds", "outcome", "version",
-                                        "parent", "backend", "model")}
-    if summary.get("chosen"):
-        line.update(chosen=summary["chosen"], run_type=summary["policy"])
-    if "before" in summary:
-        line["before"] = evaluate.brief_metrics(summary["before"])
-        line["after"] = evaluate.brief_metrics(summary["after"])
-        line["train"] = {k: summary["train"][k] for k in ("steps", "best_step", "tokens_per_second", "peak_memory_mb")}
-    line["counts"] = summary.get("counts", {})
-    if summary.get("datasets"):
-        line["datasets"] = summary["datasets"]
-    if cycle.night:
-        line["night"] = cycle.night
-    append_jsonl(paths.run_log, [line])
+    train = summary.train
+    line = RunLogLine(
+        cycle_id=summary.cycle_id, run_type=summary.policy if summary.chosen else RUN_TYPE, trigger=summary.trigger,
+        night=cycle.night, started=summary.started, ended=summary.ended, seconds=summary.seconds,
+        outcome=summary.outcome, version=summary.version, parent=summary.parent, backend=summary.backend,
+        model=summary.model, chosen=summary.chosen, counts=summary.counts, datasets=summary.datasets,
+        before=summary.before.brief() if summary.before else None,
+        after=summary.after.brief() if summary.after else None,
+        train=TrainBrief(steps=train.steps, best_step=train.best_step, tokens_per_second=train.tokens_per_second,
+                         peak_memory_mb=train.peak_memory_mb) if train else None)
+    append_jsonl(paths.run_log, [line.row()])
     cycle.stage(final_stage)
-    cycle.say(f"cycle {cycle.id}: {summary['outcome']} in {summary['seconds']:.0f} s; "
-              f"report: {cycle.dir / 'report.md'}")
+    cycle.say(f"cycle {cycle.id}: {summary.outcome} in {summary.seconds:.0f} s; report: {cycle.dir / 'report.md'}")
     return summary
 
 
 def dry_run(paths: Paths, config: Config, console=None) -> dict:
-    """Steps 1-4 with nothing written: what tonight would train."""
+    """Steps 1-3 with nothing written: what tonight would train."""
     from rich.console import Console
 
-    console = console or Console()
-    say = lambda m: console.print(f"· {m}", highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+    say = _say_on(console or Console())
     resolved = resolve_model(config.model, paths.models, say=say)
     _scan, selection, plan = prepare(paths, config, say)
     wanted = dataset.distill_wanted(plan, config.sleep, len(distill.prompts()))

@@ -20,22 +20,7 @@ from typing import Callable
 
 from circadian.backends import TrainResult
 from circadian.night.control import Steering, Stopped
-
-
-@dataclass
-class DatasetOutcome:
-    """What happened to one dataset tonight."""
-
-    name: str
-    queue_id: str | None
-    state: str  # trained | skipped | empty
-    steps: int = 0
-    best_step: int = 0
-    stop_reason: str = ""
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "queue_id": self.queue_id, "state": self.state, "steps": self.steps,
-                "best_step": self.best_step, "stop_reason": self.stop_reason}
+from circadian.store.records import DatasetOutcome
 
 
 @dataclass
@@ -77,7 +62,7 @@ def train_datasets(model, datasets: list, *, tokenize: Callable[[list, bool], li
     offset = 0
     for index, dataset in enumerate(datasets):
         if not dataset.train:
-            outcomes.append(DatasetOutcome(dataset.name, dataset.queue_id, "empty"))
+            outcomes.append(DatasetOutcome(name=dataset.name, queue_id=dataset.queue_id, state="empty"))
             continue
         say(f"training dataset {index + 1}/{len(datasets)}: {dataset.name} ({len(dataset.train)} rows)")
         train_ex, valid_ex = tokenize(dataset.train, True), tokenize(dataset.valid, False)
@@ -115,13 +100,14 @@ def train_datasets(model, datasets: list, *, tokenize: Callable[[list, bool], li
         if state["decision"] == "skip":
             model.set_adapter(*position)
             say(f"skipped {dataset.name} at step {result.steps}; its training is undone")
-            outcomes.append(DatasetOutcome(dataset.name, dataset.queue_id, "skipped", result.steps, 0, "skipped by request"))
+            outcomes.append(DatasetOutcome(name=dataset.name, queue_id=dataset.queue_id, state="skipped",
+                                           steps=result.steps, stop_reason="skipped by request"))
             on_skip(dataset)
             continue
         results.append(result)
         offset += result.steps
-        outcomes.append(DatasetOutcome(dataset.name, dataset.queue_id, "trained", result.steps, result.best_step,
-                                    result.stop_reason))
+        outcomes.append(DatasetOutcome(name=dataset.name, queue_id=dataset.queue_id, state="trained",
+                                       steps=result.steps, best_step=result.best_step, stop_reason=result.stop_reason))
         if any(u.train for u in datasets[index + 1:]):  # the next dataset continues from this one
             folder = cycle_dir / "phases" / f"{index + 1:02d}"
             model.save_adapter(folder)

@@ -21,9 +21,9 @@ from typing import Callable
 
 from circadian.core.config import Config
 from circadian.core.errors import CircadianError
-from circadian.core.fsutil import atomic_write_json, read_jsonl
 from circadian.core.lock import active_sessions, holder
 from circadian.core.paths import Paths
+from circadian.store.records import CycleSummary, Measurement, RunLogLine, read_all
 
 UNFINISHED = ("failed", "interrupted")
 
@@ -45,13 +45,10 @@ def log_line(paths: Paths, message: str) -> str:
     return line
 
 
-def ran_tonight(paths: Paths, night: date) -> dict | None:
+def ran_tonight(paths: Paths, night: date) -> RunLogLine | None:
     """Return tonight's finished scheduled run_log line, if there is one."""
-    for _n, row, _raw in read_jsonl(paths.run_log):
-        if row and row.get("trigger") == "scheduled" and row.get("night") == night.isoformat() \
-                and row.get("outcome") not in UNFINISHED:
-            return row
-    return None
+    return next((line for line in read_all(paths.run_log, RunLogLine) if line.trigger == "scheduled"
+                 and line.night == night.isoformat() and line.outcome not in UNFINISHED), None)
 
 
 def notify(message: str, *, enabled: bool = True) -> str:
@@ -67,15 +64,13 @@ def notify(message: str, *, enabled: bool = True) -> str:
     return "log"
 
 
-def outcome_line(summary: dict) -> str:
+def outcome_line(summary: CycleSummary) -> str:
     """One line for the morning: what the night did."""
-    outcome = summary.get("outcome", "?")
-    if outcome in ("promoted", "rejected"):
-        b, a = summary.get("before", {}), summary.get("after", {})
-        recall = lambda m: (m.get("recall") or {}).get("score")  # noqa: E731
-        figures = f"recall {recall(b) or 0:.0%} -> {recall(a) or 0:.0%}" if recall(a) is not None else ""
-        return f"night {summary['cycle_id']}: {outcome} {summary.get('version')}" + (f" ({figures})" if figures else "")
-    return f"night {summary.get('cycle_id', '?')}: {outcome}"
+    if summary.outcome in ("promoted", "rejected"):
+        b, a = (summary.before or Measurement()).recall.score, (summary.after or Measurement()).recall.score
+        figures = f" (recall {b or 0:.0%} -> {a:.0%})" if a is not None else ""
+        return f"night {summary.cycle_id}: {summary.outcome} {summary.version}{figures}"
+    return f"night {summary.cycle_id}: {summary.outcome}"
 
 
 def run_scheduled(paths: Paths, config: Config, *, console=None, now: Callable[[], datetime] | None = None) -> dict:
@@ -86,11 +81,11 @@ def run_scheduled(paths: Paths, config: Config, *, console=None, now: Callable[[
     night = night_of(clock())
     done = ran_tonight(paths, night)
     if done:
-        line = log_line(paths, f"night {night}: already ran (cycle {done.get('cycle_id')}, {done.get('outcome')}); nothing to do")
+        line = log_line(paths, f"night {night}: already ran (cycle {done.cycle_id}, {done.outcome}); nothing to do")
         return {"ran": False, "line": line}
     running = holder(paths.control / "sleep.lock")
     if running:
-        line = log_line(paths, f"night {night}: a sleep is already running (pid {running.get('pid')}); nothing to do")
+        line = log_line(paths, f"night {night}: a sleep is already running (pid {running.get('pid', '?')}); nothing to do")
         return {"ran": False, "line": line}
     deadline = time.monotonic() + config.schedule.chat_wait_minutes * 60
     open_chats = active_sessions(paths.control)

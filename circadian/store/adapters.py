@@ -19,40 +19,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from circadian.core.errors import CircadianError
 from circadian.core.fsutil import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, sha256_file
 from circadian.core.paths import Paths
+from circadian.store.records import SCHEMA_VERSION, AdapterManifest
 
 MANIFEST = "manifest.json"
 TRAINED_IDS = "trained_ids.json"
-SCHEMA_VERSION = 1
 _VERSION_RE = re.compile(r"^v(\d{4,})-\d{8}-\d{6}$")
-
-
-class AdapterManifest(BaseModel):
-    """manifest.json as read back; unknown keys (from newer writers) are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    schema_version: int = SCHEMA_VERSION
-    version: str
-    parent: str | None = None
-    created_at: str = ""
-    cycle_id: str = ""
-    backend: str
-    base_model: dict | str = ""
-    lora: dict = {}
-    data: dict = {}
-    metrics: dict = {}
-    gate: dict = {}
-    timings: dict = {}
-    train: dict = {}
-    tokens_per_second: float | None = None
-    peak_memory_mb: float | None = None
-    circadian_version: str = ""
-    weights: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -293,4 +269,4 @@ def prune(paths: Paths, keep: int) -> list[str]:
 
 
 def history(paths: Paths) -> list[dict]:
-    return [row for _n, row, _raw in read_jsonl(paths.adapters / "history.jsonl") if row]
+    return [line.value for line in read_jsonl(paths.adapters / "history.jsonl") if line.value]

@@ -75,11 +75,10 @@ def parse_row(value) -> tuple[list[dict] | None, str | None]:
 def validate_text(text: str) -> tuple[list[list[dict]], list[dict]]:
     """Given a dataset file's text, return (good rows' messages, bad rows with line/reason/raw) (pure)."""
     good, bad = [], []
-    raw_lines = text.splitlines()
-    for number, value, why in parse_lines(text):
-        messages, why = (None, why) if why else parse_row(value)
+    for line in parse_lines(text):
+        messages, why = (None, line.error) if line.error else parse_row(line.value)
         if why:
-            bad.append({"line": number, "reason": why, "raw": raw_lines[number - 1]})
+            bad.append({"line": line.number, "reason": why, "raw": line.raw})
         else:
             good.append(messages)
     return good, bad

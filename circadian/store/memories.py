@@ -123,7 +123,7 @@ def forget(paths: Paths, record_id: str, *, session: str = "", reason: str = "/f
 
 def forgotten_ids(paths: Paths) -> set[str]:
     """Return the ids named by tombstones."""
-    return {row["forgets"] for _n, row, _raw in read_jsonl(paths.tombstones) if row and "forgets" in row}
+    return {line.value["forgets"] for line in read_jsonl(paths.tombstones) if line.value and "forgets" in line.value}
 
 
 @dataclass
@@ -144,11 +144,11 @@ def scan(paths: Paths, *, end: int | None = None) -> MemoryScan:
     end = size if end is None else min(end, size)
     records: list[MemoryRecord] = []
     bad: list[int] = []
-    for number, row, _raw in read_jsonl(paths.memories, end=end):
+    for line in read_jsonl(paths.memories, end=end):
         try:
-            records.append(MemoryRecord.model_validate(row))
+            records.append(MemoryRecord.model_validate(line.value))
         except ValidationError:
-            bad.append(number)
+            bad.append(line.number)
     return MemoryScan(records, bad, end)
 
 

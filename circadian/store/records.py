@@ -48,6 +48,33 @@ class BriefMetrics(Record):
     perplexity: float | None = None
 
 
+class Asked(Record):
+    """A set of questions asked (evaluate.ask_all): the share answered right, how many, and each one
+    with its reply and whether it was a hit."""
+
+    score: float | None = None
+    n: int = 0
+    items: list[dict] = []
+
+    def by(self, key: str) -> dict[str, dict]:
+        """The items by their question (`key`: "question" for recall, "prompt" for capability)."""
+        return {item.get(key): item for item in self.items}
+
+
+class Measurement(Record):
+    """One model state measured on the night's sets (evaluate.measure)."""
+
+    val_loss: float | None = None
+    recall: Asked = Asked()
+    retention: Asked = Asked()
+    capability: Asked = Asked()
+    perplexity: float | None = None
+
+    def brief(self) -> BriefMetrics:
+        return BriefMetrics(val_loss=self.val_loss, recall=self.recall.score, retention=self.retention.score,
+                            capability=self.capability.score, perplexity=self.perplexity)
+
+
 class DatasetOutcome(Record):
     """What happened to one of the night's datasets (an inbox dataset, or today's memories)."""
 
@@ -274,8 +301,8 @@ class CycleSummary(Record):
     masks: dict | None = None
     padding_share: float | None = None
     train: TrainBrief | None = None
-    before: dict | None = None
-    after: dict | None = None
+    before: Measurement | None = None
+    after: Measurement | None = None
     gate: dict | None = None
     blend: dict | None = None
     facts: list[dict] = []

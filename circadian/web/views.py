@@ -7,27 +7,24 @@ show can also be exported as CSV or JSON from the same function. Nothing here lo
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from circadian.night import control, evolution
-from circadian.store import adapters, inbox
-from circadian.lab.analyze import analyze
-from circadian.core.config import Config
-from circadian.core.fsutil import read_jsonl
-from circadian.core.paths import Paths
-from circadian.shift.status import describe as describe_schedule
-from circadian.store import memories
+
 from circadian.backends import auto_backend_name
+from circadian.core.config import Config
+from circadian.core.paths import Paths
+from circadian.lab.analyze import analyze
+from circadian.night import control, evolution
+from circadian.shift.status import describe as describe_schedule
+from circadian.store import adapters, inbox, memories
+from circadian.store.records import ChoiceLine, RunLogLine, TrainEventLine, read_all
+
+CATEGORIES = ("learned", "struggling", "not learned")
 
 
 def last_line(path) -> dict | None:
-    """Return the last readable JSON object of a JSONL file, or None."""
-    last = None
-    for _n, row, _raw in read_jsonl(path):
-        if row is not None:
-            last = row
-    return last
+    """Return the last run_log line of a log as a dict, or None."""
+    lines = read_all(path, RunLogLine)
+    return lines[-1].row() if lines else None
 
 
 def status(paths: Paths, config: Config) -> dict:
@@ -45,13 +42,21 @@ def status(paths: Paths, config: Config) -> dict:
         "last_cycle": last_line(paths.run_log),
         "schedule": when,
         "next_run": when["next_run"],
-        "sleep": sleep_now if sleep_now.get("running") else None,
+        "sleep": sleep_now.row() if sleep_now.running else None,
         "queue": inbox.summary(paths),
     }
 
 
 def cycles_with_evolution(paths: Paths) -> list[str]:
+    """The nights that tracked their learning evolution, newest first."""
     return sorted((p.parent.parent.name for p in paths.runs.glob("*/evolution/analysis.json")), reverse=True)
+
+
+def _analysis(paths: Paths, cycle: str) -> dict | None:
+    path = paths.runs / cycle / "evolution" / "analysis.json"
+    if cycle not in cycles_with_evolution(paths) or not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def evolution_examples(paths: Paths, cycle: str | None, *, category: str = "", search: str = "",
@@ -59,9 +64,9 @@ def evolution_examples(paths: Paths, cycle: str | None, *, category: str = "", s
     """Return (cycle, rows) of a night's tracked examples, filtered, searched and sorted."""
     cycles = cycles_with_evolution(paths)
     cycle = cycle or (cycles[0] if cycles else None)
-    if cycle is None or cycle not in cycles:
+    analysis = _analysis(paths, cycle) if cycle else None
+    if analysis is None:
         return cycle, []
-    analysis = json.loads((paths.runs / cycle / "evolution" / "analysis.json").read_text())
     rows = [{k: r.get(k) for k in ("id", "kind", "question", "expected", "category", "learned_at", "regressions",
                                    "first_loss", "final_loss", "final_answer", "fact")} for r in analysis["examples"]]
     if category:
@@ -77,32 +82,55 @@ def evolution_examples(paths: Paths, cycle: str | None, *, category: str = "", s
     return cycle, rows
 
 
+def learned_share(rows: list[dict]) -> dict:
+    """Given tracked examples, return how many fell in each category and the share learned."""
+    counts = {c: sum(1 for r in rows if r["category"] == c) for c in CATEGORIES}
+    return {"counts": counts, "total": len(rows), "share": counts["learned"] / len(rows) if rows else None}
+
+
 def evolution_example(paths: Paths, cycle: str, example_id: str) -> dict | None:
-    path = paths.runs / cycle / "evolution" / "analysis.json"
-    if not path.exists():
-        return None
-    return next((r for r in json.loads(path.read_text())["examples"] if r["id"] == example_id), None)
+    """One tracked example of a night with its curve (loss, answer and hit at each snapshot), or None."""
+    analysis = _analysis(paths, cycle)
+    return next((r for r in analysis["examples"] if r["id"] == example_id), None) if analysis else None
 
 
 def cycles_table(paths: Paths) -> list[dict]:
     """Every cycle in run_log.jsonl (nightly and experiment), with its choice when there is one."""
-    choices = {row["cycle_id"]: row for _n, row, _raw in read_jsonl(paths.choice_log) if row and row.get("cycle_id")}
+    choices = {c.cycle_id: c for c in read_all(paths.choice_log, ChoiceLine)}
     rows = []
-    for _n, row, _raw in read_jsonl(paths.run_log):
-        if not row or not row.get("cycle_id"):
-            continue
-        choice = choices.get(row["cycle_id"], {})
-        rows.append({"cycle_id": row["cycle_id"], "run_type": row.get("run_type"), "outcome": row.get("outcome"),
-                     "chosen": row.get("chosen") or choice.get("chosen"), "reason": choice.get("reason"),
-                     "version": row.get("version"), "experiment": row.get("experiment"),
-                     "reward": row.get("reward"), "eval_loss": row.get("eval_loss"),
-                     "recall_after": (row.get("after") or {}).get("recall") if isinstance(row.get("after"), dict) else row.get("recall"),
-                     "ended": row.get("ended") or row.get("logged_at")})
+    for line in read_all(paths.run_log, RunLogLine):
+        choice = choices.get(line.cycle_id)
+        rows.append({"cycle_id": line.cycle_id, "run_type": line.run_type, "outcome": line.outcome,
+                     "chosen": line.chosen or (choice.chosen if choice else None),
+                     "reason": choice.reason if choice else None, "version": line.version,
+                     "experiment": line.experiment, "reward": line.reward, "eval_loss": line.eval_loss,
+                     "recall_after": line.recall_after, "ended": line.when})
     return rows
 
 
 def cycles_analysis(paths: Paths) -> dict:
     return analyze(paths)
+
+
+def regret_series(result: dict) -> dict[str, list[tuple[int, float]]]:
+    """Per experiment, (cycle, cumulative regret): the oracle's when known, else the loss-level one."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in result["cycles"]:
+        value = row["cumulative_oracle_regret"]
+        series.setdefault(row["experiment"], []).append(
+            (row["cycle"], value if value is not None else row["cumulative_loss_regret"]))
+    return series
+
+
+def choice_shares(result: dict) -> list[dict]:
+    """Per run type, how often each source was chosen."""
+    shares: dict[str, dict] = {}
+    for run_type, cycles in result["choice_distribution"].items():
+        for counts in cycles.values():
+            for source, n in counts.items():
+                shares.setdefault(run_type, {}).setdefault(source, 0)
+                shares[run_type][source] += n
+    return [{"run_type": t, **counts} for t, counts in shares.items()]
 
 
 def adapter_rows(paths: Paths) -> list[dict]:
@@ -111,22 +139,22 @@ def adapter_rows(paths: Paths) -> list[dict]:
     pinned = set(adapters.pins(paths))
     rows = []
     for m in reversed(adapters.list_versions(paths)):
-        before, after = m.metrics.get("before", {}), m.metrics.get("after", {})
+        before, after = m.figures("before"), m.figures("after")
         rows.append({"version": m.version, "current": m.version == current, "pinned": m.version in pinned,
                      "status": m.gate.get("decision"), "parent": m.parent, "created_at": m.created_at,
                      "cycle_id": m.cycle_id, "backend": m.backend,
-                     "recall_before": before.get("recall"), "recall_after": after.get("recall"),
-                     "capability_after": after.get("capability"), "perplexity_after": after.get("perplexity"),
-                     "val_loss_after": after.get("val_loss"), "steps": m.train.get("steps"),
+                     "recall_before": before.recall, "recall_after": after.recall,
+                     "capability_after": after.capability, "perplexity_after": after.perplexity,
+                     "val_loss_after": after.val_loss, "steps": m.train.get("steps"),
                      "peak_memory_mb": m.peak_memory_mb})
     return rows
 
 
 def compare(paths: Paths, a: str, b: str) -> list[dict]:
     """Metric by metric, two versions' candidate figures side by side."""
-    ma, mb = adapters.get(paths, a).manifest, adapters.get(paths, b).manifest
-    keys = ("recall", "retention", "capability", "perplexity", "val_loss")
-    return [{"metric": k, a: ma.metrics.get("after", {}).get(k), b: mb.metrics.get("after", {}).get(k)} for k in keys]
+    fa, fb = adapters.get(paths, a).manifest.figures("after"), adapters.get(paths, b).manifest.figures("after")
+    return [{"metric": k, a: getattr(fa, k), b: getattr(fb, k)}
+            for k in ("recall", "retention", "capability", "perplexity", "val_loss")]
 
 
 def queue_table(paths: Paths) -> list[dict]:
@@ -138,23 +166,11 @@ def live(paths: Paths) -> dict:
     """The running (or last) sleep: its status and its training curve so far."""
     status = control.read_status(paths.control)
     curve = []
-    cycle = status.get("cycle_id")
-    if cycle and (paths.runs / cycle / "metrics.jsonl").exists():
-        for _n, row, _raw in read_jsonl(paths.runs / cycle / "metrics.jsonl"):
-            if row:
-                curve.append({k: row.get(k) for k in ("global_step", "iteration", "train_loss", "val_loss", "dataset")})
-    return {"status": status, "curve": curve}
+    if status.cycle_id:
+        curve = [{"step": e.step, "train_loss": e.train_loss, "val_loss": e.val_loss, "dataset": e.dataset}
+                 for e in read_all(paths.runs / status.cycle_id / "metrics.jsonl", TrainEventLine)]
+    return {"status": status.row(), "curve": curve}
 
 
 def forgetting(paths: Paths) -> dict:
     return evolution.forgetting(paths.runs)
-
-
-def to_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    fields = list(dict.fromkeys(k for row in rows for k in row)) or ["empty"]
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
-    return buffer.getvalue()
