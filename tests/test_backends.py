@@ -7,6 +7,7 @@ import json
 import os
 import textwrap
 import threading
+import types
 
 import pytest
 
@@ -292,3 +293,30 @@ def test_blend_adapter_interpolates_between_start_and_trained(backend, tiny_mode
     assert nll() == pytest.approx(adapted, rel=1e-4)
     model.blend_adapter(None, 1.0)
     assert nll() == pytest.approx(adapted, rel=1e-4)
+
+
+def test_the_learning_rate_schedule_is_one_function_on_both_backends():
+    import mlx.core as mx
+
+    from circadian.backends.training import warmup_cosine
+
+    python = [warmup_cosine(s, total=20, warmup=5) for s in range(22)]
+    assert python[0] == 0.2 and python[4] == 1.0 and python[5] == 1.0  # warm-up from 1/5, then the peak
+    assert all(a >= b for a, b in zip(python[5:], python[6:])) and abs(python[20] - 0.1) < 1e-9  # cosine to 10%
+    ops = types.SimpleNamespace(minimum=mx.minimum, maximum=mx.maximum, cos=mx.cos, where=mx.where)
+    traced = [warmup_cosine(mx.array(s), total=20, warmup=5, ops=ops).item() for s in range(22)]
+    assert traced == pytest.approx(python, abs=1e-6)
+
+
+def test_early_stopping_keeps_the_best_step_and_waits_for_min_steps():
+    from circadian.backends.training import EarlyStopping
+
+    stopping = EarlyStopping(patience=2, min_steps=6, min_delta=0.01)
+    stopping.start(2.0)
+    assert stopping.observe(2, 1.5) and not stopping.observe(4, 1.495)  # less than min_delta is no improvement
+    assert not stopping.observe(6, 1.6) and stopping.should_stop(6)
+    assert (stopping.best, stopping.best_step, stopping.initial) == (1.5, 2, 2.0)
+    early = EarlyStopping(patience=1, min_steps=10, min_delta=0.0)
+    early.start(1.0)
+    early.observe(2, 1.1)
+    assert not early.should_stop(2)  # patience is used up, but not before min_steps

@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Protocol, runtime_checkable
 
 from circadian.core.config import TrainSettings  # noqa: F401  (re-exported: backends receive it in train())
 from circadian.core.errors import CircadianError
+from circadian.store.records import TrainCallback, TrainEvent  # noqa: F401  (the callback's contract)
 
 GROUP = "circadian.backends"
 
@@ -77,11 +78,6 @@ class TrainResult:
     curve: list[dict] = field(default_factory=list)
 
 
-# A training callback gets plain dicts with stable names (iteration, train_loss, val_loss,
-# learning_rate, tokens_per_second, trained_tokens, peak_memory_mb, best_val_loss, total_steps)
-# and returns None to go on or "stop" to end training now (the best checkpoint is kept).
-
-
 @runtime_checkable
 class LoadedModel(Protocol):
     """A model in memory, ready to answer, score and train.
@@ -108,9 +104,12 @@ class LoadedModel(Protocol):
         """Given tokens.Example rows, return (summed negative log-likelihood, target count) for each."""
         ...
 
-    def train(self, train: list, valid: list, settings: TrainSettings,
-              callback: Callable[[dict], str | None]) -> TrainResult:
-        """Train the active adapter (continuing it, or a new one on the base) on tokens.Example rows."""
+    def train(self, train: list, valid: list, settings: TrainSettings, callback: TrainCallback) -> TrainResult:
+        """Train the active adapter (continuing it, or a new one on the base) on tokens.Example rows.
+
+        `callback` gets a TrainEvent (store.records: plain dicts with stable names) at every step and
+        evaluation, and returns "stop" to end training now; the best validation step is kept.
+        """
         ...
 
     def save_adapter(self, folder: Path) -> dict[str, str]:

@@ -9,22 +9,28 @@ import contextlib
 import json
 import threading
 from pathlib import Path
-from typing import Iterator
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Iterator
 
-from circadian.backends import Chunk, GenerationSettings, LoadRequest
+from circadian.backends import Chunk, GenerationSettings, LoadRequest, TrainResult
 from circadian.core.errors import CircadianError
 
+if TYPE_CHECKING:
+    from circadian.store.records import TrainCallback
 
 ADAPTER_LEAVES = ("lora_a", "lora_b", "m")  # what mlx-lm's load_adapters accepts for LoRA/DoRA
-
 
 @contextlib.contextmanager
 def _quiet_tuner_ui():
     """Silence mlx-lm's own training console (it prints to stdout; circadian reports through its
-    callback). Its TrainUI is quiet for distributed ranks other than 0, so swap in that variant."""
+    callback). Its TrainUI (mlx-lm 0.32) is quiet for distributed ranks other than 0, so swap in that
+    variant; an mlx-lm without TrainUI is left as it is."""
     import mlx_lm.tuner.trainer as trainer
 
-    original = trainer.TrainUI
+    original = getattr(trainer, "TrainUI", None)
+    if original is None:
+        yield
+        return
 
     class QuietUI(original):
         def __init__(self, total_iters: int, rank: int = 0):
@@ -35,7 +41,6 @@ def _quiet_tuner_ui():
         yield
     finally:
         trainer.TrainUI = original
-
 
 class MLXBackend:
     """Backend entry point `mlx`."""
@@ -52,7 +57,6 @@ class MLXBackend:
 
     def load(self, request: LoadRequest) -> "MLXModel":
         return MLXModel(request)
-
 
 class MLXModel:
     """An mlx-lm model (+ optional mlx-lm LoRA adapter) in memory."""
@@ -174,12 +178,11 @@ class MLXModel:
                             "lora_parameters": params}
         return "new adapter on the base model"
 
-    def train(self, train: list, valid: list, settings, callback):
+    def train(self, train: list, valid: list, settings, callback: TrainCallback) -> TrainResult:
         """Train through mlx-lm's tuner (`tuner.trainer.train`) with circadian's batches (length
         buckets), loss (every assistant turn) and a callback that keeps the best checkpoint and stops
         early. Anchor rows are trained toward the base model's own distribution (KL, LoRA switched off
         for the teacher pass), as on the torch backend."""
-        import math
         import time
 
         import mlx.core as mx
@@ -190,20 +193,17 @@ class MLXModel:
         from mlx_lm.tuner.trainer import TrainingArgs
         from mlx_lm.tuner.trainer import train as tuner_train
 
-        from circadian.backends import TrainResult
         from circadian.backends.tokens import length_batches
+        from circadian.backends.training import EarlyStopping, total_steps, warmup_cosine
 
         self._trained_state = None
 
         mx.random.seed(settings.seed)
         started = self._make_trainable(settings)
-        per_epoch = math.ceil(len(train) / settings.batch_size)
-        total = max(1, min(settings.max_steps, math.ceil(settings.max_epochs * per_epoch)))
-        warmup = min(settings.warmup_steps, max(0, total - 1))
-        cosine = optim.cosine_decay(settings.learning_rate, max(1, total - warmup), settings.learning_rate * 0.1)
-        schedule = optim.join_schedules([optim.linear_schedule(settings.learning_rate / max(1, warmup),
-                                                               settings.learning_rate, warmup), cosine], [warmup]) \
-            if warmup else cosine
+        total = total_steps(len(train), settings)
+        ops = SimpleNamespace(minimum=mx.minimum, maximum=mx.maximum, cos=mx.cos, where=mx.where)
+        peak = settings.learning_rate
+        schedule = lambda step: peak * warmup_cosine(step, total=total, warmup=settings.warmup_steps, ops=ops)  # noqa: E731
         optimizer = optim.AdamW(learning_rate=schedule, weight_decay=settings.weight_decay)
         counted = {"tokens": 0}
 
@@ -247,8 +247,9 @@ class MLXModel:
             return value, ntoks
 
         snapshot = lambda: {k: mx.array(v) for k, v in tree_flatten(self.model.trainable_parameters())}  # noqa: E731
-        state = {"best": None, "best_step": 0, "best_state": snapshot(), "bad": 0, "initial": None,
-                 "reason": "reached the step budget", "t0": time.perf_counter(), "val_time": 0.0}
+        stopping = EarlyStopping.of(settings)
+        state = {"best_state": snapshot(), "started": False, "reason": "reached the step budget",
+                 "t0": time.perf_counter(), "val_time": 0.0}
         curve: list[dict] = []
 
         class _Stop(Exception):
@@ -271,22 +272,21 @@ class MLXModel:
             def on_val_loss_report(self, info):
                 state["val_time"] += info["val_time"]
                 step, val = info["iteration"], info["val_loss"]
-                if state["initial"] is None:
-                    state["initial"] = state["best"] = val
+                if not state["started"]:  # mlx-lm validates before its first step: the starting loss
+                    state["started"] = True
+                    stopping.start(val)
                     event = {"iteration": 0, "val_loss": val, "best_val_loss": val, "total_steps": total,
                              "note": started}
                 else:
-                    if val < state["best"] - settings.min_delta:
-                        state.update(best=val, best_step=step, best_state=snapshot(), bad=0)
-                    else:
-                        state["bad"] += 1
-                    event = {"iteration": step, "val_loss": val, "best_val_loss": state["best"], "total_steps": total}
+                    if stopping.observe(step, val):
+                        state["best_state"] = snapshot()
+                    event = {"iteration": step, "val_loss": val, "best_val_loss": stopping.best, "total_steps": total}
                 curve.append(event)
                 if callback(event) == "stop":
                     state["reason"] = "stopped"
                     raise _Stop
-                if state["bad"] >= settings.patience and step >= settings.min_steps:
-                    state["reason"] = "early stop: validation loss stopped improving"
+                if stopping.should_stop(step):
+                    state["reason"] = EarlyStopping.REASON
                     raise _Stop
 
         import tempfile
@@ -304,13 +304,13 @@ class MLXModel:
                 pass
         steps = max((e["iteration"] for e in curve), default=0)
         if not valid:
-            state.update(best_step=steps, best_state=snapshot())
+            stopping.best_step, state["best_state"] = steps, snapshot()
         self.model.update(tree_unflatten(list(state["best_state"].items())))
         self.model.eval()
         self.adapter_version = "candidate"
         seconds = time.perf_counter() - state["t0"] - state["val_time"]
-        return TrainResult(steps=steps, best_step=state["best_step"], initial_val_loss=state["initial"],
-                           best_val_loss=state["best"], stop_reason=state["reason"],
+        return TrainResult(steps=steps, best_step=stopping.best_step, initial_val_loss=stopping.initial,
+                           best_val_loss=stopping.best, stop_reason=state["reason"],
                            trained_tokens=counted["tokens"], tokens_per_second=counted["tokens"] / max(seconds, 1e-9),
                            train_seconds=seconds, peak_memory_mb=self._peak_memory_mb(), curve=curve)
 

@@ -11,10 +11,13 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from circadian.backends import Chunk, GenerationSettings, LoadRequest
+from circadian.backends import Chunk, GenerationSettings, LoadRequest, TrainResult
 from circadian.core.errors import CircadianError
+
+if TYPE_CHECKING:
+    from circadian.store.records import TrainCallback
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # peft asks transformers a question transformers has renamed; the answer is the same
@@ -359,15 +362,14 @@ class TorchModel:
             return torch.cuda.max_memory_allocated() / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
-    def train(self, train: list, valid: list, settings, callback):
-        import math
+    def train(self, train: list, valid: list, settings, callback: TrainCallback) -> TrainResult:
         import time
 
         import torch
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-        from circadian.backends import TrainResult
         from circadian.backends.tokens import length_batches
+        from circadian.backends.training import EarlyStopping, total_steps, warmup_cosine
 
         torch.manual_seed(settings.seed)
         self._trained_state = None
@@ -375,24 +377,18 @@ class TorchModel:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self._optimizer(params, settings)
         lengths = [len(e) for e in train]
-        per_epoch = math.ceil(len(train) / settings.batch_size)
-        total = max(1, min(settings.max_steps, math.ceil(settings.max_epochs * per_epoch)))
-
-        def lr_factor(step: int) -> float:  # linear warm-up, cosine decay to 10%
-            if step < settings.warmup_steps:
-                return (step + 1) / settings.warmup_steps
-            progress = (step - settings.warmup_steps) / max(1, total - settings.warmup_steps)
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        total = total_steps(len(train), settings)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total=total, warmup=settings.warmup_steps))
         curve: list[dict] = []
 
         def snapshot():
             return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(self.model).items()}
 
-        initial = self._mean_loss(valid, settings.batch_size) if valid else None
-        best_val, best_step, best_state, bad = initial, 0, snapshot(), 0
-        event = {"iteration": 0, "val_loss": initial, "best_val_loss": best_val, "total_steps": total,
+        stopping = EarlyStopping.of(settings)
+        stopping.start(self._mean_loss(valid, settings.batch_size) if valid else None)
+        best_state = snapshot()
+        event = {"iteration": 0, "val_loss": stopping.initial, "best_val_loss": stopping.best, "total_steps": total,
                  "note": started}
         curve.append(event)
         stop_reason = "finished" if callback(event) != "stop" else "stopped"
@@ -419,13 +415,11 @@ class TorchModel:
                 if valid and (step % settings.eval_every == 0 or step == total):
                     val = self._mean_loss(valid, settings.batch_size)
                     event["val_loss"] = val
-                    if best_val is None or val < best_val - settings.min_delta:
-                        best_val, best_step, best_state, bad = val, step, snapshot(), 0
-                    else:
-                        bad += 1
-                    event["best_val_loss"] = best_val
-                    if bad >= settings.patience and step >= settings.min_steps:
-                        stop_reason = "early stop: validation loss stopped improving"
+                    if stopping.observe(step, val):
+                        best_state = snapshot()
+                    event["best_val_loss"] = stopping.best
+                    if stopping.should_stop(step):
+                        stop_reason = EarlyStopping.REASON
                 curve.append(event)
                 if callback(event) == "stop":
                     stop_reason = "stopped"
@@ -433,11 +427,12 @@ class TorchModel:
                     break
             epoch += 1
         if not valid:
-            best_step, best_state = step, snapshot()
+            stopping.best_step, best_state = step, snapshot()
         set_peft_model_state_dict(self.model, best_state)
         self.model.eval()
         self.adapter_version = "candidate"
-        return TrainResult(steps=step, best_step=best_step, initial_val_loss=initial, best_val_loss=best_val,
+        return TrainResult(steps=step, best_step=stopping.best_step, initial_val_loss=stopping.initial,
+                           best_val_loss=stopping.best,
                            stop_reason=stop_reason if stop_reason != "finished" else "reached the step budget",
                            trained_tokens=trained_tokens,
                            tokens_per_second=trained_tokens / train_seconds if train_seconds else 0.0,
