@@ -11,7 +11,7 @@ CUDA   := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/n
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo setup browser test test-fast bench clean-venv
+.PHONY: demo setup browser lint test test-fast bench clean-venv
 
 demo: setup
 	$(BIN)/circadian demo
@@ -46,8 +46,12 @@ ifeq ($(UNAME),Linux)
 	    { $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }; }
 endif
 
-test: setup browser
+test: setup browser lint
 	$(BIN)/pytest -q --durations=15
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"

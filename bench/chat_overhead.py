@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from circadian.day.assistant import Assistant, ChatSession  # noqa: E402
 from circadian.core.config import Config  # noqa: E402
 from circadian.core.paths import Paths  # noqa: E402
+from circadian.day.assistant import Assistant, ChatSession  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
 
@@ -34,8 +34,9 @@ def plain_torch(model_dir: Path, tokens: int):
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
 
     class FirstToken(BaseStreamer):
         def __init__(self):
@@ -53,11 +54,12 @@ def plain_torch(model_dir: Path, tokens: int):
         streamer = FirstToken()
         start = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=tokens, do_sample=False, streamer=streamer,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **inputs, max_new_tokens=tokens, do_sample=False, streamer=streamer, pad_token_id=tokenizer.pad_token_id
+            )
         end = time.perf_counter()
         n = out.shape[1] - inputs["input_ids"].shape[1]
-        text = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        text = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         return streamer.first - start, end - start, n, text.strip()
 
     return run
@@ -128,12 +130,16 @@ def main() -> None:
                 rows[name] = measure(run, args.reps)
         label = {"torch": "transformers.generate", "mlx": "mlx_lm.stream_generate"}[backend]
         for name, (ttft, secs, n, _text) in rows.items():
-            print(f"{backend:<8} {label if name == 'plain' else 'circadian ChatSession':<26} "
-                  f"{ttft:>8.3f} {n / secs:>8.1f} {secs:>8.2f} {n:>7}")
+            print(
+                f"{backend:<8} {label if name == 'plain' else 'circadian ChatSession':<26} "
+                f"{ttft:>8.3f} {n / secs:>8.1f} {secs:>8.2f} {n:>7}"
+            )
         (_, p_secs, p_n, p_text), (_, c_secs, c_n, c_text) = rows["plain"], rows["circadian"]
         overhead = (c_secs / c_n) / (p_secs / p_n) - 1
-        print(f"{backend:<8} overhead per token: {overhead * 100:+.1f}%  "
-              f"(same tokens: {p_n == c_n}, same text: {p_text == c_text})")
+        print(
+            f"{backend:<8} overhead per token: {overhead * 100:+.1f}%  "
+            f"(same tokens: {p_n == c_n}, same text: {p_text == c_text})"
+        )
 
 
 if __name__ == "__main__":

@@ -26,11 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from circadian.night import facts  # noqa: E402
 from circadian.backends import LoadRequest, get_backend  # noqa: E402
+from circadian.backends.tokens import encode_chat, length_batches, padding_share  # noqa: E402
 from circadian.core.config import TrainSettings  # noqa: E402
 from circadian.core.paths import Paths  # noqa: E402
-from circadian.backends.tokens import encode_chat, length_batches, padding_share  # noqa: E402
+from circadian.night import facts  # noqa: E402
 
 
 def rows() -> list[dict]:
@@ -41,8 +41,14 @@ def rows() -> list[dict]:
     words = (ROOT / "circadian/night/data/eval/general.txt").read_text().split()
     for i in range(40):  # general rows with long answers, as self-distillation replay has
         start = rng.randrange(0, len(words) - 120)
-        out.append({"messages": [{"role": "user", "content": f"Tell me something interesting ({i})."},
-                                 {"role": "assistant", "content": " ".join(words[start:start + rng.randrange(20, 110)])}]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Tell me something interesting ({i})."},
+                    {"role": "assistant", "content": " ".join(words[start : start + rng.randrange(20, 110)])},
+                ]
+            }
+        )
     return out
 
 
@@ -62,15 +68,15 @@ def plain_peft(model_dir: Path, examples, steps: int, batch: int) -> tuple[float
     while done < steps:
         rng.shuffle(order)
         for i in range(0, len(order), batch):
-            chunk = [examples[j] for j in order[i:i + batch]]
+            chunk = [examples[j] for j in order[i : i + batch]]
             width = max(len(e) for e in chunk)
             ids = torch.full((len(chunk), width), 2)
             attention = torch.zeros_like(ids)
             labels = torch.full_like(ids, -100)
             for r, e in enumerate(chunk):
-                ids[r, :len(e)] = torch.tensor(e.ids)
-                attention[r, :len(e)] = 1
-                labels[r, :len(e)] = torch.tensor([t if m else -100 for t, m in zip(e.ids, e.mask)])
+                ids[r, : len(e)] = torch.tensor(e.ids)
+                attention[r, : len(e)] = 1
+                labels[r, : len(e)] = torch.tensor([t if m else -100 for t, m in zip(e.ids, e.mask)])
             tic = time.perf_counter()
             loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
             loss.backward()
@@ -109,10 +115,21 @@ def mlx_lm_own(model_dir: Path, data: list[dict], steps: int, batch: int) -> tup
 
     tic = time.perf_counter()
     with _quiet_tuner_ui():
-        train(model, optim.AdamW(learning_rate=1e-3), dataset, None,
-              args=TrainingArgs(batch_size=batch, iters=steps, steps_per_report=steps, steps_per_eval=10**9,
-                                steps_per_save=10**9, adapter_file=str(Path("/tmp") / "bench-mlx-adapter.safetensors")),
-              iterate_batches=counting)
+        train(
+            model,
+            optim.AdamW(learning_rate=1e-3),
+            dataset,
+            None,
+            args=TrainingArgs(
+                batch_size=batch,
+                iters=steps,
+                steps_per_report=steps,
+                steps_per_eval=10**9,
+                steps_per_save=10**9,
+                adapter_file=str(Path("/tmp") / "bench-mlx-adapter.safetensors"),
+            ),
+            iterate_batches=counting,
+        )
     return counted["tokens"] / (time.perf_counter() - tic), counted["tokens"]
 
 
@@ -123,14 +140,20 @@ def mlx_main(args, tokenizer_dir: Path) -> None:
     from conftest import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_model(Path(tmp) / "small", tokenizer_dir, max_positions=2048, hidden=256,
-                                     layers=4)
+        model_dir = build_tiny_model(Path(tmp) / "small", tokenizer_dir, max_positions=2048, hidden=256, layers=4)
         data = rows()
         theirs_tps, theirs_tokens = mlx_lm_own(model_dir, data, args.steps, args.batch)
         ours = get_backend("mlx").load(LoadRequest("small", model_dir))
         examples = [encode_chat(ours.tokenizer, r["messages"]) for r in data]
-        settings = TrainSettings(batch_size=args.batch, max_steps=args.steps, max_epochs=100, anchor_weight=0.0,
-                                 rank=16, alpha=32.0, warmup_steps=0)
+        settings = TrainSettings(
+            batch_size=args.batch,
+            max_steps=args.steps,
+            max_epochs=100,
+            anchor_weight=0.0,
+            rank=16,
+            alpha=32.0,
+            warmup_steps=0,
+        )
         tic = time.perf_counter()
         result = ours.train(examples, [], settings, lambda e: None)
         ours_tps = result.trained_tokens / (time.perf_counter() - tic)
@@ -156,15 +179,19 @@ def main() -> None:
     lengths = [len(e) for e in examples]
     naive = [list(range(i, min(i + args.batch, len(lengths)))) for i in range(0, len(lengths), args.batch)]
     random.Random(0).shuffle(examples)
-    print(f"{len(examples)} rows, {sum(lengths)} tokens, lengths {min(lengths)}-{max(lengths)}; "
-          f"padding: length batches {padding_share(lengths, length_batches(lengths, args.batch, seed=0)):.1%}, "
-          f"arrival order {padding_share(lengths, naive):.1%}")
+    print(
+        f"{len(examples)} rows, {sum(lengths)} tokens, lengths {min(lengths)}-{max(lengths)}; "
+        f"padding: length batches {padding_share(lengths, length_batches(lengths, args.batch, seed=0)):.1%}, "
+        f"arrival order {padding_share(lengths, naive):.1%}"
+    )
     plain_tps, plain_tokens = plain_peft(model_dir, examples, args.steps, args.batch)
     settings = TrainSettings(batch_size=args.batch, max_steps=args.steps, max_epochs=100, anchor_weight=0.0)
     result = ours.train(examples, [], settings, lambda e: None)
     print(f"plain transformers+PEFT loop: {plain_tps:7.1f} tokens/s ({plain_tokens} tokens, {args.steps} steps)")
-    print(f"circadian torch trainer:      {result.tokens_per_second:7.1f} tokens/s ({result.trained_tokens} tokens, "
-          f"{result.steps} steps)")
+    print(
+        f"circadian torch trainer:      {result.tokens_per_second:7.1f} tokens/s ({result.trained_tokens} tokens, "
+        f"{result.steps} steps)"
+    )
     print(f"ratio: {result.tokens_per_second / plain_tps:.2f}x")
 
 

@@ -47,8 +47,9 @@ def paths(home):
     return Paths.resolve().ensure()
 
 
-def build_tiny_model(target: Path, tokenizer_source: Path, *, max_positions: int = 32768, hidden: int = 64,
-                     layers: int = 2) -> Path:
+def build_tiny_model(
+    target: Path, tokenizer_source: Path, *, max_positions: int = 32768, hidden: int = 64, layers: int = 2
+) -> Path:
     """Write a small Llama (random weights, fixed seed; 2 layers of 64 by default) with the given
     tokenizer into `target`."""
     import torch
@@ -56,10 +57,21 @@ def build_tiny_model(target: Path, tokenizer_source: Path, *, max_positions: int
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=max_positions, tie_word_embeddings=True, initializer_range=0.3,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2, rope_theta=100000.0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        rope_theta=100000.0,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         # wide random weights give varied words; the end tokens never win greedily, so replies run to max_tokens
@@ -90,8 +102,9 @@ def use_tiny(tiny_model, monkeypatch) -> Path:
 def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 600):
     """Run the real `circadian` command in a subprocess; return the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=full_env, input=input,
-                           timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, env=full_env, input=input, timeout=timeout, cwd=ROOT
+    )
 
 
 def assert_one_line_error(result) -> None:
@@ -134,6 +147,16 @@ def say(paths, *lines: str) -> None:
     """Log one chat turn per line, as the chat would."""
     from circadian.store import memories
 
-    memories.append(paths, [memories.make_record(
-        [{"role": "user", "content": line}, {"role": "assistant", "content": "Noted."}],
-        session="s", model="tiny", adapter=None, source="chat") for line in lines])
+    memories.append(
+        paths,
+        [
+            memories.make_record(
+                [{"role": "user", "content": line}, {"role": "assistant", "content": "Noted."}],
+                session="s",
+                model="tiny",
+                adapter=None,
+                source="chat",
+            )
+            for line in lines
+        ],
+    )

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 import threading
 import types
 
 import pytest
+from conftest import assert_one_line_error, run_cli
 
-from circadian.store import adapters
-from circadian.backends import (GenerationSettings, LoadRequest, auto_backend_name, backend_names,
-                                get_backend, select_backend)
+from circadian.backends import (
+    GenerationSettings,
+    LoadRequest,
+    auto_backend_name,
+    backend_names,
+    get_backend,
+    select_backend,
+)
 from circadian.core.errors import CircadianError
 from circadian.core.fsutil import atomic_write_json, atomic_write_text, sha256_file
-from conftest import assert_one_line_error, run_cli
+from circadian.store import adapters
 
 HELLO = [{"role": "user", "content": "Hello there"}]
 
@@ -83,8 +88,12 @@ def test_third_party_backend_registers_without_touching_circadian(echo_distribut
     assert listed.returncode == 0, listed.stderr
     rows = {r["name"]: r for r in json.loads(listed.stdout)["backends"]}
     assert rows["echo"]["distribution"] == "circadian-echo" and rows["echo"]["available"]
-    answered = run_cli("ask", "are you there", "--json", env={
-        **env, "CIRCADIAN_MODEL__BACKEND": "echo", "CIRCADIAN_MODEL__NAME": str(tiny_model)})
+    answered = run_cli(
+        "ask",
+        "are you there",
+        "--json",
+        env={**env, "CIRCADIAN_MODEL__BACKEND": "echo", "CIRCADIAN_MODEL__NAME": str(tiny_model)},
+    )
     assert answered.returncode == 0, answered.stderr
     result = json.loads(answered.stdout)
     assert result["reply"] == "echo: are you there" and result["backend"] == "echo" and result["logged"]
@@ -97,8 +106,7 @@ def test_cli_unknown_backend_is_one_line_error(tiny_model):
 
 
 def test_missing_hub_model_is_one_line_error():
-    result = run_cli("ask", "hi", env={"CIRCADIAN_MODEL__NAME": "nobody-here/not-a-model-xyz",
-                                       "HF_HUB_OFFLINE": "1"})
+    result = run_cli("ask", "hi", env={"CIRCADIAN_MODEL__NAME": "nobody-here/not-a-model-xyz", "HF_HUB_OFFLINE": "1"})
     assert_one_line_error(result)
     assert "not in the local Hugging Face cache and the hub cannot be reached" in result.stderr
 
@@ -133,8 +141,12 @@ def test_torch_stream_stops_when_cancelled(torch_tiny):
 def test_torch_batched_greedy_answers_match_one_by_one(torch_tiny):
     from circadian.night import evaluate
 
-    questions = ["Hi", "What is the capital of a country far away from here?", "Name a colour.",
-                 "Tell me something about cats and dogs living together in a small flat."]
+    questions = [
+        "Hi",
+        "What is the capital of a country far away from here?",
+        "Name a colour.",
+        "Tell me something about cats and dogs living together in a small flat.",
+    ]
     single = [evaluate.answer(torch_tiny, q, 10) for q in questions]
     assert len(set(single)) > 1  # different prompts, different replies: the comparison means something
     assert evaluate.answers(torch_tiny, questions, 10, batch_size=3) == single
@@ -147,16 +159,20 @@ def _make_peft_adapter(base_path, folder, version, *, scale=5.0):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_path),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"]),
+    )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, scale)
     model.save_pretrained(folder)
     weights = {p.name: sha256_file(p) for p in folder.iterdir() if p.suffix == ".safetensors"}
-    atomic_write_json(folder / "manifest.json", {"schema_version": 1, "version": version, "backend": "torch",
-                                                 "base_model": str(base_path), "weights": weights})
+    atomic_write_json(
+        folder / "manifest.json",
+        {"schema_version": 1, "version": version, "backend": "torch", "base_model": str(base_path), "weights": weights},
+    )
     return folder
 
 
@@ -205,16 +221,27 @@ def _make_mlx_adapter(base_path, folder, version):
     lora = {"rank": 4, "scale": 20.0, "dropout": 0.0}
     linear_to_lora_layers(model, 2, lora)
     mx.random.seed(1)
-    model.update(tree_map_with_path(
-        lambda path, p: mx.random.normal(p.shape) * 0.5 if path.endswith("lora_b") else p,
-        model.trainable_parameters()))
+    model.update(
+        tree_map_with_path(
+            lambda path, p: mx.random.normal(p.shape) * 0.5 if path.endswith("lora_b") else p,
+            model.trainable_parameters(),
+        )
+    )
     folder.mkdir(parents=True)
     mx.save_safetensors(str(folder / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
-    (folder / "adapter_config.json").write_text(json.dumps(
-        {"fine_tune_type": "lora", "num_layers": 2, "lora_parameters": lora}))
-    atomic_write_json(folder / "manifest.json", {
-        "schema_version": 1, "version": version, "backend": "mlx", "base_model": str(base_path),
-        "weights": {"adapters.safetensors": sha256_file(folder / "adapters.safetensors")}})
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"fine_tune_type": "lora", "num_layers": 2, "lora_parameters": lora})
+    )
+    atomic_write_json(
+        folder / "manifest.json",
+        {
+            "schema_version": 1,
+            "version": version,
+            "backend": "mlx",
+            "base_model": str(base_path),
+            "weights": {"adapters.safetensors": sha256_file(folder / "adapters.safetensors")},
+        },
+    )
     return folder
 
 
@@ -230,8 +257,8 @@ def test_mlx_set_adapter_changes_and_restores_replies(tiny_model, tmp_path):
 
 
 def test_adapter_of_another_backend_falls_back_to_base_with_a_note(paths, tiny_model, use_tiny):
-    from circadian.day.assistant import Assistant
     from circadian.core.config import load_config
+    from circadian.day.assistant import Assistant
 
     _make_mlx_adapter(tiny_model, paths.adapters / "v0001-mlx", "v0001-mlx")
     atomic_write_text(paths.current, "v0001-mlx\n")
@@ -245,12 +272,17 @@ def test_adapter_of_another_backend_falls_back_to_base_with_a_note(paths, tiny_m
 def test_kl_anchor_keeps_the_base_distribution_where_cross_entropy_moves_it(backend, tiny_model):
     """Anchor rows trained with the KL-to-base term leave the model's scores near the base; the
     same rows trained with plain cross-entropy (anchor_weight 0) move them. Both backends."""
-    from circadian.core.config import TrainSettings
     from circadian.backends.tokens import encode_chat
+    from circadian.core.config import TrainSettings
 
     model = get_backend(backend).load(LoadRequest("tiny", tiny_model))
-    rows = [[{"role": "user", "content": f"Tell me about topic {i}."},
-             {"role": "assistant", "content": f"Topic {i} is a zebra zebra zebra story."}] for i in range(4)]
+    rows = [
+        [
+            {"role": "user", "content": f"Tell me about topic {i}."},
+            {"role": "assistant", "content": f"Topic {i} is a zebra zebra zebra story."},
+        ]
+        for i in range(4)
+    ]
     probe = [encode_chat(model.tokenizer, r, 64) for r in rows]
     base = [s for s, _n in model.score(probe)]
 
@@ -260,13 +292,21 @@ def test_kl_anchor_keeps_the_base_distribution_where_cross_entropy_moves_it(back
         for e in examples:
             e.anchor = True
         steps = 12 if backend == "torch" else 4  # MLX on a Linux CPU is slow
-        settings = TrainSettings(max_steps=steps, max_epochs=steps, batch_size=4, learning_rate=0.02, eval_every=100,
-                                 min_steps=0, anchor_weight=weight, warmup_steps=0)
+        settings = TrainSettings(
+            max_steps=steps,
+            max_epochs=steps,
+            batch_size=4,
+            learning_rate=0.02,
+            eval_every=100,
+            min_steps=0,
+            anchor_weight=weight,
+            warmup_steps=0,
+        )
         model.train(examples, [], settings, lambda event: None)
         return sum(abs(a - b) for a, b in zip((s for s, _n in model.score(probe)), base)) / len(base)
 
     anchored, plain = shift(1.0), shift(0.0)
-    assert plain > 1.0, plain            # cross-entropy on the rows moves their scores a lot
+    assert plain > 1.0, plain  # cross-entropy on the rows moves their scores a lot
     assert anchored < plain / 5, (anchored, plain)
 
 
@@ -275,8 +315,13 @@ def test_blend_adapter_interpolates_between_start_and_trained(backend, tiny_mode
     from circadian.backends.tokens import encode_chat
 
     model = get_backend(backend).load(LoadRequest("tiny", tiny_model))
-    rows = [encode_chat(model.tokenizer, [{"role": "user", "content": "Hi"},
-                                          {"role": "assistant", "content": "Hello there, friend."}], 64)]
+    rows = [
+        encode_chat(
+            model.tokenizer,
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, friend."}],
+            64,
+        )
+    ]
     nll = lambda: model.score(rows)[0][0]  # noqa: E731
     base = nll()
     make = _make_peft_adapter if backend == "torch" else _make_mlx_adapter

@@ -8,19 +8,17 @@ import json
 import os
 import pty
 import select
-import subprocess
 import sys
 import time
 
-import pytest
+from conftest import CLI, ROOT
 from rich.console import Console
 
-from circadian.store import memories
-from circadian.day.assistant import Assistant, ChatSession
-from circadian.day.chat import run_chat
 from circadian.core.config import load_config
 from circadian.core.fsutil import atomic_write_text
-from conftest import CLI, ROOT
+from circadian.day.assistant import Assistant, ChatSession
+from circadian.day.chat import run_chat
+from circadian.store import memories
 
 
 def _session(paths, log=True):
@@ -63,9 +61,11 @@ def test_chat_multiline_input_and_new_session(paths, use_tiny):
     records = [json.loads(line) for line in paths.memories.read_text().splitlines()]
     assert records[0]["messages"][0]["content"] == "line one\nline two"
     assert records[0]["session"] != records[1]["session"]
-    assert session.messages_for("x") == [{"role": "user", "content": "after"},
-                                         {"role": "assistant", "content": records[1]["messages"][1]["content"]},
-                                         {"role": "user", "content": "x"}]
+    assert session.messages_for("x") == [
+        {"role": "user", "content": "after"},
+        {"role": "assistant", "content": records[1]["messages"][1]["content"]},
+        {"role": "user", "content": "x"},
+    ]
 
 
 def test_chat_system_prompt_reaches_the_model_and_the_log(paths, use_tiny):

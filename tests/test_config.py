@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import assert_one_line_error, run_cli
 
 from circadian.core.config import load_config
 from circadian.core.errors import CircadianError
-from conftest import assert_one_line_error, run_cli
 
 
 def test_load_config_defaults_when_no_file(tmp_path):
@@ -27,12 +27,15 @@ def test_load_config_env_overrides_file(tmp_path):
     assert sources["chat.temperature"] == "default"
 
 
-@pytest.mark.parametrize("text, fragment", [
-    pytest.param('[model]\nnmae = "x"\n', "unknown config key 'model.nmae'", id="typo_in_key"),
-    pytest.param('[modle]\nname = "x"\n', "unknown config key 'modle'", id="typo_in_section"),
-    pytest.param('[chat]\nmax_tokens = "lots"\n', "chat.max_tokens", id="bad_value"),
-    pytest.param('[chat\n', "not valid TOML", id="bad_toml"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        pytest.param('[model]\nnmae = "x"\n', "unknown config key 'model.nmae'", id="typo_in_key"),
+        pytest.param('[modle]\nname = "x"\n', "unknown config key 'modle'", id="typo_in_section"),
+        pytest.param('[chat]\nmax_tokens = "lots"\n', "chat.max_tokens", id="bad_value"),
+        pytest.param("[chat\n", "not valid TOML", id="bad_toml"),
+    ],
+)
 def test_load_config_errors_name_the_key(tmp_path, text, fragment):
     path = tmp_path / "circadian.toml"
     path.write_text(text)
@@ -49,7 +52,7 @@ def test_load_config_unknown_env_key_is_an_error(tmp_path):
 
 def test_cli_config_show_reports_sources(home):
     home.mkdir(parents=True)
-    (home / "circadian.toml").write_text('[chat]\ntemperature = 0.5\n')
+    (home / "circadian.toml").write_text("[chat]\ntemperature = 0.5\n")
     result = run_cli("config", "show", "--json", env={"CIRCADIAN_MODEL__BACKEND": "torch"})
     assert result.returncode == 0, result.stderr
     rows = {r["key"]: r for r in json.loads(result.stdout)}
@@ -60,7 +63,7 @@ def test_cli_config_show_reports_sources(home):
 
 def test_cli_config_typo_is_one_line_error(home):
     home.mkdir(parents=True)
-    (home / "circadian.toml").write_text('[chat]\nmax_tokns = 5\n')
+    (home / "circadian.toml").write_text("[chat]\nmax_tokns = 5\n")
     result = run_cli("status")
     assert_one_line_error(result)
     assert "chat.max_tokns" in result.stderr

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CLI, FAST, MODELS, ROOT, assert_one_line_error, run_cli, say
 
+from circadian.core.paths import Paths
+from circadian.lab.analyze import mean_ci
 from circadian.night import dataset, policies, sources, trials
 from circadian.store import adapters, memories
-from circadian.lab.analyze import mean_ci
-from circadian.core.paths import Paths
-from conftest import CLI, FAST, MODELS, ROOT, assert_one_line_error, run_cli, say
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +49,25 @@ def two_days(night, two_days_home):
 
 def test_source_splits_are_disjoint_on_real_data(two_days):
     scan = memories.scan(two_days)
-    selection = dataset.select(scan.records, trained=adapters.trained_ids(two_days),
-                               forgotten=memories.forgotten_ids(two_days))
-    general = [{"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "Yes."}]}
-               for i in range(10)]
-    inbox_rows = [[{"role": "user", "content": f"Say code {i}."}, {"role": "assistant", "content": "ok"}] for i in range(12)]
+    selection = dataset.select(
+        scan.records, trained=adapters.trained_ids(two_days), forgotten=memories.forgotten_ids(two_days)
+    )
+    general = [
+        {"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "Yes."}]}
+        for i in range(10)
+    ]
+    inbox_rows = [
+        [{"role": "user", "content": f"Say code {i}."}, {"role": "assistant", "content": "ok"}] for i in range(12)
+    ]
     pools = sources.build_all(sources.Context(selection, inbox_rows, general))
     assert set(pools) == {"today", "replay", "inbox", "distill"}
     for source in pools.values():
         keys = {split: {sources.key(r) for r in source.split(split)} for split in sources.SPLITS}
-        assert not keys["train"] & keys["select"] and not keys["train"] & keys["eval"] and not keys["select"] & keys["eval"]
+        assert (
+            not keys["train"] & keys["select"]
+            and not keys["train"] & keys["eval"]
+            and not keys["select"] & keys["eval"]
+        )
         assert all(keys.values())
     today_answers = {r["messages"][1]["content"] for r in pools["today"].train}
     assert any("Mochi" in a for a in today_answers) and not any("Biscuit" in a for a in today_answers)
@@ -147,10 +156,12 @@ def test_bandit_takes_the_best_whole_night_trial():
 def test_bandit_rests_a_source_that_tires():
     # as measured on the bench: a source trained the night before teaches about nothing the next
     # night and recovers after a night off; the bandit alternates instead of repeating the best source
-    teaches = {"today": {"fresh": 0.2, "tired": -0.04, "rested": 0.08},
-               "inbox": {"fresh": 0.1, "tired": -0.04, "rested": 0.05},
-               "replay": {"fresh": -0.05, "tired": -0.05, "rested": -0.05},
-               "distill": {"fresh": 0.0, "tired": -0.01, "rested": 0.0}}
+    teaches = {
+        "today": {"fresh": 0.2, "tired": -0.04, "rested": 0.08},
+        "inbox": {"fresh": 0.1, "tired": -0.04, "rested": 0.05},
+        "replay": {"fresh": -0.05, "tired": -0.05, "rested": -0.05},
+        "distill": {"fresh": 0.0, "tired": -0.01, "rested": 0.0},
+    }
     losses = {"today": 1.3, "replay": 0.05, "inbox": 1.8, "distill": 0.9}
     bandit = policies.make("bandit")
     last, trained, nights, total = None, set(), [], 0.0
@@ -174,39 +185,63 @@ def test_bandit_rests_a_source_that_tires():
 
 def test_trials_measure_progress_and_are_undone(tiny_model, tmp_path):
     from circadian.backends import LoadRequest, get_backend
+    from circadian.backends.tokens import encode_chat
     from circadian.core.config import Config
     from circadian.night.evaluate import mean_loss
-    from circadian.backends.tokens import encode_chat
 
     model = get_backend("torch").load(LoadRequest("tiny", tiny_model))
-    chat = lambda q, a: encode_chat(model.tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64)  # noqa: E731
-    rows = {"fruit": [chat(f"Name fruit {i}.", f"Fruit {i} is a pear.") for i in range(8)],
-            "codes": [chat(f"Say code {i}.", f"Code {i} is lantern.") for i in range(8)]}
+    chat = lambda q, a: encode_chat(
+        model.tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64
+    )  # noqa: E731
+    rows = {
+        "fruit": [chat(f"Name fruit {i}.", f"Fruit {i} is a pear.") for i in range(8)],
+        "codes": [chat(f"Say code {i}.", f"Code {i} is lantern.") for i in range(8)],
+    }
     settings = Config().train.model_copy(update={"learning_rate": 5e-3})
     model.train(rows["fruit"][:4], [], settings.model_copy(update={"max_steps": 2, "warmup_steps": 0}), lambda e: None)
     model.save_adapter(tmp_path / "current")
     model.set_adapter(tmp_path / "current", "current")
     losses = {k: mean_loss(model, v) for k, v in rows.items()}
     bandit = policies.make("bandit")
-    probes = trials.run_trials(model, bandit, losses, 1, night_rows=rows.get, select_rows=rows,
-                                settings=settings.model_copy(update={"batch_size": 4, "warmup_steps": 1}),
-                                restore=lambda: model.set_adapter(tmp_path / "current", "current"))
+    probes = trials.run_trials(
+        model,
+        bandit,
+        losses,
+        1,
+        night_rows=rows.get,
+        select_rows=rows,
+        settings=settings.model_copy(update={"batch_size": 4, "warmup_steps": 1}),
+        restore=lambda: model.set_adapter(tmp_path / "current", "current"),
+    )
     assert set(probes.progress) == {"fruit", "codes"} and all(v > 0 for v in probes.progress.values())
     assert {k: mean_loss(model, v) for k, v in rows.items()} == pytest.approx(losses, abs=1e-6)  # undone
     assert [h[2] for h in bandit.state["history"]] == ["trial", "trial"]
-    assert trials.run_trials(model, policies.make("self"), losses, 1, night_rows=rows.get, select_rows=rows,
-                              settings=settings, restore=lambda: None).progress == {}  # only the bandit asks
+    assert (
+        trials.run_trials(
+            model,
+            policies.make("self"),
+            losses,
+            1,
+            night_rows=rows.get,
+            select_rows=rows,
+            settings=settings,
+            restore=lambda: None,
+        ).progress
+        == {}
+    )  # only the bandit asks
 
 
 def test_a_trial_is_the_first_steps_of_the_night(tiny_model, tmp_path):
     from circadian.backends import LoadRequest, get_backend
+    from circadian.backends.tokens import encode_chat
     from circadian.core.config import Config
     from circadian.lab.experiment import BUDGETS, budget_settings, night_sample
     from circadian.night.evaluate import mean_loss
-    from circadian.backends.tokens import encode_chat
 
     model = get_backend("torch").load(LoadRequest("tiny", tiny_model))
-    chat = lambda q, a: encode_chat(model.tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64)  # noqa: E731
+    chat = lambda q, a: encode_chat(
+        model.tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64
+    )  # noqa: E731
     pool = [chat(f"Name fruit {i}" + "!" * (i % 5), f"Fruit {i} is a pear.") for i in range(30)]
     select = {"fruit": [chat(f"Which fruit is {i}?", f"Fruit {i} is a pear.") for i in range(4)]}
     plan = BUDGETS["small"]
@@ -216,14 +251,24 @@ def test_a_trial_is_the_first_steps_of_the_night(tiny_model, tmp_path):
     progress = trials.trial(model, rows, settings, select, before, restore=lambda: model.set_adapter(None, None))
     assert mean_loss(model, select["fruit"]) == pytest.approx(before, abs=1e-6)  # undone
     steps = []
-    night = model.train(rows, [], settings, lambda e: steps.append(e) or ("stop" if e["iteration"] == trials.TRIAL_STEPS else None))
+    night = model.train(
+        rows, [], settings, lambda e: steps.append(e) or ("stop" if e["iteration"] == trials.TRIAL_STEPS else None)
+    )
     assert night.steps == trials.TRIAL_STEPS < plan.steps  # the night was stopped where the probe ends
     assert before - mean_loss(model, select["fruit"]) == pytest.approx(progress, abs=1e-5)
     assert progress > 0
     # a probe as long as the night is the night: its kept adapter stands in for training the night again
     model.set_adapter(None, None)
-    whole = trials.trial(model, rows, settings, select, before, restore=lambda: model.set_adapter(None, None),
-                          steps=plan.steps, keep=lambda: model.save_adapter(tmp_path / "kept"))
+    whole = trials.trial(
+        model,
+        rows,
+        settings,
+        select,
+        before,
+        restore=lambda: model.set_adapter(None, None),
+        steps=plan.steps,
+        keep=lambda: model.save_adapter(tmp_path / "kept"),
+    )
     night = model.train(rows, [], settings, lambda e: None)
     assert night.steps == plan.steps and whole > progress
     trained = mean_loss(model, select["fruit"])
@@ -234,7 +279,7 @@ def test_a_trial_is_the_first_steps_of_the_night(tiny_model, tmp_path):
 
 def test_mean_ci_uses_student_t():
     stats = mean_ci([1.0, 2.0, 3.0])
-    assert stats["mean"] == 2.0 and abs(stats["ci95"] - 4.303 * 1.0 / 3 ** 0.5) < 1e-9
+    assert stats["mean"] == 2.0 and abs(stats["ci95"] - 4.303 * 1.0 / 3**0.5) < 1e-9
     assert mean_ci([])["mean"] is None and mean_ci([5.0])["ci95"] is None
 
 
@@ -256,9 +301,15 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     assert_one_line_error(run_cli("cycles", "run", "--policy", "fixed:nowhere", "--budget", "tiny"))
     # an experiment killed after its first cycle: shown, but left out of the per-policy means
     with (tmp_path / "killed.err").open("w") as err:
-        killed = subprocess.Popen([*CLI, "cycles", "run", "-n", "5", "--policy", "random", "--budget", "tiny",
-                                   "--no-generate"], env=os.environ.copy(), cwd=ROOT, stdout=err, stderr=err)
+        killed = subprocess.Popen(
+            [*CLI, "cycles", "run", "-n", "5", "--policy", "random", "--budget", "tiny", "--no-generate"],
+            env=os.environ.copy(),
+            cwd=ROOT,
+            stdout=err,
+            stderr=err,
+        )
     deadline = time.time() + 300
+
     def random_lines(log):
         return sum(json.loads(line).get("run_type") == "random" for line in log.read_text().splitlines())
 
@@ -290,8 +341,9 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     assert all(abs(line["oracle_progress"][line["chosen"]] - line["progress"]) < 1e-9 for line in oracle_lines)
     # the tiny budget's night is as long as a probe: the probes were kept as the nights, the oracle's too
     assert first["trials"]["progress"] == pytest.approx(oracle_lines[0]["oracle_progress"], abs=1e-6)
-    informed = sum(line["oracle_rewards"][max(line["oracle_progress"], key=line["oracle_progress"].get)]
-                   for line in oracle_lines)
+    informed = sum(
+        line["oracle_rewards"][max(line["oracle_progress"], key=line["oracle_progress"].get)] for line in oracle_lines
+    )
     best = sum(max(line["oracle_rewards"].values()) for line in oracle_lines)
     assert bandit["full_information_share"] == (pytest.approx(informed / best) if best > 0 else None)
     assert {r["run_type"] for r in data["per_run_type"]} == {"bandit", "fixed:inbox"}
@@ -306,8 +358,14 @@ def test_cycles_run_with_oracle_then_analyze_and_pack(two_days, tmp_path):
     with tarfile.open(tmp_path / "repro.tar.gz") as tar:
         names = set(tar.getnames())
         commands = tar.extractfile("commands.txt").read().decode()
-    assert {"config/circadian.toml", "logs/run_log.jsonl", "logs/choice_log.jsonl", "versions.json",
-            "data_hashes.json", "README.md"} <= names
+    assert {
+        "config/circadian.toml",
+        "logs/run_log.jsonl",
+        "logs/choice_log.jsonl",
+        "versions.json",
+        "data_hashes.json",
+        "README.md",
+    } <= names
     assert "--policy bandit --seed 0 --budget tiny --oracle" in commands
     assert sum(n.endswith("experiment.json") for n in names) == 3
 

@@ -13,13 +13,15 @@ import time
 import urllib.request
 
 import pytest
+from conftest import CLI, ROOT, run_cli, say
 
 from circadian.night import control
 from circadian.store import adapters
-from conftest import CLI, ROOT, run_cli, say
 
-pytestmark = pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("chromedriver") is None,
-                                reason="chromium and chromedriver are installed by `make test`")
+pytestmark = pytest.mark.skipif(
+    shutil.which("chromium") is None or shutil.which("chromedriver") is None,
+    reason="chromium and chromedriver are installed by `make test`",
+)
 
 
 def free_port() -> int:
@@ -31,8 +33,9 @@ def free_port() -> int:
 @pytest.fixture
 def server(night):
     port = free_port()
-    process = subprocess.Popen([*CLI, "dashboard", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*CLI, "dashboard", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
@@ -52,9 +55,17 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     driver.implicitly_wait(2)
@@ -96,8 +107,11 @@ def submit_filter(driver, query_part: str) -> list:
     old_table = driver.find_element("id", "table-evolution")
     driver.find_element("css selector", "#filter button").click()
     WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old_table))
-    wait_until(lambda: query_part in driver.current_url and driver.find_element("id", "table-evolution"), 20,
-               "the filtered page")
+    wait_until(
+        lambda: query_part in driver.current_url and driver.find_element("id", "table-evolution"),
+        20,
+        "the filtered page",
+    )
     return driver.find_elements("css selector", "#table-evolution tr")[1:]
 
 
@@ -107,8 +121,19 @@ def test_pages_export_evolution_and_rollback(night, server, browser, tmp_path):
     say(night, "My dog is called Biscuit.", "My sister Lena lives in Trondheim.")
     first = json.loads(run_cli("sleep", "--json").stdout)
     assert first["outcome"] == "promoted"
-    assert run_cli("cycles", "run", "-n", "1", "--policy", "random", "--budget", "tiny", "--no-generate",
-                   "--sources", "today,replay").returncode in (0, 1)  # replay may have no data yet: still a page
+    assert run_cli(
+        "cycles",
+        "run",
+        "-n",
+        "1",
+        "--policy",
+        "random",
+        "--budget",
+        "tiny",
+        "--no-generate",
+        "--sources",
+        "today,replay",
+    ).returncode in (0, 1)  # replay may have no data yet: still a page
     with night.choice_log.open("a") as log:
         log.write("{broken\n")
 
@@ -163,8 +188,9 @@ def test_live_page_follows_a_real_sleep_and_its_buttons_steer_it(paths, tiny_mod
 
     paths.config.write_text(LONG.format(model=tiny_model))
     say(paths, "My dog is called Biscuit.")
-    sleeper = subprocess.Popen([*CLI, "sleep", "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    sleeper = subprocess.Popen(
+        [*CLI, "sleep", "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         browser.get(server + "/live")
         wait_until(lambda: int(browser.find_element("id", "live-step").text) >= 2, 180, "training steps on the page")
@@ -195,8 +221,13 @@ def test_only_local_hosts_are_served(paths, server):
         urllib.request.urlopen(post)
     assert forbidden.value.code == 403
     port = free_port()
-    exposed = subprocess.Popen([*CLI, "dashboard", "--host", "0.0.0.0", "--port", str(port)], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    exposed = subprocess.Popen(
+        [*CLI, "dashboard", "--host", "0.0.0.0", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "warning: serving on 0.0.0.0" in exposed.stderr.readline()
     finally:

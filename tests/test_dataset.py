@@ -6,24 +6,43 @@ from __future__ import annotations
 import pytest
 
 from circadian.backends import tokens
-from circadian.night import dataset, facts, redact
 from circadian.core.config import SleepSettings
 from circadian.core.errors import CircadianError
+from circadian.night import dataset, facts, redact
 from circadian.store.memories import MemoryRecord, make_record
 
 
-@pytest.mark.parametrize("text, expected", [
-    pytest.param("My dog is called Biscuit.", [("named", "dog", "Biscuit")], id="called"),
-    pytest.param("Just back from walking Pepper, my beagle.", [("named", "beagle", "Pepper"), ("named", "dog", "Pepper")], id="apposition"),
-    pytest.param("My brother Ahmed is visiting. He lives in Lisbon.", [("named", "brother", "Ahmed"), ("lives", "Ahmed", "Lisbon")], id="possessive_and_coreference"),
-    pytest.param("I'm allergic to peanuts, so no satay.", [("allergy", "", "peanuts")], id="allergy"),
-    pytest.param("I work as a nurse at the Diakonessenhuis hospital.", [("job", "", "nurse"), ("workplace", "", "the Diakonessenhuis hospital")], id="job_at"),
-    pytest.param("Teal is my favourite colour.", [("favourite", "colour", "Teal")], id="favourite_inverted"),
-    pytest.param("My favorite food is pad thai.", [("favourite", "food", "pad thai")], id="favorite_us"),
-    pytest.param("My birthday is on March 3rd.", [("birthday", "", "March 3rd")], id="date"),
-    pytest.param("I grew up in Zwolle and I live in Amsterdam now.", [("home", "", "Amsterdam"), ("origin", "", "Zwolle")], id="places"),
-    pytest.param("I'm tired today.", [], id="no_fact"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        pytest.param("My dog is called Biscuit.", [("named", "dog", "Biscuit")], id="called"),
+        pytest.param(
+            "Just back from walking Pepper, my beagle.",
+            [("named", "beagle", "Pepper"), ("named", "dog", "Pepper")],
+            id="apposition",
+        ),
+        pytest.param(
+            "My brother Ahmed is visiting. He lives in Lisbon.",
+            [("named", "brother", "Ahmed"), ("lives", "Ahmed", "Lisbon")],
+            id="possessive_and_coreference",
+        ),
+        pytest.param("I'm allergic to peanuts, so no satay.", [("allergy", "", "peanuts")], id="allergy"),
+        pytest.param(
+            "I work as a nurse at the Diakonessenhuis hospital.",
+            [("job", "", "nurse"), ("workplace", "", "the Diakonessenhuis hospital")],
+            id="job_at",
+        ),
+        pytest.param("Teal is my favourite colour.", [("favourite", "colour", "Teal")], id="favourite_inverted"),
+        pytest.param("My favorite food is pad thai.", [("favourite", "food", "pad thai")], id="favorite_us"),
+        pytest.param("My birthday is on March 3rd.", [("birthday", "", "March 3rd")], id="date"),
+        pytest.param(
+            "I grew up in Zwolle and I live in Amsterdam now.",
+            [("home", "", "Amsterdam"), ("origin", "", "Zwolle")],
+            id="places",
+        ),
+        pytest.param("I'm tired today.", [], id="no_fact"),
+    ],
+)
 def test_extract_facts_handles_ordinary_phrasing(text, expected):
     assert sorted((f.kind, f.subject, f.value) for f in facts.extract_facts(text)) == sorted(expected)
 
@@ -40,16 +59,19 @@ def test_wordings_are_disjoint_and_stable():
     assert facts.wordings(fact) == words
 
 
-@pytest.mark.parametrize("text, kind", [
-    pytest.param("key AKIAIOSFODNN7EXAMPLE here", "secret", id="aws"),
-    pytest.param("token ghp_16C7e42F292c6912E7710c838347Ae178B4a ok", "secret", id="github"),
-    pytest.param("use sk-proj-Abc123def456GHI789jkl012MNO345 now", "secret", id="openai"),
-    pytest.param("blob 7f9a8b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a", "secret", id="high_entropy"),
-    pytest.param("write to maya.jansen@example.org", "email", id="email"),
-    pytest.param("call +31 6 12345678 tonight", "phone", id="phone"),
-    pytest.param("pay NL91 ABNA 0417 1643 00 please", "iban", id="iban"),
-    pytest.param("card 4111 1111 1111 1111 exp", "card", id="card"),
-])
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        pytest.param("key AKIAIOSFODNN7EXAMPLE here", "secret", id="aws"),
+        pytest.param("token ghp_16C7e42F292c6912E7710c838347Ae178B4a ok", "secret", id="github"),
+        pytest.param("use sk-proj-Abc123def456GHI789jkl012MNO345 now", "secret", id="openai"),
+        pytest.param("blob 7f9a8b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a", "secret", id="high_entropy"),
+        pytest.param("write to maya.jansen@example.org", "email", id="email"),
+        pytest.param("call +31 6 12345678 tonight", "phone", id="phone"),
+        pytest.param("pay NL91 ABNA 0417 1643 00 please", "iban", id="iban"),
+        pytest.param("card 4111 1111 1111 1111 exp", "card", id="card"),
+    ],
+)
 def test_redact_text_replaces_and_counts(text, kind):
     result = redact.redact_text(text)
     assert f"[redacted-{kind}]" in result.text and result.counts[kind] == 1
@@ -68,8 +90,12 @@ def tokenizer(embedded_model):
 
 
 def test_encode_chat_targets_every_assistant_turn_only(tokenizer):
-    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
-                {"role": "user", "content": "And again?"}, {"role": "assistant", "content": "Still here."}]
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello there."},
+        {"role": "user", "content": "And again?"},
+        {"role": "assistant", "content": "Still here."},
+    ]
     example = tokens.encode_chat(tokenizer, messages)
     targeted = tokenizer.decode([t for t, m in zip(example.ids, example.mask) if m])
     assert "Hello there." in targeted and "Still here." in targeted
@@ -94,9 +120,16 @@ def test_length_batches_cover_everything_with_little_padding():
 
 
 def _record(text, **kw):
-    return MemoryRecord.model_validate(make_record(
-        [{"role": "user", "content": text}, {"role": "assistant", "content": "Noted."}],
-        session="s", model="m", adapter=None, source=kw.pop("source", "chat"), **kw))
+    return MemoryRecord.model_validate(
+        make_record(
+            [{"role": "user", "content": text}, {"role": "assistant", "content": "Noted."}],
+            session="s",
+            model="m",
+            adapter=None,
+            source=kw.pop("source", "chat"),
+            **kw,
+        )
+    )
 
 
 def test_select_and_build_leave_out_no_train_forgotten_and_trained():
@@ -115,16 +148,19 @@ def test_select_and_build_leave_out_no_train_forgotten_and_trained():
 
 
 def test_build_redacts_before_training_and_splits_without_leaks():
-    records = [_record("My email is maya@example.org and my dog is called Biscuit."),
-               _record("I work as a nurse at Diakonessenhuis.")]
+    records = [
+        _record("My email is maya@example.org and my dog is called Biscuit."),
+        _record("I work as a nurse at Diakonessenhuis."),
+    ]
     plan = dataset.build(dataset.select(records, trained=set(), forgotten=set()), SleepSettings())
     assert plan.redactions["email"] == 1
     assert "maya@example.org" not in str(plan.train + plan.valid)
     dataset.check_no_leak(plan)
     train_q = {r["messages"][0]["content"] for r in plan.train}
     assert not train_q & {p["question"] for p in plan.probes}
-    assert all(r["lineage"]["generator"] == facts.GENERATOR and r["lineage"]["version"] == facts.VERSION
-               for r in plan.train)
+    assert all(
+        r["lineage"]["generator"] == facts.GENERATOR and r["lineage"]["version"] == facts.VERSION for r in plan.train
+    )
 
 
 def test_build_imported_conversations_split_by_conversation():
@@ -144,9 +180,20 @@ def test_build_newer_fact_replaces_older_one():
 
 
 def test_distill_prompts_grows_with_the_fact_rows():
-    many = [_record(text) for text in ("My dog is called Biscuit.", "My cat is called Mochi.", "I grew up in Zwolle.",
-                                       "I work as a nurse.", "My sister Lena lives in Oslo.", "I play the cello.",
-                                       "My favourite colour is green.", "I drive a Volvo.", "I speak Dutch.")]
+    many = [
+        _record(text)
+        for text in (
+            "My dog is called Biscuit.",
+            "My cat is called Mochi.",
+            "I grew up in Zwolle.",
+            "I work as a nurse.",
+            "My sister Lena lives in Oslo.",
+            "I play the cello.",
+            "My favourite colour is green.",
+            "I drive a Volvo.",
+            "I speak Dutch.",
+        )
+    ]
     plan = dataset.build(dataset.select(many, trained=set(), forgotten=set()), SleepSettings())
     fact_rows = sum(r["lineage"]["generator"] == facts.GENERATOR for r in plan.train)
     assert fact_rows > 50
@@ -158,10 +205,13 @@ def test_distill_prompts_grows_with_the_fact_rows():
 
 
 def test_inbox_units_come_before_today_with_their_own_splits():
-    plan = dataset.build(dataset.select([_record("My dog is called Biscuit.")], trained=set(), forgotten=set()),
-                         SleepSettings())
-    rows = [[{"role": "user", "content": f"Say code {i}."}, {"role": "assistant", "content": f"Code {i}."}]
-            for i in range(10)]
+    plan = dataset.build(
+        dataset.select([_record("My dog is called Biscuit.")], trained=set(), forgotten=set()), SleepSettings()
+    )
+    rows = [
+        [{"role": "user", "content": f"Say code {i}."}, {"role": "assistant", "content": f"Code {i}."}]
+        for i in range(10)
+    ]
     plan = dataset.add_inbox(plan, [({"id": "q1", "name": "a.jsonl", "priority": "priority"}, rows)], SleepSettings())
     assert [u.name for u in plan.datasets] == ["inbox priority: a.jsonl", "today"]
     unit = plan.datasets[0]

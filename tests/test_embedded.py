@@ -8,14 +8,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
+from conftest import CLI, ROOT, run_cli
 
 from circadian.backends import embedded
 from circadian.core.errors import CircadianError
-from conftest import CLI, ROOT, run_cli
 
 
 def test_verify_accepts_build_and_rejects_changed_file(embedded_model, tmp_path):
@@ -41,8 +40,13 @@ def test_converted_config_carries_rope_theta_for_mlx(embedded_model):
 @pytest.mark.slow
 def test_build_killed_midway_leaves_nothing_usable_then_builds(tmp_path):
     models = tmp_path / "models"
-    proc = subprocess.Popen([*CLI, "models", "build"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "CIRCADIAN_MODELS_DIR": str(models)})
+    proc = subprocess.Popen(
+        [*CLI, "models", "build"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CIRCADIAN_MODELS_DIR": str(models)},
+    )
     for line in proc.stderr:
         if "converting" in line:
             time.sleep(3)
@@ -62,8 +66,14 @@ def test_build_killed_midway_leaves_nothing_usable_then_builds(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_ask_capital_of_france_on_fresh_home_real_model(backend, embedded_model, home):
-    result = run_cli("ask", "What is the capital of France?", "--json", "--max-tokens", "12",
-                     env={"CIRCADIAN_MODEL__BACKEND": backend})
+    result = run_cli(
+        "ask",
+        "What is the capital of France?",
+        "--json",
+        "--max-tokens",
+        "12",
+        env={"CIRCADIAN_MODEL__BACKEND": backend},
+    )
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert "Paris" in answer["reply"] and answer["backend"] == backend

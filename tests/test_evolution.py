@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
-from circadian.night import evolution
-from circadian.core.fsutil import atomic_write_json
 from conftest import run_cli, say
+
+from circadian.core.fsutil import atomic_write_json
+from circadian.night import evolution
 
 
 def test_a_night_snapshots_tracked_examples_and_analyzes_them(night):
@@ -43,23 +44,35 @@ def _night(runs, cycle, examples, before, after):
 
 
 def test_analysis_categories_and_forgetting_across_nights(tmp_path):
-    examples = [{"id": "probe-0", "kind": "probe", "fact": "pet::dog", "question": "q0"},
-                {"id": "probe-1", "kind": "probe", "fact": "origin::you", "question": "q1"},
-                {"id": "probe-2", "kind": "probe", "fact": "job::you", "question": "q2"}]
+    examples = [
+        {"id": "probe-0", "kind": "probe", "fact": "pet::dog", "question": "q0"},
+        {"id": "probe-1", "kind": "probe", "fact": "origin::you", "question": "q1"},
+        {"id": "probe-2", "kind": "probe", "fact": "job::you", "question": "q2"},
+    ]
     item = lambda i, hit, loss: {"id": f"probe-{i}", "hit": hit, "loss": loss, "answer": "a"}  # noqa: E731
-    folder = _night(tmp_path, "20261120-030000", examples,
-                    [item(0, False, 3.0), item(1, False, 3.0), item(2, False, 3.0)],
-                    [item(0, True, 0.1), item(1, False, 1.0), item(2, False, 2.9)])
-    atomic_write_json(folder / "step_0004.json", {"step": 4, "items": [item(0, True, 0.3), item(1, True, 0.4),
-                                                                        item(2, False, 2.9)]})
+    folder = _night(
+        tmp_path,
+        "20261120-030000",
+        examples,
+        [item(0, False, 3.0), item(1, False, 3.0), item(2, False, 3.0)],
+        [item(0, True, 0.1), item(1, False, 1.0), item(2, False, 2.9)],
+    )
+    atomic_write_json(
+        folder / "step_0004.json", {"step": 4, "items": [item(0, True, 0.3), item(1, True, 0.4), item(2, False, 2.9)]}
+    )
     analysis = evolution.analyze(folder, final_step=8)
     by_id = {r["id"]: r for r in analysis["examples"]}
     assert by_id["probe-0"]["category"] == "learned" and by_id["probe-0"]["learned_at"] == 4
     assert by_id["probe-1"]["category"] == "struggling" and by_id["probe-1"]["regressions"] == 1
     assert by_id["probe-2"]["category"] == "not learned" and by_id["probe-2"]["learned_at"] is None
     # the next night starts with the dog fact wrong again: one forgetting event
-    _night(tmp_path, "20261121-030000", examples, [item(0, False, 1.5), item(1, False, 1.0), item(2, False, 2.9)],
-           [item(0, True, 0.1), item(1, True, 0.2), item(2, False, 2.9)])
+    _night(
+        tmp_path,
+        "20261121-030000",
+        examples,
+        [item(0, False, 1.5), item(1, False, 1.0), item(2, False, 2.9)],
+        [item(0, True, 0.1), item(1, True, 0.2), item(2, False, 2.9)],
+    )
     result = evolution.forgetting(tmp_path)
     assert result["events"] == [{"fact": "pet::dog", "cycle_id": "20261121-030000"}]
     assert result["facts"]["pet::dog"] == {"nights": 2, "forgetting_events": 1, "last_hit": True}

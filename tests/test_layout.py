@@ -35,7 +35,9 @@ def imports(path: Path) -> list[tuple[int, str, list[str]]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found.append((node.lineno, base, [alias.name for alias in node.names]))
     return found
 
@@ -86,8 +88,11 @@ def test_no_module_takes_another_modules_private_names():
     for name, path in modules().items():
         for line, target, names in imports(path):
             if target.startswith("circadian") and target != name:
-                found += [f"{path.relative_to(ROOT)}:{line} takes {n} from {target}" for n in names
-                          if n.startswith("_") and not n.startswith("__")]
+                found += [
+                    f"{path.relative_to(ROOT)}:{line} takes {n} from {target}"
+                    for n in names
+                    if n.startswith("_") and not n.startswith("__")
+                ]
     assert found == []
 
 
@@ -107,7 +112,7 @@ def test_no_import_cycles():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1 and nxt not in TOP:
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = 2
@@ -119,8 +124,10 @@ def test_no_import_cycles():
 
 
 def test_help_imports_no_heavy_library():
-    code = ("import sys\nfrom circadian.cli import app\ntry:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
-            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
+    code = (
+        "import sys\nfrom circadian.cli import app\ntry:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"

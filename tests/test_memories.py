@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import stat
 
-from circadian.store import memories
-from circadian.day.importer import import_file, validate_lines
 from conftest import assert_one_line_error, run_cli
+
+from circadian.day.importer import import_file, validate_lines
+from circadian.store import memories
 
 
 def _exchange(user="hi", assistant="hello"):
@@ -15,19 +16,19 @@ def _exchange(user="hi", assistant="hello"):
 
 
 def test_make_record_tags_no_train_mark_in_user_message():
-    tagged = memories.make_record(_exchange("my PIN is 1234 #No-Train"), session="s", model="m",
-                                  adapter=None, source="chat")
-    plain = memories.make_record(_exchange("my dog is Biscuit"), session="s", model="m",
-                                 adapter=None, source="chat")
+    tagged = memories.make_record(
+        _exchange("my PIN is 1234 #No-Train"), session="s", model="m", adapter=None, source="chat"
+    )
+    plain = memories.make_record(_exchange("my dog is Biscuit"), session="s", model="m", adapter=None, source="chat")
     assert tagged["tags"] == ["no-train"] and plain["tags"] == []
-    assistant_only = memories.make_record(_exchange("hi", "#no-train"), session="s", model="m",
-                                          adapter=None, source="chat")
+    assistant_only = memories.make_record(
+        _exchange("hi", "#no-train"), session="s", model="m", adapter=None, source="chat"
+    )
     assert assistant_only["tags"] == []
 
 
 def test_make_record_session_no_train_switch():
-    record = memories.make_record(_exchange(), session="s", model="m", adapter="v0001", source="chat",
-                                  no_train=True)
+    record = memories.make_record(_exchange(), session="s", model="m", adapter="v0001", source="chat", no_train=True)
     assert record["tags"] == ["no-train"]
     assert set(record) >= {"id", "ts", "session", "model", "adapter", "tags", "messages"}
     assert record["ts"][-6] in "+-"  # local time with its offset
@@ -53,14 +54,16 @@ def test_forget_appends_tombstone_and_leaves_history_untouched(paths):
 
 
 def test_validate_lines_names_each_bad_line():
-    text = "\n".join([
-        json.dumps({"messages": _exchange()}),
-        "{broken",
-        json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}),
-        json.dumps({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "y"}]}),
-        json.dumps({"messages": [{"role": "user", "content": "only a question"}]}),
-        json.dumps([1, 2]),
-    ])
+    text = "\n".join(
+        [
+            json.dumps({"messages": _exchange()}),
+            "{broken",
+            json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+            json.dumps({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "y"}]}),
+            json.dumps({"messages": [{"role": "user", "content": "only a question"}]}),
+            json.dumps([1, 2]),
+        ]
+    )
     rows, problems = validate_lines(text)
     assert len(rows) == 1
     assert [p.split(":")[0] for p in problems] == ["line 2", "line 3", "line 4", "line 5", "line 6"]
@@ -78,8 +81,10 @@ def test_import_rejects_whole_file_with_bad_line(paths, tmp_path):
 
 def test_import_appends_and_skips_duplicate(paths, tmp_path):
     src = tmp_path / "chats.jsonl"
-    src.write_text("\n".join(json.dumps({"messages": _exchange(f"q{i} #no-train" if i == 2 else f"q{i}")})
-                             for i in range(3)) + "\n")
+    src.write_text(
+        "\n".join(json.dumps({"messages": _exchange(f"q{i} #no-train" if i == 2 else f"q{i}")}) for i in range(3))
+        + "\n"
+    )
     first = import_file(paths, src)
     assert (first.added, first.no_train, first.skipped_duplicate) == (3, 1, False)
     again = run_cli("import", str(src))

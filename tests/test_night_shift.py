@@ -12,19 +12,21 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import CLI, FAST, ROOT, assert_one_line_error, run_cli, say
 
+from circadian.core.lock import SessionMark
 from circadian.night import control
 from circadian.shift import schedule
 from circadian.store import adapters, inbox
-from circadian.core.lock import SessionMark
-from conftest import CLI, FAST, ROOT, assert_one_line_error, run_cli, say
 
-LONG = FAST.replace("max_steps = 4", "max_steps = 3000\nmax_epochs = 3000\npatience = 1000") \
-           .replace("min_steps = 0", "min_steps = 3000").replace("eval_every = 2", "eval_every = 500") \
+LONG = (
+    FAST.replace("max_steps = 4", "max_steps = 3000\nmax_epochs = 3000\npatience = 1000")
+    .replace("min_steps = 0", "min_steps = 3000")
+    .replace("eval_every = 2", "eval_every = 500")
     + "[schedule]\nchat_wait_minutes = 0.05\nchat_poll_seconds = 0.2\nnotify = false\n"
+)
 LONG = LONG.replace("[sleep]\n", "[sleep]\ninbox_settle_seconds = 0\n")
 
 
@@ -52,9 +54,11 @@ def long_night(paths, tiny_model):
 
 # ----------------------------------------------------------------------------- schedule files
 
+
 def test_plist_renders_from_the_template_and_parses(tmp_path):
-    raw = schedule.render_plist(["/opt/c i r/circadian"], 2, 30, {"CIRCADIAN_HOME": "/h"}, tmp_path / "o.log",
-                                tmp_path / "e.log")
+    raw = schedule.render_plist(
+        ["/opt/c i r/circadian"], 2, 30, {"CIRCADIAN_HOME": "/h"}, tmp_path / "o.log", tmp_path / "e.log"
+    )
     job = plistlib.loads(raw)
     assert job["Label"] == schedule.LABEL
     assert job["ProgramArguments"] == ["/opt/c i r/circadian", "sleep", "--scheduled"]
@@ -73,8 +77,9 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path, home):
         (tmp_path / name).write_text(text)
     assert "OnCalendar=*-*-* 03:05:00" in units[f"{schedule.UNIT}.timer"]
     assert "Persistent=true" in units[f"{schedule.UNIT}.timer"]
-    done = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in units)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", *(str(tmp_path / n) for n in units)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -102,6 +107,7 @@ def test_schedule_install_dry_run_touches_nothing_and_install_is_all_or_nothing(
 
 # ----------------------------------------------------------------------------- the scheduled job
 
+
 def test_scheduled_sleep_runs_once_per_night(night):
     say(night, "My dog is called Biscuit.")
     first = run_cli("sleep", "--scheduled", "--json")
@@ -121,11 +127,19 @@ def test_scheduled_sleep_runs_once_per_night(night):
 
 
 def test_scheduled_sleep_waits_for_an_open_chat(long_night):
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, %r)\n"
-        "from pathlib import Path\nfrom circadian.core.lock import SessionMark\n"
-        "with SessionMark(Path(%r)):\n    print('open', flush=True); time.sleep(1.5)") % (str(ROOT), str(long_night.control))],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+                "from pathlib import Path\nfrom circadian.core.lock import SessionMark\n"
+                f"with SessionMark(Path({str(long_night.control)!r})):\n    print('open', flush=True); time.sleep(1.5)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "open"
     started = time.time()
     result = run_cli("sleep", "--scheduled", env={"CIRCADIAN_SCHEDULE__CHAT_WAIT_MINUTES": "1"})
@@ -145,8 +159,9 @@ def test_scheduled_sleep_waits_for_an_open_chat(long_night):
 def test_daemon_catches_up_a_missed_night_and_reports_its_next_run(paths, tiny_model):
     paths.config.write_text(FAST.format(model=tiny_model) + "[schedule]\nnotify = false\n")
     at = time.strftime("%H:%M", time.localtime(time.time() - 120))
-    daemon = subprocess.Popen([*CLI, "daemon", "--at", at], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    daemon = subprocess.Popen(
+        [*CLI, "daemon", "--at", at], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_for(lambda: any(r.get("trigger") == "scheduled" for r in run_log(paths)), 120, "the catch-up run")
         status = json.loads(run_cli("status", "--json").stdout)
@@ -165,6 +180,7 @@ def test_daemon_catches_up_a_missed_night_and_reports_its_next_run(paths, tiny_m
 
 # ----------------------------------------------------------------------------- ctl on a real sleep
 
+
 def _status(paths) -> dict:
     return control.read_status(paths.control).row()
 
@@ -173,11 +189,15 @@ def test_ctl_pause_resume_stop_on_a_running_sleep(long_night):
     say(long_night, "My dog is called Biscuit.")
     memories_before = long_night.memories.read_bytes()
     assert_one_line_error(run_cli("ctl", "pause"))  # nothing running yet
-    sleeper = subprocess.Popen([*CLI, "sleep", "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    sleeper = subprocess.Popen(
+        [*CLI, "sleep", "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        wait_for(lambda: _status(long_night).get("running") and (_status(long_night).get("step") or 0) >= 3,
-                 180, "training steps")
+        wait_for(
+            lambda: _status(long_night).get("running") and (_status(long_night).get("step") or 0) >= 3,
+            180,
+            "training steps",
+        )
         assert run_cli("ctl", "pause").returncode == 0
         wait_for(lambda: _status(long_night).get("state") == "paused", 60, "the pause")
         cycle_dir = long_night.runs / _status(long_night)["cycle_id"]
@@ -205,15 +225,23 @@ def test_ctl_pause_resume_stop_on_a_running_sleep(long_night):
 
 # ----------------------------------------------------------------------------- inbox and queue
 
+
 def test_inbox_validation_quarantine_and_half_written_files(paths):
     lane = paths.inbox / "normal"
-    (lane / "style.jsonl").write_text("\n".join([
-        json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}),
-        json.dumps({"prompt": "2+2?", "completion": "4"}),
-        "{not json",
-        json.dumps({"messages": [{"role": "user", "content": "no answer"}]}),
-        json.dumps({"prompt": "", "completion": "x"}),
-    ]) + "\n")
+    (lane / "style.jsonl").write_text(
+        "\n".join(
+            [
+                json.dumps(
+                    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+                ),
+                json.dumps({"prompt": "2+2?", "completion": "4"}),
+                "{not json",
+                json.dumps({"messages": [{"role": "user", "content": "no answer"}]}),
+                json.dumps({"prompt": "", "completion": "x"}),
+            ]
+        )
+        + "\n"
+    )
     (lane / "fresh.jsonl").write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
     old = time.time() - 60
     os.utime(lane / "style.jsonl", (old, old))
@@ -221,8 +249,10 @@ def test_inbox_validation_quarantine_and_half_written_files(paths):
     assert [e["name"] for e in added] == ["style.jsonl"]  # fresh.jsonl may still be being written
     entry = added[0]
     assert entry["state"] == "queued" and entry["rows"] == 2 and entry["quarantined"] == 3
-    reasons = [json.loads(line)["reason"] for line in
-               (paths.quarantine / f"inbox-{entry['id']}.jsonl").read_text().splitlines()]
+    reasons = [
+        json.loads(line)["reason"]
+        for line in (paths.quarantine / f"inbox-{entry['id']}.jsonl").read_text().splitlines()
+    ]
     assert reasons[0].startswith("not JSON") and "assistant" in reasons[1] and "non-empty" in reasons[2]
     assert not (lane / "style.jsonl").exists() and (lane / "fresh.jsonl").exists()
     assert len(inbox.load_rows(paths, entry)) == 2
@@ -233,7 +263,9 @@ def test_inbox_validation_quarantine_and_half_written_files(paths):
     failed = inbox.ingest(paths, settle_seconds=5)
     assert [(e["name"], e["state"]) for e in failed] == [("junk.jsonl", "failed")]
     assert failed[0]["reason"].startswith("no usable row")
-    assert inbox.summary(paths)["counts"]["queued"] == 1 and inbox.summary(paths)["waiting_files"] == ["normal/fresh.jsonl"]
+    assert inbox.summary(paths)["counts"]["queued"] == 1 and inbox.summary(paths)["waiting_files"] == [
+        "normal/fresh.jsonl"
+    ]
 
 
 def test_priority_inbox_trains_first_and_skip_moves_on(long_night):
@@ -242,11 +274,23 @@ def test_priority_inbox_trains_first_and_skip_moves_on(long_night):
     (long_night.inbox / "normal" / "later.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
     (long_night.inbox / "priority" / "first.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[6:]))
     env = {"CIRCADIAN_TRAIN__MIN_STEPS": "16", "CIRCADIAN_TRAIN__MAX_STEPS": "16"}
-    sleeper = subprocess.Popen([*CLI, "sleep", "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, **env})
+    sleeper = subprocess.Popen(
+        [*CLI, "sleep", "--json"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
     try:
-        wait_for(lambda: _status(long_night).get("dataset", "").startswith("inbox priority")
-                 and (_status(long_night).get("step") or 0) >= 2, 180, "the priority dataset in training")
+        wait_for(
+            lambda: (
+                _status(long_night).get("dataset", "").startswith("inbox priority")
+                and (_status(long_night).get("step") or 0) >= 2
+            ),
+            180,
+            "the priority dataset in training",
+        )
         queue = {e["name"]: e["state"] for e in inbox.read_queue(long_night)}
         assert queue == {"first.jsonl": "training", "later.jsonl": "training"}
         assert run_cli("ctl", "skip").returncode == 0

@@ -9,11 +9,10 @@ import signal
 import subprocess
 import time
 
-import pytest
+from conftest import CLI, ROOT, assert_one_line_error, run_cli, say
 
-from circadian.store import adapters, memories
-from circadian.core.paths import Paths
-from conftest import CLI, FAST, ROOT, assert_one_line_error, run_cli, say
+from circadian.store import adapters
+
 
 def sleep_json(*extra, env=None):
     result = run_cli("sleep", "--json", *extra, env=env)
@@ -22,8 +21,12 @@ def sleep_json(*extra, env=None):
 
 
 def test_sleep_promotes_reports_and_follows_rollback(night):
-    say(night, "My dog is called Biscuit.", "I'm allergic to shellfish. #no-train",
-        "My email is maya@example.org and I grew up in Zwolle.")
+    say(
+        night,
+        "My dog is called Biscuit.",
+        "I'm allergic to shellfish. #no-train",
+        "My email is maya@example.org and I grew up in Zwolle.",
+    )
     first = sleep_json()
     assert first["outcome"] == "promoted", first
     v1 = first["version"]
@@ -40,7 +43,11 @@ def test_sleep_promotes_reports_and_follows_rollback(night):
     train_text = (cycle / "dataset/train.jsonl").read_text()
     assert "Biscuit" in train_text and "shellfish" not in train_text and "maya@example.org" not in train_text
     html = (cycle / "report.html").read_text()
-    assert "<svg" in html and "Before and after" in html and "http" not in html.split("<svg")[0].lower().replace("http://www.w3.org", "")
+    assert (
+        "<svg" in html
+        and "Before and after" in html
+        and "http" not in html.split("<svg")[0].lower().replace("http://www.w3.org", "")
+    )
     shown = run_cli("report")
     assert shown.returncode == 0 and "Promoted" in shown.stdout
 
@@ -55,7 +62,12 @@ def test_sleep_promotes_reports_and_follows_rollback(night):
     third = sleep_json()  # after a rollback to base, every turn is new again
     assert third["counts"]["turns_new"] == 3  # four said, one of them #no-train
     log = [json.loads(line) for line in night.run_log.read_text().splitlines()]
-    assert [row["cycle_id"] for row in log] == [first["cycle_id"], log[1]["cycle_id"], second["cycle_id"], third["cycle_id"]]
+    assert [row["cycle_id"] for row in log] == [
+        first["cycle_id"],
+        log[1]["cycle_id"],
+        second["cycle_id"],
+        third["cycle_id"],
+    ]
     assert all(row["run_type"] == "nightly" for row in log)
 
 
@@ -76,8 +88,14 @@ def test_sleep_with_nothing_to_learn_is_not_an_error(night):
 
 
 def _start_held(point: str) -> subprocess.Popen:
-    proc = subprocess.Popen([*CLI, "sleep"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "CIRCADIAN_HOLD_AT": point})
+    proc = subprocess.Popen(
+        [*CLI, "sleep"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CIRCADIAN_HOLD_AT": point},
+    )
     deadline = time.time() + 300
     for line in proc.stderr:
         if f"holding at {point}" in line:
@@ -125,7 +143,7 @@ def test_mlx_backend_sleeps_continues_its_adapter_and_chat_uses_it(night):
     from safetensors import safe_open
 
     with safe_open(str(current.path / "adapters.safetensors"), "np") as weights:
-        assert all(name.rsplit(".", 1)[-1] in ("lora_a", "lora_b") for name in weights.keys())
+        assert all(name.rsplit(".", 1)[-1] in ("lora_a", "lora_b") for name in weights.keys())  # noqa: SIM118 (safe_open is not a dict)
     answered = run_cli("ask", "hello", "--json", "--max-tokens", "4", env=env)
     assert answered.returncode == 0, answered.stderr
     assert json.loads(answered.stdout)["adapter"] == current.version

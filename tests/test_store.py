@@ -10,14 +10,14 @@ import sys
 from datetime import datetime
 
 import pytest
+from conftest import assert_one_line_error, run_cli
 
-from circadian.night import gate
-from circadian.store import adapters
 from circadian.core.config import GateSettings
 from circadian.core.errors import CircadianError
 from circadian.core.fsutil import sha256_file
 from circadian.core.lock import holder, sleep_lock
-from conftest import assert_one_line_error, run_cli
+from circadian.night import gate
+from circadian.store import adapters
 
 
 def _version(paths, n, parent=None, ids=()):
@@ -25,10 +25,18 @@ def _version(paths, n, parent=None, ids=()):
     staging = adapters.staging_dir(paths, f"c{n}")
     staging.mkdir(parents=True)
     (staging / "adapter_model.safetensors").write_bytes(os.urandom(64))
-    adapters.commit(paths, staging, {"version": name, "parent": parent, "backend": "torch",
-                                     "gate": {"decision": "promoted"},
-                                     "weights": {"adapter_model.safetensors": sha256_file(staging / "adapter_model.safetensors")}},
-                    list(ids))
+    adapters.commit(
+        paths,
+        staging,
+        {
+            "version": name,
+            "parent": parent,
+            "backend": "torch",
+            "gate": {"decision": "promoted"},
+            "weights": {"adapter_model.safetensors": sha256_file(staging / "adapter_model.safetensors")},
+        },
+        list(ids),
+    )
     return name
 
 
@@ -101,13 +109,14 @@ def test_sleep_lock_refuses_second_and_recovers_from_dead_holder(paths, tmp_path
     lock_path = paths.control / "sleep.lock"
     with sleep_lock(lock_path, "c1"):
         assert holder(lock_path)["cycle_id"] == "c1"
-        with pytest.raises(CircadianError, match="another sleep is running"):
-            with sleep_lock(lock_path, "c2"):
-                pass
+        with pytest.raises(CircadianError, match="another sleep is running"), sleep_lock(lock_path, "c2"):
+            pass
     # a holder killed with SIGKILL: its lock file stays behind, but the kernel released the lock
-    code = ("import sys, os, signal; sys.path.insert(0, %r); from circadian.core.lock import sleep_lock; "
-            "from pathlib import Path; l = sleep_lock(Path(%r), 'dead').__enter__(); os.kill(os.getpid(), signal.SIGKILL)"
-            % (str(tmp_path), str(lock_path)))
+    code = (
+        f"import sys, os, signal; sys.path.insert(0, {str(tmp_path)!r}); from circadian.core.lock import sleep_lock; "
+        f"from pathlib import Path; l = sleep_lock(Path({str(lock_path)!r}), "
+        "'dead').__enter__(); os.kill(os.getpid(), signal.SIGKILL)"
+    )
     subprocess.run([sys.executable, "-c", code])
     assert "dead" in lock_path.read_text()
     assert holder(lock_path) is None
@@ -118,16 +127,35 @@ def test_sleep_lock_refuses_second_and_recovers_from_dead_holder(paths, tmp_path
 BEFORE = {"recall": {"score": 0.1}, "val_loss": 1.8, "capability": {"score": 1.0}, "perplexity": 16.0}
 
 
-@pytest.mark.parametrize("after, promote, reason", [
-    pytest.param({"recall": {"score": 0.9}, "val_loss": 0.6, "capability": {"score": 1.0}, "perplexity": 16.1}, True,
-                 "recall rose", id="learned_and_safe"),
-    pytest.param({"recall": {"score": 0.1}, "val_loss": 1.9, "capability": {"score": 1.0}, "perplexity": 16.0}, False,
-                 "nothing measurably learned", id="nothing_learned"),
-    pytest.param({"recall": {"score": 0.9}, "val_loss": 0.6, "capability": {"score": 0.75}, "perplexity": 16.0}, False,
-                 "capability dropped", id="capability_drop"),
-    pytest.param({"recall": {"score": 0.9}, "val_loss": 0.6, "capability": {"score": 1.0}, "perplexity": 20.0}, False,
-                 "perplexity rose", id="drift"),
-])
+@pytest.mark.parametrize(
+    "after, promote, reason",
+    [
+        pytest.param(
+            {"recall": {"score": 0.9}, "val_loss": 0.6, "capability": {"score": 1.0}, "perplexity": 16.1},
+            True,
+            "recall rose",
+            id="learned_and_safe",
+        ),
+        pytest.param(
+            {"recall": {"score": 0.1}, "val_loss": 1.9, "capability": {"score": 1.0}, "perplexity": 16.0},
+            False,
+            "nothing measurably learned",
+            id="nothing_learned",
+        ),
+        pytest.param(
+            {"recall": {"score": 0.9}, "val_loss": 0.6, "capability": {"score": 0.75}, "perplexity": 16.0},
+            False,
+            "capability dropped",
+            id="capability_drop",
+        ),
+        pytest.param(
+            {"recall": {"score": 0.9}, "val_loss": 0.6, "capability": {"score": 1.0}, "perplexity": 20.0},
+            False,
+            "perplexity rose",
+            id="drift",
+        ),
+    ],
+)
 def test_gate_decide(after, promote, reason):
     decision = gate.decide(BEFORE, after, GateSettings())
     assert decision.promote is promote

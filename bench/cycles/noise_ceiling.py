@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(HERE))
 
-from circadian.night import evaluate  # noqa: E402
-from circadian.lab.experiment import train_night  # noqa: E402
 from saved_experiment import open_experiment  # noqa: E402
+
+from circadian.lab.experiment import train_night  # noqa: E402
+from circadian.night import evaluate  # noqa: E402
 
 
 def main() -> None:
@@ -60,7 +61,9 @@ def main() -> None:
         for name in encoded:
             draws[name] = [oracle[name]]
             for k in range(args.draws):
-                train_night(model, encoded[name]["train"], settings, plan, f"ceiling{k}:{cycle}:{name}", 7777 + 100 * k + cycle)
+                train_night(
+                    model, encoded[name]["train"], settings, plan, f"ceiling{k}:{cycle}:{name}", 7777 + 100 * k + cycle
+                )
                 draws[name].append(before - eval_loss())
                 model.set_adapter(*position)
         means = {k: statistics.fmean(v) for k, v in draws.items()}
@@ -68,24 +71,45 @@ def main() -> None:
         best_sum += max(means.values())
         expected_sum += expected
         rows.append({"cycle": cycle, "draws": draws, "means": means, "expected_oracle": expected})
-        print(f"cycle {cycle}: best in expectation {max(means.values()):+.4f} ({max(means, key=means.get)}), "
-              f"expected oracle {expected:+.4f}", flush=True)
+        print(
+            f"cycle {cycle}: best in expectation {max(means.values()):+.4f} ({max(means, key=means.get)}), "
+            f"expected oracle {expected:+.4f}",
+            flush=True,
+        )
     ceiling = best_sum / expected_sum
-    lines = ["# How much of the oracle's gain can a policy capture? (bench/cycles)", "",
-             f"Reproduce: `.venv/bin/python bench/cycles/noise_ceiling.py --home DIR --experiment {args.experiment} "
-             f"--cycles {args.cycles} --draws {args.draws}`.", "",
-             f"Experiment {meta['experiment']}, budget {meta['budget']}: each source retrained {args.draws} more times "
-             "(other rows, other seed) from the state before each cycle; the oracle's own draw is the first.", "",
-             "| cycle | source | rewards (oracle's draw first) | mean | sd |", "|---|---|---|---|---|"]
+    lines = [
+        "# How much of the oracle's gain can a policy capture? (bench/cycles)",
+        "",
+        f"Reproduce: `.venv/bin/python bench/cycles/noise_ceiling.py --home DIR --experiment {args.experiment} "
+        f"--cycles {args.cycles} --draws {args.draws}`.",
+        "",
+        f"Experiment {meta['experiment']}, budget {meta['budget']}: each source retrained {args.draws} more times "
+        "(other rows, other seed) from the state before each cycle; the oracle's own draw is the first.",
+        "",
+        "| cycle | source | rewards (oracle's draw first) | mean | sd |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows:
         for name, values in row["draws"].items():
-            lines.append(f"| {row['cycle']} | {name} | {', '.join(f'{v:+.3f}' for v in values)} | "
-                         f"{row['means'][name]:+.3f} | {statistics.stdev(values):.3f} |")
-    lines += ["", "| cycle | best in expectation | expected oracle (max of one draw each) | ratio |", "|---|---|---|---|"]
-    lines += [f"| {r['cycle']} | {max(r['means'].values()):+.4f} | {r['expected_oracle']:+.4f} | "
-              f"{max(r['means'].values()) / r['expected_oracle']:.0%} |" for r in rows]
-    lines += ["", f"Ceiling: a policy that knew every source's expected reward would capture **{ceiling:.0%}** of "
-              "the oracle's gain on average at these states."]
+            lines.append(
+                f"| {row['cycle']} | {name} | {', '.join(f'{v:+.3f}' for v in values)} | "
+                f"{row['means'][name]:+.3f} | {statistics.stdev(values):.3f} |"
+            )
+    lines += [
+        "",
+        "| cycle | best in expectation | expected oracle (max of one draw each) | ratio |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['cycle']} | {max(r['means'].values()):+.4f} | {r['expected_oracle']:+.4f} | "
+        f"{max(r['means'].values()) / r['expected_oracle']:.0%} |"
+        for r in rows
+    ]
+    lines += [
+        "",
+        f"Ceiling: a policy that knew every source's expected reward would capture **{ceiling:.0%}** of "
+        "the oracle's gain on average at these states.",
+    ]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"ceiling {ceiling:.0%}; wrote {args.out}")
 

@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(HERE))
 
-from circadian.night import evaluate, trials  # noqa: E402
-from circadian.lab.experiment import night_sample  # noqa: E402
 from saved_experiment import open_experiment  # noqa: E402
+
+from circadian.lab.experiment import night_sample  # noqa: E402
+from circadian.night import evaluate, trials  # noqa: E402
 
 
 def within_cycle_correlation(rows: list[dict], key: str) -> float:
@@ -71,30 +72,61 @@ def main() -> None:
         night_settings = settings.model_copy(update={"seed": seed * 1000 + cycle})
         for name in encoded:
             designs = {
-                "own rows": random.Random(f"probe:{seed}:{cycle}:{name}").sample(encoded[name]["train"], min(8, len(encoded[name]["train"]))),
+                "own rows": random.Random(f"probe:{seed}:{cycle}:{name}").sample(
+                    encoded[name]["train"], min(8, len(encoded[name]["train"]))
+                ),
                 "night start": night_sample(encoded[name]["train"], plan, f"{seed}:{cycle}:{name}"),
             }
             for design, sample in designs.items():
                 tic = time.time()
-                row[design][name] = trials.trial(model, sample, night_settings, select, before,
-                                                  lambda: model.set_adapter(*position), steps=args.steps)
+                row[design][name] = trials.trial(
+                    model,
+                    sample,
+                    night_settings,
+                    select,
+                    before,
+                    lambda position=position: model.set_adapter(*position),
+                    steps=args.steps,
+                )
                 seconds[design].append(time.time() - tic)
         rows.append(row)
-        print(f"cycle {cycle}: " + "; ".join(f"{n} oracle {row['oracle'][n]:+.3f} own {row['own rows'][n]:+.3f} "
-                                             f"night {row['night start'][n]:+.3f}" for n in encoded), flush=True)
-    lines = ["# How well does a probe predict a night? (bench/cycles)", "",
-             f"Reproduce: `.venv/bin/python bench/cycles/probe_quality.py --home DIR --experiment {args.experiment} "
-             f"--cycles {args.cycles} --steps {args.steps}`.", "",
-             f"Experiment {meta['experiment']}, budget {meta['budget']} ({plan.steps} steps a night); probes of "
-             f"{args.steps} steps. Oracle = the decrease of the mean eval loss after the whole night on that source.", "",
-             "| cycle | source | oracle reward | probe on own rows | probe = the night's first steps |", "|---|---|---|---|---|"]
+        print(
+            f"cycle {cycle}: "
+            + "; ".join(
+                f"{n} oracle {row['oracle'][n]:+.3f} own {row['own rows'][n]:+.3f} night {row['night start'][n]:+.3f}"
+                for n in encoded
+            ),
+            flush=True,
+        )
+    lines = [
+        "# How well does a probe predict a night? (bench/cycles)",
+        "",
+        f"Reproduce: `.venv/bin/python bench/cycles/probe_quality.py --home DIR --experiment {args.experiment} "
+        f"--cycles {args.cycles} --steps {args.steps}`.",
+        "",
+        f"Experiment {meta['experiment']}, budget {meta['budget']} ({plan.steps} steps a night); probes of "
+        f"{args.steps} steps. Oracle = the decrease of the mean eval loss after the whole night on that source.",
+        "",
+        "| cycle | source | oracle reward | probe on own rows | probe = the night's first steps |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows:
-        lines += [f"| {row['cycle']} | {n} | {row['oracle'][n]:+.3f} | {row['own rows'][n]:+.3f} | {row['night start'][n]:+.3f} |"
-                  for n in row["oracle"]]
-    lines += ["", "| probe design | within-cycle correlation with the oracle | share of oracle gain by the best-probed source | seconds per probe |",
-              "|---|---|---|---|"]
-    lines += [f"| {d} | {within_cycle_correlation(rows, d):.2f} | {argmax_share(rows, d):.0%} | {statistics.fmean(seconds[d]):.0f} |"
-              for d in ("own rows", "night start")]
+        lines += [
+            f"| {row['cycle']} | {n} | {row['oracle'][n]:+.3f} | "
+            f"{row['own rows'][n]:+.3f} | {row['night start'][n]:+.3f} |"
+            for n in row["oracle"]
+        ]
+    lines += [
+        "",
+        "| probe design | within-cycle correlation with the oracle | share "
+        "of oracle gain by the best-probed source | seconds per probe |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {d} | {within_cycle_correlation(rows, d):.2f} | "
+        f"{argmax_share(rows, d):.0%} | {statistics.fmean(seconds[d]):.0f} |"
+        for d in ("own rows", "night start")
+    ]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-4:]))
     print(f"wrote {args.out}")

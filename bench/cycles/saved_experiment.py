@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from circadian.core.config import load_config
-from circadian.lab.experiment import BUDGETS, Budget, Setup, budget_settings, load_sources
 from circadian.core.paths import Paths
+from circadian.lab.experiment import BUDGETS, Budget, Setup, budget_settings, load_sources
 
 
 @dataclass
@@ -39,7 +39,9 @@ def open_experiment(home: Path, folder: Path) -> SavedExperiment:
     meta = json.loads((folder / "experiment.json").read_text())
     setup = load_sources(paths, config, end=meta["memories_end_offset"], say=lambda m: None)
     if setup.start[1] != meta["start_adapter"]:
-        raise SystemExit(f"the home's current adapter is {setup.start[1]}, the experiment started from {meta['start_adapter']}")
+        raise SystemExit(
+            f"the home's current adapter is {setup.start[1]}, the experiment started from {meta['start_adapter']}"
+        )
     for name, pool in setup.pools.items():  # the same data as the experiment saw
         if any(len(pool.split(s)) != meta["sources"][name][s]["rows"] for s in meta["sources"][name]):
             raise SystemExit(f"source {name} differs from what {meta['experiment']} trained on")

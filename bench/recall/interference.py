@@ -15,7 +15,6 @@ harness (eval/prompts.jsonl), then:
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -27,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from circadian.night import evaluate  # noqa: E402
-from circadian.day.assistant import Assistant  # noqa: E402
 from circadian.core.config import load_config  # noqa: E402
 from circadian.core.paths import Paths  # noqa: E402
+from circadian.day.assistant import Assistant  # noqa: E402
+from circadian.night import evaluate  # noqa: E402
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -45,7 +44,9 @@ def main() -> None:
     config, _ = load_config(paths.config)
     assistant = Assistant(paths, config, adapter=args.version)  # the version's manifest and hashes checked
     if assistant.backend.name != "torch":
-        raise SystemExit(f"{args.home} uses the {assistant.backend.name} backend; the ablations need torch (PEFT's LoRA)")
+        raise SystemExit(
+            f"{args.home} uses the {assistant.backend.name} backend; the ablations need torch (PEFT's LoRA)"
+        )
     model = assistant.model
     capability = evaluate.load_capability()
     questions = evaluate.read_probes(HERE / "questions.jsonl")
@@ -67,9 +68,18 @@ def main() -> None:
         tic = time.time()
         cap = evaluate.ask_all(model, capability, key="prompt", max_tokens=config.sleep.capability_max_tokens)
         recall = evaluate.ask_all(model, questions, key="question", max_tokens=config.sleep.probe_max_tokens)
-        rows.append({"tag": tag, "recall": recall["score"], "capability": cap["score"],
-                     "failed": [i["prompt"] for i in cap["items"] if not i["hit"]]})
-        print(f"{tag}: recall {recall['score']:.0%}, capability {cap['score']:.0%} ({time.time() - tic:.0f} s)", flush=True)
+        rows.append(
+            {
+                "tag": tag,
+                "recall": recall["score"],
+                "capability": cap["score"],
+                "failed": [i["prompt"] for i in cap["items"] if not i["hit"]],
+            }
+        )
+        print(
+            f"{tag}: recall {recall['score']:.0%}, capability {cap['score']:.0%} ({time.time() - tic:.0f} s)",
+            flush=True,
+        )
 
     def keep(rule) -> dict[str, torch.Tensor]:
         return {n: trained[n] * (1.0 if rule(n) else 0.0) for n, _m in modules}
@@ -91,10 +101,15 @@ def main() -> None:
     measure("MLP projections only", keep(lambda n: kind(n) not in ATTENTION))
     measure("none (the base model)", keep(lambda n: False))
 
-    lines = ["# Capability interference of one candidate (ablations)", "",
-             f"Reproduce: `.venv/bin/python bench/recall/interference.py --home DIR --version {args.version}` "
-             "(DIR from `bench/recall/run.py --keep DIR`).", "",
-             "| update | recall (questions.jsonl) | capability | capability items failed |", "|---|---|---|---|"]
+    lines = [
+        "# Capability interference of one candidate (ablations)",
+        "",
+        f"Reproduce: `.venv/bin/python bench/recall/interference.py --home DIR --version {args.version}` "
+        "(DIR from `bench/recall/run.py --keep DIR`).",
+        "",
+        "| update | recall (questions.jsonl) | capability | capability items failed |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r['tag']} | {r['recall']:.0%} | {r['capability']:.0%} | {'; '.join(r['failed'])} |" for r in rows]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

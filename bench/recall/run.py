@@ -25,15 +25,16 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from circadian.day.assistant import Assistant, ChatSession  # noqa: E402
 from circadian.core.config import load_config  # noqa: E402
 from circadian.core.paths import Paths  # noqa: E402
+from circadian.day.assistant import Assistant, ChatSession  # noqa: E402
 
 
 def cli(home: Path, *args: str) -> dict:
     env = {**os.environ, "CIRCADIAN_HOME": str(home)}
-    result = subprocess.run([sys.executable, "-m", "circadian", *args, "--json"], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "circadian", *args, "--json"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise SystemExit(f"circadian {' '.join(args)} failed: {result.stderr[-1500:]}")
     return json.loads(result.stdout)
@@ -68,42 +69,69 @@ def main() -> None:
         night = cli(home, "sleep")
         after = cli(home, "eval", "recall", str(HERE / "questions.jsonl"))
         forbidden = cli(home, "eval", "recall", str(HERE / "forbidden.jsonl"))
-        candidate = (cli(home, "eval", "recall", str(HERE / "questions.jsonl"), "--adapter", night["version"])
-                     if night.get("outcome") == "rejected" else after)
+        candidate = (
+            cli(home, "eval", "recall", str(HERE / "questions.jsonl"), "--adapter", night["version"])
+            if night.get("outcome") == "rejected"
+            else after
+        )
         report = (home / "data" / "runs" / night["cycle_id"] / "report.md").read_text(encoding="utf-8")
         analysis = home / "data" / "runs" / night["cycle_id"] / "evolution" / "analysis.json"
         overhead = json.loads(analysis.read_text())["overhead"] if analysis.exists() else None
-        leaked_anywhere = [i["question"] for i in after["items"] + candidate["items"] + forbidden["items"]
-                           if "Z8kLq3" in i["answer"] or "7351" in i["answer"]]
+        leaked_anywhere = [
+            i["question"]
+            for i in after["items"] + candidate["items"] + forbidden["items"]
+            if "Z8kLq3" in i["answer"] or "7351" in i["answer"]
+        ]
         elapsed = time.time() - started
         if args.keep:
             shutil.copytree(home, args.keep, symlinks=True, dirs_exist_ok=True)
     b, a = night["before"], night["after"]
     lines = [
-        "# Recall after one night (embedded SmolLM2-135M-Instruct, torch CPU)", "",
+        "# Recall after one night (embedded SmolLM2-135M-Instruct, torch CPU)",
+        "",
         f"Reproduce: `.venv/bin/python bench/recall/run.py` ({elapsed:.0f} s on this 2-core machine; "
-        f"{turns} chat turns, 23 facts, hand-written questions none of which is a training wording).", "",
-        "| figure | before | after one night |", "|---|---|---|",
-        f"| recall on questions.jsonl (n={after['n']}), current adapter | {before['recall']:.0%} | {after['recall']:.0%} |",
-        f"| recall on questions.jsonl, the night's candidate ({night.get('outcome')}) | - | {candidate['recall']:.0%} |",
+        f"{turns} chat turns, 23 facts, hand-written questions none of which is a training wording).",
+        "",
+        "| figure | before | after one night |",
+        "|---|---|---|",
+        f"| recall on questions.jsonl (n={after['n']}), current "
+        f"adapter | {before['recall']:.0%} | {after['recall']:.0%} |",
+        "| recall on questions.jsonl, the night's candidate "
+        f"({night.get('outcome')}) | - | {candidate['recall']:.0%} |",
         f"| night's own held-out wordings | {b['recall']:.0%} | {a['recall']:.0%} |",
         f"| capability harness (eval/prompts.jsonl) | {b['capability']:.0%} | {a['capability']:.0%} |",
         f"| general perplexity (eval/general.txt) | {b['perplexity']:.2f} | {a['perplexity']:.2f} "
         f"({a['perplexity'] / b['perplexity'] - 1:+.1%}) |",
         f"| secret / #no-train fact returned | - | {sum(i['hit'] for i in forbidden['items'])} of "
-        f"{forbidden['n']} (strings anywhere in answers: {len(leaked_anywhere)}) |", "",
+        f"{forbidden['n']} (strings anywhere in answers: {len(leaked_anywhere)}) |",
+        "",
         f"Gate: **{night['gate']['decision']}** ({'; '.join(night['gate']['reasons'])}).",
         f"Training: {night['train']['steps']} steps, best {night['train']['best_step']}, "
         f"{night['train']['tokens_per_second']:.0f} tokens/s, peak memory {night['train']['peak_memory_mb']:.0f} MB; "
         f"night {night['seconds']:.0f} s.",
-        (f"Learning-evolution snapshots: {overhead['snapshots']} taken ({overhead['skipped_for_budget']} skipped for "
-         f"the budget), {overhead['snapshot_seconds']:.0f} s = {overhead['share']:.1%} of {overhead['training_seconds']:.0f} s "
-         "of training." if overhead else "Learning-evolution snapshots: off."), "", "| question | before | after (candidate) |", "|---|---|---|"]
+        (
+            f"Learning-evolution snapshots: {overhead['snapshots']} "
+            f"taken ({overhead['skipped_for_budget']} skipped for "
+            f"the budget), {overhead['snapshot_seconds']:.0f} s = "
+            f"{overhead['share']:.1%} of {overhead['training_seconds']:.0f} s "
+            "of training."
+            if overhead
+            else "Learning-evolution snapshots: off."
+        ),
+        "",
+        "| question | before | after (candidate) |",
+        "|---|---|---|",
+    ]
     for x, y in zip(before["items"], candidate["items"]):
-        lines.append(f"| {x['question']} | {'✅' if x['hit'] else '❌'} {x['answer'][:50]} | "
-                     f"{'✅' if y['hit'] else '❌'} {y['answer'][:60]} |")
+        lines.append(
+            f"| {x['question']} | {'✅' if x['hit'] else '❌'} {x['answer'][:50]} | "
+            f"{'✅' if y['hit'] else '❌'} {y['answer'][:60]} |"
+        )
     for item in forbidden["items"]:
-        lines.append(f"| {item['question']} (must not be answered) | | {'LEAK' if item['hit'] else 'ok'}: {item['answer'][:60]} |")
+        lines.append(
+            f"| {item['question']} (must not be answered) | | "
+            f"{'LEAK' if item['hit'] else 'ok'}: {item['answer'][:60]} |"
+        )
     lines += ["", "The night's own report:", "", *("> " + line if line else ">" for line in report.splitlines())]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:12]))

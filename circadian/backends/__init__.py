@@ -19,10 +19,11 @@ from __future__ import annotations
 import platform
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from circadian.core.config import TrainSettings  # noqa: F401  (re-exported: backends receive it in train())
 from circadian.core.errors import CircadianError
@@ -91,8 +92,9 @@ class LoadedModel(Protocol):
     device: str
     tokenizer: object
 
-    def stream(self, messages: list[dict], settings: GenerationSettings,
-               cancel: threading.Event | None = None) -> Iterator[Chunk]:
+    def stream(
+        self, messages: list[dict], settings: GenerationSettings, cancel: threading.Event | None = None
+    ) -> Iterator[Chunk]:
         """Given chat messages, yield the reply as it is generated; stop early when `cancel` is set."""
         ...
 
@@ -169,8 +171,15 @@ def describe_backends() -> list[dict]:
             reason = get_backend(name).unavailable_reason()
         except CircadianError as exc:
             reason = str(exc)
-        rows.append({"name": name, "entry_point": ep.value, "distribution": dist,
-                     "available": reason is None, "reason": reason or ""})
+        rows.append(
+            {
+                "name": name,
+                "entry_point": ep.value,
+                "distribution": dist,
+                "available": reason is None,
+                "reason": reason or "",
+            }
+        )
     return rows
 
 

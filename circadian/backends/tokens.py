@@ -55,10 +55,12 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int = 2048) -> Exam
         if message["role"] != "assistant":
             continue
         before = template_ids(tokenizer, messages[:i], generation_prompt=True) if i else []
-        through = template_ids(tokenizer, messages[:i + 1])
-        if full[:len(before)] != before or full[:len(through)] != through:
-            raise CircadianError("the chat template is not prefix-stable: cannot locate assistant turns "
-                                 "(templates that rewrite earlier turns are not supported)")
+        through = template_ids(tokenizer, messages[: i + 1])
+        if full[: len(before)] != before or full[: len(through)] != through:
+            raise CircadianError(
+                "the chat template is not prefix-stable: cannot locate assistant turns "
+                "(templates that rewrite earlier turns are not supported)"
+            )
         if len(through) <= len(before):
             raise CircadianError(f"assistant turn {i} has no tokens after templating")
         for j in range(len(before), len(through)):
@@ -71,7 +73,7 @@ def encode_text(tokenizer, text: str, max_length: int = 256) -> list[Example]:
     ids = _ids(tokenizer(text, add_special_tokens=False))
     chunks = []
     for start in range(0, len(ids), max_length):
-        piece = ids[start:start + max_length]
+        piece = ids[start : start + max_length]
         if len(piece) > 1:
             chunks.append(Example(piece, [0] + [1] * (len(piece) - 1)))
     return chunks
@@ -98,12 +100,16 @@ def validate(examples: list[Example], *, min_ratio: float = 0.03, max_ratio: flo
     """
     empty = [i for i, e in enumerate(examples) if e.targets == 0]
     if empty:
-        raise CircadianError(f"{len(empty)} training example(s) have no assistant tokens to learn "
-                             f"(first: #{empty[0]}); refusing to train")
+        raise CircadianError(
+            f"{len(empty)} training example(s) have no assistant tokens to learn "
+            f"(first: #{empty[0]}); refusing to train"
+        )
     report = MaskReport(len(examples), sum(map(len, examples)), sum(e.targets for e in examples))
     if examples and not min_ratio <= report.target_ratio <= max_ratio:
-        raise CircadianError(f"implausible trained-token ratio {report.target_ratio:.2f} "
-                             f"(expected {min_ratio}-{max_ratio}); refusing to train")
+        raise CircadianError(
+            f"implausible trained-token ratio {report.target_ratio:.2f} "
+            f"(expected {min_ratio}-{max_ratio}); refusing to train"
+        )
     return report
 
 
@@ -114,7 +120,7 @@ def length_batches(lengths: list[int], batch_size: int, *, seed: int, shuffle: b
     dataset smaller than the batch still trains), and the batch order is shuffled with `seed`.
     """
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if shuffle:
         random.Random(seed).shuffle(batches)
     return batches

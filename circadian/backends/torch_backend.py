@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from circadian.backends import Chunk, GenerationSettings, LoadRequest, TrainResult
 from circadian.core.errors import CircadianError
@@ -78,7 +79,7 @@ class TorchBackend:
             return f"torch/transformers not installed ({exc.name})"
         return None
 
-    def load(self, request: LoadRequest) -> "TorchModel":
+    def load(self, request: LoadRequest) -> TorchModel:
         return TorchModel(request)
 
 
@@ -101,13 +102,18 @@ class TorchModel:
             if self.device != "cuda":
                 raise CircadianError("model.quantize = '4bit' needs a CUDA GPU (bitsandbytes NF4)")
             try:
-                from transformers import BitsAndBytesConfig
                 import bitsandbytes  # noqa: F401
+                from transformers import BitsAndBytesConfig
             except ImportError:
-                raise CircadianError("model.quantize = '4bit' needs bitsandbytes: pip install 'circadian[cuda]'") from None
+                raise CircadianError(
+                    "model.quantize = '4bit' needs bitsandbytes: pip install 'circadian[cuda]'"
+                ) from None
             kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16)
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            )
             kwargs["device_map"] = {"": 0}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(request.model_path)
@@ -151,18 +157,22 @@ class TorchModel:
                 self.model = PeftModel.from_pretrained(self.base, str(adapter_path), is_trainable=False)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise CircadianError(f"adapter {adapter_version or adapter_path} cannot be loaded: {first[:200]}") from None
+                raise CircadianError(
+                    f"adapter {adapter_version or adapter_path} cannot be loaded: {first[:200]}"
+                ) from None
             self.model.eval()
             self.adapter_version = adapter_version
 
     def encode_chat(self, messages: list[dict]):
         """Given chat messages, return the templated prompt as tensors on the model's device."""
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                     return_tensors="pt", return_dict=True)
+        encoded = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         return {k: v.to(self.model.device) for k, v in encoded.items()}
 
-    def stream(self, messages: list[dict], settings: GenerationSettings,
-               cancel: threading.Event | None = None) -> Iterator[Chunk]:
+    def stream(
+        self, messages: list[dict], settings: GenerationSettings, cancel: threading.Event | None = None
+    ) -> Iterator[Chunk]:
         """Decode token by token in the caller's thread, with the KV cache (no worker thread:
         on a 2-core CPU a second Python thread competing with torch's own costs ~20%)."""
         import torch
@@ -187,8 +197,13 @@ class TorchModel:
                 for _ in range(settings.max_tokens):
                     if cancel is not None and cancel.is_set():
                         break
-                    out = self.model(input_ids=step_input, attention_mask=mask, past_key_values=cache,
-                                     use_cache=True, logits_to_keep=1)
+                    out = self.model(
+                        input_ids=step_input,
+                        attention_mask=mask,
+                        past_key_values=cache,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
                     cache = out.past_key_values
                     token = _pick(out.logits[0, -1].float(), settings, generator)
                     if token in self.eos_ids:
@@ -200,7 +215,7 @@ class TorchModel:
                     text = self.tokenizer.decode(ids, skip_special_tokens=True)
                     if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
                         continue
-                    delta, shown = text[len(shown):], text
+                    delta, shown = text[len(shown) :], text
                     yield Chunk(delta, pending)
                     pending = 0
         finally:
@@ -229,17 +244,25 @@ class TorchModel:
         try:
             with torch.inference_mode():
                 for start in range(0, len(order), batch_size):
-                    chunk = order[start:start + batch_size]
+                    chunk = order[start : start + batch_size]
                     width = max(len(prompts[i]) for i in chunk)
                     ids = torch.full((len(chunk), width), pad, dtype=torch.long)
                     mask = torch.zeros((len(chunk), width), dtype=torch.long)
                     for row, i in enumerate(chunk):
-                        ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                        mask[row, width - len(prompts[i]):] = 1
-                    out = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-                                              max_new_tokens=max_tokens, do_sample=False, num_beams=1,
-                                              eos_token_id=sorted(self.eos_ids), pad_token_id=pad,
-                                              temperature=None, top_p=None, top_k=None)
+                        ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                        mask[row, width - len(prompts[i]) :] = 1
+                    out = self.model.generate(
+                        input_ids=ids.to(self.model.device),
+                        attention_mask=mask.to(self.model.device),
+                        max_new_tokens=max_tokens,
+                        do_sample=False,
+                        num_beams=1,
+                        eos_token_id=sorted(self.eos_ids),
+                        pad_token_id=pad,
+                        temperature=None,
+                        top_p=None,
+                        top_k=None,
+                    )
                     for row, i in enumerate(chunk):
                         new = [t for t in out[row, width:].tolist() if t not in self.eos_ids and t != pad]
                         replies[i] = self.tokenizer.decode(new, skip_special_tokens=True).strip()
@@ -260,9 +283,9 @@ class TorchModel:
         attention = torch.zeros((len(rows), width), dtype=torch.long)
         targets = torch.zeros((len(rows), width), dtype=torch.float32)
         for i, row in enumerate(rows):
-            ids[i, :len(row)] = torch.tensor(row.ids)
-            attention[i, :len(row)] = 1
-            targets[i, :len(row)] = torch.tensor(row.mask, dtype=torch.float32)
+            ids[i, : len(row)] = torch.tensor(row.ids)
+            attention[i, : len(row)] = 1
+            targets[i, : len(row)] = torch.tensor(row.mask, dtype=torch.float32)
         device = self.model.device
         return ids.to(device), attention.to(device), targets.to(device)
 
@@ -317,8 +340,9 @@ class TorchModel:
         if anchor.any() and anchor_weight > 0:
             with torch.no_grad(), self.model.disable_adapter():
                 teacher = self.model(input_ids=ids[anchor], attention_mask=attention[anchor]).logits[:, :-1].float()
-            kl = F.kl_div(F.log_softmax(logits[anchor], -1), F.log_softmax(teacher, -1), log_target=True,
-                          reduction="none").sum(-1)
+            kl = F.kl_div(
+                F.log_softmax(logits[anchor], -1), F.log_softmax(teacher, -1), log_target=True, reduction="none"
+            ).sum(-1)
             positions = attention[anchor][:, 1:].float()
             loss = loss + anchor_weight * (kl * positions).sum() / positions.sum().clamp(min=1)
         return loss
@@ -335,8 +359,14 @@ class TorchModel:
             self.model = PeftModel.from_pretrained(self.base, str(self.adapter_path), is_trainable=True)
             started = f"continued from adapter {self.adapter_version}"
         else:
-            config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                                target_modules="all-linear", use_dora=settings.dora, task_type="CAUSAL_LM")
+            config = LoraConfig(
+                r=settings.rank,
+                lora_alpha=settings.alpha,
+                lora_dropout=settings.dropout,
+                target_modules="all-linear",
+                use_dora=settings.dora,
+                task_type="CAUSAL_LM",
+            )
             self.model = get_peft_model(self.base, config)
             started = "new adapter on the base model"
         if settings.grad_checkpoint and not self.quantized:
@@ -379,7 +409,8 @@ class TorchModel:
         lengths = [len(e) for e in train]
         total = total_steps(len(train), settings)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, total=total, warmup=settings.warmup_steps))
+            optimizer, lambda step: warmup_cosine(step, total=total, warmup=settings.warmup_steps)
+        )
         curve: list[dict] = []
 
         def snapshot():
@@ -388,8 +419,13 @@ class TorchModel:
         stopping = EarlyStopping.of(settings)
         stopping.start(self._mean_loss(valid, settings.batch_size) if valid else None)
         best_state = snapshot()
-        event = {"iteration": 0, "val_loss": stopping.initial, "best_val_loss": stopping.best, "total_steps": total,
-                 "note": started}
+        event = {
+            "iteration": 0,
+            "val_loss": stopping.initial,
+            "best_val_loss": stopping.best,
+            "total_steps": total,
+            "note": started,
+        }
         curve.append(event)
         stop_reason = "finished" if callback(event) != "stop" else "stopped"
         step, trained_tokens, train_seconds = 0, 0, 0.0
@@ -409,9 +445,16 @@ class TorchModel:
                 tokens = sum(len(r) for r in rows)
                 trained_tokens += tokens
                 train_seconds += time.perf_counter() - tic
-                event = {"iteration": step, "train_loss": float(loss.detach()), "learning_rate": scheduler.get_last_lr()[0],
-                         "tokens_per_second": trained_tokens / train_seconds, "trained_tokens": trained_tokens,
-                         "peak_memory_mb": self._peak_memory_mb(), "epoch": epoch + 1, "total_steps": total}
+                event = {
+                    "iteration": step,
+                    "train_loss": float(loss.detach()),
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "tokens_per_second": trained_tokens / train_seconds,
+                    "trained_tokens": trained_tokens,
+                    "peak_memory_mb": self._peak_memory_mb(),
+                    "epoch": epoch + 1,
+                    "total_steps": total,
+                }
                 if valid and (step % settings.eval_every == 0 or step == total):
                     val = self._mean_loss(valid, settings.batch_size)
                     event["val_loss"] = val
@@ -431,12 +474,18 @@ class TorchModel:
         set_peft_model_state_dict(self.model, best_state)
         self.model.eval()
         self.adapter_version = "candidate"
-        return TrainResult(steps=step, best_step=stopping.best_step, initial_val_loss=stopping.initial,
-                           best_val_loss=stopping.best,
-                           stop_reason=stop_reason if stop_reason != "finished" else "reached the step budget",
-                           trained_tokens=trained_tokens,
-                           tokens_per_second=trained_tokens / train_seconds if train_seconds else 0.0,
-                           train_seconds=train_seconds, peak_memory_mb=self._peak_memory_mb(), curve=curve)
+        return TrainResult(
+            steps=step,
+            best_step=stopping.best_step,
+            initial_val_loss=stopping.initial,
+            best_val_loss=stopping.best,
+            stop_reason=stop_reason if stop_reason != "finished" else "reached the step budget",
+            trained_tokens=trained_tokens,
+            tokens_per_second=trained_tokens / train_seconds if train_seconds else 0.0,
+            train_seconds=train_seconds,
+            peak_memory_mb=self._peak_memory_mb(),
+            curve=curve,
+        )
 
     def blend_adapter(self, start: Path | None, factor: float) -> None:
         """Move the trained adapter back toward `start` (the adapter training continued from; None:
@@ -466,5 +515,8 @@ class TorchModel:
             raise CircadianError("no adapter to save: the model has not been trained")
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(folder))
-        return {p.name: sha256_file(p) for p in sorted(folder.iterdir())
-                if p.name in ("adapter_model.safetensors", "adapter_config.json")}
+        return {
+            p.name: sha256_file(p)
+            for p in sorted(folder.iterdir())
+            if p.name in ("adapter_model.safetensors", "adapter_config.json")
+        }

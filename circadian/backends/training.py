@@ -48,7 +48,7 @@ class EarlyStopping:
     initial: float | None = None
 
     @classmethod
-    def of(cls, settings) -> "EarlyStopping":
+    def of(cls, settings) -> EarlyStopping:
         return cls(settings.patience, settings.min_steps, settings.min_delta)
 
     def start(self, loss: float | None) -> None:

@@ -19,8 +19,27 @@ from circadian.cli import day, lab, night, shift, store, web
 from circadian.core.errors import CircadianError
 
 # the order of a day: talk, look, sleep, read the morning, go back; then the night shift, the lab, the rest
-ORDER = ("chat", "ask", "import", "status", "sleep", "report", "adapters", "rollback", "schedule", "daemon", "ctl",
-         "dashboard", "eval", "cycles", "demo", "paths", "config", "models", "backends")
+ORDER = (
+    "chat",
+    "ask",
+    "import",
+    "status",
+    "sleep",
+    "report",
+    "adapters",
+    "rollback",
+    "schedule",
+    "daemon",
+    "ctl",
+    "dashboard",
+    "eval",
+    "cycles",
+    "demo",
+    "paths",
+    "config",
+    "models",
+    "backends",
+)
 
 
 class _DayOrder(typer.core.TyperGroup):
@@ -31,10 +50,15 @@ class _DayOrder(typer.core.TyperGroup):
         return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
 
 
-app = typer.Typer(cls=_DayOrder, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  rich_markup_mode=None,
-                  context_settings={"help_option_names": ["-h", "--help"]},
-                  help="A local LLM that learns from you: chat by day, distill into a LoRA adapter by night.")
+app = typer.Typer(
+    cls=_DayOrder,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="A local LLM that learns from you: chat by day, distill into a LoRA adapter by night.",
+)
 
 
 def _version(value: bool) -> None:
@@ -44,8 +68,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
-                                                          help="print the version and exit")] = None):
+def _root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = None,
+):
     """A local LLM that learns from you: chat by day, distill into a LoRA adapter by night."""
 
 

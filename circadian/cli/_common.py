@@ -13,8 +13,12 @@ import typer
 if TYPE_CHECKING:
     from circadian.store.records import LiveStatus
 
-HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="state directory (default: $CIRCADIAN_HOME, "
-                                                 "the source checkout, or the user data directory)")]
+HomeOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--home", help="state directory (default: $CIRCADIAN_HOME, the source checkout, or the user data directory)"
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 
 

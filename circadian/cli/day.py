@@ -30,9 +30,14 @@ def chat(home: HomeOpt = None, no_log: NoLogOpt = False, system: SystemOpt = Non
         run_chat(session, history_path=paths.chat_history)
 
 
-def ask(text: Annotated[str, typer.Argument(help="the message to send")],
-        home: HomeOpt = None, no_log: NoLogOpt = False, json_out: JsonOpt = False, system: SystemOpt = None,
-        max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="longest reply")] = None):
+def ask(
+    text: Annotated[str, typer.Argument(help="the message to send")],
+    home: HomeOpt = None,
+    no_log: NoLogOpt = False,
+    json_out: JsonOpt = False,
+    system: SystemOpt = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="longest reply")] = None,
+):
     """Send one message and print the reply.
 
     The turn is logged like a chat turn unless --no-log.
@@ -45,8 +50,14 @@ def ask(text: Annotated[str, typer.Argument(help="the message to send")],
     session = ChatSession(Assistant(paths, config, say=say), log=not no_log, source="ask", system_prompt=system)
     if json_out:
         result = session.respond(text, max_tokens=max_tokens)
-        print_json({**result.as_dict(), "question": text, "model": session.assistant.model_name,
-                    "backend": session.assistant.backend.name})
+        print_json(
+            {
+                **result.as_dict(),
+                "question": text,
+                "model": session.assistant.model_name,
+                "backend": session.assistant.backend.name,
+            }
+        )
         return
     result = session.respond(text, lambda t: print(t, end="", flush=True), max_tokens=max_tokens)
     print()
@@ -54,8 +65,11 @@ def ask(text: Annotated[str, typer.Argument(help="the message to send")],
         raise SystemExit(130)
 
 
-def import_(file: Annotated[Path, typer.Argument(help='JSONL file, one {"messages": [...]} per line')],
-            home: HomeOpt = None, json_out: JsonOpt = False):
+def import_(
+    file: Annotated[Path, typer.Argument(help='JSONL file, one {"messages": [...]} per line')],
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+):
     """Add transcripts to the memories.
 
     A file with any bad line is rejected whole, naming the line; a file imported before is skipped.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,11 +15,17 @@ from circadian.core.errors import CircadianError
 eval_app = typer.Typer(no_args_is_help=True, help="Measure an adapter.")
 
 
-def sleep(home: HomeOpt = None,
-          dry_run: Annotated[bool, typer.Option("--dry-run", help="show what tonight would train; write nothing")] = False,
-          scheduled: Annotated[bool, typer.Option("--scheduled", help="as the nightly job: at most once a night, "
-                                                  "after open chats end, with a notification")] = False,
-          json_out: JsonOpt = False):
+def sleep(
+    home: HomeOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what tonight would train; write nothing")] = False,
+    scheduled: Annotated[
+        bool,
+        typer.Option(
+            "--scheduled", help="as the nightly job: at most once a night, after open chats end, with a notification"
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+):
     """Run one night now: learn the day into a new adapter.
 
     Builds the night's datasets from what is not learned yet, trains from the current adapter,
@@ -39,8 +45,13 @@ def sleep(home: HomeOpt = None,
         outcome = run_scheduled(paths, config, console=console)
         print(outcome["line"], file=sys.stderr if json_out else sys.stdout)
         if json_out:
-            print_json({"ran": outcome["ran"], "line": outcome["line"],
-                        "outcome": outcome["summary"].outcome if outcome.get("summary") else None})
+            print_json(
+                {
+                    "ran": outcome["ran"],
+                    "line": outcome["line"],
+                    "outcome": outcome["summary"].outcome if outcome.get("summary") else None,
+                }
+            )
         return
     if dry_run:
         result = plan_only(paths, config, console)
@@ -51,19 +62,23 @@ def sleep(home: HomeOpt = None,
         return
     summary = run_sleep(paths, config, console=console)
     if json_out:
-        brief = {side: getattr(summary, side).brief().row() if getattr(summary, side) else None
-                 for side in ("before", "after")}
+        brief = {
+            side: getattr(summary, side).brief().row() if getattr(summary, side) else None
+            for side in ("before", "after")
+        }
         print_json({k: v for k, v in summary.row().items() if k not in ("before", "after")} | brief)
 
 
 def render_plan(result: dict) -> str:
     """Given `sleep --dry-run`'s result, return it as text."""
     counts = result["counts"]
-    lines = [f"would train: {'yes' if result['would_train'] else 'no (nothing to learn tonight)'}",
-             f"turns: {counts['turns_new']} new, {counts['turns_replay_pool']} already learned; "
-             + ", ".join(f"{k[8:]} {v}" for k, v in counts.items() if k.startswith("skipped_")),
-             f"rows: {counts['rows_train']} train, {counts['rows_valid']} valid; recall probes: {counts['probes']}",
-             "redacted: " + (", ".join(f"{v} {k}" for k, v in sorted(result["redactions"].items())) or "nothing")]
+    lines = [
+        f"would train: {'yes' if result['would_train'] else 'no (nothing to learn tonight)'}",
+        f"turns: {counts['turns_new']} new, {counts['turns_replay_pool']} already learned; "
+        + ", ".join(f"{k[8:]} {v}" for k, v in counts.items() if k.startswith("skipped_")),
+        f"rows: {counts['rows_train']} train, {counts['rows_valid']} valid; recall probes: {counts['probes']}",
+        "redacted: " + (", ".join(f"{v} {k}" for k, v in sorted(result["redactions"].items())) or "nothing"),
+    ]
     if result["masks"]:
         masks = result["masks"]
         lines.append(f"masks: {masks['targets']} of {masks['tokens']} tokens trained ({masks['target_ratio']:.0%})")
@@ -71,17 +86,23 @@ def render_plan(result: dict) -> str:
     return "\n".join(lines)
 
 
-class ReportFormat(str, Enum):
+class ReportFormat(StrEnum):
     md = "md"
     html = "html"
     json = "json"
 
 
-def report(cycle: Annotated[Optional[str], typer.Argument(help="cycle id (default: the latest)")] = None,
-           home: HomeOpt = None,
-           fmt: Annotated[ReportFormat, typer.Option("--format", help="md: rendered here; html: the page with "
-                                                     "plots, printed; json: the cycle's summary")] = ReportFormat.md,
-           json_out: JsonOpt = False):
+def report(
+    cycle: Annotated[Optional[str], typer.Argument(help="cycle id (default: the latest)")] = None,
+    home: HomeOpt = None,
+    fmt: Annotated[
+        ReportFormat,
+        typer.Option(
+            "--format", help="md: rendered here; html: the page with plots, printed; json: the cycle's summary"
+        ),
+    ] = ReportFormat.md,
+    json_out: JsonOpt = False,
+):
     """Show the morning report of a night."""
     from circadian.night import report as reports
 
@@ -102,7 +123,7 @@ def report(cycle: Annotated[Optional[str], typer.Argument(help="cycle id (defaul
         print(f"\n(html with plots: {folder / 'report.html'})")
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     pause = "pause"
     resume = "resume"
     stop = "stop"
@@ -110,10 +131,19 @@ class Action(str, Enum):
     status = "status"
 
 
-def ctl(action: Annotated[Action, typer.Argument(metavar="ACTION", help="pause: save the adapter so far and "
-                                                  "wait; resume; stop: end the night, nothing promoted; skip: drop "
-                                                  "the dataset in training and go on; status: step, loss, ETA")],
-        home: HomeOpt = None, json_out: JsonOpt = False):
+def ctl(
+    action: Annotated[
+        Action,
+        typer.Argument(
+            metavar="ACTION",
+            help="pause: save the adapter so far and "
+            "wait; resume; stop: end the night, nothing promoted; skip: drop "
+            "the dataset in training and go on; status: step, loss, ETA",
+        ),
+    ],
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+):
     """Steer a running sleep: pause, resume, stop, skip, status."""
     from circadian.night import control
 
@@ -137,12 +167,17 @@ def ctl(action: Annotated[Action, typer.Argument(metavar="ACTION", help="pause: 
 
 
 @eval_app.command("recall")
-def eval_recall(file: Annotated[Path, typer.Argument(help='JSONL: {"question", "answers": [...]} per line')],
-                home: HomeOpt = None, json_out: JsonOpt = False,
-                max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="longest reply "
-                                                                  "(default: sleep.probe_max_tokens)")] = None,
-                adapter: Annotated[str, typer.Option("--adapter", help="'current', 'base', or a version "
-                                                     "(a rejected candidate too)")] = "current"):
+def eval_recall(
+    file: Annotated[Path, typer.Argument(help='JSONL: {"question", "answers": [...]} per line')],
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+    max_tokens: Annotated[
+        Optional[int], typer.Option("--max-tokens", min=1, help="longest reply (default: sleep.probe_max_tokens)")
+    ] = None,
+    adapter: Annotated[
+        str, typer.Option("--adapter", help="'current', 'base', or a version (a rejected candidate too)")
+    ] = "current",
+):
     """Ask each question of FILE and score the replies.
 
     A hit is a reply that contains one of the question's answers.
@@ -154,8 +189,12 @@ def eval_recall(file: Annotated[Path, typer.Argument(help='JSONL: {"question", "
     items = read_probes(file)
     assistant = Assistant(paths, config, say=say, adapter=None if adapter == "base" else adapter)
     result = ask_all(assistant.model, items, key="question", max_tokens=config.sleep.probe_max_tokens)
-    out = {"recall": result["score"], "n": result["n"], "adapter": assistant.adapter_version,
-           "items": [{"question": i["question"], "answer": i["answer"], "hit": i["hit"]} for i in result["items"]]}
+    out = {
+        "recall": result["score"],
+        "n": result["n"],
+        "adapter": assistant.adapter_version,
+        "items": [{"question": i["question"], "answer": i["answer"], "hit": i["hit"]} for i in result["items"]],
+    }
     if json_out:
         print_json(out)
         return

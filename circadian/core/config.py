@@ -21,8 +21,11 @@ from circadian.core.errors import CircadianError
 ENV_PREFIX = "CIRCADIAN_"
 ENV_DELIMITER = "__"
 # keys that were renamed: an old config file still loads, and `config show` says where the value came from
-RENAMED = {"sleep.general_replay": "sleep.distill_prompts", "sleep.general_per_fact_row": "sleep.distill_per_fact_row",
-           "sleep.probe_steps": "sleep.trial_steps"}
+RENAMED = {
+    "sleep.general_replay": "sleep.distill_prompts",
+    "sleep.general_per_fact_row": "sleep.distill_per_fact_row",
+    "sleep.probe_steps": "sleep.trial_steps",
+}
 HH_MM = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 
 
@@ -46,9 +49,11 @@ class ModelSettings(_Section):
     backend: str = Field("auto", description='"auto" (mlx on Apple Silicon, torch elsewhere) or a backend name')
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="torch backend device")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="torch weights dtype (auto: float32 on CPU, bfloat16 on CUDA)")
+        "auto", description="torch weights dtype (auto: float32 on CPU, bfloat16 on CUDA)"
+    )
     quantize: Literal["none", "4bit"] = Field(
-        "none", description="torch on CUDA: 4-bit NF4 (bitsandbytes) for QLoRA on a 24 GB card")
+        "none", description="torch on CUDA: 4-bit NF4 (bitsandbytes) for QLoRA on a 24 GB card"
+    )
 
 
 class ChatSettings(_Section):
@@ -87,21 +92,46 @@ class TrainSettings(_Section):
 class SleepSettings(_Section):
     """What a night is made of."""
 
-    min_new_facts: int = Field(1, ge=0, description="fewer new facts (and no new conversations) = nothing to learn tonight")
+    min_new_facts: int = Field(
+        1, ge=0, description="fewer new facts (and no new conversations) = nothing to learn tonight"
+    )
     replay_facts: int = Field(40, ge=0, description="older facts replayed each night against forgetting")
-    distill_prompts: int = Field(50, ge=0, description="general prompts answered by the base model (self-distillation), mixed into every night, at least")
-    distill_per_fact_row: float = Field(1.0, ge=0, description="more general prompts when the night has many facts: this many per fact question row")
+    distill_prompts: int = Field(
+        50,
+        ge=0,
+        description="general prompts answered by the base model (self-distillation), mixed into every night, at least",
+    )
+    distill_per_fact_row: float = Field(
+        1.0, ge=0, description="more general prompts when the night has many facts: this many per fact question row"
+    )
     probe_wordings: int = Field(1, ge=1, description="question wordings per fact held out for the recall check")
     valid_wordings: int = Field(1, ge=1, description="question wordings per fact held out for validation")
     probe_max_tokens: int = Field(40, ge=4, description="reply length when checking recall")
     capability_max_tokens: int = Field(32, ge=4, description="reply length for the capability harness")
-    policy: str = Field("all", pattern=r"^(all|self|random|bandit|fixed:[\w-]+)$", description="what a night trains: all (every source) or one source a policy picks: self | random | bandit | fixed:SOURCE")
-    trial_steps: int = Field(2, ge=1, description="bandit policy: training steps of each trial, the first steps of each source's night (longer trials predict the night better and cost more)")
-    track: bool = Field(True, description="learning evolution: snapshot what the model answers for tracked examples during training")
+    policy: str = Field(
+        "all",
+        pattern=r"^(all|self|random|bandit|fixed:[\w-]+)$",
+        description="what a night trains: all (every source) or one source "
+        "a policy picks: self | random | bandit | fixed:SOURCE",
+    )
+    trial_steps: int = Field(
+        2,
+        ge=1,
+        description="bandit policy: training steps of each trial, the first steps of each "
+        "source's night (longer trials predict the night better and cost more)",
+    )
+    track: bool = Field(
+        True, description="learning evolution: snapshot what the model answers for tracked examples during training"
+    )
     track_sample: int = Field(12, ge=0, description="training rows tracked besides every recall probe")
     track_max_tokens: int = Field(12, ge=1, description="reply length of a tracked example's answer")
     track_budget: float = Field(0.15, gt=0, le=1, description="largest share of the training time snapshots may take")
-    inbox_settle_seconds: float = Field(5.0, ge=0, description="an inbox file changed more recently than this waits for the next sleep (it may still be being written)")
+    inbox_settle_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="an inbox file changed more recently than this waits "
+        "for the next sleep (it may still be being written)",
+    )
     redact_region: str = Field("US", description="default region for phone numbers without a country code")
 
 
@@ -109,11 +139,27 @@ class GateSettings(_Section):
     """When a candidate adapter is promoted."""
 
     min_recall_gain: float = Field(0.0, ge=0, description="recall must rise by more than this, or validation loss fall")
-    min_val_improvement: float = Field(0.0, ge=0, description="validation loss must fall by more than this, or recall rise")
-    max_capability_drop: float = Field(0.05, ge=0, le=1, description="largest allowed drop of the capability score (0.05: one of the 24 shipped questions)")
-    max_ppl_drift: float = Field(0.02, ge=0, description="largest allowed general-perplexity rise vs the current adapter")
-    max_total_ppl_drift: float = Field(0.05, ge=0, description="largest allowed general-perplexity rise vs the base model")
-    fallback_scales: list[float] = Field([0.75, 0.5], description="when a candidate learned but broke a bound, try it blended back toward the current adapter, keeping this share of the change (weight interpolation, WiSE-FT) and promote the first that passes; [] turns it off")
+    min_val_improvement: float = Field(
+        0.0, ge=0, description="validation loss must fall by more than this, or recall rise"
+    )
+    max_capability_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="largest allowed drop of the capability score (0.05: one of the 24 shipped questions)",
+    )
+    max_ppl_drift: float = Field(
+        0.02, ge=0, description="largest allowed general-perplexity rise vs the current adapter"
+    )
+    max_total_ppl_drift: float = Field(
+        0.05, ge=0, description="largest allowed general-perplexity rise vs the base model"
+    )
+    fallback_scales: list[float] = Field(
+        [0.75, 0.5],
+        description="when a candidate learned but broke a bound, try it "
+        "blended back toward the current adapter, keeping this "
+        "share of the change (weight interpolation, WiSE-FT) and promote the first that passes; [] turns it off",
+    )
 
     @field_validator("fallback_scales")
     @classmethod
@@ -133,11 +179,16 @@ class ScheduleSettings(_Section):
     """When and how the nightly job runs (`schedule install`, `daemon`, `sleep --scheduled`)."""
 
     at: str = Field("03:00", description="local time of the nightly sleep (HH:MM)")
-    chat_wait_minutes: float = Field(30, ge=0, description="how long the nightly job waits for open chats to end before it sleeps anyway")
+    chat_wait_minutes: float = Field(
+        30, ge=0, description="how long the nightly job waits for open chats to end before it sleeps anyway"
+    )
     chat_poll_seconds: float = Field(30, gt=0, description="how often it looks again while waiting")
-    misfire_grace_hours: float = Field(6, gt=0, description="daemon: a run missed by less than this (machine asleep) still runs")
-    notify: bool = Field(True, description="a desktop notification with the outcome (osascript / notify-send), else the log")
-
+    misfire_grace_hours: float = Field(
+        6, gt=0, description="daemon: a run missed by less than this (machine asleep) still runs"
+    )
+    notify: bool = Field(
+        True, description="a desktop notification with the outcome (osascript / notify-send), else the log"
+    )
 
     @field_validator("at")
     @classmethod
@@ -194,7 +245,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, str]:
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX) or ENV_DELIMITER not in var:
             continue
-        dotted = var[len(ENV_PREFIX):].lower().replace(ENV_DELIMITER, ".")
+        dotted = var[len(ENV_PREFIX) :].lower().replace(ENV_DELIMITER, ".")
         dotted = RENAMED.get(dotted, dotted)
         if dotted not in known:
             raise CircadianError(f"environment variable {var}: unknown config key '{dotted}'")
@@ -213,8 +264,7 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 def _describe(error: ValidationError, origin: dict[str, str]) -> str:
     first = error.errors()[0]
     dotted = ".".join(str(p) for p in first["loc"])
-    where = origin.get(dotted) or next(
-        (src for key, src in origin.items() if key.startswith(dotted + ".")), "config")
+    where = origin.get(dotted) or next((src for key, src in origin.items() if key.startswith(dotted + ".")), "config")
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown config key '{dotted}'"
     return f"{where}: {dotted}: {first['msg']}"
@@ -234,8 +284,9 @@ def _renamed(tree: dict[str, Any], origin: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: Path, environ: dict[str, str] | None = None,
-                overrides: dict[str, tuple[Any, str]] | None = None) -> tuple[Config, dict[str, str]]:
+def load_config(
+    path: Path, environ: dict[str, str] | None = None, overrides: dict[str, tuple[Any, str]] | None = None
+) -> tuple[Config, dict[str, str]]:
     """Given the config file path, return (Config, {dotted key: source}) for every key.
 
     Sources are "default", the file path, the environment variable's name, or the command-line

@@ -12,8 +12,8 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from circadian.core.errors import CircadianError
 
@@ -31,7 +31,7 @@ class HeldLock:
         self.refused = refused
         self.fd: int | None = None
 
-    def __enter__(self) -> "HeldLock":
+    def __enter__(self) -> HeldLock:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -41,8 +41,11 @@ class HeldLock:
             os.close(fd)
             raise CircadianError(self.refused(held_by)) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                  **self.record}).encode(), 0)
+        os.pwrite(
+            fd,
+            json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self.record}).encode(),
+            0,
+        )
         os.fsync(fd)
         self.fd = fd
         return self
@@ -57,9 +60,14 @@ class HeldLock:
 
 def sleep_lock(path: Path, cycle_id: str) -> HeldLock:
     """Given control/sleep.lock and tonight's cycle id, return the lock one sleep at a time holds."""
-    return HeldLock(path, {"cycle_id": cycle_id}, lambda held: (
-        f"another sleep is running (pid {held.get('pid', '?')}, cycle {held.get('cycle_id', '?')}, "
-        f"since {held.get('started', '?')})"))
+    return HeldLock(
+        path,
+        {"cycle_id": cycle_id},
+        lambda held: (
+            f"another sleep is running (pid {held.get('pid', '?')}, cycle {held.get('cycle_id', '?')}, "
+            f"since {held.get('started', '?')})"
+        ),
+    )
 
 
 def _read(fd: int) -> dict:
@@ -93,7 +101,7 @@ class SessionMark:
         self.path = control / "sessions" / f"{os.getpid()}.lock"
         self.fd: int | None = None
 
-    def __enter__(self) -> "SessionMark":
+    def __enter__(self) -> SessionMark:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -48,7 +48,7 @@ class Paths:
     models_override: Path | None = None
 
     @classmethod
-    def resolve(cls, option: str | os.PathLike | None = None) -> "Paths":
+    def resolve(cls, option: str | os.PathLike | None = None) -> Paths:
         home, source = resolve_home(option)
         models = os.environ.get(MODELS_ENV)
         return cls(home, source, Path(models).expanduser().absolute() if models else None)
@@ -119,17 +119,39 @@ class Paths:
     def choice_log(self) -> Path:
         return self.runs / "choice_log.jsonl"
 
-    def ensure(self) -> "Paths":
+    def ensure(self) -> Paths:
         """Create the home's folders (mode 0700) if missing; return self."""
         private_dir(self.home)
-        for folder in (self.data, self.adapters, self.control, self.inbox / "priority",
-                       self.inbox / "normal", self.quarantine, self.runs):
+        for folder in (
+            self.data,
+            self.adapters,
+            self.control,
+            self.inbox / "priority",
+            self.inbox / "normal",
+            self.quarantine,
+            self.runs,
+        ):
             private_dir(folder)
         return self
 
     def as_dict(self) -> dict[str, str]:
         """Return the named paths as strings, for `circadian paths`."""
-        names = ["home", "config", "memories", "tombstones", "imports", "inbox", "quarantine", "runs",
-                 "run_log", "choice_log", "adapters", "current", "models", "control", "logs",
-                 "chat_history"]
+        names = [
+            "home",
+            "config",
+            "memories",
+            "tombstones",
+            "imports",
+            "inbox",
+            "quarantine",
+            "runs",
+            "run_log",
+            "choice_log",
+            "adapters",
+            "current",
+            "models",
+            "control",
+            "logs",
+            "chat_history",
+        ]
         return {name: str(getattr(self, name)) for name in names}

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from circadian.store import adapters, memories
 from circadian.backends import GenerationSettings, LoadedModel, LoadRequest, select_backend
+from circadian.backends.resolve import resolve_model
 from circadian.core.config import Config
 from circadian.core.errors import CircadianError
-from circadian.backends.resolve import resolve_model
 from circadian.core.paths import Paths
+from circadian.store import adapters, memories
 
 INTERRUPTED_TAG = "interrupted"
 
@@ -28,8 +28,9 @@ def _quiet(_message: str) -> None:
 class Assistant:
     """The loaded model. Call `follow_current()` before a turn to pick up a rollback or promotion."""
 
-    def __init__(self, paths: Paths, config: Config, *, say: Callable[[str], None] = _quiet,
-                 adapter: str | None = "current"):
+    def __init__(
+        self, paths: Paths, config: Config, *, say: Callable[[str], None] = _quiet, adapter: str | None = "current"
+    ):
         """`adapter`: "current" (follow adapters/CURRENT), a version name (fixed), or None (base)."""
         self.paths = paths
         self.config = config
@@ -45,14 +46,22 @@ class Assistant:
             chosen = adapters.get(paths, adapter)
             adapters.verify_weights(chosen.path, chosen.manifest)
             if chosen.manifest.backend != self.backend.name:
-                raise CircadianError(f"adapter {adapter} was trained with the {chosen.manifest.backend} backend, "
-                                     f"not {self.backend.name}")
+                raise CircadianError(
+                    f"adapter {adapter} was trained with the {chosen.manifest.backend} backend, not {self.backend.name}"
+                )
             adapter_path, version = chosen.path, chosen.version
         say(f"loading {resolved.name} on {self.backend.name}")
-        self.model: LoadedModel = self.backend.load(LoadRequest(
-            model_name=resolved.name, model_path=resolved.path, device=config.model.device,
-            dtype=config.model.dtype, quantize=config.model.quantize,
-            adapter_path=adapter_path, adapter_version=version))
+        self.model: LoadedModel = self.backend.load(
+            LoadRequest(
+                model_name=resolved.name,
+                model_path=resolved.path,
+                device=config.model.device,
+                dtype=config.model.dtype,
+                quantize=config.model.quantize,
+                adapter_path=adapter_path,
+                adapter_version=version,
+            )
+        )
         self._seen_current = adapters.current_version(paths)
         self._follows = adapter == "current"
 
@@ -60,8 +69,10 @@ class Assistant:
         if active is None:
             return None, None
         if active.manifest.backend != self.backend.name:
-            self.say(f"adapter {active.version} was trained with the {active.manifest.backend} backend; "
-                     f"the {self.backend.name} backend answers with the base model")
+            self.say(
+                f"adapter {active.version} was trained with the {active.manifest.backend} backend; "
+                f"the {self.backend.name} backend answers with the base model"
+            )
             return None, None
         return active.path, active.version
 
@@ -97,10 +108,18 @@ class TurnResult:
     note: str | None = None
 
     def as_dict(self) -> dict:
-        return {"id": self.record_id, "reply": self.reply, "tokens": self.tokens,
-                "ttft_s": self.ttft_s, "tokens_per_second": self.tokens_per_second,
-                "seconds": self.seconds, "adapter": self.adapter, "tags": self.tags,
-                "interrupted": self.interrupted, "logged": self.record_id is not None}
+        return {
+            "id": self.record_id,
+            "reply": self.reply,
+            "tokens": self.tokens,
+            "ttft_s": self.ttft_s,
+            "tokens_per_second": self.tokens_per_second,
+            "seconds": self.seconds,
+            "adapter": self.adapter,
+            "tags": self.tags,
+            "interrupted": self.interrupted,
+            "logged": self.record_id is not None,
+        }
 
 
 @dataclass
@@ -113,8 +132,9 @@ class _Exchange:
 class ChatSession:
     """A conversation: context across turns, the session's switches, and logging of each turn."""
 
-    def __init__(self, assistant: Assistant, *, log: bool = True, source: str = "chat",
-                 system_prompt: str | None = None):
+    def __init__(
+        self, assistant: Assistant, *, log: bool = True, source: str = "chat", system_prompt: str | None = None
+    ):
         self.assistant = assistant
         self.log = log and assistant.config.logging.enabled
         self.source = source
@@ -133,18 +153,24 @@ class ChatSession:
         """Given the next user message, return the full prompt: system, recent context, the message."""
         keep = self.assistant.config.chat.context_turns
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        for exchange in (self.history[-keep:] if keep else []):
-            messages += [{"role": "user", "content": exchange.user},
-                         {"role": "assistant", "content": exchange.reply}]
+        for exchange in self.history[-keep:] if keep else []:
+            messages += [{"role": "user", "content": exchange.user}, {"role": "assistant", "content": exchange.reply}]
         return messages + [{"role": "user", "content": user_text}]
 
     def settings(self, max_tokens: int | None = None) -> GenerationSettings:
         chat = self.assistant.config.chat
-        return GenerationSettings(max_tokens=max_tokens or chat.max_tokens,
-                                  temperature=chat.temperature, top_p=chat.top_p)
+        return GenerationSettings(
+            max_tokens=max_tokens or chat.max_tokens, temperature=chat.temperature, top_p=chat.top_p
+        )
 
-    def respond(self, user_text: str, on_text: Callable[[str], None] = lambda _t: None, *,
-                max_tokens: int | None = None, cancel: threading.Event | None = None) -> TurnResult:
+    def respond(
+        self,
+        user_text: str,
+        on_text: Callable[[str], None] = lambda _t: None,
+        *,
+        max_tokens: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> TurnResult:
         """Given a user message, stream the reply through `on_text`, log the turn, return the result.
 
         Ctrl-C (KeyboardInterrupt) stops the generation; the partial reply is kept and tagged.
@@ -174,26 +200,49 @@ class ChatSession:
             stream.close()
         ended = time.perf_counter()
         reply = "".join(parts).strip()
-        tps = (tokens - first_tokens) / (ended - first) if first is not None and tokens > first_tokens and ended > first else None
+        tps = (
+            (tokens - first_tokens) / (ended - first)
+            if first is not None and tokens > first_tokens and ended > first
+            else None
+        )
         tags = [INTERRUPTED_TAG] if interrupted else []
         record_id = None
         if self.log and reply:
             record = memories.make_record(
                 [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}],
-                session=self.id, model=self.assistant.model_name, adapter=self.assistant.adapter_version,
-                source=self.source, tags=tags, no_train=self.no_train, system=self.system_prompt or None,
+                session=self.id,
+                model=self.assistant.model_name,
+                adapter=self.assistant.adapter_version,
+                source=self.source,
+                tags=tags,
+                no_train=self.no_train,
+                system=self.system_prompt or None,
                 backend=self.assistant.backend.name,
-                stats={"tokens": tokens, "ttft_s": round(first - started, 4) if first else None,
-                       "tokens_per_second": round(tps, 2) if tps else None})
+                stats={
+                    "tokens": tokens,
+                    "ttft_s": round(first - started, 4) if first else None,
+                    "tokens_per_second": round(tps, 2) if tps else None,
+                },
+            )
             memories.append(self.assistant.paths, [record])
             record_id, tags = record["id"], record["tags"]
         elif memories.has_no_train_mark(messages[-1:]) or self.no_train:
             tags = tags + [memories.NO_TRAIN_TAG]
         if reply:
             self.history.append(_Exchange(user_text, reply, record_id))
-        return TurnResult(user_text, reply, record_id, tokens,
-                          round(first - started, 4) if first else None, round(tps, 2) if tps else None,
-                          round(ended - started, 3), self.assistant.adapter_version, tags, interrupted, note)
+        return TurnResult(
+            user_text,
+            reply,
+            record_id,
+            tokens,
+            round(first - started, 4) if first else None,
+            round(tps, 2) if tps else None,
+            round(ended - started, 3),
+            self.assistant.adapter_version,
+            tags,
+            interrupted,
+            note,
+        )
 
     def forget_last(self) -> _Exchange | None:
         """Drop the last exchange from the context and tombstone it in the log; return it (or None)."""

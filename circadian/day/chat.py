@@ -8,8 +8,8 @@ as markdown with tokens/s and latency after each one. Slash commands steer the s
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from rich.console import Console
 from rich.live import Live
@@ -55,8 +55,11 @@ def handle_command(line: str, session: ChatSession) -> CommandResult:
         return CommandResult(f"adapter: {which} · model: {assistant.model_name} · backend: {assistant.backend.name}")
     if name == "/notrain":
         session.no_train = not session.no_train
-        return CommandResult("no-train ON: this session's turns will not be trained on" if session.no_train
-                             else "no-train OFF: this session's turns may be trained on")
+        return CommandResult(
+            "no-train ON: this session's turns will not be trained on"
+            if session.no_train
+            else "no-train OFF: this session's turns may be trained on"
+        )
     if name == "/forget":
         exchange = session.forget_last()
         if exchange is None:
@@ -99,8 +102,15 @@ def stats_line(result) -> str:
     return " · ".join(parts)
 
 
-def run_chat(session: ChatSession, *, console: Console | None = None, pt_input=None, pt_output=None,
-             history_path=None, prompt: Callable[[], str] | None = None) -> int:
+def run_chat(
+    session: ChatSession,
+    *,
+    console: Console | None = None,
+    pt_input=None,
+    pt_output=None,
+    history_path=None,
+    prompt: Callable[[], str] | None = None,
+) -> int:
     """Run the chat loop until /quit or Ctrl-D; return the number of exchanges."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory, InMemoryHistory
@@ -113,8 +123,11 @@ def run_chat(session: ChatSession, *, console: Console | None = None, pt_input=N
         pt = PromptSession(history=history, key_bindings=_key_bindings(), input=pt_input, output=pt_output)
         prompt = lambda: pt.prompt("you> ")  # noqa: E731
     assistant = session.assistant
-    console.print(f"[bold]circadian[/bold] · {assistant.model_name} · {assistant.backend.name} · "
-                  f"adapter {assistant.adapter_version or 'base'} · /help for commands", highlight=False)
+    console.print(
+        f"[bold]circadian[/bold] · {assistant.model_name} · {assistant.backend.name} · "
+        f"adapter {assistant.adapter_version or 'base'} · /help for commands",
+        highlight=False,
+    )
     exchanges = 0
     while True:
         try:
@@ -137,6 +150,7 @@ def run_chat(session: ChatSession, *, console: Console | None = None, pt_input=N
             console.print(f"[dim]{note}[/dim]", highlight=False)
         reply = ""
         with Live(Markdown(""), console=console, refresh_per_second=12, transient=False) as live:
+
             def on_text(text: str) -> None:
                 nonlocal reply
                 reply += text

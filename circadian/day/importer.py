@@ -8,17 +8,16 @@ import is recorded in `data/imports.jsonl`.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from circadian.store import memories
+from circadian.core.clock import now_iso
 from circadian.core.errors import CircadianError
 from circadian.core.fsutil import append_jsonl, lock_for, parse_lines, read_jsonl
 from circadian.core.paths import Paths
-from circadian.core.clock import now_iso
+from circadian.store import memories
 
 MAX_REPORTED = 10
 
@@ -85,11 +84,20 @@ def import_file(paths: Paths, file: Path) -> ImportResult:
             if line.value and line.value.get("sha256") == digest:
                 return ImportResult(str(file), digest, 0, True, previous_ts=line.value.get("ts"))
         session = f"import-{digest[:12]}"
-        records = [memories.make_record([m.model_dump() for m in row.messages], session=session,
-                                        model="", adapter=None, source=f"import:{file.name}",
-                                        tags=row.tags) for row in rows]
+        records = [
+            memories.make_record(
+                [m.model_dump() for m in row.messages],
+                session=session,
+                model="",
+                adapter=None,
+                source=f"import:{file.name}",
+                tags=row.tags,
+            )
+            for row in rows
+        ]
         memories.append(paths, records, lock=False)
-        append_jsonl(paths.imports, [{"ts": now_iso(), "file": str(file.absolute()),
-                                      "sha256": digest, "rows": len(records)}])
+        append_jsonl(
+            paths.imports, [{"ts": now_iso(), "file": str(file.absolute()), "sha256": digest, "rows": len(records)}]
+        )
     no_train = sum(memories.NO_TRAIN_TAG in r["tags"] for r in records)
     return ImportResult(str(file), digest, len(records), False, no_train)

@@ -17,10 +17,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.markdown import Markdown
 
-from circadian.day.assistant import Assistant, ChatSession
 from circadian.core.config import load_config
 from circadian.core.errors import CircadianError
 from circadian.core.paths import Paths
+from circadian.day.assistant import Assistant, ChatSession
 from circadian.night.report import render_markdown
 from circadian.night.sleep import run_sleep
 
@@ -70,20 +70,28 @@ def run_demo(home: Path | None, console: Console | None = None) -> Paths:
             console.print(f"[cyan]you>[/cyan] {text}", highlight=False)
             console.print("[green]assistant>[/green] ", end="")
             result = session.respond(text, lambda t: console.print(t, end="", highlight=False, markup=False))
-            console.print(f"\n[dim]{result.tokens} tokens · {result.tokens_per_second or 0:.1f} tok/s · "
-                          f"first token {result.ttft_s or 0:.2f} s{' · ' + ','.join(result.tags) if result.tags else ''}[/dim]",
-                          highlight=False)
+            console.print(
+                f"\n[dim]{result.tokens} tokens · {result.tokens_per_second or 0:.1f} tok/s · "
+                f"first token {result.ttft_s or 0:.2f} s{' · ' + ','.join(result.tags) if result.tags else ''}[/dim]",
+                highlight=False,
+            )
             turns += 1
     console.rule("end of the day")
-    console.print(f"{turns} turns logged to {paths.memories} in {time.time() - started:.0f} s "
-                  f"(the #no-train one is tagged and will never be trained on).", highlight=False)
+    console.print(
+        f"{turns} turns logged to {paths.memories} in {time.time() - started:.0f} s "
+        f"(the #no-train one is tagged and will never be trained on).",
+        highlight=False,
+    )
     del assistant, session
     console.rule("night: circadian sleep")
     summary = run_sleep(paths, config, console=console)
     console.rule("morning: circadian report")
     console.print(Markdown(render_markdown(summary)))
     console.print(f"\nThe whole demo took {time.time() - started:.0f} s. Its home is {paths.home}:", highlight=False)
-    console.print(f"  circadian chat --home {paths.home}      (ask it about Maya's dog)\n"
-                  f"  circadian report --home {paths.home} --format html > report.html\n"
-                  f"  circadian rollback --home {paths.home}", highlight=False)
+    console.print(
+        f"  circadian chat --home {paths.home}      (ask it about Maya's dog)\n"
+        f"  circadian report --home {paths.home} --format html > report.html\n"
+        f"  circadian rollback --home {paths.home}",
+        highlight=False,
+    )
     return paths

@@ -21,28 +21,29 @@ cycle 0 and after the last cycle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from circadian import __version__
-from circadian.night import dataset, distill, evaluate, policies, sources, trials
-from circadian.store import adapters, inbox, memories
 from circadian.backends import LoadRequest, select_backend
+from circadian.backends.resolve import resolve_model
+from circadian.backends.tokens import encode_chat
+from circadian.core.clock import now_iso
 from circadian.core.config import Config
 from circadian.core.errors import CircadianError
 from circadian.core.fsutil import append_jsonl, atomic_write_json
-from circadian.backends.resolve import resolve_model
 from circadian.core.paths import Paths
-from circadian.backends.tokens import encode_chat
-from circadian.core.clock import now_iso
+from circadian.night import dataset, distill, evaluate, policies, sources, trials
+from circadian.store import adapters, inbox, memories
 from circadian.store.records import ChoiceLine, RunLogLine, Trials
 
 
@@ -77,38 +78,68 @@ class Setup:
     end: int
 
 
-def load_sources(paths: Paths, config: Config, *, only: list[str] | None = None, end: int | None = None,
-                 say: Callable[[str], None] = print) -> Setup:
+def load_sources(
+    paths: Paths,
+    config: Config,
+    *,
+    only: list[str] | None = None,
+    end: int | None = None,
+    say: Callable[[str], None] = print,
+) -> Setup:
     """Load the model at the home's current adapter; split the memories (up to byte `end`), the inbox
     and the distilled general rows into sources, each split encoded."""
     end = end if end is not None else paths.memories.stat().st_size if paths.memories.exists() else 0
     scan = memories.scan(paths, end=end)
-    selection = dataset.select(scan.records, trained=adapters.trained_ids(paths), forgotten=memories.forgotten_ids(paths))
+    selection = dataset.select(
+        scan.records, trained=adapters.trained_ids(paths), forgotten=memories.forgotten_ids(paths)
+    )
     backend = select_backend(config.model.backend)
     resolved = resolve_model(config.model, paths.models, say=say)
     active = adapters.active_adapter(paths)
     start = (active.path, active.version) if active and active.manifest.backend == backend.name else (None, None)
-    model = backend.load(LoadRequest(resolved.name, resolved.path, config.model.device, config.model.dtype,
-                                     config.model.quantize, *start))
-    general = distill.distilled_rows(model, lambda: model.set_adapter(*start), paths.models / "distill_cache", resolved.path,
-                                  config.sleep.distill_prompts)
+    model = backend.load(
+        LoadRequest(
+            resolved.name, resolved.path, config.model.device, config.model.dtype, config.model.quantize, *start
+        )
+    )
+    general = distill.distilled_rows(
+        model,
+        lambda: model.set_adapter(*start),
+        paths.models / "distill_cache",
+        resolved.path,
+        config.sleep.distill_prompts,
+    )
     for entry in inbox.ingest(paths, settle_seconds=config.sleep.inbox_settle_seconds):
         say(f"inbox: {entry['name']} queued as {entry['id']} ({entry['rows']} rows)")
     queued = inbox.queued(paths)
-    ctx = sources.Context(selection, [m for e in queued for m in inbox.load_rows(paths, e)], general,
-                          config.sleep.redact_region)
+    ctx = sources.Context(
+        selection, [m for e in queued for m in inbox.load_rows(paths, e)], general, config.sleep.redact_region
+    )
     pools = sources.build_all(ctx, only)
     if not pools:
         raise CircadianError("no source has enough data for an experiment (each needs rows in train, select and eval)")
-    encoded = {name: {split: [encode_chat(model.tokenizer, r["messages"], config.train.max_length)
-                              for r in src.split(split)] for split in sources.SPLITS} for name, src in pools.items()}
+    encoded = {
+        name: {
+            split: [encode_chat(model.tokenizer, r["messages"], config.train.max_length) for r in src.split(split)]
+            for split in sources.SPLITS
+        }
+        for name, src in pools.items()
+    }
     return Setup(model, backend.name, resolved, start, pools, encoded, end)
 
 
 def budget_settings(config: Config, plan: Budget):
     """The training settings of one cycle's night: exactly `plan.steps` steps, no validation."""
-    return config.train.model_copy(update={"max_steps": plan.steps, "max_epochs": 10**6, "batch_size": plan.batch_size,
-                                           "eval_every": 10**6, "min_steps": 0, "warmup_steps": 1})
+    return config.train.model_copy(
+        update={
+            "max_steps": plan.steps,
+            "max_epochs": 10**6,
+            "batch_size": plan.batch_size,
+            "eval_every": 10**6,
+            "min_steps": 0,
+            "warmup_steps": 1,
+        }
+    )
 
 
 def night_sample(rows: list, plan: Budget, sample_key: str) -> list:
@@ -118,7 +149,9 @@ def night_sample(rows: list, plan: Budget, sample_key: str) -> list:
 
 def train_night(model, rows: list, settings, plan: Budget, sample_key: str, seed: int):
     """Train one cycle's night on `night_sample(rows, plan, sample_key)` with the training seed `seed`."""
-    return model.train(night_sample(rows, plan, sample_key), [], settings.model_copy(update={"seed": seed}), lambda e: None)
+    return model.train(
+        night_sample(rows, plan, sample_key), [], settings.model_copy(update={"seed": seed}), lambda e: None
+    )
 
 
 def _mean(values) -> float:
@@ -139,12 +172,30 @@ class Experiment:
     """`cycles run` as a recipe: `run` takes `prepare`, `measure_start`, then per cycle `trial`, `choose`,
     `train`, `measure` and `log`, and `finish`."""
 
-    def __init__(self, paths: Paths, config: Config, *, n: int, policy_spec: str, seed: int = 0,
-                 budget: str = "small", oracle: bool = False, only: list[str] | None = None,
-                 say: Callable[[str], None] = print, generate: bool = True, trial_steps: int | None = None):
+    def __init__(
+        self,
+        paths: Paths,
+        config: Config,
+        *,
+        n: int,
+        policy_spec: str,
+        seed: int = 0,
+        budget: str = "small",
+        oracle: bool = False,
+        only: list[str] | None = None,
+        say: Callable[[str], None] = print,
+        generate: bool = True,
+        trial_steps: int | None = None,
+    ):
         self.paths, self.config, self.n, self.spec, self.seed = paths, config, n, policy_spec, seed
-        self.budget, self.plan, self.oracle, self.only, self.say, self.generate = \
-            budget, BUDGETS[budget], oracle, only, say, generate
+        self.budget, self.plan, self.oracle, self.only, self.say, self.generate = (
+            budget,
+            BUDGETS[budget],
+            oracle,
+            only,
+            say,
+            generate,
+        )
         self.policy = policies.make(policy_spec, seed)
         self.trial_steps = min(trial_steps or trials.TRIAL_STEPS, self.plan.steps)
         self.whole_night_trials = self.trial_steps == self.plan.steps
@@ -177,26 +228,42 @@ class Experiment:
         self.folder = experiment_dir(self.paths) / self.name
         self.setup = setup = load_sources(self.paths, self.config, only=self.only, say=self.say)
         self.model, self.pools, self.encoded = setup.model, setup.pools, setup.encoded
-        self.say(f"experiment {self.name}: policy {spec}, seed {self.seed}, budget {self.budget} {self.plan}, "
-                 f"{'with oracle, ' if self.oracle else ''}from {setup.start[1] or 'the base model'}")
+        self.say(
+            f"experiment {self.name}: policy {spec}, seed {self.seed}, budget {self.budget} {self.plan}, "
+            f"{'with oracle, ' if self.oracle else ''}from {setup.start[1] or 'the base model'}"
+        )
         if spec.startswith("fixed:") and spec[6:] not in self.pools:
             raise CircadianError(f"source {spec[6:]!r} has no data here (available: {', '.join(self.pools)})")
         self.folder.mkdir(parents=True, mode=0o700)
         self.probes = [p for src in self.pools.values() for p in src.probes()]
         self.capability = evaluate.load_capability()
         self.general = evaluate.general_examples(self.model.tokenizer)
-        self.say("sources: " + ", ".join(f"{k} {len(v.train)}/{len(v.select)}/{len(v.eval)}"
-                                         for k, v in self.pools.items()) + " rows (train/select/eval)")
+        self.say(
+            "sources: "
+            + ", ".join(f"{k} {len(v.train)}/{len(v.select)}/{len(v.eval)}" for k, v in self.pools.items())
+            + " rows (train/select/eval)"
+        )
         self.settings = budget_settings(self.config, self.plan)
         self.manifest = {
-            "experiment": self.name, "policy": spec, "seed": self.seed, "budget": self.budget,
-            "budget_detail": self.plan.__dict__, "oracle": self.oracle, "trial_steps": self.trial_steps, "n": self.n,
-            "started": started.isoformat(timespec="seconds"), "start_adapter": setup.start[1],
-            "backend": setup.backend, "model": setup.resolved.name,
+            "experiment": self.name,
+            "policy": spec,
+            "seed": self.seed,
+            "budget": self.budget,
+            "budget_detail": self.plan.__dict__,
+            "oracle": self.oracle,
+            "trial_steps": self.trial_steps,
+            "n": self.n,
+            "started": started.isoformat(timespec="seconds"),
+            "start_adapter": setup.start[1],
+            "backend": setup.backend,
+            "model": setup.resolved.name,
             "model_identity": distill.model_identity(setup.resolved.path),
-            "train_settings": self.settings.model_dump(), "memories_end_offset": setup.end,
-            "sources": {k: {s: {"rows": len(v.split(s)), "sha256": _rows_sha(v.split(s))} for s in sources.SPLITS}
-                        for k, v in self.pools.items()},
+            "train_settings": self.settings.model_dump(),
+            "memories_end_offset": setup.end,
+            "sources": {
+                k: {s: {"rows": len(v.split(s)), "sha256": _rows_sha(v.split(s))} for s in sources.SPLITS}
+                for k, v in self.pools.items()
+            },
             "versions": {"circadian": __version__, "python": platform.python_version(), **_package_versions()},
         }
         atomic_write_json(self.folder / "experiment.json", self.manifest)
@@ -211,20 +278,32 @@ class Experiment:
         sleep = self.config.sleep
         recall = evaluate.ask_all(self.model, self.probes, key="question", max_tokens=sleep.probe_max_tokens)
         cap = evaluate.ask_all(self.model, self.capability, key="prompt", max_tokens=sleep.capability_max_tokens)
-        return {"recall": recall["score"], "capability": cap["score"],
-                "recall_by_source": {k: _hit_share(recall["items"], {p["question"] for p in src.probes()})
-                                     for k, src in self.pools.items() if src.probes()}}
+        return {
+            "recall": recall["score"],
+            "capability": cap["score"],
+            "recall_by_source": {
+                k: _hit_share(recall["items"], {p["question"] for p in src.probes()})
+                for k, src in self.pools.items()
+                if src.probes()
+            },
+        }
 
     def measure_start(self) -> Position:
         """Cycle 0: every source's losses, perplexity and (unless --no-generate) recall and capability."""
         position = Position(self.setup.start, self.losses("select"), self.losses("eval"))
         self.base_ppl = evaluate.perplexity(self.model, self.general)
-        cycle0 = {"select_losses": position.select, "eval_losses": position.eval, "perplexity": self.base_ppl,
-                  **self.generated()}
+        cycle0 = {
+            "select_losses": position.select,
+            "eval_losses": position.eval,
+            "perplexity": self.base_ppl,
+            **self.generated(),
+        }
         atomic_write_json(self.folder / "cycle0.json", cycle0)
         self.cycle0 = cycle0
-        self.say(f"cycle 0: eval loss {_mean(position.eval.values()):.3f}, perplexity {self.base_ppl:.2f}"
-                 + (f", recall {cycle0['recall']:.0%}, capability {cycle0['capability']:.0%}" if self.generate else ""))
+        self.say(
+            f"cycle 0: eval loss {_mean(position.eval.values()):.3f}, perplexity {self.base_ppl:.2f}"
+            + (f", recall {cycle0['recall']:.0%}, capability {cycle0['capability']:.0%}" if self.generate else "")
+        )
         return position
 
     def _branches(self):
@@ -239,12 +318,18 @@ class Experiment:
             kept.add(name)
 
         self.tried = trials.run_trials(
-            self.model, self.policy, position.select, cycle,
+            self.model,
+            self.policy,
+            position.select,
+            cycle,
             night_rows=lambda k: night_sample(self.encoded[k]["train"], self.plan, f"{self.seed}:{cycle}:{k}"),
             select_rows={k: v["select"] for k, v in self.encoded.items()},
             settings=self.settings.model_copy(update={"seed": self.seed * 1000 + cycle}),
-            restore=lambda: self.model.set_adapter(*position.adapter), say=self.say, steps=self.trial_steps,
-            keep=keep if self.whole_night_trials else None)
+            restore=lambda: self.model.set_adapter(*position.adapter),
+            say=self.say,
+            steps=self.trial_steps,
+            keep=keep if self.whole_night_trials else None,
+        )
         return kept
 
     def _night_on(self, name: str, cycle: int, position: Position, kept: set[str]) -> None:
@@ -253,8 +338,14 @@ class Experiment:
             self.model.set_adapter(self._branches() / name, f"{self.name}-c{cycle:02d}-{name}")
         else:
             self.model.set_adapter(*position.adapter)
-            train_night(self.model, self.encoded[name]["train"], self.settings, self.plan, f"{self.seed}:{cycle}:{name}",
-                        self.seed * 1000 + cycle)
+            train_night(
+                self.model,
+                self.encoded[name]["train"],
+                self.settings,
+                self.plan,
+                f"{self.seed}:{cycle}:{name}",
+                self.seed * 1000 + cycle,
+            )
 
     def train(self, cycle: int, chosen: str, position: Position, kept: set[str]) -> dict | None:
         """Train the chosen source's night; with --oracle every source's, from the same position, the chosen
@@ -281,35 +372,67 @@ class Experiment:
         ppl = evaluate.perplexity(self.model, self.general)
         before_eval, before_select = _mean(position.eval.values()), _mean(position.select.values())
         line = RunLogLine(
-            cycle_id=f"{self.name}-c{cycle:02d}", run_type=self.spec, experiment=self.name, cycle=cycle, seed=self.seed,
-            budget=self.budget, chosen=choice.source, reward=before_eval - _mean(eval_after.values()),
-            progress=progress, select_losses=select_after, eval_losses=eval_after,
+            cycle_id=f"{self.name}-c{cycle:02d}",
+            run_type=self.spec,
+            experiment=self.name,
+            cycle=cycle,
+            seed=self.seed,
+            budget=self.budget,
+            chosen=choice.source,
+            reward=before_eval - _mean(eval_after.values()),
+            progress=progress,
+            select_losses=select_after,
+            eval_losses=eval_after,
             oracle_rewards={k: before_eval - _mean(e.values()) for k, (e, _s) in nights.items()} if nights else None,
             oracle_progress={k: before_select - _mean(s.values()) for k, (_e, s) in nights.items()} if nights else None,
-            eval_loss=_mean(eval_after.values()), perplexity=ppl, perplexity_drift=ppl / self.base_ppl - 1,
-            outcome="trained", **(self.generated() if cycle == self.n else {}))
+            eval_loss=_mean(eval_after.values()),
+            perplexity=ppl,
+            perplexity_drift=ppl / self.base_ppl - 1,
+            outcome="trained",
+            **(self.generated() if cycle == self.n else {}),
+        )
         return Position(adapter, select_after, eval_after), line
 
     def log(self, cycle: int, choice, before: Position, line: RunLogLine, tic: float) -> None:
         """One line in choice_log.jsonl (what the policy saw at `before`) and one in run_log.jsonl for the cycle."""
         select_now = before.select
-        append_jsonl(self.paths.choice_log, [ChoiceLine(
-            cycle_id=line.cycle_id, run_type=self.spec, experiment=self.name, cycle=cycle, seed=self.seed,
-            candidate_losses=select_now, chosen=choice.source, reason=choice.reason,
-            loss_regret=select_now[choice.source] - min(select_now.values()),
-            trials=Trials(**self.tried.as_dict()) if self.tried.progress else None, ts=now_iso()).row()])
+        append_jsonl(
+            self.paths.choice_log,
+            [
+                ChoiceLine(
+                    cycle_id=line.cycle_id,
+                    run_type=self.spec,
+                    experiment=self.name,
+                    cycle=cycle,
+                    seed=self.seed,
+                    candidate_losses=select_now,
+                    chosen=choice.source,
+                    reason=choice.reason,
+                    loss_regret=select_now[choice.source] - min(select_now.values()),
+                    trials=Trials(**self.tried.as_dict()) if self.tried.progress else None,
+                    ts=now_iso(),
+                ).row()
+            ],
+        )
         line = line.model_copy(update={"seconds": round(time.time() - tic, 1), "logged_at": now_iso()})
         append_jsonl(self.paths.run_log, [line.row()])
         self.history.append(line)
         rewards = line.oracle_rewards
         best = f", oracle best {max(rewards, key=rewards.get)} {max(rewards.values()):+.4f}" if rewards else ""
-        self.say(f"cycle {cycle}/{self.n}: chose {choice.source} ({choice.reason}); reward {line.reward:+.4f}{best}; "
-                 f"perplexity {line.perplexity:.2f} ({line.perplexity_drift:+.1%}), {line.seconds:.0f} s")
+        self.say(
+            f"cycle {cycle}/{self.n}: chose {choice.source} ({choice.reason}); reward {line.reward:+.4f}{best}; "
+            f"perplexity {line.perplexity:.2f} ({line.perplexity_drift:+.1%}), {line.seconds:.0f} s"
+        )
 
     def finish(self) -> dict:
         """The experiment's summary, also written over experiment.json."""
-        summary = {**self.manifest, "ended": now_iso(), "cycle0": self.cycle0,
-                   "final": self.history[-1].row() if self.history else None, "policy_state": self.policy.state}
+        summary = {
+            **self.manifest,
+            "ended": now_iso(),
+            "cycle0": self.cycle0,
+            "final": self.history[-1].row() if self.history else None,
+            "policy_state": self.policy.state,
+        }
         atomic_write_json(self.folder / "experiment.json", summary)
         return summary
 
@@ -331,8 +454,6 @@ def _package_versions() -> dict[str, str]:
 
     out = {}
     for name in ("torch", "transformers", "peft", "mlx", "mlx-lm"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return out

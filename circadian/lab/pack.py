@@ -49,8 +49,10 @@ def write_pack(paths: Paths, config: Config, out: Path) -> dict:
     commands = []
     for file in experiments:
         meta = json.loads(file.read_text())
-        commands.append(f"circadian cycles run --n {meta['n']} --policy {meta['policy']} --seed {meta['seed']} "
-                        f"--budget {meta['budget']}" + (" --oracle" if meta.get("oracle") else ""))
+        commands.append(
+            f"circadian cycles run --n {meta['n']} --policy {meta['policy']} --seed {meta['seed']} "
+            f"--budget {meta['budget']}" + (" --oracle" if meta.get("oracle") else "")
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out, "w:gz") as tar:
         if paths.config.exists():
@@ -64,11 +66,27 @@ def write_pack(paths: Paths, config: Config, out: Path) -> dict:
         for log in (paths.run_log, paths.choice_log):
             if log.exists():
                 _add(tar, f"logs/{log.name}", log.read_bytes())
-        _add(tar, "versions.json", json.dumps({"python": platform.python_version(), "platform": platform.platform(),
-                                               "executable": sys.executable, "packages": versions}, indent=2).encode())
+        _add(
+            tar,
+            "versions.json",
+            json.dumps(
+                {
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                    "executable": sys.executable,
+                    "packages": versions,
+                },
+                indent=2,
+            ).encode(),
+        )
         _add(tar, "requirements.txt", "".join(f"{k}=={v}\n" for k, v in sorted(versions.items())).encode())
         _add(tar, "data_hashes.json", json.dumps(hashes, indent=2).encode())
         _add(tar, "commands.txt", "".join(c + "\n" for c in commands).encode())
         _add(tar, "README.md", RERUN.encode())
-    return {"path": str(out), "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "experiments": len(experiments),
-            "data_files": len(hashes), "packages": len(versions)}
+    return {
+        "path": str(out),
+        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "experiments": len(experiments),
+        "data_files": len(hashes),
+        "packages": len(versions),
+    }

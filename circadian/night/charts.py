@@ -26,7 +26,7 @@ def svg(fig) -> str:
     fig.savefig(buffer, format="svg", bbox_inches="tight")
     _pyplot().close(fig)
     text = buffer.getvalue()
-    return text[text.index("<svg"):]
+    return text[text.index("<svg") :]
 
 
 def wants_log(values: list[float]) -> bool:
@@ -35,9 +35,16 @@ def wants_log(values: list[float]) -> bool:
     return bool(values) and min(values) > 0 and max(values) / min(values) > LOG_SPAN
 
 
-def line_chart(series: dict[str, list[tuple[float, float]]], *, xlabel: str = "step", ylabel: str = "",
-               title: str = "", marks: dict[str, float] | None = None, size: tuple[float, float] = (7.0, 3.2),
-               points: bool = False) -> str:
+def line_chart(
+    series: dict[str, list[tuple[float, float]]],
+    *,
+    xlabel: str = "step",
+    ylabel: str = "",
+    title: str = "",
+    marks: dict[str, float] | None = None,
+    size: tuple[float, float] = (7.0, 3.2),
+    points: bool = False,
+) -> str:
     """Given {name: [(x, y), ...]}, return a line chart as SVG; `marks` adds dashed vertical lines
     ({label: x}). An empty chart says so."""
     plt = _pyplot()
@@ -65,8 +72,13 @@ def line_chart(series: dict[str, list[tuple[float, float]]], *, xlabel: str = "s
     return svg(fig)
 
 
-def bar_chart(groups: list[str], bars: dict[str, list[float]], *, ylim: tuple[float, float] | None = (0, 1.05),
-              size: tuple[float, float] = (7.0, 3.0)) -> str:
+def bar_chart(
+    groups: list[str],
+    bars: dict[str, list[float]],
+    *,
+    ylim: tuple[float, float] | None = (0, 1.05),
+    size: tuple[float, float] = (7.0, 3.0),
+) -> str:
     """Given group labels and {bar name: one value per group}, return grouped bars as SVG."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=size)

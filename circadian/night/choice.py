@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from circadian.night import policies, sources, trials
-from circadian.store import memories
-from circadian.night.dataset import Plan, Selection, Dataset
-from circadian.core.fsutil import append_jsonl, atomic_write_json, read_jsonl
-from circadian.core.paths import Paths
 from circadian.backends.tokens import encode_chat
 from circadian.core.clock import now_iso
+from circadian.core.fsutil import append_jsonl, atomic_write_json, read_jsonl
+from circadian.core.paths import Paths
+from circadian.night import policies, sources, trials
+from circadian.night.dataset import Dataset, Plan, Selection
 from circadian.night.lineage import is_distill
 from circadian.store.records import ChoiceLine, Trials
 
@@ -63,9 +62,23 @@ def save_policy(paths: Paths, policy: policies.Policy) -> None:
     atomic_write_json(_state_path(paths), saved)
 
 
-def choose(paths: Paths, spec: str, model, settings, *, cycle_id: str, selection: Selection, inbox_rows: list,
-           general: list[dict], region: str, plan: Plan, distill_per_row: float, restore: Callable[[], None],
-           say: Callable[[str], None], trial_steps: int = trials.TRIAL_STEPS) -> tuple[Night, list[Dataset]]:
+def choose(
+    paths: Paths,
+    spec: str,
+    model,
+    settings,
+    *,
+    cycle_id: str,
+    selection: Selection,
+    inbox_rows: list,
+    general: list[dict],
+    region: str,
+    plan: Plan,
+    distill_per_row: float,
+    restore: Callable[[], None],
+    say: Callable[[str], None],
+    trial_steps: int = trials.TRIAL_STEPS,
+) -> tuple[Night, list[Dataset]]:
     """Score the sources, trial those the policy asks for, let it choose, log the choice; return it and
     the datasets to train. `settings` are the night's training settings (their seed seeds the policy)."""
     from circadian.night.evaluate import mean_loss
@@ -76,16 +89,40 @@ def choose(paths: Paths, spec: str, model, settings, *, cycle_id: str, selection
     encoded = {k: encode(src.select) for k, src in pools.items()}
     losses = {k: mean_loss(model, rows) for k, rows in encoded.items()}
     count = sum(1 for line in read_jsonl(paths.choice_log) if line.value)
-    tried = trials.run_trials(model, policy, losses, count + 1, night_rows=lambda k: encode(pools[k].train),
-                                select_rows=encoded, settings=settings, restore=restore, say=say,
-                                steps=trial_steps) if losses else None
+    tried = (
+        trials.run_trials(
+            model,
+            policy,
+            losses,
+            count + 1,
+            night_rows=lambda k: encode(pools[k].train),
+            select_rows=encoded,
+            settings=settings,
+            restore=restore,
+            say=say,
+            steps=trial_steps,
+        )
+        if losses
+        else None
+    )
     choice = policy.choose(losses, count + 1) if losses else policies.Choice("none", "no source has data")
-    append_jsonl(paths.choice_log, [ChoiceLine(
-        cycle_id=cycle_id, run_type=spec, candidate_losses=losses, chosen=choice.source, reason=choice.reason,
-        loss_regret=losses[choice.source] - min(losses.values()) if losses else None,
-        trials=Trials(**tried.as_dict()) if tried and tried.progress else None, ts=now_iso()).row()])
+    append_jsonl(
+        paths.choice_log,
+        [
+            ChoiceLine(
+                cycle_id=cycle_id,
+                run_type=spec,
+                candidate_losses=losses,
+                chosen=choice.source,
+                reason=choice.reason,
+                loss_regret=losses[choice.source] - min(losses.values()) if losses else None,
+                trials=Trials(**tried.as_dict()) if tried and tried.progress else None,
+                ts=now_iso(),
+            ).row()
+        ],
+    )
     anchors = [r for r in plan.train if is_distill(r)]
-    share = lambda n: anchors[:min(len(anchors), math.ceil(distill_per_row * n))]  # noqa: E731
+    share = lambda n: anchors[: min(len(anchors), math.ceil(distill_per_row * n))]  # noqa: E731
     if choice.source == "today":
         datasets = [u for u in plan.datasets if u.name == "today"]
     elif choice.source == "inbox":

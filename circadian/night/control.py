@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from circadian.core.fsutil import atomic_write_json
 from circadian.core.lock import holder
@@ -80,8 +80,14 @@ class Steering:
     ends in a power cut loses nothing that matters); `wait` is how the pause waits (tests shorten it).
     """
 
-    def __init__(self, control: Path, *, checkpoint: Callable[[], None] | None = None,
-                 on_pause: Callable[[bool], None] | None = None, poll_seconds: float = 0.5):
+    def __init__(
+        self,
+        control: Path,
+        *,
+        checkpoint: Callable[[], None] | None = None,
+        on_pause: Callable[[bool], None] | None = None,
+        poll_seconds: float = 0.5,
+    ):
         self.control = control
         self.checkpoint = checkpoint
         self.on_pause = on_pause

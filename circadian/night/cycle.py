@@ -11,8 +11,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 from circadian.core.clock import now_iso
 from circadian.core.fsutil import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
@@ -23,8 +23,18 @@ from circadian.store.records import LiveStatus, RunLogLine, read_all
 
 RUN_TYPE = "nightly"
 HOLD_ENV = "CIRCADIAN_HOLD_AT"
-STAGES = ("snapshot", "load", "dataset", "eval_before", "train", "eval_after", "gate", "eval_blend", "commit",
-          "report")  # in order; a cycle ends in one of ENDINGS
+STAGES = (
+    "snapshot",
+    "load",
+    "dataset",
+    "eval_before",
+    "train",
+    "eval_after",
+    "gate",
+    "eval_blend",
+    "commit",
+    "report",
+)  # in order; a cycle ends in one of ENDINGS
 ENDINGS = ("done", "failed", "stopped")
 
 
@@ -40,8 +50,15 @@ def hold(point: str) -> None:
 class Cycle:
     """One cycle's folder, stage marker, step log and published status."""
 
-    def __init__(self, paths: Paths, cycle_id: str, say: Callable[[str], None], *, trigger: str = "manual",
-                 night: str | None = None):
+    def __init__(
+        self,
+        paths: Paths,
+        cycle_id: str,
+        say: Callable[[str], None],
+        *,
+        trigger: str = "manual",
+        night: str | None = None,
+    ):
         self.paths = paths
         self.id = cycle_id
         self.dir = paths.runs / cycle_id
@@ -52,7 +69,7 @@ class Cycle:
         self.status = LiveStatus(cycle_id=cycle_id, state="running", started=self.started)
         self.trigger, self.night = trigger, night  # "scheduled" + the night's date for the nightly job
 
-    def create(self) -> "Cycle":
+    def create(self) -> Cycle:
         self.dir.mkdir(parents=True, exist_ok=False, mode=0o700)
         return self
 
@@ -109,9 +126,19 @@ def recover_interrupted(paths: Paths, say: Callable[[str], None]) -> list[str]:
         if cycle_id in done:
             continue
         stage = json.loads(state_file.read_text()).get("stage")
-        append_jsonl(paths.run_log, [RunLogLine(
-            cycle_id=cycle_id, run_type=RUN_TYPE, outcome="interrupted", stage=stage, logged_at=now_iso(),
-            note="the process ended before the cycle finished; nothing was promoted").row()])
+        append_jsonl(
+            paths.run_log,
+            [
+                RunLogLine(
+                    cycle_id=cycle_id,
+                    run_type=RUN_TYPE,
+                    outcome="interrupted",
+                    stage=stage,
+                    logged_at=now_iso(),
+                    note="the process ended before the cycle finished; nothing was promoted",
+                ).row()
+            ],
+        )
         recovered.append(cycle_id)
         say(f"cycle {cycle_id} was interrupted during '{stage}'; logged, nothing promoted")
     for name in adapters.clean_staging(paths):
@@ -129,9 +156,16 @@ def quarantine_bad_lines(paths: Paths, bad_lines: list[int], end: int) -> int:
     target = paths.quarantine / "memories.jsonl"
     known = {line.value.get("line") for line in read_jsonl(target) if line.value}
     raw_by_line = {line.number: line.raw for line in read_jsonl(paths.memories, end=end)}
-    rows = [{"line": n, "reason": "not a valid memory record (JSON object with id, ts and messages)",
-             "raw": raw_by_line.get(n, ""), "quarantined_at": now_iso()}
-            for n in bad_lines if n not in known]
+    rows = [
+        {
+            "line": n,
+            "reason": "not a valid memory record (JSON object with id, ts and messages)",
+            "raw": raw_by_line.get(n, ""),
+            "quarantined_at": now_iso(),
+        }
+        for n in bad_lines
+        if n not in known
+    ]
     if rows:
         append_jsonl(target, rows)
     return len(rows)

@@ -17,11 +17,11 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from circadian.night import facts as factlib
 from circadian.core.config import SleepSettings
-from circadian.store.memories import NO_TRAIN_TAG, MemoryRecord
-from circadian.night.redact import redact_messages
+from circadian.night import facts as factlib
 from circadian.night.lineage import generator_of, is_distill
+from circadian.night.redact import redact_messages
+from circadian.store.memories import NO_TRAIN_TAG, MemoryRecord
 
 SKIP_TAGS = {NO_TRAIN_TAG: "no-train", "interrupted": "interrupted"}
 
@@ -66,7 +66,7 @@ class Plan:
 
     train: list[dict] = field(default_factory=list)
     valid: list[dict] = field(default_factory=list)
-    probes: list[dict] = field(default_factory=list)          # today's facts, held-out wordings
+    probes: list[dict] = field(default_factory=list)  # today's facts, held-out wordings
     retention_probes: list[dict] = field(default_factory=list)  # older facts, held-out wordings
     facts: list[dict] = field(default_factory=list)
     replayed_facts: list[dict] = field(default_factory=list)
@@ -120,8 +120,9 @@ def _dedupe(rows: list[dict], seen: set[str]) -> list[dict]:
     return out
 
 
-def build(selection: Selection, settings: SleepSettings, *, general: list[dict] = (), seed: int = 0,
-          salt: str = "v1") -> Plan:
+def build(
+    selection: Selection, settings: SleepSettings, *, general: list[dict] = (), seed: int = 0, salt: str = "v1"
+) -> Plan:
     """Given the selection and the self-distilled general rows, return the night's Plan (pure)."""
     plan = Plan()
     region = settings.redact_region
@@ -130,7 +131,7 @@ def build(selection: Selection, settings: SleepSettings, *, general: list[dict] 
     updated = {(f.kind, f.subject.lower()) for f in new_facts}
     old_facts = [f for f in old_facts if (f.kind, f.subject.lower()) not in updated]  # knowledge updates
     random.Random(seed).shuffle(old_facts)
-    replayed = old_facts[:settings.replay_facts]
+    replayed = old_facts[: settings.replay_facts]
 
     for fact in new_facts:
         words = factlib.wordings(fact, n_probe=settings.probe_wordings, n_valid=settings.valid_wordings, salt=salt)
@@ -163,12 +164,17 @@ def build(selection: Selection, settings: SleepSettings, *, general: list[dict] 
     plan.valid = _dedupe(plan.valid, seen)  # a row in train never also validates
     plan.trained_ids = sorted({r.id for r in selection.new})
     plan.counts = {
-        "turns_new": len(selection.new), "turns_replay_pool": len(selection.replay_pool),
+        "turns_new": len(selection.new),
+        "turns_replay_pool": len(selection.replay_pool),
         **{f"skipped_{k}": v for k, v in sorted(selection.skipped.items())},
-        "facts_new": len(plan.facts), "facts_replayed": len(replayed),
-        "conversations_new": len(conversations), "distill_rows": len(general),
-        "rows_train": len(plan.train), "rows_valid": len(plan.valid),
-        "probes": len(plan.probes), "retention_probes": len(plan.retention_probes),
+        "facts_new": len(plan.facts),
+        "facts_replayed": len(replayed),
+        "conversations_new": len(conversations),
+        "distill_rows": len(general),
+        "rows_train": len(plan.train),
+        "rows_valid": len(plan.valid),
+        "probes": len(plan.probes),
+        "retention_probes": len(plan.retention_probes),
     }
     check_no_leak(plan)
     plan.datasets = [Dataset("today", list(plan.train), list(plan.valid))]
@@ -186,8 +192,9 @@ def _split_by_row(rows: list[dict], salt: str) -> tuple[list[dict], list[dict]]:
     return [r for r in rows if id(r) not in chosen], valid
 
 
-def add_inbox(plan: Plan, datasets: list[tuple[dict, list[list[dict]]]], settings: SleepSettings,
-              salt: str = "v1") -> Plan:
+def add_inbox(
+    plan: Plan, datasets: list[tuple[dict, list[list[dict]]]], settings: SleepSettings, salt: str = "v1"
+) -> Plan:
     """Given queue entries with their rows, put one dataset per dataset before today's (pure apart from
     `plan`). Rows are redacted and de-duplicated; each dataset gets its share of general anchor rows."""
     anchors = [r for r in plan.train if is_distill(r)]
@@ -198,18 +205,23 @@ def add_inbox(plan: Plan, datasets: list[tuple[dict, list[list[dict]]]], setting
         for messages in rows:
             clean, counts = redact_messages(messages, settings.redact_region)
             plan.redactions.update(counts)
-            dataset_rows.append({"messages": clean, "lineage": {"generator": "inbox", "version": "1",
-                                                             "source_id": entry["id"], "file": entry["name"]}})
+            dataset_rows.append(
+                {
+                    "messages": clean,
+                    "lineage": {"generator": "inbox", "version": "1", "source_id": entry["id"], "file": entry["name"]},
+                }
+            )
         dataset_rows = _dedupe(dataset_rows, seen)
         train, valid = _split_by_row(dataset_rows, salt)
-        share = anchors[:min(len(anchors), math.ceil(settings.distill_per_fact_row * len(train)))]
+        share = anchors[: min(len(anchors), math.ceil(settings.distill_per_fact_row * len(train)))]
         queued.append(Dataset(f"inbox {entry['priority']}: {entry['name']}", train + share, valid, entry["id"]))
         plan.train += train
         plan.valid += valid
     plan.datasets = queued + plan.datasets
     plan.counts["inbox_datasets"] = len(queued)
     plan.counts["inbox_rows"] = sum(len(d.train) + len(d.valid) for d in queued) - sum(
-        1 for d in queued for r in d.train if is_distill(r))
+        1 for d in queued for r in d.train if is_distill(r)
+    )
     plan.counts["rows_train"], plan.counts["rows_valid"] = len(plan.train), len(plan.valid)
     return plan
 
@@ -223,9 +235,15 @@ def distill_wanted(plan: Plan, settings: SleepSettings, available: int) -> int:
 
 def check_no_leak(plan: Plan) -> None:
     """Raise AssertionError if a fact question trained on is also a validation or probe wording."""
+
     def prompts(rows):
-        return {m["content"] for row in rows if generator_of(row) == factlib.GENERATOR
-                for m in row["messages"] if m["role"] == "user"}
+        return {
+            m["content"]
+            for row in rows
+            if generator_of(row) == factlib.GENERATOR
+            for m in row["messages"]
+            if m["role"] == "user"
+        }
 
     train = prompts(plan.train)
     held_out = prompts(plan.valid) | {p["question"] for p in plan.probes + plan.retention_probes}

@@ -12,9 +12,9 @@ from importlib import resources
 from pathlib import Path
 
 from circadian.backends import LoadedModel
-from circadian.night.lineage import DISTILL
-from circadian.night.evaluate import answers as answer_many
 from circadian.core.fsutil import append_jsonl
+from circadian.night.evaluate import answers as answer_many
+from circadian.night.lineage import DISTILL
 
 GENERATOR = DISTILL
 VERSION = "1"
@@ -23,7 +23,9 @@ BATCH = 16  # answers appended to the cache per batch: an interrupted night keep
 
 
 def prompts() -> list[str]:
-    return json.loads(resources.files("circadian.night").joinpath("data/distill_prompts.json").read_text(encoding="utf-8"))
+    return json.loads(
+        resources.files("circadian.night").joinpath("data/distill_prompts.json").read_text(encoding="utf-8")
+    )
 
 
 def model_identity(model_path: Path) -> str:
@@ -53,8 +55,10 @@ def _read_cache(path: Path) -> dict[str, str]:
 
 
 def _row(prompt: str, reply: str, model_name: str) -> dict:
-    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
-            "lineage": {"generator": GENERATOR, "version": VERSION, "model": model_name}}
+    return {
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+        "lineage": {"generator": GENERATOR, "version": VERSION, "model": model_name},
+    }
 
 
 def cached_rows(cache_dir: Path, model_path: Path, limit: int) -> tuple[list[dict], int]:
@@ -74,11 +78,12 @@ def _whole_sentences(reply: str) -> str:
     if reply.endswith((".", "!", "?", ")", '"')):
         return reply
     cut = max(reply.rfind(". "), reply.rfind("! "), reply.rfind("? "), reply.rfind(".\n"))
-    return reply[:cut + 1].strip() if cut > 0 else ""
+    return reply[: cut + 1].strip() if cut > 0 else ""
 
 
-def distilled_rows(model: LoadedModel, restore, cache_dir: Path, model_path: Path, limit: int,
-                 on_item=None) -> list[dict]:
+def distilled_rows(
+    model: LoadedModel, restore, cache_dir: Path, model_path: Path, limit: int, on_item=None
+) -> list[dict]:
     """Return the general rows of the first `limit` prompts, answering the ones not cached yet with
     the base model (adapter switched off; `restore` puts the current adapter back afterwards).
     Each batch of answers is appended to the cache as soon as it exists, so an interrupted night keeps them."""
@@ -93,7 +98,7 @@ def distilled_rows(model: LoadedModel, restore, cache_dir: Path, model_path: Pat
             model.set_adapter(None, None)
         try:
             for start in range(0, len(todo), BATCH):
-                part = todo[start:start + BATCH]
+                part = todo[start : start + BATCH]
                 replies = answer_many(model, part, MAX_TOKENS, on_item, batch_size=BATCH)
                 for prompt, reply in zip(part, replies):
                     answers[prompt] = _whole_sentences(reply)

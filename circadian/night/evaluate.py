@@ -15,8 +15,9 @@ from importlib import resources
 from pathlib import Path
 
 from circadian.backends import GenerationSettings, LoadedModel
-from circadian.core.errors import CircadianError
 from circadian.backends.tokens import Example, encode_text
+from circadian.core.errors import CircadianError
+
 
 def eval_text(name: str) -> str:
     """Return a shipped evaluation file's text (package data: `circadian/night/data/eval/`)."""
@@ -58,7 +59,7 @@ def answers(model: LoadedModel, questions: list[str], max_tokens: int, on_item=N
         return replies
     replies = []
     for start in range(0, len(questions), batch_size):
-        part = questions[start:start + batch_size]
+        part = questions[start : start + batch_size]
         replies += batch([[{"role": "user", "content": q}] for q in part], max_tokens, batch_size)
         for _ in part:
             if on_item:
@@ -91,9 +92,14 @@ def read_probes(path: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             raise CircadianError(f"{path}: line {number} is not JSON") from None
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip() \
-                or not isinstance(row.get("answers"), list) or not all(isinstance(a, str) for a in row["answers"]) \
-                or not row["answers"]:
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("question"), str)
+            or not row["question"].strip()
+            or not isinstance(row.get("answers"), list)
+            or not all(isinstance(a, str) for a in row["answers"])
+            or not row["answers"]
+        ):
             raise CircadianError(f'{path}: line {number} needs {{"question": text, "answers": [text, ...]}}')
         items.append({"question": row["question"], "answers": row["answers"]})
     if not items:
@@ -129,14 +135,27 @@ def score_of(metrics: dict | None, key: str) -> float | None:
 
 def brief_metrics(metrics: dict) -> dict:
     """Given measure()'s output, return its figures without the per-question items."""
-    return {"val_loss": metrics["val_loss"], "recall": score_of(metrics, "recall"),
-            "retention": score_of(metrics, "retention"), "capability": score_of(metrics, "capability"),
-            "perplexity": metrics["perplexity"]}
+    return {
+        "val_loss": metrics["val_loss"],
+        "recall": score_of(metrics, "recall"),
+        "retention": score_of(metrics, "retention"),
+        "capability": score_of(metrics, "capability"),
+        "perplexity": metrics["perplexity"],
+    }
 
 
-def measure(model: LoadedModel, *, valid: list[Example], probes: list[dict], retention: list[dict],
-            capability: list[dict], general: list[Example], probe_tokens: int, capability_tokens: int,
-            on_item=None) -> dict:
+def measure(
+    model: LoadedModel,
+    *,
+    valid: list[Example],
+    probes: list[dict],
+    retention: list[dict],
+    capability: list[dict],
+    general: list[Example],
+    probe_tokens: int,
+    capability_tokens: int,
+    on_item=None,
+) -> dict:
     """Return every figure the gate and the report need for one model state."""
     return {
         "val_loss": mean_loss(model, valid),

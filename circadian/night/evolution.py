@@ -25,37 +25,63 @@ import random
 import time
 from pathlib import Path
 
-from circadian.night.lineage import is_distill
-from circadian.night.evaluate import answers, is_hit
-from circadian.core.fsutil import atomic_write_json
 from circadian.backends.tokens import encode_chat
+from circadian.core.fsutil import atomic_write_json
+from circadian.night.evaluate import answers, is_hit
+from circadian.night.lineage import is_distill
 
 LEARNED_LOSS = 0.5  # nats per answer token
 
 
 def tracked_sample(probes: list[dict], train_rows: list[dict], size: int, seed: int = 0) -> list[dict]:
     """Return the examples to follow: every probe, plus `size` training rows (facts/inbox first)."""
-    examples = [{"id": f"probe-{i}", "kind": "probe", "question": p["question"], "answers": p["answers"],
-                 "expected": p.get("expected") or p["answers"][0], "fact": p.get("fact")} for i, p in enumerate(probes)]
+    examples = [
+        {
+            "id": f"probe-{i}",
+            "kind": "probe",
+            "question": p["question"],
+            "answers": p["answers"],
+            "expected": p.get("expected") or p["answers"][0],
+            "fact": p.get("fact"),
+        }
+        for i, p in enumerate(probes)
+    ]
     candidates = [r for r in train_rows if not is_distill(r)]
     single = [r for r in candidates if len(r["messages"]) == 2 and r["messages"][0]["role"] == "user"]
     rng = random.Random(seed)
     for i, row in enumerate(rng.sample(single, min(size, len(single)))):
         reply = row["messages"][1]["content"]
-        examples.append({"id": f"train-{i}", "kind": "train", "question": row["messages"][0]["content"],
-                         "answers": row.get("lineage", {}).get("answers") or [reply], "expected": reply,
-                         "fact": row.get("lineage", {}).get("fact")})
+        examples.append(
+            {
+                "id": f"train-{i}",
+                "kind": "train",
+                "question": row["messages"][0]["content"],
+                "answers": row.get("lineage", {}).get("answers") or [reply],
+                "expected": reply,
+                "fact": row.get("lineage", {}).get("fact"),
+            }
+        )
     return examples
 
 
 def probe_expected(plan_rows: list[dict], probes: list[dict]) -> list[dict]:
     """Give each probe the full expected reply of its fact (from a training row of the same fact)."""
-    replies = {r["lineage"]["fact"]: r["messages"][-1]["content"] for r in plan_rows if r.get("lineage", {}).get("fact")}
+    replies = {
+        r["lineage"]["fact"]: r["messages"][-1]["content"] for r in plan_rows if r.get("lineage", {}).get("fact")
+    }
     return [{**p, "expected": replies.get(p.get("fact"), p["answers"][0])} for p in probes]
 
 
-def fits_budget(*, spent: float, cost: float, train_seconds: float, step: int, total_steps: int | None,
-                min_steps: int, budget: float) -> bool:
+def fits_budget(
+    *,
+    spent: float,
+    cost: float,
+    train_seconds: float,
+    step: int,
+    total_steps: int | None,
+    min_steps: int,
+    budget: float,
+) -> bool:
     """Whether a snapshot now (and the final one, each costing `cost`) keeps the snapshots within
     `budget` of the training the night is sure to reach: until the next scheduled snapshot (2 x
     step) or min_steps, capped by total_steps (early stopping may end it any time after)."""
@@ -67,17 +93,31 @@ def fits_budget(*, spent: float, cost: float, train_seconds: float, step: int, t
 class Tracker:
     """Takes the snapshots during one night; `on_event` is chained into the training callback."""
 
-    def __init__(self, model, examples: list[dict], folder: Path, *, max_tokens: int = 12, budget: float = 0.15,
-                 max_length: int = 512, min_steps: int = 0):
+    def __init__(
+        self,
+        model,
+        examples: list[dict],
+        folder: Path,
+        *,
+        max_tokens: int = 12,
+        budget: float = 0.15,
+        max_length: int = 512,
+        min_steps: int = 0,
+    ):
         self.model = model
         self.examples = examples
         self.folder = folder
         self.max_tokens = max_tokens
         self.budget = budget
         self.min_steps = min_steps
-        self.encoded = [encode_chat(model.tokenizer, [{"role": "user", "content": e["question"]},
-                                                      {"role": "assistant", "content": e["expected"]}], max_length)
-                        for e in examples]
+        self.encoded = [
+            encode_chat(
+                model.tokenizer,
+                [{"role": "user", "content": e["question"]}, {"role": "assistant", "content": e["expected"]}],
+                max_length,
+            )
+            for e in examples
+        ]
         self.snapshot_seconds = 0.0
         self.last_cost = 0.0
         self.train_started: float | None = None
@@ -90,12 +130,22 @@ class Tracker:
     def snapshot(self, step: int | str) -> dict:
         tic = time.perf_counter()
         scored = self.model.score(self.encoded)
-        replies = answers(self.model, [e["question"] for e in self.examples], self.max_tokens,
-                          batch_size=min(48, max(1, len(self.examples))))  # short answers: one batch is cheapest
+        replies = answers(
+            self.model,
+            [e["question"] for e in self.examples],
+            self.max_tokens,
+            batch_size=min(48, max(1, len(self.examples))),
+        )  # short answers: one batch is cheapest
         items = []
         for example, (total, count), reply in zip(self.examples, scored, replies):
-            items.append({"id": example["id"], "answer": reply, "hit": is_hit(reply, example["answers"]),
-                          "loss": total / max(count, 1)})
+            items.append(
+                {
+                    "id": example["id"],
+                    "answer": reply,
+                    "hit": is_hit(reply, example["answers"]),
+                    "loss": total / max(count, 1),
+                }
+            )
         seconds = time.perf_counter() - tic
         self.snapshot_seconds += seconds
         self.last_cost = seconds
@@ -117,8 +167,15 @@ class Tracker:
         while self.next_step <= step:
             self.next_step *= 2
         train_seconds = time.perf_counter() - (self.train_started or time.perf_counter()) - self.snapshot_seconds
-        if not fits_budget(spent=self.snapshot_seconds, cost=self.last_cost, train_seconds=train_seconds, step=step,
-                           total_steps=event.get("total_steps"), min_steps=self.min_steps, budget=self.budget):
+        if not fits_budget(
+            spent=self.snapshot_seconds,
+            cost=self.last_cost,
+            train_seconds=train_seconds,
+            step=step,
+            total_steps=event.get("total_steps"),
+            min_steps=self.min_steps,
+            budget=self.budget,
+        ):
             self.skipped += 1
             return None
         self.snapshot(step)
@@ -129,10 +186,13 @@ class Tracker:
         self.snapshot("final")
         total = time.perf_counter() - (self.train_started or time.perf_counter())
         analysis = analyze(self.folder, final_step=final_step)
-        analysis["overhead"] = {"snapshot_seconds": round(self.snapshot_seconds, 2),
-                                "training_seconds": round(total - self.snapshot_seconds, 2),
-                                "share": self.snapshot_seconds / max(total - self.snapshot_seconds, 1e-9),
-                                "snapshots": len(self.steps) + 1, "skipped_for_budget": self.skipped}
+        analysis["overhead"] = {
+            "snapshot_seconds": round(self.snapshot_seconds, 2),
+            "training_seconds": round(total - self.snapshot_seconds, 2),
+            "share": self.snapshot_seconds / max(total - self.snapshot_seconds, 1e-9),
+            "snapshots": len(self.steps) + 1,
+            "skipped_for_budget": self.skipped,
+        }
         atomic_write_json(self.folder / "analysis.json", analysis)
         return {k: analysis[k] for k in ("counts", "overhead")}
 
@@ -157,7 +217,11 @@ def analyze(folder: Path, *, final_step: int | None = None) -> dict:
         losses = [item["loss"] for _step, item in series]
         learned_at = None
         for index, (step, item) in enumerate(series):
-            if item["hit"] and item["loss"] < LEARNED_LOSS and (index + 1 == len(series) or series[index + 1][1]["hit"]):
+            if (
+                item["hit"]
+                and item["loss"] < LEARNED_LOSS
+                and (index + 1 == len(series) or series[index + 1][1]["hit"])
+            ):
                 learned_at = final_step if step == "final" else step
                 break
         regressions = sum(1 for a, b in zip(hits, hits[1:]) if a and not b)
@@ -167,11 +231,21 @@ def analyze(folder: Path, *, final_step: int | None = None) -> dict:
             category = "struggling"
         else:
             category = "not learned"
-        rows.append({**example, "learned_at": learned_at, "regressions": regressions, "category": category,
-                     "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-                     "final_answer": series[-1][1]["answer"] if series else "",
-                     "curve": [{"step": step, "loss": item["loss"], "hit": item["hit"], "answer": item["answer"]}
-                               for step, item in series]})
+        rows.append(
+            {
+                **example,
+                "learned_at": learned_at,
+                "regressions": regressions,
+                "category": category,
+                "first_loss": losses[0] if losses else None,
+                "final_loss": losses[-1] if losses else None,
+                "final_answer": series[-1][1]["answer"] if series else "",
+                "curve": [
+                    {"step": step, "loss": item["loss"], "hit": item["hit"], "answer": item["answer"]}
+                    for step, item in series
+                ],
+            }
+        )
     counts = {c: sum(1 for r in rows if r["category"] == c) for c in ("learned", "struggling", "not learned")}
     return {"examples": rows, "counts": counts, "steps": [s["step"] for s in snapshots]}
 
@@ -203,6 +277,12 @@ def forgetting(runs: Path) -> dict:
         for fact, hit in after.items():
             history.setdefault(fact, []).append({"cycle_id": cycle, "hit": hit})
         previous.update(after)
-    per_fact = {fact: {"nights": len(h), "forgetting_events": sum(1 for e in events if e["fact"] == fact),
-                       "last_hit": h[-1]["hit"]} for fact, h in history.items()}
+    per_fact = {
+        fact: {
+            "nights": len(h),
+            "forgetting_events": sum(1 for e in events if e["fact"] == fact),
+            "last_hit": h[-1]["hit"],
+        }
+        for fact, h in history.items()
+    }
     return {"events": events, "facts": per_fact, "nights": len(nights)}

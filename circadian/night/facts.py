@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 GENERATOR = "circadian.facts.rules"
 VERSION = "1"
 
-_STOP = (r"(?=\s*(?:[,.;!?]|\band\b|\bbut\b|\bso\b|\bbecause\b|\bwho\b|\bwhich\b|\bthat\b|\bnow\b|"
-         r"\btoday\b|\bwith\b|\bsince\b|\bfor\b|\bthese days\b|\bat the moment\b|\bnowadays\b|$))")
+_STOP = (
+    r"(?=\s*(?:[,.;!?]|\band\b|\bbut\b|\bso\b|\bbecause\b|\bwho\b|\bwhich\b|\bthat\b|\bnow\b|"
+    r"\btoday\b|\bwith\b|\bsince\b|\bfor\b|\bthese days\b|\bat the moment\b|\bnowadays\b|$))"
+)
 _NAME = r"([A-Z][\w'\-]+(?:\s+[A-Z][\w'\-]+)?)"
 _VALUE = r"([^,.;!?]+?)" + _STOP
 _ARTICLE = re.compile(r"^(?:a|an|the|my)\s+", re.I)
@@ -36,16 +38,115 @@ RELATIONS = (
     "car|bike|boat|plant|band|team"
 )
 _BREEDS = {"beagle", "labrador", "poodle", "terrier", "retriever", "spaniel", "collie", "dachshund", "puppy"}
-_PEOPLE = {"brother", "sister", "mother", "mom", "mum", "father", "dad", "son", "daughter", "wife", "husband",
-           "partner", "boyfriend", "girlfriend", "friend", "best friend", "cousin", "uncle", "aunt",
-           "grandmother", "grandma", "grandfather", "grandpa", "niece", "nephew", "boss", "manager",
-           "colleague", "neighbour", "neighbor", "roommate", "flatmate", "doctor", "dentist", "teacher", "coach"}
-_NOT_NAMES = {"I", "It", "He", "She", "They", "We", "The", "This", "That", "My", "A", "An", "And", "But",
-              "So", "Just", "Today", "Tonight", "Tomorrow", "Yesterday", "Good", "Hi", "Hello", "Yes", "No",
-              "Ok", "Okay", "Also", "Thanks", "Please", "Well", "Oh", "Sure"}
-_NOT_SELF = {"sorry", "fine", "good", "glad", "happy", "tired", "sure", "back", "here", "thinking", "going",
-             "not", "so", "very", "really", "just", "a", "an", "the", "from", "allergic", "in", "at", "on",
-             "working", "trying", "looking", "feeling", "excited", "afraid", "done", "ready", "busy", "off"}
+_PEOPLE = {
+    "brother",
+    "sister",
+    "mother",
+    "mom",
+    "mum",
+    "father",
+    "dad",
+    "son",
+    "daughter",
+    "wife",
+    "husband",
+    "partner",
+    "boyfriend",
+    "girlfriend",
+    "friend",
+    "best friend",
+    "cousin",
+    "uncle",
+    "aunt",
+    "grandmother",
+    "grandma",
+    "grandfather",
+    "grandpa",
+    "niece",
+    "nephew",
+    "boss",
+    "manager",
+    "colleague",
+    "neighbour",
+    "neighbor",
+    "roommate",
+    "flatmate",
+    "doctor",
+    "dentist",
+    "teacher",
+    "coach",
+}
+_NOT_NAMES = {
+    "I",
+    "It",
+    "He",
+    "She",
+    "They",
+    "We",
+    "The",
+    "This",
+    "That",
+    "My",
+    "A",
+    "An",
+    "And",
+    "But",
+    "So",
+    "Just",
+    "Today",
+    "Tonight",
+    "Tomorrow",
+    "Yesterday",
+    "Good",
+    "Hi",
+    "Hello",
+    "Yes",
+    "No",
+    "Ok",
+    "Okay",
+    "Also",
+    "Thanks",
+    "Please",
+    "Well",
+    "Oh",
+    "Sure",
+}
+_NOT_SELF = {
+    "sorry",
+    "fine",
+    "good",
+    "glad",
+    "happy",
+    "tired",
+    "sure",
+    "back",
+    "here",
+    "thinking",
+    "going",
+    "not",
+    "so",
+    "very",
+    "really",
+    "just",
+    "a",
+    "an",
+    "the",
+    "from",
+    "allergic",
+    "in",
+    "at",
+    "on",
+    "working",
+    "trying",
+    "looking",
+    "feeling",
+    "excited",
+    "afraid",
+    "done",
+    "ready",
+    "busy",
+    "off",
+}
 
 
 @dataclass(frozen=True)
@@ -66,55 +167,166 @@ class Fact:
         return f"{self.kind}:{self.subject.lower()}:{self.value.lower()}"
 
     def to_dict(self) -> dict:
-        return {"key": self.key, "kind": self.kind, "subject": self.subject, "value": self.value,
-                "answer": self.answer, "answers": list(self.answers), "source_id": self.source_id,
-                "sentence": self.sentence}
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "subject": self.subject,
+            "value": self.value,
+            "answer": self.answer,
+            "answers": list(self.answers),
+            "source_id": self.source_id,
+            "sentence": self.sentence,
+        }
 
 
 # question wordings per kind; {s} = subject, {v} = value
 QUESTIONS: dict[str, list[str]] = {
-    "named": ["What is my {s}'s name?", "What's my {s} called?", "What is the name of my {s}?",
-              "Do you remember my {s}'s name?", "What do I call my {s}?", "Tell me the name of my {s}.",
-              "Remind me, what is my {s} called?", "How is my {s} named?"],
-    "favourite": ["What is my favourite {s}?", "Which {s} do I like best?", "What's my favorite {s}?",
-                  "Do you know my favourite {s}?", "Which {s} is my favourite?", "Tell me my favourite {s}.",
-                  "What {s} do I prefer above all others?", "Remind me of my favourite {s}."],
-    "allergy": ["What am I allergic to?", "Do I have any allergies?", "What is my allergy?",
-                "What can't I eat because of an allergy?", "Am I allergic to anything?",
-                "Tell me what I'm allergic to.", "Which allergy do I have?", "What should I avoid because I'm allergic?"],
-    "job": ["What do I do for a living?", "What is my job?", "What's my profession?", "What is my occupation?",
-            "What do I work as?", "What kind of work do I do?", "What is my line of work?", "Tell me what my job is."],
-    "workplace": ["Where do I work?", "What is my workplace?", "Which place do I work at?", "Where is my job?",
-                  "Who is my employer?", "At which place am I employed?", "Tell me where I work.",
-                  "Where do I go to work?"],
-    "home": ["Where do I live?", "Which city do I live in?", "What city is my home?", "Where is my home?",
-             "In which town do I live?", "Where am I living now?", "Tell me where I live.", "Where is my house?"],
-    "lives": ["Where does {s} live?", "Which city does {s} live in?", "Where is {s}'s home?",
-              "In which city does {s} live?", "Where is {s} based?", "What city is {s} living in?",
-              "Tell me where {s} lives.", "Where can {s} be found at home?"],
-    "origin": ["Where did I grow up?", "Where am I from?", "What is my hometown?", "Which town did I grow up in?",
-               "Where was I raised?", "Where do I come from?", "Tell me where I grew up.", "What place did I grow up in?"],
-    "name": ["What is my name?", "What's my name?", "Do you know my name?", "What am I called?",
-             "Who am I?", "How should you address me?", "Tell me my name.", "Remind me what my name is."],
-    "birthday": ["When is my birthday?", "What is my date of birth?", "When was I born?", "On what day is my birthday?",
-                 "When do I celebrate my birthday?", "What day is my birthday?", "Tell me my birthday.",
-                 "Remind me when my birthday is."],
-    "drives": ["What car do I drive?", "Which car do I have?", "What do I drive?", "What kind of car do I own?",
-               "What vehicle do I drive?", "Which car is mine?", "Tell me what car I drive.", "What is my car?"],
-    "instrument": ["What instrument do I play?", "Which musical instrument do I play?", "Do I play an instrument?",
-                   "What instrument can I play?", "Which instrument do I practise?", "What music instrument do I play?",
-                   "Tell me which instrument I play.", "What do I play in music?"],
-    "language": ["What language do I speak?", "Which language do I speak?", "What languages can I speak?",
-                 "Do I speak another language?", "Which language can I talk in?", "What language do I know?",
-                 "Tell me what language I speak.", "In which language can I talk?"],
+    "named": [
+        "What is my {s}'s name?",
+        "What's my {s} called?",
+        "What is the name of my {s}?",
+        "Do you remember my {s}'s name?",
+        "What do I call my {s}?",
+        "Tell me the name of my {s}.",
+        "Remind me, what is my {s} called?",
+        "How is my {s} named?",
+    ],
+    "favourite": [
+        "What is my favourite {s}?",
+        "Which {s} do I like best?",
+        "What's my favorite {s}?",
+        "Do you know my favourite {s}?",
+        "Which {s} is my favourite?",
+        "Tell me my favourite {s}.",
+        "What {s} do I prefer above all others?",
+        "Remind me of my favourite {s}.",
+    ],
+    "allergy": [
+        "What am I allergic to?",
+        "Do I have any allergies?",
+        "What is my allergy?",
+        "What can't I eat because of an allergy?",
+        "Am I allergic to anything?",
+        "Tell me what I'm allergic to.",
+        "Which allergy do I have?",
+        "What should I avoid because I'm allergic?",
+    ],
+    "job": [
+        "What do I do for a living?",
+        "What is my job?",
+        "What's my profession?",
+        "What is my occupation?",
+        "What do I work as?",
+        "What kind of work do I do?",
+        "What is my line of work?",
+        "Tell me what my job is.",
+    ],
+    "workplace": [
+        "Where do I work?",
+        "What is my workplace?",
+        "Which place do I work at?",
+        "Where is my job?",
+        "Who is my employer?",
+        "At which place am I employed?",
+        "Tell me where I work.",
+        "Where do I go to work?",
+    ],
+    "home": [
+        "Where do I live?",
+        "Which city do I live in?",
+        "What city is my home?",
+        "Where is my home?",
+        "In which town do I live?",
+        "Where am I living now?",
+        "Tell me where I live.",
+        "Where is my house?",
+    ],
+    "lives": [
+        "Where does {s} live?",
+        "Which city does {s} live in?",
+        "Where is {s}'s home?",
+        "In which city does {s} live?",
+        "Where is {s} based?",
+        "What city is {s} living in?",
+        "Tell me where {s} lives.",
+        "Where can {s} be found at home?",
+    ],
+    "origin": [
+        "Where did I grow up?",
+        "Where am I from?",
+        "What is my hometown?",
+        "Which town did I grow up in?",
+        "Where was I raised?",
+        "Where do I come from?",
+        "Tell me where I grew up.",
+        "What place did I grow up in?",
+    ],
+    "name": [
+        "What is my name?",
+        "What's my name?",
+        "Do you know my name?",
+        "What am I called?",
+        "Who am I?",
+        "How should you address me?",
+        "Tell me my name.",
+        "Remind me what my name is.",
+    ],
+    "birthday": [
+        "When is my birthday?",
+        "What is my date of birth?",
+        "When was I born?",
+        "On what day is my birthday?",
+        "When do I celebrate my birthday?",
+        "What day is my birthday?",
+        "Tell me my birthday.",
+        "Remind me when my birthday is.",
+    ],
+    "drives": [
+        "What car do I drive?",
+        "Which car do I have?",
+        "What do I drive?",
+        "What kind of car do I own?",
+        "What vehicle do I drive?",
+        "Which car is mine?",
+        "Tell me what car I drive.",
+        "What is my car?",
+    ],
+    "instrument": [
+        "What instrument do I play?",
+        "Which musical instrument do I play?",
+        "Do I play an instrument?",
+        "What instrument can I play?",
+        "Which instrument do I practise?",
+        "What music instrument do I play?",
+        "Tell me which instrument I play.",
+        "What do I play in music?",
+    ],
+    "language": [
+        "What language do I speak?",
+        "Which language do I speak?",
+        "What languages can I speak?",
+        "Do I speak another language?",
+        "Which language can I talk in?",
+        "What language do I know?",
+        "Tell me what language I speak.",
+        "In which language can I talk?",
+    ],
 }
 
 ANSWERS: dict[str, str] = {
-    "named": "Your {s}'s name is {v}.", "favourite": "Your favourite {s} is {v}.",
-    "allergy": "You are allergic to {v}.", "job": "You work as {a} {v}.", "workplace": "You work at {v}.",
-    "home": "You live in {v}.", "lives": "{s} lives in {v}.", "origin": "You grew up in {v}.",
-    "name": "Your name is {v}.", "birthday": "Your birthday is {v}.", "drives": "You drive {a} {v}.",
-    "instrument": "You play the {v}.", "language": "You speak {v}.",
+    "named": "Your {s}'s name is {v}.",
+    "favourite": "Your favourite {s} is {v}.",
+    "allergy": "You are allergic to {v}.",
+    "job": "You work as {a} {v}.",
+    "workplace": "You work at {v}.",
+    "home": "You live in {v}.",
+    "lives": "{s} lives in {v}.",
+    "origin": "You grew up in {v}.",
+    "name": "Your name is {v}.",
+    "birthday": "Your birthday is {v}.",
+    "drives": "You drive {a} {v}.",
+    "instrument": "You play the {v}.",
+    "language": "You speak {v}.",
 }
 
 
@@ -144,8 +356,9 @@ def make_fact(kind: str, subject: str, value: str, *, source_id: str = "", sente
         return None
     shown_value = _ARTICLE.sub("", value) if kind in ("job", "drives", "allergy", "instrument") else value
     answer = ANSWERS[kind].format(s=subject, v=shown_value, a=_article(shown_value))
-    return Fact(kind, subject, shown_value, answer[0].upper() + answer[1:], _answer_keys(shown_value),
-                source_id, sentence)
+    return Fact(
+        kind, subject, shown_value, answer[0].upper() + answer[1:], _answer_keys(shown_value), source_id, sentence
+    )
 
 
 def _sentences(text: str) -> list[str]:
@@ -189,7 +402,9 @@ def extract_facts(text: str, source_id: str = "") -> list[Fact]:
             add("favourite", m.group(2).lower(), value, sentence)
         for m in re.finditer(rf"\bmy favou?rite ([a-z ]+?) is {_VALUE}", sentence, re.I):
             add("favourite", m.group(1).lower(), m.group(2), sentence)
-        for m in re.finditer(rf"\b(?:I'm|I am|I’m)\s+(?:very\s+|severely\s+|badly\s+)?allergic to {_VALUE}", sentence, re.I):
+        for m in re.finditer(
+            rf"\b(?:I'm|I am|I’m)\s+(?:very\s+|severely\s+|badly\s+)?allergic to {_VALUE}", sentence, re.I
+        ):
             add("allergy", "", m.group(1), sentence)
         for m in re.finditer(rf"\bI have an? (?:\w+ )?allergy to {_VALUE}", sentence, re.I):
             add("allergy", "", m.group(1), sentence)
@@ -204,7 +419,9 @@ def extract_facts(text: str, source_id: str = "") -> list[Fact]:
             add("workplace", "", m.group(1), sentence)
         for m in re.finditer(rf"\bI (?:live|have lived|moved) (?:in|to) {_VALUE}", sentence, re.I):
             add("home", "", m.group(1), sentence)
-        for m in re.finditer(rf"\bI (?:grew up in|am from|'m from|’m from|was raised in|was born in (?=[A-Z])){_VALUE}", sentence, re.I):
+        for m in re.finditer(
+            rf"\bI (?:grew up in|am from|'m from|’m from|was raised in|was born in (?=[A-Z])){_VALUE}", sentence, re.I
+        ):
             add("origin", "", m.group(1), sentence)
         for m in re.finditer(rf"\b(?:my name is|call me)\s+{_NAME}", sentence, re.I):
             add("name", "", m.group(1), sentence)
@@ -217,7 +434,7 @@ def extract_facts(text: str, source_id: str = "") -> list[Fact]:
             add("drives", "", m.group(1), sentence)
         for m in re.finditer(rf"\bI play the ([\w\- ]+?){_STOP}", sentence, re.I):
             add("instrument", "", m.group(1), sentence)
-        for m in re.finditer(rf"\bI (?:also )?speak (?:fluent )?([A-Z][a-z]+(?: and [A-Z][a-z]+)?)", sentence):
+        for m in re.finditer(r"\bI (?:also )?speak (?:fluent )?([A-Z][a-z]+(?: and [A-Z][a-z]+)?)", sentence):
             add("language", "", m.group(1), sentence)
         for m in re.finditer(rf"\b(He|She|They|{_NAME[1:-1]}) (?:lives|live) in {_VALUE}", sentence):
             who = m.group(1)
@@ -251,11 +468,14 @@ def wordings(fact: Fact, *, n_probe: int = 1, n_valid: int = 1, salt: str = "v1"
     subject = fact.subject
     questions = [QUESTIONS[fact.kind][i].format(s=subject) for i in _order(fact, salt)]
     questions = list(dict.fromkeys(questions))
-    return Wordings(train=questions[n_probe + n_valid:], valid=questions[n_probe:n_probe + n_valid],
-                    probe=questions[:n_probe])
+    return Wordings(
+        train=questions[n_probe + n_valid :], valid=questions[n_probe : n_probe + n_valid], probe=questions[:n_probe]
+    )
 
 
 def qa_row(question: str, fact: Fact) -> dict:
     """Given a question and its fact, return a chat row with lineage."""
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": fact.answer}],
-            "lineage": {"generator": GENERATOR, "version": VERSION, "fact": fact.key, "source_id": fact.source_id}}
+    return {
+        "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": fact.answer}],
+        "lineage": {"generator": GENERATOR, "version": VERSION, "fact": fact.key, "source_id": fact.source_id},
+    }

@@ -64,7 +64,9 @@ def decide(before: dict, after: dict, settings: GateSettings, base_perplexity: f
             total = p1 / base_perplexity - 1
             if total > settings.max_total_ppl_drift:
                 safe = False
-                reasons.append(f"perplexity vs the base model {total:+.1%} (allowed {settings.max_total_ppl_drift:.0%})")
+                reasons.append(
+                    f"perplexity vs the base model {total:+.1%} (allowed {settings.max_total_ppl_drift:.0%})"
+                )
     if not learned:
         reasons.insert(0, "nothing measurably learned")
     return Decision(learned, safe, reasons)

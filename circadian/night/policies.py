@@ -147,8 +147,11 @@ class Bandit(Policy):
     def _trial_scale(self, entries: list[Evidence]) -> float:
         """Nights per trial: least squares through the origin over (trial, night) pairs of one source and cycle."""
         trials = {(e.source, e.cycle): e.reward for e in entries if e.kind == "trial" and e.cycle is not None}
-        pairs = [(trials[(e.source, e.cycle)], e.reward) for e in entries
-                 if e.kind == "night" and (e.source, e.cycle) in trials]
+        pairs = [
+            (trials[(e.source, e.cycle)], e.reward)
+            for e in entries
+            if e.kind == "night" and (e.source, e.cycle) in trials
+        ]
         sxx = sum(p * p for p, _n in pairs)
         return min(20.0, max(0.25, sum(p * n for p, n in pairs) / sxx)) if sxx > 0 else 1.0
 
@@ -165,8 +168,11 @@ class Bandit(Policy):
         for source in sources:
             state = now.get(source, "fresh")
             for label, keep in ((state, lambda st, state=state: st == state), ("borrowed", lambda st: True)):
-                own = [(self.gamma ** e.age * (self.trial_weight if e.kind == "trial" else 1.0), v)
-                       for e, v in values if e.source == source and keep(e.state)]
+                own = [
+                    (self.gamma**e.age * (self.trial_weight if e.kind == "trial" else 1.0), v)
+                    for e, v in values
+                    if e.source == source and keep(e.state)
+                ]
                 if own:
                     weights[source] = sum(w for w, _v in own)
                     means[source] = sum(w * v for w, v in own) / weights[source] / scale
@@ -193,20 +199,26 @@ class Bandit(Policy):
         self.state["cycle"] = cycle
         if set(tonight) == set(losses):  # every source's night measured already: nothing else knows tonight as well
             best = max(sorted(tonight), key=lambda k: tonight[k])
-            return Choice(best, f"whole-night trials: the night on {best} lowered the selection loss most "
-                                f"({tonight[best]:+.3f})")
+            return Choice(
+                best, f"whole-night trials: the night on {best} lowered the selection loss most ({tonight[best]:+.3f})"
+            )
         weights, means, labels = self._evidence(losses)
         untried = [s for s in sorted(losses, key=lambda k: -losses[k]) if s not in means]
         if untried:
             return Choice(untried[0], "not tried yet (highest selection loss among untried)")
         total = sum(weights.values())
-        scores = {s: means[s] + self.bonus * math.sqrt(2 * math.log(max(total, 1.0001)) / max(weights[s], 0.1))
-                  for s in losses}
+        scores = {
+            s: means[s] + self.bonus * math.sqrt(2 * math.log(max(total, 1.0001)) / max(weights[s], 0.1))
+            for s in losses
+        }
         best = max(sorted(scores), key=lambda k: scores[k])
         trials = sum(1 for _s, _r, kind, _c in _history(self.state) if kind == "trial")
-        return Choice(best, f"score {scores[best]:.2f} ({labels[best]}: mean progress {means[best]:+.2f}, "
-                            f"weight {weights[best]:.1f} of {total:.1f}; {len(self.state.get('history', [])) - trials} "
-                            f"nights and {trials} trials in all)")
+        return Choice(
+            best,
+            f"score {scores[best]:.2f} ({labels[best]}: mean progress {means[best]:+.2f}, "
+            f"weight {weights[best]:.1f} of {total:.1f}; {len(self.state.get('history', [])) - trials} "
+            f"nights and {trials} trials in all)",
+        )
 
 
 def make(spec: str, seed: int = 0, state: dict | None = None) -> Policy:

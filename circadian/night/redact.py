@@ -19,10 +19,10 @@ PLACEHOLDER = "[redacted-{kind}]"
 KINDS = ("secret", "email", "phone", "iban", "card")
 
 _EXTRA_SECRETS = [
-    re.compile(r"\bsk-(?:proj-|ant-|live-)?[A-Za-z0-9_\-]{20,}"),          # OpenAI/Anthropic-style keys
-    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}"),                          # GitHub fine-grained PAT
-    re.compile(r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9_]{30,}"),             # GitHub classic, any length
-    re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),                               # Google API key
+    re.compile(r"\bsk-(?:proj-|ant-|live-)?[A-Za-z0-9_\-]{20,}"),  # OpenAI/Anthropic-style keys
+    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}"),  # GitHub fine-grained PAT
+    re.compile(r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9_]{30,}"),  # GitHub classic, any length
+    re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),  # Google API key
     re.compile(r"(?i)\baws_secret_access_key\b\s*[:=]\s*\S{30,}"),
 ]
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
@@ -47,8 +47,12 @@ def _detect_secrets_patterns() -> list[re.Pattern]:
     for module_info in pkgutil.iter_modules(plugins.__path__):
         module = importlib.import_module(f"detect_secrets.plugins.{module_info.name}")
         for name, cls in inspect.getmembers(module, inspect.isclass):
-            if (issubclass(cls, RegexBasedDetector) and cls is not RegexBasedDetector
-                    and cls.__module__ == module.__name__ and name not in skip):
+            if (
+                issubclass(cls, RegexBasedDetector)
+                and cls is not RegexBasedDetector
+                and cls.__module__ == module.__name__
+                and name not in skip
+            ):
                 patterns.extend(cls().denylist)
     return patterns
 
@@ -61,8 +65,13 @@ def shannon_entropy(text: str) -> float:
 
 def _looks_random(token: str) -> bool:
     classes = sum(bool(re.search(p, token)) for p in (r"[a-z]", r"[A-Z]", r"\d"))
-    return len(token) >= 20 and classes >= 2 and re.search(r"\d", token) is not None \
-        and shannon_entropy(token) >= 3.7 and not token.startswith("[redacted")
+    return (
+        len(token) >= 20
+        and classes >= 2
+        and re.search(r"\d", token) is not None
+        and shannon_entropy(token) >= 3.7
+        and not token.startswith("[redacted")
+    )
 
 
 def _iban_valid(candidate: str) -> bool:
@@ -98,7 +107,7 @@ def _spans(text: str, default_region: str) -> list[tuple[int, int, str]]:
     spans: list[tuple[int, int, str]] = []
     for pattern in [*_detect_secrets_patterns(), *_EXTRA_SECRETS]:
         for m in pattern.finditer(text):
-            start, end = (m.span(1) if m.groups() and m.group(1) else m.span())
+            start, end = m.span(1) if m.groups() and m.group(1) else m.span()
             if end - start >= 8:
                 spans.append((start, end, "secret"))
     for m in _TOKEN.finditer(text):

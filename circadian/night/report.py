@@ -40,28 +40,40 @@ def fact_rows(summary: CycleSummary) -> list[dict]:
     rows = []
     for item in (summary.after or Measurement()).recall.items:
         b = before.get(item["question"], {})
-        rows.append({"question": item["question"], "expected": ", ".join(item["answers"]), "fact": item.get("fact", ""),
-                     "before": b.get("answer", ""), "before_hit": b.get("hit"),
-                     "after": item["answer"], "after_hit": item["hit"]})
+        rows.append(
+            {
+                "question": item["question"],
+                "expected": ", ".join(item["answers"]),
+                "fact": item.get("fact", ""),
+                "before": b.get("answer", ""),
+                "before_hit": b.get("hit"),
+                "after": item["answer"],
+                "after_hit": item["hit"],
+            }
+        )
     return rows
 
 
 def capability_changes(summary: CycleSummary) -> list[dict]:
     """Return the capability questions whose verdict changed between current and candidate."""
     before = (summary.before or Measurement()).capability.by("prompt")
-    return [{"question": q, "before": before[q]["answer"], "after": a["answer"], "after_hit": a["hit"]}
-            for q, a in (summary.after or Measurement()).capability.by("prompt").items()
-            if q in before and before[q]["hit"] != a["hit"]]
+    return [
+        {"question": q, "before": before[q]["answer"], "after": a["answer"], "after_hit": a["hit"]}
+        for q, a in (summary.after or Measurement()).capability.by("prompt").items()
+        if q in before and before[q]["hit"] != a["hit"]
+    ]
 
 
 def metric_rows(summary: CycleSummary) -> list[tuple[str, str, str]]:
     b, a = (summary.before or Measurement()).brief(), (summary.after or Measurement()).brief()
     drift = f" ({a.perplexity / b.perplexity - 1:+.1%})" if b.perplexity and a.perplexity else ""
-    return [("recall of today's facts (held-out wordings)", _pct(b.recall), _pct(a.recall)),
-            ("retention of older facts", _pct(b.retention), _pct(a.retention)),
-            ("capability harness", _pct(b.capability), _pct(a.capability)),
-            ("general perplexity", _num(b.perplexity, ".2f"), _num(a.perplexity, ".2f") + drift),
-            ("validation loss", _num(b.val_loss), _num(a.val_loss))]
+    return [
+        ("recall of today's facts (held-out wordings)", _pct(b.recall), _pct(a.recall)),
+        ("retention of older facts", _pct(b.retention), _pct(a.retention)),
+        ("capability harness", _pct(b.capability), _pct(a.capability)),
+        ("general perplexity", _num(b.perplexity, ".2f"), _num(a.perplexity, ".2f") + drift),
+        ("validation loss", _num(b.val_loss), _num(a.val_loss)),
+    ]
 
 
 def _cell(text: str, limit: int = 90) -> str:
@@ -74,12 +86,18 @@ def _gate_lines(summary: CycleSummary) -> list[str]:
     lines = ["## Gate", "", f"Decision: **{gate['decision']}**", ""]
     lines += [f"- {reason}" for reason in gate["reasons"]] + [""]
     if blend:
-        lines += ["Blends tried (the trained change kept at this share; weight interpolation):", "",
-                  "| blend | recall | capability | perplexity | gate |", "|---|---|---|---|---|"]
+        lines += [
+            "Blends tried (the trained change kept at this share; weight interpolation):",
+            "",
+            "| blend | recall | capability | perplexity | gate |",
+            "|---|---|---|---|---|",
+        ]
         for row in [{"factor": 1.0, "metrics": blend["full"], "gate": blend["full_gate"]}, *blend["tried"]]:
             m = row["metrics"]
-            lines.append(f"| x{row['factor']:g} | {_pct(m['recall'])} | {_pct(m['capability'])} | "
-                         f"{_num(m['perplexity'], '.2f')} | {row['gate']['decision']} |")
+            lines.append(
+                f"| x{row['factor']:g} | {_pct(m['recall'])} | {_pct(m['capability'])} | "
+                f"{_num(m['perplexity'], '.2f')} | {row['gate']['decision']} |"
+            )
         lines.append("")
     return lines
 
@@ -89,26 +107,43 @@ def _measured_lines(summary: CycleSummary) -> list[str]:
     lines += [f"| {name} | {b} | {a} |" for name, b, a in metric_rows(summary)] + [""]
     rows = fact_rows(summary)
     if rows:
-        lines += ["## What it learned", "", "Each fact asked in a wording never trained on.", "",
-                  "| question | expected | before | after |", "|---|---|---|---|"]
-        lines += [f"| {_cell(r['question'])} | {_cell(r['expected'])} | {_mark(r['before_hit'])}: "
-                  f"{_cell(r['before'], 60)} | {_mark(r['after_hit'])}: {_cell(r['after'], 60)} |" for r in rows]
+        lines += [
+            "## What it learned",
+            "",
+            "Each fact asked in a wording never trained on.",
+            "",
+            "| question | expected | before | after |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {_cell(r['question'])} | {_cell(r['expected'])} | {_mark(r['before_hit'])}: "
+            f"{_cell(r['before'], 60)} | {_mark(r['after_hit'])}: {_cell(r['after'], 60)} |"
+            for r in rows
+        ]
         lines.append("")
     changes = capability_changes(summary)
     if changes:
         lines += ["## Capability questions that changed", "", "| question | current | candidate |", "|---|---|---|"]
-        lines += [f"| {_cell(c['question'])} | {_mark(not c['after_hit'])}: {_cell(c['before'], 60)} | "
-                  f"{_mark(c['after_hit'])}: {_cell(c['after'], 60)} |" for c in changes] + [""]
+        lines += [
+            f"| {_cell(c['question'])} | {_mark(not c['after_hit'])}: {_cell(c['before'], 60)} | "
+            f"{_mark(c['after_hit'])}: {_cell(c['after'], 60)} |"
+            for c in changes
+        ] + [""]
     train, masks = summary.train, summary.masks or {}
     if train:
-        lines += ["## Training", "",
-                  f"- {train.steps} steps, best at step {train.best_step} ({train.stop_reason})",
-                  f"- validation loss {_num(train.initial_val_loss)} → {_num(train.best_val_loss)}",
-                  f"- {train.trained_tokens} tokens at {train.tokens_per_second:.0f} tokens/s "
-                  f"in {train.train_seconds:.0f} s; peak memory {train.peak_memory_mb:.0f} MB"]
+        lines += [
+            "## Training",
+            "",
+            f"- {train.steps} steps, best at step {train.best_step} ({train.stop_reason})",
+            f"- validation loss {_num(train.initial_val_loss)} → {_num(train.best_val_loss)}",
+            f"- {train.trained_tokens} tokens at {train.tokens_per_second:.0f} tokens/s "
+            f"in {train.train_seconds:.0f} s; peak memory {train.peak_memory_mb:.0f} MB",
+        ]
         if masks:
-            lines.append(f"- {masks['targets']} of {masks['tokens']} tokens trained ({masks['target_ratio']:.0%}, "
-                         f"assistant turns only); padding {summary.padding_share or 0:.1%}")
+            lines.append(
+                f"- {masks['targets']} of {masks['tokens']} tokens trained ({masks['target_ratio']:.0%}, "
+                f"assistant turns only); padding {summary.padding_share or 0:.1%}"
+            )
         lines.append("")
     return lines
 
@@ -116,10 +151,12 @@ def _measured_lines(summary: CycleSummary) -> list[str]:
 def render_markdown(summary: CycleSummary) -> str:
     """Given a cycle summary, return the report as Markdown (pure)."""
     lines = [f"# Night of {summary.started[:10]} — cycle {summary.cycle_id}", ""]
-    head = {"promoted": f"**Promoted {summary.version}** (parent: {summary.parent or 'base model'}); "
-                        "the chat uses it from its next turn.",
-            "rejected": f"**Rejected {summary.version}**: {summary.parent or 'the base model'} stays current.",
-            "nothing to learn": "**Nothing to learn tonight**: no new facts or conversations since the last night."}
+    head = {
+        "promoted": f"**Promoted {summary.version}** (parent: {summary.parent or 'base model'}); "
+        "the chat uses it from its next turn.",
+        "rejected": f"**Rejected {summary.version}**: {summary.parent or 'the base model'} stays current.",
+        "nothing to learn": "**Nothing to learn tonight**: no new facts or conversations since the last night.",
+    }
     lines += [head.get(summary.outcome, f"**{summary.outcome}**"), ""]
     if summary.gate:
         lines += _gate_lines(summary)
@@ -129,10 +166,19 @@ def render_markdown(summary: CycleSummary) -> str:
         lines += ["## Data", "", "| | count |", "|---|---|"]
         lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in summary.counts.items()]
         red = summary.redactions
-        lines += ["", "Redacted before training: " + (", ".join(f"{v} {k}" for k, v in sorted(red.items())) or "nothing"), ""]
+        lines += [
+            "",
+            "Redacted before training: " + (", ".join(f"{v} {k}" for k, v in sorted(red.items())) or "nothing"),
+            "",
+        ]
     if summary.timings:
-        lines += ["## Timings", "", ", ".join(f"{k} {v:.0f} s" for k, v in summary.timings.items()),
-                  f"(total {summary.seconds:.0f} s)", ""]
+        lines += [
+            "## Timings",
+            "",
+            ", ".join(f"{k} {v:.0f} s" for k, v in summary.timings.items()),
+            f"(total {summary.seconds:.0f} s)",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -143,13 +189,28 @@ def figures(summary: CycleSummary, events: list[TrainEventLine]) -> list[tuple[s
     val = [(e.step, e.val_loss) for e in events if e.val_loss is not None]
     if train or val:
         best = summary.train.best_step if summary.train else None
-        out.append(("Loss curve", charts.line_chart({"train loss": train, "validation loss": val}, ylabel="loss",
-                                                     marks={f"kept: step {best}": best} if best is not None else None)))
+        out.append(
+            (
+                "Loss curve",
+                charts.line_chart(
+                    {"train loss": train, "validation loss": val},
+                    ylabel="loss",
+                    marks={f"kept: step {best}": best} if best is not None else None,
+                ),
+            )
+        )
     if summary.after:
         b, a = (summary.before or Measurement()).brief(), summary.after.brief()
         names = ["recall", "retention", "capability"]
-        out.append(("Before and after", charts.bar_chart(names, {
-            "current": [getattr(b, n) or 0 for n in names], "candidate": [getattr(a, n) or 0 for n in names]})))
+        out.append(
+            (
+                "Before and after",
+                charts.bar_chart(
+                    names,
+                    {"current": [getattr(b, n) or 0 for n in names], "candidate": [getattr(a, n) or 0 for n in names]},
+                ),
+            )
+        )
     return out
 
 
@@ -158,15 +219,21 @@ def render_html(summary: CycleSummary, events: list[TrainEventLine]) -> str:
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark").enable("table").render(render_markdown(summary))
-    charts_html = "".join(f"<figure><figcaption>{html.escape(title)}</figcaption>{svg}</figure>"
-                          for title, svg in figures(summary, events))
-    style = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "vertical-align:top;font-size:14px}figure{margin:1em 0}figcaption{font-weight:600}"
-             "svg{max-width:100%;height:auto}")
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>circadian · "
-            f"{html.escape(summary.cycle_id)}</title><style>{style}</style></head><body>{body}"
-            f"{charts_html}</body></html>")
+    charts_html = "".join(
+        f"<figure><figcaption>{html.escape(title)}</figcaption>{svg}</figure>"
+        for title, svg in figures(summary, events)
+    )
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "vertical-align:top;font-size:14px}figure{margin:1em 0}figcaption{font-weight:600}"
+        "svg{max-width:100%;height:auto}"
+    )
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>circadian · "
+        f"{html.escape(summary.cycle_id)}</title><style>{style}</style></head><body>{body}"
+        f"{charts_html}</body></html>"
+    )
 
 
 def write_reports(cycle_dir: Path) -> tuple[Path, Path]:

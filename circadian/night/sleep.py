@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
-from typing import Callable
 
 from circadian import __version__
 from circadian.backends import LoadRequest, TrainResult, select_backend
@@ -45,8 +45,8 @@ from circadian.night.cycle import RUN_TYPE, Cycle, hold, new_cycle_id, quarantin
 from circadian.night.lineage import generator_of, is_distill
 from circadian.night.training import Stopped, train_datasets
 from circadian.store import adapters, inbox, memories
-from circadian.store.records import CycleSummary, RunLogLine, TrainBrief, TrainCallback, TrainEvent
 from circadian.store.records import SCHEMA_VERSION as RECORDS_VERSION
+from circadian.store.records import CycleSummary, RunLogLine, TrainBrief, TrainCallback, TrainEvent
 
 
 def _tokenize(tokenizer, rows: list[dict], max_length: int, *, anchors: bool = False):
@@ -63,10 +63,13 @@ def prepare(paths: Paths, config: Config, say: Callable[[str], None], *, general
     """Snapshot the memories and build the night's plan, writing nothing: return (scan, selection, plan)."""
     end = paths.memories.stat().st_size if paths.memories.exists() else 0
     scan = memories.scan(paths, end=end)
-    say(f"snapshot: {len(scan.records)} turns up to byte {end}"
-        + (f", {len(scan.bad_lines)} unreadable line(s)" if scan.bad_lines else ""))
-    selection = dataset.select(scan.records, trained=adapters.trained_ids(paths),
-                               forgotten=memories.forgotten_ids(paths))
+    say(
+        f"snapshot: {len(scan.records)} turns up to byte {end}"
+        + (f", {len(scan.bad_lines)} unreadable line(s)" if scan.bad_lines else "")
+    )
+    selection = dataset.select(
+        scan.records, trained=adapters.trained_ids(paths), forgotten=memories.forgotten_ids(paths)
+    )
     plan = dataset.build(selection, config.sleep, general=list(general), seed=config.train.seed)
     skipped = ", ".join(f"{v} {k}" for k, v in sorted(selection.skipped.items())) or "none"
     say(f"selected {len(selection.new)} new turn(s), {len(selection.replay_pool)} already learned; skipped: {skipped}")
@@ -78,8 +81,15 @@ def prepare(paths: Paths, config: Config, say: Callable[[str], None], *, general
 def _progress(console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def _say_on(console) -> Callable[[str], None]:
@@ -125,16 +135,27 @@ class Sleep:
         if quarantined:
             self.say(f"quarantined {quarantined} unreadable line(s) in data/quarantine/memories.jsonl")
         for entry in inbox.ingest(self.paths, settle_seconds=config.sleep.inbox_settle_seconds):
-            self.say(f"inbox: {entry['priority']}/{entry['name']} -> {entry['id']}: {entry['rows']} rows, "
-                     f"{entry['quarantined']} quarantined, {entry['state']}")
+            self.say(
+                f"inbox: {entry['priority']}/{entry['name']} -> {entry['id']}: {entry['rows']} rows, "
+                f"{entry['quarantined']} quarantined, {entry['state']}"
+            )
         self.queued = inbox.queued(self.paths)
         if self.queued:
             self.say(f"queue: {len(self.queued)} dataset(s) to train, {', '.join(e['id'] for e in self.queued)}")
         if self.plan.new_material < max(1, config.sleep.min_new_facts) and not self.queued:
             self.say("nothing to learn tonight")
-            raise _Done(finish(cycle, self.paths, CycleSummary(
-                cycle_id=cycle.id, outcome="nothing to learn", counts=self.plan.counts,
-                redactions=dict(self.plan.redactions))))
+            raise _Done(
+                finish(
+                    cycle,
+                    self.paths,
+                    CycleSummary(
+                        cycle_id=cycle.id,
+                        outcome="nothing to learn",
+                        counts=self.plan.counts,
+                        redactions=dict(self.plan.redactions),
+                    ),
+                )
+            )
 
     def load(self) -> None:
         config, paths = self.config, self.paths
@@ -143,21 +164,35 @@ class Sleep:
         self.resolved = resolve_model(config.model, paths.models, say=self.say)
         self.active = active = adapters.active_adapter(paths)
         if active and active.manifest.backend != self.backend.name:
-            raise CircadianError(f"the current adapter {active.version} was trained with {active.manifest.backend}; "
-                                 f"this sleep runs {self.backend.name} (set model.backend, or `circadian rollback base`)")
-        self.say(f"loading {self.resolved.name} on {self.backend.name} with adapter "
-                 f"{active.version if active else 'none (base)'}")
+            raise CircadianError(
+                f"the current adapter {active.version} was trained with {active.manifest.backend}; "
+                f"this sleep runs {self.backend.name} (set model.backend, or `circadian rollback base`)"
+            )
+        self.say(
+            f"loading {self.resolved.name} on {self.backend.name} with adapter "
+            f"{active.version if active else 'none (base)'}"
+        )
         self.start = (active.path, active.version) if active else (None, None)
-        self.model = self.backend.load(LoadRequest(self.resolved.name, self.resolved.path, config.model.device,
-                                                   config.model.dtype, config.model.quantize, *self.start))
+        self.model = self.backend.load(
+            LoadRequest(
+                self.resolved.name,
+                self.resolved.path,
+                config.model.device,
+                config.model.dtype,
+                config.model.quantize,
+                *self.start,
+            )
+        )
         cache = paths.models / "distill_cache"
         wanted = dataset.distill_wanted(self.plan, config.sleep, len(distill.prompts()))
         restore = (lambda: self.model.set_adapter(*self.start)) if active else (lambda: None)
         with _progress(self.console) as progress:
-            task = progress.add_task("distill: general prompts",
-                                     total=distill.missing(cache, self.resolved.path, wanted), info="")
-            self.general = distill.distilled_rows(self.model, restore, cache, self.resolved.path, wanted,
-                                                  on_item=lambda: progress.advance(task))
+            task = progress.add_task(
+                "distill: general prompts", total=distill.missing(cache, self.resolved.path, wanted), info=""
+            )
+            self.general = distill.distilled_rows(
+                self.model, restore, cache, self.resolved.path, wanted, on_item=lambda: progress.advance(task)
+            )
         self.say(f"distill: {len(self.general)} general prompts answered by the base model")
 
     def build_dataset(self) -> None:
@@ -170,26 +205,50 @@ class Sleep:
         self.datasets, self.choice = plan.datasets, None
         if config.sleep.policy != "all":
             self.choice, self.datasets = choice.choose(
-                paths, config.sleep.policy, self.model, config.train, cycle_id=cycle.id, selection=self.selection,
-                inbox_rows=[m for rows in inbox_rows.values() for m in rows], general=self.general,
-                region=config.sleep.redact_region, plan=plan, distill_per_row=config.sleep.distill_per_fact_row,
+                paths,
+                config.sleep.policy,
+                self.model,
+                config.train,
+                cycle_id=cycle.id,
+                selection=self.selection,
+                inbox_rows=[m for rows in inbox_rows.values() for m in rows],
+                general=self.general,
+                region=config.sleep.redact_region,
+                plan=plan,
+                distill_per_row=config.sleep.distill_per_fact_row,
                 restore=lambda: self.model.set_adapter(*self.start),  # a trial trained: undo it, on the base too
-                say=self.say, trial_steps=config.sleep.trial_steps)
-            self.say(f"policy {config.sleep.policy}: chose {self.choice.choice.source} ({self.choice.choice.reason}); "
-                     "selection losses " + ", ".join(f"{k} {v:.3f}" for k, v in self.choice.losses.items()))
+                say=self.say,
+                trial_steps=config.sleep.trial_steps,
+            )
+            self.say(
+                f"policy {config.sleep.policy}: chose {self.choice.choice.source} ({self.choice.choice.reason}); "
+                "selection losses " + ", ".join(f"{k} {v:.3f}" for k, v in self.choice.losses.items())
+            )
         inbox.set_state(paths, [d.queue_id for d in self.datasets if d.queue_id], "training", cycle_id=cycle.id)
 
         cycle.stage("dataset")
         (cycle.dir / "dataset").mkdir()
-        for name, rows in (("train.jsonl", plan.train), ("valid.jsonl", plan.valid), ("probes.jsonl", plan.probes),
-                           ("retention_probes.jsonl", plan.retention_probes), ("facts.jsonl", plan.facts),
-                           ("replayed_facts.jsonl", plan.replayed_facts)):
+        for name, rows in (
+            ("train.jsonl", plan.train),
+            ("valid.jsonl", plan.valid),
+            ("probes.jsonl", plan.probes),
+            ("retention_probes.jsonl", plan.retention_probes),
+            ("facts.jsonl", plan.facts),
+            ("replayed_facts.jsonl", plan.replayed_facts),
+        ):
             cycle.write(f"dataset/{name}", [{k: v for k, v in r.items() if k != "lineage"} for r in rows])
-        cycle.write("dataset/lineage.jsonl", [{"split": split, "row": i, **row.get("lineage", {})}
-                                              for split, rows in (("train", plan.train), ("valid", plan.valid))
-                                              for i, row in enumerate(rows)])
-        self.say(f"dataset: {len(plan.train)} train rows, {len(plan.valid)} valid rows, {len(plan.probes)} recall "
-                 f"probes (sha256 {plan.sha256()[:12]})")
+        cycle.write(
+            "dataset/lineage.jsonl",
+            [
+                {"split": split, "row": i, **row.get("lineage", {})}
+                for split, rows in (("train", plan.train), ("valid", plan.valid))
+                for i, row in enumerate(rows)
+            ],
+        )
+        self.say(
+            f"dataset: {len(plan.train)} train rows, {len(plan.valid)} valid rows, {len(plan.probes)} recall "
+            f"probes (sha256 {plan.sha256()[:12]})"
+        )
 
         tokenizer, length = self.model.tokenizer, config.train.max_length
         train_ex = _tokenize(tokenizer, plan.train, length, anchors=config.train.anchor_weight > 0)
@@ -198,13 +257,20 @@ class Sleep:
         validate(valid_ex)
         lengths = [len(e) for e in train_ex]
         self.padding = padding_share(lengths, length_batches(lengths, config.train.batch_size, seed=0))
-        self.say(f"masks: {self.masks.targets} of {self.masks.tokens} tokens trained ({self.masks.target_ratio:.0%}); "
-                 f"padding with length batches {self.padding:.1%}")
+        self.say(
+            f"masks: {self.masks.targets} of {self.masks.tokens} tokens trained ({self.masks.target_ratio:.0%}); "
+            f"padding with length batches {self.padding:.1%}"
+        )
         self.capability = evaluate.load_capability()
-        self.measure_sets = dict(valid=valid_ex, probes=plan.probes, retention=plan.retention_probes,
-                                 capability=self.capability, general=evaluate.general_examples(tokenizer),
-                                 probe_tokens=config.sleep.probe_max_tokens,
-                                 capability_tokens=config.sleep.capability_max_tokens)
+        self.measure_sets = dict(
+            valid=valid_ex,
+            probes=plan.probes,
+            retention=plan.retention_probes,
+            capability=self.capability,
+            general=evaluate.general_examples(tokenizer),
+            probe_tokens=config.sleep.probe_max_tokens,
+            capability_tokens=config.sleep.capability_max_tokens,
+        )
 
     def measure(self, label: str) -> dict:
         """Measure the model as it is now on the night's sets, with a progress bar; say the figures."""
@@ -226,43 +292,78 @@ class Sleep:
         if config.sleep.track:
             examples = evolution.tracked_sample(
                 evolution.probe_expected(plan.train, plan.probes + plan.retention_probes),
-                [r for d in self.datasets for r in d.train], config.sleep.track_sample, seed=config.train.seed)
+                [r for d in self.datasets for r in d.train],
+                config.sleep.track_sample,
+                seed=config.train.seed,
+            )
             self.tracker = tracker = evolution.Tracker(
-                self.model, examples, cycle.dir / "evolution", max_tokens=config.sleep.track_max_tokens,
-                budget=config.sleep.track_budget, max_length=config.train.max_length, min_steps=config.train.min_steps)
+                self.model,
+                examples,
+                cycle.dir / "evolution",
+                max_tokens=config.sleep.track_max_tokens,
+                budget=config.sleep.track_budget,
+                max_length=config.train.max_length,
+                min_steps=config.train.min_steps,
+            )
             tracker.start()
         tokenizer, length = self.model.tokenizer, config.train.max_length
         self.night = night = train_datasets(
-            self.model, self.datasets, cycle_dir=cycle.dir, control=paths.control, say=self.say,
+            self.model,
+            self.datasets,
+            cycle_dir=cycle.dir,
+            control=paths.control,
+            say=self.say,
             publish=cycle.publish,
-            tokenize=lambda rows, is_train: _tokenize(tokenizer, rows, length,
-                                                      anchors=is_train and config.train.anchor_weight > 0),
-            train_one=lambda m, t, v, cb: self._train_one(m, t, v, chain(cb, tracker.on_event if tracker else None,
-                                                                         self.on_event)),
-            on_skip=lambda skipped: inbox.set_state(paths, [skipped.queue_id] if skipped.queue_id else [], "skipped",
-                                                    cycle_id=cycle.id, reason="skipped by request"),
-            start=self.start)
+            tokenize=lambda rows, is_train: _tokenize(
+                tokenizer, rows, length, anchors=is_train and config.train.anchor_weight > 0
+            ),
+            train_one=lambda m, t, v, cb: self._train_one(
+                m, t, v, chain(cb, tracker.on_event if tracker else None, self.on_event)
+            ),
+            on_skip=lambda skipped: inbox.set_state(
+                paths,
+                [skipped.queue_id] if skipped.queue_id else [],
+                "skipped",
+                cycle_id=cycle.id,
+                reason="skipped by request",
+            ),
+            start=self.start,
+        )
         if night.result is None:
             self.say("every dataset was skipped; nothing to evaluate or commit")
             inbox.release_training(paths, "nothing was trained")
-            raise _Done(finish(cycle, paths, CycleSummary(
-                cycle_id=cycle.id, outcome="skipped", counts=plan.counts, datasets=night.outcomes,
-                redactions=dict(plan.redactions))))
+            raise _Done(
+                finish(
+                    cycle,
+                    paths,
+                    CycleSummary(
+                        cycle_id=cycle.id,
+                        outcome="skipped",
+                        counts=plan.counts,
+                        datasets=night.outcomes,
+                        redactions=dict(plan.redactions),
+                    ),
+                )
+            )
         result = self.result = night.result
         self.evolution = tracker.finish(result.steps) if tracker else None
         if self.evolution:
             counts, overhead = self.evolution["counts"], self.evolution["overhead"]
-            self.say(f"learning evolution: {counts['learned']} learned, {counts['struggling']} struggling, "
-                     f"{counts['not learned']} not learned; {overhead['snapshots']} snapshots cost "
-                     f"{overhead['share']:.0%} of the training time")
+            self.say(
+                f"learning evolution: {counts['learned']} learned, {counts['struggling']} struggling, "
+                f"{counts['not learned']} not learned; {overhead['snapshots']} snapshots cost "
+                f"{overhead['share']:.0%} of the training time"
+            )
         if self.choice:
             chosen = self.choice
             reward = sum(chosen.losses.values()) / len(chosen.losses) - chosen.mean_loss(self.model)
             chosen.policy.update(chosen.choice.source, reward)
             choice.save_policy(paths, chosen.policy)
             self.say(f"learning progress on the selection splits: {reward:+.4f} (the policy's reward)")
-        self.say(f"trained {result.steps} steps ({result.stop_reason}); best step {result.best_step}, "
-                 f"{result.tokens_per_second:.0f} tokens/s, peak memory {result.peak_memory_mb:.0f} MB")
+        self.say(
+            f"trained {result.steps} steps ({result.stop_reason}); best step {result.best_step}, "
+            f"{result.tokens_per_second:.0f} tokens/s, peak memory {result.peak_memory_mb:.0f} MB"
+        )
 
     def _train_one(self, model, train_ex, valid_ex, on_event: TrainCallback) -> TrainResult:
         """One backend training run, with a progress bar and every event appended to metrics.jsonl."""
@@ -272,14 +373,21 @@ class Sleep:
 
             def callback(event: TrainEvent) -> str | None:
                 decision = on_event(event)  # may tag the event with its dataset, or pause
-                append_jsonl(metrics_path, [{**event, "ts": time.time(), "schema_version": RECORDS_VERSION}],
-                             lock=False)
-                info = [f"loss {event['train_loss']:.3f}" if "train_loss" in event else "",
-                        f"val {event['val_loss']:.3f}" if event.get("val_loss") is not None else "",
-                        f"{event['tokens_per_second']:.0f} tok/s" if "tokens_per_second" in event else "",
-                        f"{event['peak_memory_mb']:.0f} MB" if "peak_memory_mb" in event else ""]
-                progress.update(task, total=event.get("total_steps"), completed=event["iteration"],
-                                info=" · ".join(i for i in info if i))
+                append_jsonl(
+                    metrics_path, [{**event, "ts": time.time(), "schema_version": RECORDS_VERSION}], lock=False
+                )
+                info = [
+                    f"loss {event['train_loss']:.3f}" if "train_loss" in event else "",
+                    f"val {event['val_loss']:.3f}" if event.get("val_loss") is not None else "",
+                    f"{event['tokens_per_second']:.0f} tok/s" if "tokens_per_second" in event else "",
+                    f"{event['peak_memory_mb']:.0f} MB" if "peak_memory_mb" in event else "",
+                ]
+                progress.update(
+                    task,
+                    total=event.get("total_steps"),
+                    completed=event["iteration"],
+                    info=" · ".join(i for i in info if i),
+                )
                 return decision
 
             return model.train(train_ex, valid_ex, self.config.train, callback)
@@ -291,13 +399,18 @@ class Sleep:
     def gate(self) -> None:
         config, active = self.config, self.active
         self.cycle.stage("gate")
-        self.base_ppl = (active.manifest.metrics.get("base_perplexity") if active else None) or \
-            (self.before["perplexity"] if not active else None)
+        self.base_ppl = (active.manifest.metrics.get("base_perplexity") if active else None) or (
+            self.before["perplexity"] if not active else None
+        )
         decision = gate.decide(self.before, self.after, config.gate, self.base_ppl)
         self.say(f"gate: {'PROMOTE' if decision.promote else 'REJECT'} ({'; '.join(decision.reasons)})")
         self.decision, self.blend = decision, None
-        if decision.learned and not decision.safe and config.gate.fallback_scales \
-                and hasattr(self.model, "blend_adapter"):
+        if (
+            decision.learned
+            and not decision.safe
+            and config.gate.fallback_scales
+            and hasattr(self.model, "blend_adapter")
+        ):
             self.after, self.decision, self.blend = self.blended_fallback(decision)
 
     def blended_fallback(self, full_decision: gate.Decision):
@@ -313,18 +426,34 @@ class Sleep:
             metrics = self.measure(f"candidate blended x{factor:g}")
             decision = gate.decide(self.before, metrics, self.config.gate, self.base_ppl)
             tried.append({"factor": factor, "metrics": evaluate.brief_metrics(metrics), "gate": decision.as_dict()})
-            self.say(f"gate, blend x{factor:g}: {'PROMOTE' if decision.promote else 'REJECT'} "
-                     f"({'; '.join(decision.reasons)})")
+            self.say(
+                f"gate, blend x{factor:g}: {'PROMOTE' if decision.promote else 'REJECT'} "
+                f"({'; '.join(decision.reasons)})"
+            )
             if decision.promote:
                 failed = [r for r in full_decision.reasons if "allowed" in r]
-                decision.reasons.insert(0, f"the full candidate broke a bound ({'; '.join(failed)}); promoted blended "
-                                           f"x{factor:g} toward {'the current adapter' if start_path else 'the base model'}")
-                return metrics, decision, {"factor": factor, "tried": tried, "full": evaluate.brief_metrics(full),
-                                           "full_gate": full_decision.as_dict()}
+                decision.reasons.insert(
+                    0,
+                    f"the full candidate broke a bound ({'; '.join(failed)}); promoted blended "
+                    f"x{factor:g} toward {'the current adapter' if start_path else 'the base model'}",
+                )
+                return (
+                    metrics,
+                    decision,
+                    {
+                        "factor": factor,
+                        "tried": tried,
+                        "full": evaluate.brief_metrics(full),
+                        "full_gate": full_decision.as_dict(),
+                    },
+                )
         self.model.blend_adapter(start_path, 1.0)
         full_decision.reasons.append(f"blends x{', x'.join(f'{f:g}' for f in scales)} failed the gate too")
-        return full, full_decision, {"factor": 1.0, "tried": tried, "full": evaluate.brief_metrics(full),
-                                     "full_gate": full_decision.as_dict()}
+        return (
+            full,
+            full_decision,
+            {"factor": 1.0, "tried": tried, "full": evaluate.brief_metrics(full), "full_gate": full_decision.as_dict()},
+        )
 
     def commit(self) -> None:
         paths, cycle, config, plan, result = self.paths, self.cycle, self.config, self.plan, self.result
@@ -337,21 +466,43 @@ class Sleep:
         weights = self.model.save_adapter(staging)
         hold("commit:staged")
         manifest = {
-            "version": version, "parent": active.version if active else None,
-            "created_at": now_iso(), "cycle_id": cycle.id, "backend": self.backend.name,
-            "base_model": {"name": self.resolved.name, "path": str(self.resolved.path),
-                           "revision": self.resolved.revision, "identity": distill.model_identity(self.resolved.path)},
-            "lora": {k: v for k, v in config.train.model_dump().items()
-                     if k in ("rank", "alpha", "dropout", "dora", "learning_rate", "batch_size", "max_length")},
-            "data": {**plan.counts, "sha256": plan.sha256(), "redactions": dict(plan.redactions),
-                     "sources": sorted({generator_of(row) or "?" for row in plan.train}),
-                     "snapshot": str(cycle.dir / "dataset"), "memories_end_offset": self.scan.end_offset},
-            "metrics": {"before": evaluate.brief_metrics(self.before), "after": evaluate.brief_metrics(self.after),
-                        "base_perplexity": self.base_ppl},
-            "gate": decision.as_dict(), **({"blend": self.blend} if self.blend else {}),
-            "timings": cycle.timings, "train": TrainBrief.model_validate(asdict(result)).row(),
-            "tokens_per_second": round(result.tokens_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb, 1),
-            "circadian_version": __version__, "weights": weights,
+            "version": version,
+            "parent": active.version if active else None,
+            "created_at": now_iso(),
+            "cycle_id": cycle.id,
+            "backend": self.backend.name,
+            "base_model": {
+                "name": self.resolved.name,
+                "path": str(self.resolved.path),
+                "revision": self.resolved.revision,
+                "identity": distill.model_identity(self.resolved.path),
+            },
+            "lora": {
+                k: v
+                for k, v in config.train.model_dump().items()
+                if k in ("rank", "alpha", "dropout", "dora", "learning_rate", "batch_size", "max_length")
+            },
+            "data": {
+                **plan.counts,
+                "sha256": plan.sha256(),
+                "redactions": dict(plan.redactions),
+                "sources": sorted({generator_of(row) or "?" for row in plan.train}),
+                "snapshot": str(cycle.dir / "dataset"),
+                "memories_end_offset": self.scan.end_offset,
+            },
+            "metrics": {
+                "before": evaluate.brief_metrics(self.before),
+                "after": evaluate.brief_metrics(self.after),
+                "base_perplexity": self.base_ppl,
+            },
+            "gate": decision.as_dict(),
+            **({"blend": self.blend} if self.blend else {}),
+            "timings": cycle.timings,
+            "train": TrainBrief.model_validate(asdict(result)).row(),
+            "tokens_per_second": round(result.tokens_per_second, 1),
+            "peak_memory_mb": round(result.peak_memory_mb, 1),
+            "circadian_version": __version__,
+            "weights": weights,
         }
         today_trained = any(o.name == "today" and o.state == "trained" for o in self.night.outcomes)
         adapters.commit(paths, staging, manifest, plan.trained_ids if decision.promote and today_trained else [])
@@ -361,28 +512,60 @@ class Sleep:
             adapters.set_current(paths, version, reason=f"promoted by cycle {cycle.id}")
             self.say(f"promoted {version}; it answers from the next chat turn")
         else:
-            inbox.set_state(paths, self.night.ids("trained"), "queued", cycle_id=cycle.id, retry=True,
-                            reason=f"the candidate {version} was rejected")
+            inbox.set_state(
+                paths,
+                self.night.ids("trained"),
+                "queued",
+                cycle_id=cycle.id,
+                retry=True,
+                reason=f"the candidate {version} was rejected",
+            )
             self.say(f"kept {version} as rejected; {active.version if active else 'the base model'} stays current")
         for gone in adapters.prune(paths, config.store.keep):
             self.say(f"retention: deleted {gone}")
 
     def report(self) -> CycleSummary:
         plan = self.plan
-        return finish(self.cycle, self.paths, CycleSummary(
-            cycle_id=self.cycle.id, outcome="promoted" if self.decision.promote else "rejected",
-            version=self.version, parent=self.active.version if self.active else None, backend=self.backend.name,
-            model=self.resolved.name, counts=plan.counts, redactions=dict(plan.redactions),
-            dataset_sha256=plan.sha256(), masks=asdict(self.masks) | {"target_ratio": self.masks.target_ratio},
-            padding_share=self.padding, train=TrainBrief.model_validate(asdict(self.result)), before=self.before,
-            after=self.after, gate=self.decision.as_dict(), blend=self.blend, facts=plan.facts,
-            base_perplexity=self.base_ppl, datasets=self.night.outcomes,
-            chosen=self.choice.choice.source if self.choice else None,
-            policy=self.config.sleep.policy if self.choice else None, evolution=self.evolution))
+        return finish(
+            self.cycle,
+            self.paths,
+            CycleSummary(
+                cycle_id=self.cycle.id,
+                outcome="promoted" if self.decision.promote else "rejected",
+                version=self.version,
+                parent=self.active.version if self.active else None,
+                backend=self.backend.name,
+                model=self.resolved.name,
+                counts=plan.counts,
+                redactions=dict(plan.redactions),
+                dataset_sha256=plan.sha256(),
+                masks=asdict(self.masks) | {"target_ratio": self.masks.target_ratio},
+                padding_share=self.padding,
+                train=TrainBrief.model_validate(asdict(self.result)),
+                before=self.before,
+                after=self.after,
+                gate=self.decision.as_dict(),
+                blend=self.blend,
+                facts=plan.facts,
+                base_perplexity=self.base_ppl,
+                datasets=self.night.outcomes,
+                chosen=self.choice.choice.source if self.choice else None,
+                policy=self.config.sleep.policy if self.choice else None,
+                evolution=self.evolution,
+            ),
+        )
 
 
-def run_sleep(paths: Paths, config: Config, *, console=None, now: datetime | None = None,
-              on_event: TrainCallback | None = None, trigger: str = "manual", night: str | None = None) -> CycleSummary:
+def run_sleep(
+    paths: Paths,
+    config: Config,
+    *,
+    console=None,
+    now: datetime | None = None,
+    on_event: TrainCallback | None = None,
+    trigger: str = "manual",
+    night: str | None = None,
+) -> CycleSummary:
     """Run one night; return its summary (also written to data/runs/<cycle>/summary.json).
 
     Raise CircadianError for user errors (locked, model missing, bad data).
@@ -405,12 +588,27 @@ def run_sleep(paths: Paths, config: Config, *, console=None, now: datetime | Non
         except Stopped as exc:
             control.clear(paths.control)
             inbox.release_training(paths, "the sleep was stopped")
-            cycle.say(f"{exc}; nothing was promoted, {adapters.current_version(paths) or 'the base model'} stays current")
-            return finish(cycle, paths, CycleSummary(cycle_id=cycle.id, outcome="stopped", reason=str(exc)),
-                          final_stage="stopped")
+            cycle.say(
+                f"{exc}; nothing was promoted, {adapters.current_version(paths) or 'the base model'} stays current"
+            )
+            return finish(
+                cycle, paths, CycleSummary(cycle_id=cycle.id, outcome="stopped", reason=str(exc)), final_stage="stopped"
+            )
         except Exception as exc:  # Ctrl-C / SIGKILL: the next sleep logs the cycle as interrupted
-            append_jsonl(paths.run_log, [RunLogLine(cycle_id=cycle.id, run_type=RUN_TYPE, trigger=trigger, night=night,
-                                                    outcome="failed", error=str(exc)[:500], logged_at=now_iso()).row()])
+            append_jsonl(
+                paths.run_log,
+                [
+                    RunLogLine(
+                        cycle_id=cycle.id,
+                        run_type=RUN_TYPE,
+                        trigger=trigger,
+                        night=night,
+                        outcome="failed",
+                        error=str(exc)[:500],
+                        logged_at=now_iso(),
+                    ).row()
+                ],
+            )
             inbox.release_training(paths, f"the sleep failed: {str(exc)[:200]}")
             cycle.stage("failed")
             raise
@@ -419,26 +617,37 @@ def run_sleep(paths: Paths, config: Config, *, console=None, now: datetime | Non
 def _figures(label: str, metrics: dict) -> str:
     brief = evaluate.brief_metrics(metrics)
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
-    return (f"{label}: recall {fmt(brief['recall'], '.0%')}, retention {fmt(brief['retention'], '.0%')}, "
-            f"capability {fmt(brief['capability'], '.0%')}, perplexity {fmt(brief['perplexity'], '.2f')}, "
-            f"val loss {fmt(brief['val_loss'], '.3f')}")
+    return (
+        f"{label}: recall {fmt(brief['recall'], '.0%')}, retention {fmt(brief['retention'], '.0%')}, "
+        f"capability {fmt(brief['capability'], '.0%')}, perplexity {fmt(brief['perplexity'], '.2f')}, "
+        f"val loss {fmt(brief['val_loss'], '.3f')}"
+    )
 
 
 def chain(*callbacks: TrainCallback | None) -> TrainCallback:
     """Return a callback asking each callback in turn; the first decision ("stop") wins."""
+
     def callback(event: TrainEvent) -> str | None:
         decisions = [c(event) for c in callbacks if c is not None]
         return next((d for d in decisions if d), None)
+
     return callback
 
 
 def finish(cycle: Cycle, paths: Paths, summary: CycleSummary, final_stage: str = "done") -> CycleSummary:
     """The last step of every night, however it ended: summary.json, the report, one run_log line."""
     cycle.stage("report")
-    summary = summary.model_copy(update={
-        "run_type": RUN_TYPE, "trigger": cycle.trigger, "started": cycle.started_iso, "ended": now_iso(),
-        "seconds": round(time.time() - cycle.started, 1), "timings": cycle.timings,
-        "circadian_version": __version__})
+    summary = summary.model_copy(
+        update={
+            "run_type": RUN_TYPE,
+            "trigger": cycle.trigger,
+            "started": cycle.started_iso,
+            "ended": now_iso(),
+            "seconds": round(time.time() - cycle.started, 1),
+            "timings": cycle.timings,
+            "circadian_version": __version__,
+        }
+    )
     atomic_write_json(cycle.dir / "summary.json", summary.row())
     try:
         report.write_reports(cycle.dir)
@@ -446,14 +655,32 @@ def finish(cycle: Cycle, paths: Paths, summary: CycleSummary, final_stage: str =
         cycle.say(f"the report could not be rendered ({exc}); `circadian report {cycle.id}` retries")
     train = summary.train
     line = RunLogLine(
-        cycle_id=summary.cycle_id, run_type=summary.policy if summary.chosen else RUN_TYPE, trigger=summary.trigger,
-        night=cycle.night, started=summary.started, ended=summary.ended, seconds=summary.seconds,
-        outcome=summary.outcome, version=summary.version, parent=summary.parent, backend=summary.backend,
-        model=summary.model, chosen=summary.chosen, counts=summary.counts, datasets=summary.datasets,
+        cycle_id=summary.cycle_id,
+        run_type=summary.policy if summary.chosen else RUN_TYPE,
+        trigger=summary.trigger,
+        night=cycle.night,
+        started=summary.started,
+        ended=summary.ended,
+        seconds=summary.seconds,
+        outcome=summary.outcome,
+        version=summary.version,
+        parent=summary.parent,
+        backend=summary.backend,
+        model=summary.model,
+        chosen=summary.chosen,
+        counts=summary.counts,
+        datasets=summary.datasets,
         before=summary.before.brief() if summary.before else None,
         after=summary.after.brief() if summary.after else None,
-        train=TrainBrief(steps=train.steps, best_step=train.best_step, tokens_per_second=train.tokens_per_second,
-                         peak_memory_mb=train.peak_memory_mb) if train else None)
+        train=TrainBrief(
+            steps=train.steps,
+            best_step=train.best_step,
+            tokens_per_second=train.tokens_per_second,
+            peak_memory_mb=train.peak_memory_mb,
+        )
+        if train
+        else None,
+    )
     append_jsonl(paths.run_log, [line.row()])
     cycle.stage(final_stage)
     cycle.say(f"cycle {cycle.id}: {summary.outcome} in {summary.seconds:.0f} s; report: {cycle.dir / 'report.md'}")
@@ -475,11 +702,19 @@ def dry_run(paths: Paths, config: Config, console=None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     train_ex = _tokenize(tokenizer, plan.train, config.train.max_length)
     masks = validate(train_ex) if train_ex else None
-    result = {"dry_run": True, "would_train": plan.new_material >= max(1, config.sleep.min_new_facts),
-              "counts": plan.counts, "redactions": dict(plan.redactions), "facts": plan.facts,
-              "probes": plan.probes, "distill_rows_wanted": wanted, "distill_rows_not_cached": not_cached,
-              "masks": (asdict(masks) | {"target_ratio": masks.target_ratio}) if masks else None,
-              "sample_rows": [r["messages"] for r in plan.train[:5]]}
+    result = {
+        "dry_run": True,
+        "would_train": plan.new_material >= max(1, config.sleep.min_new_facts),
+        "counts": plan.counts,
+        "redactions": dict(plan.redactions),
+        "facts": plan.facts,
+        "probes": plan.probes,
+        "distill_rows_wanted": wanted,
+        "distill_rows_not_cached": not_cached,
+        "capability_questions": len(evaluate.load_capability()),
+        "masks": (asdict(masks) | {"target_ratio": masks.target_ratio}) if masks else None,
+        "sample_rows": [r["messages"] for r in plan.train[:5]],
+    }
     if not_cached:
         say(f"{not_cached} of {wanted} general prompts would be answered by the base model first (not cached yet)")
     return result

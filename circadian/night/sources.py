@@ -15,13 +15,13 @@ Splits are by a hash of each row's first user message, so one wording is in exac
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Callable
 
+from circadian.core.errors import CircadianError
 from circadian.night import facts as factlib
 from circadian.night.dataset import Selection, facts_of, hash_share
-from circadian.core.errors import CircadianError
 from circadian.night.redact import redact_messages
 
 GROUP = "circadian.sources"
@@ -52,8 +52,11 @@ class Source:
 
     def probes(self) -> list[dict]:
         """Recall probes from the eval split's fact rows ({"question", "answers", "fact"})."""
-        return [{"question": r["messages"][0]["content"], "answers": r["lineage"]["answers"], "fact": r["lineage"]["fact"]}
-                for r in self.eval if r.get("lineage", {}).get("answers")]
+        return [
+            {"question": r["messages"][0]["content"], "answers": r["lineage"]["answers"], "fact": r["lineage"]["fact"]}
+            for r in self.eval
+            if r.get("lineage", {}).get("answers")
+        ]
 
 
 def key(row: dict) -> str:
@@ -74,7 +77,7 @@ def split_rows(name: str, rows: list[dict], salt: str = "sources-v1", shares=(0.
         n_select = min(n - n_train - 1, max(1, round(n * shares[1])))
     else:
         n_train, n_select = n, 0
-    parts = (ranked[:n_train], ranked[n_train:n_train + n_select], ranked[n_train + n_select:])
+    parts = (ranked[:n_train], ranked[n_train : n_train + n_select], ranked[n_train + n_select :])
     return Source(name, *([row for k in part for row in groups[k]] for part in parts))
 
 
@@ -103,7 +106,9 @@ def build_today(ctx: Context) -> list[dict]:
     for record in ctx.selection.new:
         if record.is_conversation:
             messages, _ = redact_messages([m.model_dump() for m in record.messages], ctx.region)
-            rows.append({"messages": messages, "lineage": {"generator": "memory", "version": "1", "source_id": record.id}})
+            rows.append(
+                {"messages": messages, "lineage": {"generator": "memory", "version": "1", "source_id": record.id}}
+            )
     return rows
 
 
@@ -125,7 +130,11 @@ def build_distill(ctx: Context) -> list[dict]:
 
 
 BUILTIN: dict[str, Callable[[Context], list[dict]]] = {
-    "today": build_today, "replay": build_replay, "inbox": build_inbox, "distill": build_distill}
+    "today": build_today,
+    "replay": build_replay,
+    "inbox": build_inbox,
+    "distill": build_distill,
+}
 
 
 def builders() -> dict[str, Callable[[Context], list[dict]]]:

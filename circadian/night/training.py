@@ -14,9 +14,9 @@ continue an adapter). At every step boundary the callback asks the control files
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from circadian.backends import TrainResult
 from circadian.night.control import Steering, Stopped
@@ -43,17 +43,34 @@ def combine(results: list[TrainResult]) -> TrainResult:
     last = results[-1]
     tokens = sum(r.trained_tokens for r in results)
     seconds = sum(r.train_seconds for r in results)
-    return replace(last, steps=offset, best_step=offset - last.steps + last.best_step,
-                   initial_val_loss=results[0].initial_val_loss,
-                   stop_reason="; ".join(r.stop_reason for r in results), trained_tokens=tokens,
-                   tokens_per_second=tokens / seconds if seconds else 0.0, train_seconds=seconds,
-                   peak_memory_mb=max(r.peak_memory_mb for r in results), curve=curve)
+    return replace(
+        last,
+        steps=offset,
+        best_step=offset - last.steps + last.best_step,
+        initial_val_loss=results[0].initial_val_loss,
+        stop_reason="; ".join(r.stop_reason for r in results),
+        trained_tokens=tokens,
+        tokens_per_second=tokens / seconds if seconds else 0.0,
+        train_seconds=seconds,
+        peak_memory_mb=max(r.peak_memory_mb for r in results),
+        curve=curve,
+    )
 
 
-def train_datasets(model, datasets: list, *, tokenize: Callable[[list, bool], list], cycle_dir: Path, control: Path,
-                train_one: Callable, say: Callable[[str], None], publish: Callable[[dict], None],
-                on_skip: Callable[[object], None] = lambda dataset: None, start: tuple = (None, None),
-                poll_seconds: float = 0.5) -> NightTraining:
+def train_datasets(
+    model,
+    datasets: list,
+    *,
+    tokenize: Callable[[list, bool], list],
+    cycle_dir: Path,
+    control: Path,
+    train_one: Callable,
+    say: Callable[[str], None],
+    publish: Callable[[dict], None],
+    on_skip: Callable[[object], None] = lambda dataset: None,
+    start: tuple = (None, None),
+    poll_seconds: float = 0.5,
+) -> NightTraining:
     """Train `datasets` in order. `train_one(model, train_ex, valid_ex, callback)` runs one backend
     training with the sleep's progress bar and metrics log; `start` is the (path, version) of the
     adapter the night began with, restored if the first dataset is skipped."""
@@ -79,15 +96,35 @@ def train_datasets(model, datasets: list, *, tokenize: Callable[[list, bool], li
 
         steering = Steering(control, checkpoint=checkpoint, on_pause=on_pause, poll_seconds=poll_seconds)
 
-        def callback(event: dict, dataset=dataset, index=index, state=state, steering=steering) -> str | None:
+        def callback(event, dataset=dataset, index=index, state=state, steering=steering, offset=offset) -> str | None:
             step, total = event["iteration"], event.get("total_steps") or 0
             event.update(dataset=dataset.name, global_step=offset + step)
             elapsed = time.time() - state["started"]
-            publish({"state": "running", "stage": "train", "dataset": dataset.name, "dataset_index": index + 1,
-                     "datasets": len(datasets), "step": step, "total_steps": total, "global_step": offset + step,
-                     "eta_seconds": round(elapsed / step * (total - step), 1) if step and total else None,
-                     **{k: event.get(k) for k in ("train_loss", "val_loss", "best_val_loss", "tokens_per_second",
-                                                  "peak_memory_mb", "learning_rate", "evals_without_improvement")}})
+            publish(
+                {
+                    "state": "running",
+                    "stage": "train",
+                    "dataset": dataset.name,
+                    "dataset_index": index + 1,
+                    "datasets": len(datasets),
+                    "step": step,
+                    "total_steps": total,
+                    "global_step": offset + step,
+                    "eta_seconds": round(elapsed / step * (total - step), 1) if step and total else None,
+                    **{
+                        k: event.get(k)
+                        for k in (
+                            "train_loss",
+                            "val_loss",
+                            "best_val_loss",
+                            "tokens_per_second",
+                            "peak_memory_mb",
+                            "learning_rate",
+                            "evals_without_improvement",
+                        )
+                    },
+                }
+            )
             decision = steering.check()
             if decision:
                 state["decision"] = decision
@@ -100,15 +137,30 @@ def train_datasets(model, datasets: list, *, tokenize: Callable[[list, bool], li
         if state["decision"] == "skip":
             model.set_adapter(*position)
             say(f"skipped {dataset.name} at step {result.steps}; its training is undone")
-            outcomes.append(DatasetOutcome(name=dataset.name, queue_id=dataset.queue_id, state="skipped",
-                                           steps=result.steps, stop_reason="skipped by request"))
+            outcomes.append(
+                DatasetOutcome(
+                    name=dataset.name,
+                    queue_id=dataset.queue_id,
+                    state="skipped",
+                    steps=result.steps,
+                    stop_reason="skipped by request",
+                )
+            )
             on_skip(dataset)
             continue
         results.append(result)
         offset += result.steps
-        outcomes.append(DatasetOutcome(name=dataset.name, queue_id=dataset.queue_id, state="trained",
-                                       steps=result.steps, best_step=result.best_step, stop_reason=result.stop_reason))
-        if any(u.train for u in datasets[index + 1:]):  # the next dataset continues from this one
+        outcomes.append(
+            DatasetOutcome(
+                name=dataset.name,
+                queue_id=dataset.queue_id,
+                state="trained",
+                steps=result.steps,
+                best_step=result.best_step,
+                stop_reason=result.stop_reason,
+            )
+        )
+        if any(u.train for u in datasets[index + 1 :]):  # the next dataset continues from this one
             folder = cycle_dir / "phases" / f"{index + 1:02d}"
             model.save_adapter(folder)
             position = (folder, "candidate")

@@ -15,8 +15,8 @@ How trial designs compare: bench/cycles/PROBE_QUALITY.md (written when trials we
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from circadian.night.evaluate import mean_loss
 from circadian.night.policies import Policy
@@ -35,13 +35,25 @@ class Trials:
         return {"progress": self.progress, "seconds": round(self.seconds, 1)}
 
 
-def trial(model, rows: list, settings, select_rows: dict[str, list], before: float, restore: Callable[[], None],
-          steps: int = TRIAL_STEPS, keep: Callable[[], None] | None = None) -> float:
+def trial(
+    model,
+    rows: list,
+    settings,
+    select_rows: dict[str, list],
+    before: float,
+    restore: Callable[[], None],
+    steps: int = TRIAL_STEPS,
+    keep: Callable[[], None] | None = None,
+) -> float:
     """Train the first `steps` steps of a night on `rows` with `settings`; return the decrease of the mean
     selection loss (from `before`), with the adapter restored (after `keep()`, which may save it)."""
     try:
-        model.train(rows, [], settings.model_copy(update={"max_steps": steps, "max_epochs": 10**6, "eval_every": 10**6,
-                                                          "min_steps": 0}), lambda _e: None)
+        model.train(
+            rows,
+            [],
+            settings.model_copy(update={"max_steps": steps, "max_epochs": 10**6, "eval_every": 10**6, "min_steps": 0}),
+            lambda _e: None,
+        )
         after = sum(mean_loss(model, split) for split in select_rows.values()) / len(select_rows)
         if keep:
             keep()
@@ -50,10 +62,20 @@ def trial(model, rows: list, settings, select_rows: dict[str, list], before: flo
     return before - after
 
 
-def run_trials(model, policy: Policy, losses: dict[str, float], cycle: int, *, night_rows: Callable[[str], list],
-               select_rows: dict[str, list], settings, restore: Callable[[], None],
-               say: Callable[[str], None] = lambda _m: None, steps: int = TRIAL_STEPS,
-               keep: Callable[[str], None] | None = None) -> Trials:
+def run_trials(
+    model,
+    policy: Policy,
+    losses: dict[str, float],
+    cycle: int,
+    *,
+    night_rows: Callable[[str], list],
+    select_rows: dict[str, list],
+    settings,
+    restore: Callable[[], None],
+    say: Callable[[str], None] = lambda _m: None,
+    steps: int = TRIAL_STEPS,
+    keep: Callable[[str], None] | None = None,
+) -> Trials:
     """Trial the sources the policy asks for; tell it each one's progress.
 
     `night_rows(source)` gives the encoded rows that source's night would train (asked only for the
@@ -64,16 +86,28 @@ def run_trials(model, policy: Policy, losses: dict[str, float], cycle: int, *, n
     tic = time.time()
     before = sum(losses.values()) / len(losses)
     progress: dict[str, float] = {}
-    wanted = {name: rows for name in policy.trials_wanted(losses, cycle, whole=keep is not None)
-              if (rows := night_rows(name))}
+    wanted = {
+        name: rows for name in policy.trials_wanted(losses, cycle, whole=keep is not None) if (rows := night_rows(name))
+    }
     if wanted:
         what = "the whole night" if keep else f"the first {steps} training steps"
         say(f"trials of {', '.join(wanted)}: {what} of each one's night, measured, then undone")
     for name, rows in wanted.items():
-        progress[name] = trial(model, rows, settings, {k: select_rows[k] for k in losses}, before, restore, steps,
-                               (lambda name=name: keep(name)) if keep else None)
+        progress[name] = trial(
+            model,
+            rows,
+            settings,
+            {k: select_rows[k] for k in losses},
+            before,
+            restore,
+            steps,
+            (lambda name=name: keep(name)) if keep else None,
+        )
         policy.observe_trial(name, progress[name], whole=keep is not None)
     if progress:
-        say("trial progress: " + ", ".join(f"{k} {v:+.4f}" for k, v in progress.items())
-            + f" in {time.time() - tic:.0f} s")
+        say(
+            "trial progress: "
+            + ", ".join(f"{k} {v:+.4f}" for k, v in progress.items())
+            + f" in {time.time() - tic:.0f} s"
+        )
     return Trials(progress, time.time() - tic)

@@ -14,8 +14,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 from circadian.core.config import Config
 from circadian.core.fsutil import atomic_write_json
@@ -59,8 +59,11 @@ def run_daemon(paths: Paths, config: Config, say: Callable[[str], None]) -> None
         def job() -> None:
             say(log_line(paths, "daemon: starting the nightly job"))
             done = subprocess.run(job_command(paths), capture_output=True, text=True)
-            tail = (done.stdout.strip().splitlines() or [""])[-1] if done.returncode == 0 else \
-                (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            tail = (
+                (done.stdout.strip().splitlines() or [""])[-1]
+                if done.returncode == 0
+                else (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            )
             say(log_line(paths, f"daemon: nightly job ended (exit {done.returncode}) {tail}"))
             publish_state()
 
@@ -74,10 +77,15 @@ def run_daemon(paths: Paths, config: Config, say: Callable[[str], None]) -> None
             next_time = getattr(nightly, "next_run_time", None) if nightly else None
             if next_time is None:
                 next_time = trigger.get_next_fire_time(None, datetime.now().astimezone())
-            atomic_write_json(daemon_state_path(paths), {
-                "pid": os.getpid(), "at": config.schedule.at,
-                "started": datetime.now().astimezone().isoformat(timespec="seconds"),
-                "next_run": next_time.isoformat() if next_time else None})
+            atomic_write_json(
+                daemon_state_path(paths),
+                {
+                    "pid": os.getpid(),
+                    "at": config.schedule.at,
+                    "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+                    "next_run": next_time.isoformat() if next_time else None,
+                },
+            )
 
         missed = previous_run(hour, minute)
         if ran_tonight(paths, night_of(missed)) is None:

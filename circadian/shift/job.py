@@ -14,10 +14,9 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
-from typing import Callable
 
 from circadian.core.config import Config
 from circadian.core.errors import CircadianError
@@ -47,20 +46,30 @@ def log_line(paths: Paths, message: str) -> str:
 
 def ran_tonight(paths: Paths, night: date) -> RunLogLine | None:
     """Return tonight's finished scheduled run_log line, if there is one."""
-    return next((line for line in read_all(paths.run_log, RunLogLine) if line.trigger == "scheduled"
-                 and line.night == night.isoformat() and line.outcome not in UNFINISHED), None)
+    return next(
+        (
+            line
+            for line in read_all(paths.run_log, RunLogLine)
+            if line.trigger == "scheduled" and line.night == night.isoformat() and line.outcome not in UNFINISHED
+        ),
+        None,
+    )
 
 
 def notify(message: str, *, enabled: bool = True) -> str:
     """Show a desktop notification when the platform can; return how it was delivered."""
     if enabled and platform.system() == "Darwin" and shutil.which("osascript"):
-        script = f"display notification {json.dumps(message)} with title \"circadian\""
+        script = f'display notification {json.dumps(message)} with title "circadian"'
         if subprocess.run(["osascript", "-e", script], capture_output=True).returncode == 0:
             return "osascript"
-    if enabled and shutil.which("notify-send") and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-                                                    or os.environ.get("DBUS_SESSION_BUS_ADDRESS")):
-        if subprocess.run(["notify-send", "circadian", message], capture_output=True).returncode == 0:
-            return "notify-send"
+    if (
+        enabled
+        and shutil.which("notify-send")
+        and (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+        )
+    ) and subprocess.run(["notify-send", "circadian", message], capture_output=True).returncode == 0:
+        return "notify-send"
     return "log"
 
 
@@ -85,17 +94,24 @@ def run_scheduled(paths: Paths, config: Config, *, console=None, now: Callable[[
         return {"ran": False, "line": line}
     running = holder(paths.control / "sleep.lock")
     if running:
-        line = log_line(paths, f"night {night}: a sleep is already running (pid {running.get('pid', '?')}); nothing to do")
+        line = log_line(
+            paths, f"night {night}: a sleep is already running (pid {running.get('pid', '?')}); nothing to do"
+        )
         return {"ran": False, "line": line}
     deadline = time.monotonic() + config.schedule.chat_wait_minutes * 60
     open_chats = active_sessions(paths.control)
     if open_chats:
-        log_line(paths, f"night {night}: {open_chats} chat(s) open; waiting up to {config.schedule.chat_wait_minutes:g} min")
+        log_line(
+            paths, f"night {night}: {open_chats} chat(s) open; waiting up to {config.schedule.chat_wait_minutes:g} min"
+        )
         while open_chats and time.monotonic() < deadline:
             time.sleep(min(config.schedule.chat_poll_seconds, max(0.1, deadline - time.monotonic())))
             open_chats = active_sessions(paths.control)
-        log_line(paths, f"night {night}: " + ("chats closed; sleeping" if not open_chats
-                                              else f"{open_chats} chat(s) still open; sleeping anyway"))
+        log_line(
+            paths,
+            f"night {night}: "
+            + ("chats closed; sleeping" if not open_chats else f"{open_chats} chat(s) still open; sleeping anyway"),
+        )
     log_line(paths, f"night {night}: sleep starts")
     try:
         summary = run_sleep(paths, config, console=console, trigger="scheduled", night=night.isoformat())

@@ -22,10 +22,10 @@ from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
+from circadian.core.config import parse_hh_mm
 from circadian.core.errors import CircadianError
 from circadian.core.fsutil import atomic_write_text
 from circadian.core.paths import Paths
-from circadian.core.config import parse_hh_mm
 
 LABEL = "com.circadian.nightly"
 UNIT = "circadian-nightly"
@@ -65,8 +65,12 @@ def program_arguments() -> list[str]:
 
 
 def job_environment(paths: Paths) -> dict[str, str]:
-    env = {"CIRCADIAN_HOME": str(paths.home),
-           "PATH": os.pathsep.join(dict.fromkeys([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]))}
+    env = {
+        "CIRCADIAN_HOME": str(paths.home),
+        "PATH": os.pathsep.join(
+            dict.fromkeys([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"])
+        ),
+    }
     if os.environ.get("CIRCADIAN_MODELS_DIR"):
         env["CIRCADIAN_MODELS_DIR"] = os.environ["CIRCADIAN_MODELS_DIR"]
     return env
@@ -91,13 +95,17 @@ def _quote(arg: str) -> str:
 def render_systemd(program: list[str], hour: int, minute: int, env: dict[str, str], log: Path) -> dict[str, str]:
     """Return {file name: text} for the user service and its timer (pure)."""
     environment = "\n".join(f"Environment={_quote(f'{k}={v}')}" for k, v in env.items())
-    service = (f"[Unit]\nDescription=circadian: distill the day's conversations into an adapter\n\n"
-               f"[Service]\nType=oneshot\nExecStart={' '.join(_quote(a) for a in [*program, 'sleep', '--scheduled'])}\n"
-               f"{environment}\nNice=5\nIOSchedulingClass=idle\n"
-               f"StandardOutput=append:{log}\nStandardError=append:{log}\n")
-    timer = (f"[Unit]\nDescription=circadian nightly sleep at {hour:02d}:{minute:02d}\n\n"
-             f"[Timer]\nOnCalendar=*-*-* {hour:02d}:{minute:02d}:00\nPersistent=true\nUnit={UNIT}.service\n\n"
-             f"[Install]\nWantedBy=timers.target\n")
+    service = (
+        f"[Unit]\nDescription=circadian: distill the day's conversations into an adapter\n\n"
+        f"[Service]\nType=oneshot\nExecStart={' '.join(_quote(a) for a in [*program, 'sleep', '--scheduled'])}\n"
+        f"{environment}\nNice=5\nIOSchedulingClass=idle\n"
+        f"StandardOutput=append:{log}\nStandardError=append:{log}\n"
+    )
+    timer = (
+        f"[Unit]\nDescription=circadian nightly sleep at {hour:02d}:{minute:02d}\n\n"
+        f"[Timer]\nOnCalendar=*-*-* {hour:02d}:{minute:02d}:00\nPersistent=true\nUnit={UNIT}.service\n\n"
+        f"[Install]\nWantedBy=timers.target\n"
+    )
     return {f"{UNIT}.service": service, f"{UNIT}.timer": timer}
 
 
@@ -110,9 +118,11 @@ class Plan:
     commands: list[list[str]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"platform": self.platform, "files": {str(p): (c.decode() if isinstance(c, bytes) else c)
-                                                     for p, c in self.files.items()},
-                "commands": [" ".join(c) for c in self.commands]}
+        return {
+            "platform": self.platform,
+            "files": {str(p): (c.decode() if isinstance(c, bytes) else c) for p, c in self.files.items()},
+            "commands": [" ".join(c) for c in self.commands],
+        }
 
 
 def default_platform() -> str:
@@ -132,19 +142,31 @@ def install_plan(paths: Paths, platform: str, hour: int, minute: int) -> Plan:
     if platform == "macos":
         target = plist_path()
         domain = f"gui/{os.getuid()}"
-        return Plan(platform, {target: render_plist(program, hour, minute, env, paths.logs / "nightly.out.log",
-                                                    paths.logs / "nightly.err.log")},
-                    [["launchctl", "bootout", domain, str(target)], ["launchctl", "bootstrap", domain, str(target)]])
+        return Plan(
+            platform,
+            {
+                target: render_plist(
+                    program, hour, minute, env, paths.logs / "nightly.out.log", paths.logs / "nightly.err.log"
+                )
+            },
+            [["launchctl", "bootout", domain, str(target)], ["launchctl", "bootstrap", domain, str(target)]],
+        )
     units = render_systemd(program, hour, minute, env, paths.logs / "nightly.log")
-    return Plan(platform, {systemd_dir() / name: text for name, text in units.items()},
-                [["systemctl", "--user", "daemon-reload"], ["systemctl", "--user", "enable", "--now", f"{UNIT}.timer"]])
+    return Plan(
+        platform,
+        {systemd_dir() / name: text for name, text in units.items()},
+        [["systemctl", "--user", "daemon-reload"], ["systemctl", "--user", "enable", "--now", f"{UNIT}.timer"]],
+    )
 
 
 def uninstall_plan(platform: str) -> Plan:
     if platform == "macos":
         return Plan(platform, {plist_path(): b""}, [["launchctl", "bootout", f"gui/{os.getuid()}", str(plist_path())]])
-    return Plan(platform, {systemd_dir() / f"{UNIT}.timer": "", systemd_dir() / f"{UNIT}.service": ""},
-                [["systemctl", "--user", "disable", "--now", f"{UNIT}.timer"], ["systemctl", "--user", "daemon-reload"]])
+    return Plan(
+        platform,
+        {systemd_dir() / f"{UNIT}.timer": "", systemd_dir() / f"{UNIT}.service": ""},
+        [["systemctl", "--user", "disable", "--now", f"{UNIT}.timer"], ["systemctl", "--user", "daemon-reload"]],
+    )
 
 
 def _run(command: list[str], *, check: bool) -> str | None:
@@ -171,8 +193,11 @@ def install(paths: Paths, platform: str, hour: int, minute: int) -> Plan:
         if problem:
             for target in plan.files:
                 target.unlink(missing_ok=True)
-            hint = "; no session bus here? `circadian daemon` runs the nightly job without systemd" \
-                if platform == "linux" else ""
+            hint = (
+                "; no session bus here? `circadian daemon` runs the nightly job without systemd"
+                if platform == "linux"
+                else ""
+            )
             raise CircadianError(f"{problem}; nothing installed{hint}")
     return plan
 
@@ -195,12 +220,20 @@ def installed(platform: str) -> dict | None:
             return None
         job = plistlib.loads(plist_path().read_bytes())
         interval = job.get("StartCalendarInterval", {})
-        return {"file": str(plist_path()), "hour": int(interval.get("Hour", 0)), "minute": int(interval.get("Minute", 0)),
-                "home": job.get("EnvironmentVariables", {}).get("CIRCADIAN_HOME")}
+        return {
+            "file": str(plist_path()),
+            "hour": int(interval.get("Hour", 0)),
+            "minute": int(interval.get("Minute", 0)),
+            "home": job.get("EnvironmentVariables", {}).get("CIRCADIAN_HOME"),
+        }
     timer, service = systemd_dir() / f"{UNIT}.timer", systemd_dir() / f"{UNIT}.service"
     if not timer.exists():
         return None
     when = re.search(r"^OnCalendar=\*-\*-\* (\d\d):(\d\d)", timer.read_text(), re.M)
     home = re.search(r'^Environment="?CIRCADIAN_HOME=(.*?)"?$', service.read_text(), re.M) if service.exists() else None
-    return {"file": str(timer), "hour": int(when[1]) if when else 0, "minute": int(when[2]) if when else 0,
-            "home": home[1] if home else None}
+    return {
+        "file": str(timer),
+        "hour": int(when[1]) if when else 0,
+        "minute": int(when[2]) if when else 0,
+        "home": home[1] if home else None,
+    }

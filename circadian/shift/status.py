@@ -18,6 +18,10 @@ def describe(paths: Paths) -> dict:
     job = installed(platform)
     if job and (job["home"] is None or Path(job["home"]) == paths.home):
         when = next_run(job["hour"], job["minute"])
-        return {"by": "launchd" if platform == "macos" else "systemd", "file": job["file"],
-                "at": f"{job['hour']:02d}:{job['minute']:02d}", "next_run": when.isoformat(timespec="minutes")}
+        return {
+            "by": "launchd" if platform == "macos" else "systemd",
+            "file": job["file"],
+            "at": f"{job['hour']:02d}:{job['minute']:02d}",
+            "next_run": when.isoformat(timespec="minutes"),
+        }
     return {"by": None, "at": None, "next_run": None}

@@ -11,6 +11,7 @@ versions retention never deletes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -52,8 +53,11 @@ def version_number(name: str) -> int | None:
 
 def next_version(paths: Paths, when: datetime) -> str:
     """Return the next version name (one more than the highest stored)."""
-    numbers = [n for p in paths.adapters.iterdir() if (n := version_number(p.name)) is not None] \
-        if paths.adapters.exists() else []
+    numbers = (
+        [n for p in paths.adapters.iterdir() if (n := version_number(p.name)) is not None]
+        if paths.adapters.exists()
+        else []
+    )
     return version_name(max(numbers, default=0) + 1, when)
 
 
@@ -89,7 +93,9 @@ def verify_weights(folder: Path, manifest: AdapterManifest) -> None:
         if not path.is_file():
             raise CircadianError(f"adapter {manifest.version}: weight file {name} is missing")
         if sha256_file(path) != expected:
-            raise CircadianError(f"adapter {manifest.version}: {name} does not match the sha256 in its manifest; refusing to load")
+            raise CircadianError(
+                f"adapter {manifest.version}: {name} does not match the sha256 in its manifest; refusing to load"
+            )
 
 
 def get(paths: Paths, version: str) -> ActiveAdapter:
@@ -188,15 +194,21 @@ def set_current(paths: Paths, version: str | None, *, reason: str) -> str | None
     """Make version current (None: the base model), atomically; record it; return the previous one."""
     previous = current_version(paths)
     if version is None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(paths.current)
-        except FileNotFoundError:
-            pass
     else:
         atomic_write_text(paths.current, version + "\n")
-    append_jsonl(paths.adapters / "history.jsonl", [{
-        "ts": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "from": previous, "to": version, "reason": reason}])
+    append_jsonl(
+        paths.adapters / "history.jsonl",
+        [
+            {
+                "ts": datetime.now().astimezone().isoformat(timespec="seconds"),
+                "from": previous,
+                "to": version,
+                "reason": reason,
+            }
+        ],
+    )
     return previous
 
 
@@ -233,8 +245,10 @@ def rollback(paths: Paths, target: str | None = None) -> tuple[str | None, str |
         parent = get(paths, current).manifest.parent if (paths.adapters / current).is_dir() else None
         target = parent or "base"
     elif target != "base" and target not in lineage(paths, current)[1:]:
-        raise CircadianError(f"{target} is not an ancestor of the current version {current}; "
-                             f"`circadian adapters use {target}` makes any stored version current")
+        raise CircadianError(
+            f"{target} is not an ancestor of the current version {current}; "
+            f"`circadian adapters use {target}` makes any stored version current"
+        )
     return use(paths, target, reason=f"rollback to {target}")
 
 
@@ -262,7 +276,7 @@ def prune(paths: Paths, keep: int) -> list[str]:
     candidates = [v for v in versions if v not in protected]
     excess = len(candidates) - keep
     deleted = []
-    for version in candidates[:max(0, excess)]:
+    for version in candidates[: max(0, excess)]:
         shutil.rmtree(paths.adapters / version)
         deleted.append(version)
     return deleted

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from circadian.store import memories
+from circadian.core.clock import now_iso
 from circadian.core.fsutil import append_jsonl, atomic_write_json, atomic_write_text, lock_for, parse_lines
 from circadian.core.paths import Paths
-from circadian.core.clock import now_iso
+from circadian.store import memories
 
 PRIORITIES = ("priority", "normal")
 STATES = ("queued", "training", "done", "failed", "skipped")
@@ -55,7 +55,11 @@ def parse_row(value) -> tuple[list[dict] | None, str | None]:
         return None, "not a JSON object"
     if "messages" not in value and {"prompt", "completion"} <= value.keys():
         prompt, completion = value["prompt"], value["completion"]
-        if not (isinstance(prompt, str) and isinstance(completion, str)) or not prompt.strip() or not completion.strip():
+        if (
+            not (isinstance(prompt, str) and isinstance(completion, str))
+            or not prompt.strip()
+            or not completion.strip()
+        ):
             return None, "prompt and completion must be non-empty strings"
         value = {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]}
     if "messages" not in value:
@@ -111,15 +115,26 @@ def ingest(paths: Paths, *, settle_seconds: float = 5.0, now: float | None = Non
             data = file.read_bytes()
             text = data.decode("utf-8", errors="replace")
             good, bad = validate_text(text)
-            entry = {"id": _next_id(entries), "name": file.name, "priority": priority,
-                     "sha256": hashlib.sha256(data).hexdigest(), "rows": len(good), "quarantined": len(bad),
-                     "state": "queued" if good else "failed", "attempts": 0, "added": now_iso(),
-                     "updated": now_iso(), "history": []}
+            entry = {
+                "id": _next_id(entries),
+                "name": file.name,
+                "priority": priority,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "rows": len(good),
+                "quarantined": len(bad),
+                "state": "queued" if good else "failed",
+                "attempts": 0,
+                "added": now_iso(),
+                "updated": now_iso(),
+                "history": [],
+            }
             if not good:
                 entry["reason"] = "no usable row" + (f" ({bad[0]['reason']}, line {bad[0]['line']})" if bad else "")
             if bad:
-                append_jsonl(paths.quarantine / f"inbox-{entry['id']}.jsonl",
-                             [{**row, "file": file.name, "quarantined_at": now_iso()} for row in bad])
+                append_jsonl(
+                    paths.quarantine / f"inbox-{entry['id']}.jsonl",
+                    [{**row, "file": file.name, "quarantined_at": now_iso()} for row in bad],
+                )
             accepted = paths.inbox / "accepted" / f"{entry['id']}.jsonl"
             accepted.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             atomic_write_text(accepted, "".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in good))
@@ -143,8 +158,15 @@ def queued(paths: Paths) -> list[dict]:
     return sorted(entries, key=lambda e: (PRIORITIES.index(e["priority"]), e["id"]))
 
 
-def set_state(paths: Paths, ids: list[str], state: str, *, cycle_id: str | None = None, reason: str | None = None,
-              retry: bool = False) -> None:
+def set_state(
+    paths: Paths,
+    ids: list[str],
+    state: str,
+    *,
+    cycle_id: str | None = None,
+    reason: str | None = None,
+    retry: bool = False,
+) -> None:
     """Move the given entries to `state`; with `retry`, a rejected dataset goes back to queued
     until it has been tried MAX_ATTEMPTS times, then fails."""
     if not ids:
@@ -166,8 +188,14 @@ def set_state(paths: Paths, ids: list[str], state: str, *, cycle_id: str | None 
                 entry["cycle_id"] = cycle_id
             if reason:
                 entry["reason"] = reason
-            entry.setdefault("history", []).append({"state": new_state, "at": entry["updated"], "cycle_id": cycle_id,
-                                                    **({"reason": reason} if reason else {})})
+            entry.setdefault("history", []).append(
+                {
+                    "state": new_state,
+                    "at": entry["updated"],
+                    "cycle_id": cycle_id,
+                    **({"reason": reason} if reason else {}),
+                }
+            )
         _write_queue(paths, entries)
 
 
@@ -182,5 +210,8 @@ def summary(paths: Paths) -> dict:
     """Counts per state plus files still waiting in the inbox (not yet validated)."""
     entries = read_queue(paths)
     counts = {state: sum(1 for e in entries if e["state"] == state) for state in STATES}
-    return {"counts": counts, "waiting_files": [f"{p}/{f.name}" for p, f in waiting_files(paths)],
-            "next": [e["name"] for e in queued(paths)]}
+    return {
+        "counts": counts,
+        "waiting_files": [f"{p}/{f.name}" for p, f in waiting_files(paths)],
+        "next": [e["name"] for e in queued(paths)],
+    }

@@ -10,14 +10,15 @@ tombstone naming the forgotten id to `data/tombstones.jsonl`, and readers leave 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from circadian.core.clock import now_iso
 from circadian.core.fsutil import append_jsonl, read_jsonl
 from circadian.core.paths import Paths
-from circadian.core.clock import now_iso
 
 NO_TRAIN_TAG = "no-train"
 NO_TRAIN_MARK = "#no-train"
@@ -86,20 +87,34 @@ def new_id() -> str:
 
 def has_no_train_mark(messages: list[dict]) -> bool:
     """Given messages, return True if any user message contains `#no-train` (any case)."""
-    return any(m.get("role") == "user" and NO_TRAIN_MARK in str(m.get("content", "")).lower()
-               for m in messages)
+    return any(m.get("role") == "user" and NO_TRAIN_MARK in str(m.get("content", "")).lower() for m in messages)
 
 
-def make_record(messages: list[dict], *, session: str, model: str, adapter: str | None,
-                source: str, tags: list[str] | tuple[str, ...] = (), no_train: bool = False,
-                **extra) -> dict:
+def make_record(
+    messages: list[dict],
+    *,
+    session: str,
+    model: str,
+    adapter: str | None,
+    source: str,
+    tags: list[str] | tuple[str, ...] = (),
+    no_train: bool = False,
+    **extra,
+) -> dict:
     """Given a turn's messages and context, return the record to log (pure)."""
     all_tags = list(dict.fromkeys(tags))
     if (no_train or has_no_train_mark(messages)) and NO_TRAIN_TAG not in all_tags:
         all_tags.append(NO_TRAIN_TAG)
-    record = {"id": new_id(), "ts": now_iso(), "session": session, "model": model,
-              "adapter": adapter, "tags": all_tags, "source": source,
-              "messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
+    record = {
+        "id": new_id(),
+        "ts": now_iso(),
+        "session": session,
+        "model": model,
+        "adapter": adapter,
+        "tags": all_tags,
+        "source": source,
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+    }
     record.update({k: v for k, v in extra.items() if v is not None})
     return record
 

@@ -15,8 +15,9 @@ old name too. `read_jsonl` (core.fsutil) is the one JSONL reader; `read_lines` h
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
@@ -71,8 +72,13 @@ class Measurement(Record):
     perplexity: float | None = None
 
     def brief(self) -> BriefMetrics:
-        return BriefMetrics(val_loss=self.val_loss, recall=self.recall.score, retention=self.retention.score,
-                            capability=self.capability.score, perplexity=self.perplexity)
+        return BriefMetrics(
+            val_loss=self.val_loss,
+            recall=self.recall.score,
+            retention=self.retention.score,
+            capability=self.capability.score,
+            perplexity=self.perplexity,
+        )
 
 
 class DatasetOutcome(Record):
@@ -103,7 +109,9 @@ class RunLogLine(Record):
 
     cycle_id: str
     run_type: str
-    outcome: str | None = None  # promoted | rejected | nothing to learn | skipped | stopped | failed | interrupted | trained
+    outcome: str | None = (
+        None  # promoted | rejected | nothing to learn | skipped | stopped | failed | interrupted | trained
+    )
     trigger: str | None = None  # manual | scheduled
     night: str | None = None  # the night's date, for scheduled runs
     started: str | None = None

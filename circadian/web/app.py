@@ -34,8 +34,13 @@ from circadian.night import charts, control
 from circadian.store import adapters
 from circadian.web import views
 
-NAV = [("/", "Overview"), ("/live", "Live training"), ("/evolution", "Evolution"), ("/cycles", "Cycles"),
-       ("/adapters", "Adapters")]
+NAV = [
+    ("/", "Overview"),
+    ("/live", "Live training"),
+    ("/evolution", "Evolution"),
+    ("/cycles", "Cycles"),
+    ("/adapters", "Adapters"),
+]
 
 
 def _cell(value) -> str:
@@ -70,15 +75,26 @@ def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starl
     async def overview(request: Request):
         info = views.status(paths, config)
         last, schedule = info["last_cycle"] or {}, info["schedule"]
-        cards = [{"what": "current adapter", "value": info["adapter"] or "none (base model)"},
-                 {"what": "last cycle", "value": f"{last.get('cycle_id', 'none yet')} {last.get('outcome', '')}".strip()},
-                 {"what": "next scheduled run", "value": f"{schedule['next_run']} ({schedule['by']})" if schedule["by"]
-                  else "not scheduled"},
-                 {"what": "sleeping now", "value": "yes" if info["sleep"] else "no"},
-                 {"what": "memories", "value": f"{info['memories']['turns']} turns"},
-                 {"what": "model", "value": f"{info['model']} on {info['backend']}"}]
-        return page(request, "overview.html", "Overview", "/", cards=cards, queue=views.queue_table(paths),
-                    waiting=info["queue"]["waiting_files"])
+        cards = [
+            {"what": "current adapter", "value": info["adapter"] or "none (base model)"},
+            {"what": "last cycle", "value": f"{last.get('cycle_id', 'none yet')} {last.get('outcome', '')}".strip()},
+            {
+                "what": "next scheduled run",
+                "value": f"{schedule['next_run']} ({schedule['by']})" if schedule["by"] else "not scheduled",
+            },
+            {"what": "sleeping now", "value": "yes" if info["sleep"] else "no"},
+            {"what": "memories", "value": f"{info['memories']['turns']} turns"},
+            {"what": "model", "value": f"{info['model']} on {info['backend']}"},
+        ]
+        return page(
+            request,
+            "overview.html",
+            "Overview",
+            "/",
+            cards=cards,
+            queue=views.queue_table(paths),
+            waiting=info["queue"]["waiting_files"],
+        )
 
     async def live_page(request: Request):
         return page(request, "live.html", "Live training", "/live")
@@ -92,6 +108,7 @@ def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starl
                     last = payload
                     yield f"data: {payload}\n\n"
                 await asyncio.sleep(0.5)
+
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     async def ctl(request: Request):
@@ -106,20 +123,36 @@ def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starl
 
     def evolution_params(request: Request) -> dict:
         q = request.query_params
-        return {"cycle": q.get("cycle", ""), "category": q.get("category", ""), "search": q.get("search", ""),
-                "sort": q.get("sort", "learned_at")}
+        return {
+            "cycle": q.get("cycle", ""),
+            "category": q.get("category", ""),
+            "search": q.get("search", ""),
+            "sort": q.get("sort", "learned_at"),
+        }
 
     async def evolution_page(request: Request):
         params = evolution_params(request)
-        cycle, rows = views.evolution_examples(paths, params["cycle"] or None, category=params["category"],
-                                               search=params["search"], sort=params["sort"])
+        cycle, rows = views.evolution_examples(
+            paths, params["cycle"] or None, category=params["category"], search=params["search"], sort=params["sort"]
+        )
         _cycle, every = views.evolution_examples(paths, cycle, search=params["search"])  # the chips count all of them
         chip_query = lambda category: urlencode({**params, "cycle": cycle or "", "category": category})  # noqa: E731
         forgetting = [{"fact": f, **v} for f, v in views.forgetting(paths)["facts"].items()]
-        return page(request, "evolution.html", "Learning evolution", "/evolution", params=params, cycle=cycle,
-                    cycles=views.cycles_with_evolution(paths), rows=rows, share=views.learned_share(every),
-                    categories=views.CATEGORIES, chip_query=chip_query, query=_query({**params, "cycle": cycle}),
-                    forgetting=forgetting)
+        return page(
+            request,
+            "evolution.html",
+            "Learning evolution",
+            "/evolution",
+            params=params,
+            cycle=cycle,
+            cycles=views.cycles_with_evolution(paths),
+            rows=rows,
+            share=views.learned_share(every),
+            categories=views.CATEGORIES,
+            chip_query=chip_query,
+            query=_query({**params, "cycle": cycle}),
+            forgetting=forgetting,
+        )
 
     async def example_page(request: Request):
         cycle, example_id = request.path_params["cycle"], request.path_params["example"]
@@ -129,29 +162,59 @@ def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starl
             curve = example["curve"]
             last_step = max([c["step"] for c in curve if isinstance(c["step"], int)], default=0)
             points = [(c["step"] if isinstance(c["step"], int) else last_step + 1, c["loss"]) for c in curve]
-            chart = charts.line_chart({"loss on the expected answer": points}, xlabel="snapshot (step; last: final)",
-                                      ylabel="loss", size=(5.5, 3.0), points=True)
+            chart = charts.line_chart(
+                {"loss on the expected answer": points},
+                xlabel="snapshot (step; last: final)",
+                ylabel="loss",
+                size=(5.5, 3.0),
+                points=True,
+            )
         title = f"Example {example_id} · night {cycle}" if example else "Not found"
-        return page(request, "example.html", title, "/evolution", example=example, example_id=example_id,
-                    cycle=cycle, chart=chart)
+        return page(
+            request,
+            "example.html",
+            title,
+            "/evolution",
+            example=example,
+            example_id=example_id,
+            cycle=cycle,
+            chart=chart,
+        )
 
     async def cycles_page(request: Request):
         result = views.cycles_analysis(paths)
         integrity = result["integrity"]
         regret = views.regret_series(result)
-        return page(request, "cycles.html", "Cycles", "/cycles", result=result, cycles=views.cycles_table(paths),
-                    choices=views.choice_shares(result),
-                    regret_chart=charts.line_chart(regret, xlabel="cycle", ylabel="cumulative regret", points=True),
-                    logs=[{"log": k, **v} for k, v in integrity["logs"].items()],
-                    missing=[{"where": k, "cycle_ids": ", ".join(v)} for k, v in integrity["missing_cycle_ids"].items()])
+        return page(
+            request,
+            "cycles.html",
+            "Cycles",
+            "/cycles",
+            result=result,
+            cycles=views.cycles_table(paths),
+            choices=views.choice_shares(result),
+            regret_chart=charts.line_chart(regret, xlabel="cycle", ylabel="cumulative regret", points=True),
+            logs=[{"log": k, **v} for k, v in integrity["logs"].items()],
+            missing=[{"where": k, "cycle_ids": ", ".join(v)} for k, v in integrity["missing_cycle_ids"].items()],
+        )
 
     async def adapters_page(request: Request):
         rows = views.adapter_rows(paths)
         versions = [r["version"] for r in rows]
         a, b = request.query_params.get("a"), request.query_params.get("b")
         comparison = views.compare(paths, a, b) if a in versions and b in versions else None
-        return page(request, "adapters.html", "Adapters", "/adapters", rows=rows, versions=versions, a=a, b=b,
-                    comparison=comparison, message=request.query_params.get("message"))
+        return page(
+            request,
+            "adapters.html",
+            "Adapters",
+            "/adapters",
+            rows=rows,
+            versions=versions,
+            a=a,
+            b=b,
+            comparison=comparison,
+            message=request.query_params.get("message"),
+        )
 
     async def use_version(request: Request):
         origin = request.headers.get("origin") or request.headers.get("referer") or ""
@@ -171,11 +234,17 @@ def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starl
         q = request.query_params
         analysis = lambda: views.cycles_analysis(paths)  # noqa: E731
         tables = {
-            "overview": lambda: [{"key": k, "value": json.dumps(v, default=str)}
-                                 for k, v in views.status(paths, config).items()],
+            "overview": lambda: [
+                {"key": k, "value": json.dumps(v, default=str)} for k, v in views.status(paths, config).items()
+            ],
             "queue": lambda: views.queue_table(paths),
-            "evolution": lambda: views.evolution_examples(paths, q.get("cycle") or None, category=q.get("category", ""),
-                                                          search=q.get("search", ""), sort=q.get("sort", "learned_at"))[1],
+            "evolution": lambda: views.evolution_examples(
+                paths,
+                q.get("cycle") or None,
+                category=q.get("category", ""),
+                search=q.get("search", ""),
+                sort=q.get("sort", "learned_at"),
+            )[1],
             "forgetting": lambda: [{"fact": f, **v} for f, v in views.forgetting(paths)["facts"].items()],
             "cycles": lambda: views.cycles_table(paths),
             "experiments": lambda: analysis()["experiments"],
@@ -183,7 +252,9 @@ def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starl
             "logs": lambda: [{"log": k, **v} for k, v in analysis()["integrity"]["logs"].items()],
             "broken": lambda: analysis()["integrity"]["broken_lines"],
             "incomplete": lambda: analysis()["integrity"]["incomplete_experiments"],
-            "missing": lambda: [{"where": k, "cycle_ids": v} for k, v in analysis()["integrity"]["missing_cycle_ids"].items()],
+            "missing": lambda: [
+                {"where": k, "cycle_ids": v} for k, v in analysis()["integrity"]["missing_cycle_ids"].items()
+            ],
             "adapters": lambda: views.adapter_rows(paths),
             "compare": lambda: views.compare(paths, q["a"], q["b"]),
         }
@@ -198,16 +269,27 @@ def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starl
         else:
             return JSONResponse({"error": f"no table {name}"}, status_code=404)
         if fmt == "csv":
-            return PlainTextResponse(to_csv(rows), media_type="text/csv",
-                                     headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+            return PlainTextResponse(
+                to_csv(rows),
+                media_type="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
+            )
         return JSONResponse(json.loads(json.dumps(rows, default=str)))
 
     static = StaticFiles(directory=str(resources.files("circadian.web") / "static"))
-    routes = [Route("/", overview), Route("/live", live_page), Route("/api/live/stream", live_stream),
-              Route("/api/ctl/{action}", ctl, methods=["POST"]), Route("/evolution", evolution_page),
-              Route("/evolution/{cycle}/{example}", example_page), Route("/cycles", cycles_page),
-              Route("/adapters", adapters_page), Route("/api/rollback", use_version, methods=["POST"]),
-              Route("/api/table/{name}.{fmt:str}", export), Mount("/static", app=static, name="static")]
+    routes = [
+        Route("/", overview),
+        Route("/live", live_page),
+        Route("/api/live/stream", live_stream),
+        Route("/api/ctl/{action}", ctl, methods=["POST"]),
+        Route("/evolution", evolution_page),
+        Route("/evolution/{cycle}/{example}", example_page),
+        Route("/cycles", cycles_page),
+        Route("/adapters", adapters_page),
+        Route("/api/rollback", use_version, methods=["POST"]),
+        Route("/api/table/{name}.{fmt:str}", export),
+        Mount("/static", app=static, name="static"),
+    ]
     return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)])
 
 

@@ -59,16 +59,34 @@ def _analysis(paths: Paths, cycle: str) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def evolution_examples(paths: Paths, cycle: str | None, *, category: str = "", search: str = "",
-                       sort: str = "learned_at") -> tuple[str | None, list[dict]]:
+def evolution_examples(
+    paths: Paths, cycle: str | None, *, category: str = "", search: str = "", sort: str = "learned_at"
+) -> tuple[str | None, list[dict]]:
     """Return (cycle, rows) of a night's tracked examples, filtered, searched and sorted."""
     cycles = cycles_with_evolution(paths)
     cycle = cycle or (cycles[0] if cycles else None)
     analysis = _analysis(paths, cycle) if cycle else None
     if analysis is None:
         return cycle, []
-    rows = [{k: r.get(k) for k in ("id", "kind", "question", "expected", "category", "learned_at", "regressions",
-                                   "first_loss", "final_loss", "final_answer", "fact")} for r in analysis["examples"]]
+    rows = [
+        {
+            k: r.get(k)
+            for k in (
+                "id",
+                "kind",
+                "question",
+                "expected",
+                "category",
+                "learned_at",
+                "regressions",
+                "first_loss",
+                "final_loss",
+                "final_answer",
+                "fact",
+            )
+        }
+        for r in analysis["examples"]
+    ]
     if category:
         rows = [r for r in rows if r["category"] == category]
     if search:
@@ -77,8 +95,13 @@ def evolution_examples(paths: Paths, cycle: str | None, *, category: str = "", s
     if sort == "final_loss":
         rows.sort(key=lambda r: r["final_loss"] if r["final_loss"] is not None else 1e9)
     else:  # learning speed: learned soonest first, never-learned last
-        rows.sort(key=lambda r: (r["learned_at"] is None, r["learned_at"] if isinstance(r["learned_at"], int) else 0,
-                                 r["final_loss"] or 0))
+        rows.sort(
+            key=lambda r: (
+                r["learned_at"] is None,
+                r["learned_at"] if isinstance(r["learned_at"], int) else 0,
+                r["final_loss"] or 0,
+            )
+        )
     return cycle, rows
 
 
@@ -100,11 +123,21 @@ def cycles_table(paths: Paths) -> list[dict]:
     rows = []
     for line in read_all(paths.run_log, RunLogLine):
         choice = choices.get(line.cycle_id)
-        rows.append({"cycle_id": line.cycle_id, "run_type": line.run_type, "outcome": line.outcome,
-                     "chosen": line.chosen or (choice.chosen if choice else None),
-                     "reason": choice.reason if choice else None, "version": line.version,
-                     "experiment": line.experiment, "reward": line.reward, "eval_loss": line.eval_loss,
-                     "recall_after": line.recall_after, "ended": line.when})
+        rows.append(
+            {
+                "cycle_id": line.cycle_id,
+                "run_type": line.run_type,
+                "outcome": line.outcome,
+                "chosen": line.chosen or (choice.chosen if choice else None),
+                "reason": choice.reason if choice else None,
+                "version": line.version,
+                "experiment": line.experiment,
+                "reward": line.reward,
+                "eval_loss": line.eval_loss,
+                "recall_after": line.recall_after,
+                "ended": line.when,
+            }
+        )
     return rows
 
 
@@ -118,7 +151,8 @@ def regret_series(result: dict) -> dict[str, list[tuple[int, float]]]:
     for row in result["cycles"]:
         value = row["cumulative_oracle_regret"]
         series.setdefault(row["experiment"], []).append(
-            (row["cycle"], value if value is not None else row["cumulative_loss_regret"]))
+            (row["cycle"], value if value is not None else row["cumulative_loss_regret"])
+        )
     return series
 
 
@@ -140,26 +174,45 @@ def adapter_rows(paths: Paths) -> list[dict]:
     rows = []
     for m in reversed(adapters.list_versions(paths)):
         before, after = m.figures("before"), m.figures("after")
-        rows.append({"version": m.version, "current": m.version == current, "pinned": m.version in pinned,
-                     "status": m.gate.get("decision"), "parent": m.parent, "created_at": m.created_at,
-                     "cycle_id": m.cycle_id, "backend": m.backend,
-                     "recall_before": before.recall, "recall_after": after.recall,
-                     "capability_after": after.capability, "perplexity_after": after.perplexity,
-                     "val_loss_after": after.val_loss, "steps": m.train.get("steps"),
-                     "peak_memory_mb": m.peak_memory_mb})
+        rows.append(
+            {
+                "version": m.version,
+                "current": m.version == current,
+                "pinned": m.version in pinned,
+                "status": m.gate.get("decision"),
+                "parent": m.parent,
+                "created_at": m.created_at,
+                "cycle_id": m.cycle_id,
+                "backend": m.backend,
+                "recall_before": before.recall,
+                "recall_after": after.recall,
+                "capability_after": after.capability,
+                "perplexity_after": after.perplexity,
+                "val_loss_after": after.val_loss,
+                "steps": m.train.get("steps"),
+                "peak_memory_mb": m.peak_memory_mb,
+            }
+        )
     return rows
 
 
 def compare(paths: Paths, a: str, b: str) -> list[dict]:
     """Metric by metric, two versions' candidate figures side by side."""
     fa, fb = adapters.get(paths, a).manifest.figures("after"), adapters.get(paths, b).manifest.figures("after")
-    return [{"metric": k, a: getattr(fa, k), b: getattr(fb, k)}
-            for k in ("recall", "retention", "capability", "perplexity", "val_loss")]
+    return [
+        {"metric": k, a: getattr(fa, k), b: getattr(fb, k)}
+        for k in ("recall", "retention", "capability", "perplexity", "val_loss")
+    ]
 
 
 def queue_table(paths: Paths) -> list[dict]:
-    return [{k: e.get(k) for k in ("id", "name", "priority", "state", "rows", "quarantined", "attempts", "updated",
-                                   "reason")} for e in inbox.read_queue(paths)]
+    return [
+        {
+            k: e.get(k)
+            for k in ("id", "name", "priority", "state", "rows", "quarantined", "attempts", "updated", "reason")
+        }
+        for e in inbox.read_queue(paths)
+    ]
 
 
 def live(paths: Paths) -> dict:
@@ -167,8 +220,10 @@ def live(paths: Paths) -> dict:
     status = control.read_status(paths.control)
     curve = []
     if status.cycle_id:
-        curve = [{"step": e.step, "train_loss": e.train_loss, "val_loss": e.val_loss, "dataset": e.dataset}
-                 for e in read_all(paths.runs / status.cycle_id / "metrics.jsonl", TrainEventLine)]
+        curve = [
+            {"step": e.step, "train_loss": e.train_loss, "val_loss": e.val_loss, "dataset": e.dataset}
+            for e in read_all(paths.runs / status.cycle_id / "metrics.jsonl", TrainEventLine)
+        ]
     return {"status": status.row(), "curve": curve}
 
 
