@@ -48,6 +48,8 @@ def line_chart(
     """Given {name: [(x, y), ...]}, return a line chart as SVG; `marks` adds dashed vertical lines
     ({label: x}). An empty chart says so."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=size)
     drawn = False
     for name, pts in series.items():
@@ -61,6 +63,7 @@ def line_chart(
         ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
     if wants_log([y for pts in series.values() for _x, y in pts]):
         ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and cycles are whole
     ax.set_xlabel(xlabel)
     if ylabel:
         ax.set_ylabel(ylabel)

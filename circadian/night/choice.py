@@ -26,7 +26,7 @@ from circadian.store.records import ChoiceLine, Trials
 
 
 @dataclass
-class Night:
+class SourceChoice:
     """What the choice decided, and how to reward it after training."""
 
     policy: policies.Policy
@@ -78,7 +78,7 @@ def choose(
     restore: Callable[[], None],
     say: Callable[[str], None],
     trial_steps: int = trials.TRIAL_STEPS,
-) -> tuple[Night, list[Dataset]]:
+) -> tuple[SourceChoice, list[Dataset]]:
     """Score the sources, trial those the policy asks for, let it choose, log the choice; return it and
     the datasets to train. `settings` are the night's training settings (their seed seeds the policy)."""
     from circadian.night.evaluate import mean_loss
@@ -133,4 +133,4 @@ def choose(
         datasets = [Dataset(choice.source, plain + (share(len(plain)) if choice.source != "distill" else []), src.eval)]
     else:
         datasets = []
-    return Night(policy, choice, losses, encoded), datasets
+    return SourceChoice(policy, choice, losses, encoded), datasets

@@ -24,7 +24,7 @@ from circadian.store.records import DatasetOutcome
 
 
 @dataclass
-class NightTraining:
+class TrainingOutcome:
     """The datasets' results together (`result` is None when nothing was trained)."""
 
     result: TrainResult | None
@@ -70,7 +70,7 @@ def train_datasets(
     on_skip: Callable[[object], None] = lambda dataset: None,
     start: tuple = (None, None),
     poll_seconds: float = 0.5,
-) -> NightTraining:
+) -> TrainingOutcome:
     """Train `datasets` in order. `train_one(model, train_ex, valid_ex, callback)` runs one backend
     training with the sleep's progress bar and metrics log; `start` is the (path, version) of the
     adapter the night began with, restored if the first dataset is skipped."""
@@ -165,7 +165,7 @@ def train_datasets(
             model.save_adapter(folder)
             position = (folder, "candidate")
             model.set_adapter(*position)
-    return NightTraining(combine(results) if results else None, outcomes)
+    return TrainingOutcome(combine(results) if results else None, outcomes)
 
 
-__all__ = ["NightTraining", "Stopped", "DatasetOutcome", "combine", "train_datasets"]
+__all__ = ["TrainingOutcome", "Stopped", "DatasetOutcome", "combine", "train_datasets"]
