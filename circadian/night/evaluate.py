@@ -10,34 +10,18 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from importlib import resources
 from pathlib import Path
 
 from circadian.backends import GenerationSettings, LoadedModel
 from circadian.backends.tokens import Example, encode_text
 from circadian.core.errors import CircadianError
+from circadian.night.scoring import is_hit
 
 
 def eval_text(name: str) -> str:
     """Return a shipped evaluation file's text (package data: `circadian/night/data/eval/`)."""
     return resources.files("circadian.night").joinpath("data", "eval", name).read_text(encoding="utf-8")
-
-
-def is_hit(reply: str, answers: list[str]) -> bool:
-    """Given a reply and acceptable answers, return True if any answer appears (case-insensitive,
-    whole words for short alphanumeric answers)."""
-    text = reply.lower()
-    for answer in answers:
-        needle = answer.lower().strip()
-        if not needle:
-            continue
-        if re.fullmatch(r"[\w\- ]+", needle):
-            if re.search(rf"(?<![\w]){re.escape(needle)}", text):
-                return True
-        elif needle in text:
-            return True
-    return False
 
 
 def answer(model: LoadedModel, question: str, max_tokens: int) -> str:

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from circadian.backends.tokens import encode_chat
 from circadian.core.fsutil import atomic_write_json
-from circadian.night.evaluate import answers, is_hit
+from circadian.night.evaluate import answers
 from circadian.night.lineage import is_distill
+from circadian.night.scoring import is_hit
 
 LEARNED_LOSS = 0.5  # nats per answer token
 
