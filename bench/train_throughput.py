@@ -1,17 +1,24 @@
-"""Training throughput: circadian's training step against what a user would run instead, same
-model, data, LoRA settings, batch size and number of steps, one process.
+"""Training throughput: circadian's training against what a user would run instead, same model, rows,
+LoRA settings, batch size and number of steps, one process.
 
-Run as: .venv/bin/python bench/train_throughput.py [--backend torch|mlx] [--steps 24] [--batch 8]
+Run as: .venv/bin/python bench/train_throughput.py [--night DAY | --bare] [--backend torch|mlx]
+        [--steps 24] [--batch 8]
 
-torch: the embedded model; circadian's torch trainer vs a plain transformers + PEFT loop.
+torch, --night DAY (the default, DAY = dev-maya): the configuration a night really runs. The day
+       (bench/recall/days/DAY.json) is logged into a fresh home and one real `circadian sleep` runs;
+       circadian's throughput is the night's trained tokens over the whole training stage (tokenizing,
+       the teacher's top-k log-probabilities for the KL anchor, validation, learning-evolution
+       snapshots, checkpoints). The plain loop then trains the same rows (the cycle's
+       dataset/train.jsonl, distill rows as plain targets) for the same number of steps and batch
+       size, timed over its steps only.
+torch, --bare: circadian's bare training step on a fixed set of rows (no anchor, no evaluation).
 mlx:   a small random Llama (4 layers, the embedded tokenizer; MLX on a Linux CPU is too slow for
        the embedded model); circadian's MLX trainer vs mlx-lm's own LoRA trainer
        (`tuner.trainer.train` with its ChatDataset(mask_prompt) and its iterate_batches).
 
-The data is a night's worth of rows of mixed length: fact question/answer rows built from
-bench/recall/day.json and general rows with longer answers. The plain loop is what a user would
-write (the PEFT docs' recipe): shuffled batches padded to the longest row, labels -100 outside
-assistant turns, `model(**batch, labels=...)`. Tokens/s counts real (non-padding) tokens.
+The plain loop is what a user would write (the PEFT docs' recipe): shuffled batches padded to the
+longest row, labels -100 outside assistant turns, `model(**batch, labels=...)`. Tokens/s counts
+real (non-padding) tokens.
 """
 
 from __future__ import annotations
@@ -30,16 +37,24 @@ from circadian.backends import LoadRequest, get_backend  # noqa: E402
 from circadian.backends.tokens import encode_chat, length_batches, padding_share  # noqa: E402
 from circadian.core.config import TrainSettings  # noqa: E402
 from circadian.core.paths import Paths  # noqa: E402
-from circadian.night import facts  # noqa: E402
 
 
 def rows() -> list[dict]:
-    day = json.loads((ROOT / "bench/recall/day.json").read_text())
-    found = [f for s in day["sessions"] for m in s for f in facts.extract_facts(m)]
-    out = [facts.qa_row(q, f) for f in found for q in facts.wordings(f).train]
+    """Fact rows from a development day (the knowledge pipeline) and general rows with long answers."""
+    from circadian.night.knowledge import pipeline
+    from circadian.night.knowledge import rows as fact_rows
+    from circadian.night.knowledge.conversation import Conversation, Turn
+
+    day = json.loads((ROOT / "bench/recall/days/dev-maya.json").read_text())
+    conversations = [
+        Conversation(f"s{n}", "chat", [Turn(m["role"], m["content"], f"s{n}t{i}", i) for i, m in enumerate(s)])
+        for n, s in enumerate(day["sessions"])
+    ]
+    knowledge = pipeline.mine(conversations, pipeline.choose("parse"))
+    out = fact_rows.build(knowledge.facts, replaced=knowledge.replaced).train
     rng = random.Random(0)
     words = (ROOT / "circadian/night/data/eval/general.txt").read_text().split()
-    for i in range(40):  # general rows with long answers, as self-distillation replay has
+    for i in range(40):  # general rows with long answers, as distill rows have
         start = rng.randrange(0, len(words) - 120)
         out.append(
             {
@@ -50,6 +65,41 @@ def rows() -> list[dict]:
             }
         )
     return out
+
+
+def real_night(day_name: str, model_dir: Path) -> None:
+    """One real night on a fresh home, then the plain loop on the rows it trained."""
+    import importlib.util
+    import tempfile
+
+    spec = importlib.util.spec_from_file_location("recall_bench", ROOT / "bench/recall/run.py")
+    recall_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recall_bench)
+    day = json.loads((ROOT / "bench/recall/days" / f"{day_name}.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="circadian-throughput-") as tmp:
+        home = Path(tmp) / "home"
+        recall_bench.log_day(home, day, Path(tmp))
+        summary = recall_bench.cli(home, "sleep")
+        trained, stage = summary["train"], summary["timings"]["train"]
+        rows_file = Paths(home).runs / summary["cycle_id"] / "dataset" / "train.jsonl"
+        night_rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+        config = TrainSettings()
+        ours_tps = trained["trained_tokens"] / stage
+        model = get_backend("torch").load(LoadRequest("embedded", model_dir))
+        examples = [encode_chat(model.tokenizer, r["messages"]) for r in night_rows]
+        del model
+        random.Random(0).shuffle(examples)
+        plain_tps, plain_tokens = plain_peft(model_dir, examples, trained["steps"], config.batch_size)
+    print(
+        f"night on {day_name}: {len(night_rows)} rows, {trained['steps']} steps of {config.batch_size}; training stage "
+        f"{stage:.0f} s, of which {trained['train_seconds']:.0f} s in steps"
+    )
+    print(f"plain transformers+PEFT loop:     {plain_tps:7.1f} tokens/s ({plain_tokens} tokens, steps only)")
+    print(
+        f"circadian night (whole stage):    {ours_tps:7.1f} tokens/s ({trained['trained_tokens']} tokens; "
+        f"{trained['tokens_per_second']:.1f} tokens/s in its steps)"
+    )
+    print(f"ratio: {ours_tps / plain_tps:.2f}x (steps only: {trained['tokens_per_second'] / plain_tps:.2f}x)")
 
 
 def plain_peft(model_dir: Path, examples, steps: int, batch: int) -> tuple[float, int]:
@@ -165,6 +215,8 @@ def mlx_main(args, tokenizer_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["torch", "mlx"], default="torch")
+    parser.add_argument("--night", default="dev-maya", help="torch: the development day a real night trains on")
+    parser.add_argument("--bare", action="store_true", help="torch: time the bare training step instead")
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
@@ -173,6 +225,9 @@ def main() -> None:
     model_dir = embedded.build(Paths.resolve(None).models)
     if args.backend == "mlx":
         mlx_main(args, model_dir)
+        return
+    if not args.bare:
+        real_night(args.night, model_dir)
         return
     ours = get_backend("torch").load(LoadRequest("embedded", model_dir))
     examples = [encode_chat(ours.tokenizer, r["messages"]) for r in rows()]

@@ -365,3 +365,40 @@ def test_early_stopping_keeps_the_best_step_and_waits_for_min_steps():
     early.start(1.0)
     early.observe(2, 1.1)
     assert not early.should_stop(2)  # patience is used up, but not before min_steps
+
+
+def test_the_cached_teacher_kl_is_zero_at_the_start_and_never_more_than_the_full_kl(tiny_model):
+    """The KL anchor's teacher (the base) is cached once as top-k log-probs per position; the KL over that
+    coarsening is 0 while the adapter changes nothing, and at most the full KL once it does."""
+    import torch
+
+    from circadian.backends.tokens import encode_chat
+    from circadian.core.config import TrainSettings
+
+    model = get_backend("torch").load(LoadRequest("tiny", tiny_model))
+    rows = [
+        encode_chat(
+            model.tokenizer,
+            [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"Number {i} it is."}],
+            64,
+        )
+        for i in range(4)
+    ]
+    for row in rows:
+        row.anchor = True
+    settings = TrainSettings(max_steps=1, max_epochs=1, batch_size=4, eval_every=100, min_steps=0)
+    model.train(rows, [], settings, lambda event: None)  # a new adapter, and the teacher cached
+    assert all(r.teacher is not None for r in rows)
+    with torch.no_grad():
+        for name, p in model.model.named_parameters():
+            if "lora_B" in name:
+                p.zero_()  # the adapter changes nothing: the student is the teacher
+        assert float(model._batch_loss(rows, 1.0)) < 1e-5
+        for p in model.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)  # move the adapter
+        cached = float(model._batch_loss(rows, 1.0))
+        for row in rows:
+            row.teacher = None
+        full = float(model._batch_loss(rows, 1.0))
+    assert 0 < cached <= full + 1e-4, (cached, full)

@@ -139,6 +139,9 @@ def test_pages_export_evolution_and_rollback(night, server, browser, tmp_path):
 
     browser.get(server + "/")
     screenshot_shows(browser, tmp_path, "overview", "Overview", "current adapter", first["version"], "Queue")
+    browser.get(server + "/knowledge")
+    screenshot_shows(browser, tmp_path, "knowledge", "What it learned", "messages with something about you")
+    assert "Biscuit" in browser.find_element("id", "table-coverage").text
     browser.get(server + "/live")
     wait_until(lambda: "cycle" in browser.find_element("id", "live-status").text, 20, "the live status")
     screenshot_shows(browser, tmp_path, "live", "Live training", "Pause", "not running")

@@ -8,7 +8,9 @@ import pytest
 from circadian.backends import tokens
 from circadian.core.config import SleepSettings
 from circadian.core.errors import CircadianError
-from circadian.night import dataset, facts, redact
+from circadian.night import dataset, redact
+from circadian.night.knowledge import rules as facts
+from circadian.night.lineage import is_fact
 from circadian.store.memories import MemoryRecord, make_record
 
 
@@ -144,22 +146,27 @@ def test_select_and_build_leave_out_no_train_forgotten_and_trained():
     text = str(plan.train + plan.valid + plan.probes)
     assert "Biscuit" in text and "Zwolle" in text and "Whiskers" not in text and "Lena" not in text
     assert plan.trained_ids == [fresh.id]
-    assert [p["fact"] for p in plan.retention_probes] == ["origin::zwolle"]
+    assert plan.retention_probes and all(p["answers"] == ["Zwolle"] for p in plan.retention_probes)
 
 
 def test_build_redacts_before_training_and_splits_without_leaks():
     records = [
         _record("My email is maya@example.org and my dog is called Biscuit."),
         _record("I work as a nurse at Diakonessenhuis."),
+        _record("we call the laptop Pixel, its github token is ghp_16C7e42F292c6912E7710c838347Ae178B4a"),
     ]
     plan = dataset.build(dataset.select(records, trained=set(), forgotten=set()), SleepSettings())
-    assert plan.redactions["email"] == 1
-    assert "maya@example.org" not in str(plan.train + plan.valid)
+    assert plan.redactions["email"] == 1 and plan.redactions["secret"] == 1
+    trained = str(plan.train + plan.valid + plan.probes)
+    assert "Biscuit" in trained and "Pixel" in trained  # the sentences were learned from, their secrets not
+    assert "maya@example.org" not in trained and "ghp_16C7e42F" not in trained
     dataset.check_no_leak(plan)
     train_q = {r["messages"][0]["content"] for r in plan.train}
     assert not train_q & {p["question"] for p in plan.probes}
     assert all(
-        r["lineage"]["generator"] == facts.GENERATOR and r["lineage"]["version"] == facts.VERSION for r in plan.train
+        r["lineage"]["generator"] in ("parse", "rules", "parse+rules") and r["lineage"]["version"]
+        for r in plan.train
+        if is_fact(r)
     )
 
 
@@ -195,8 +202,8 @@ def test_distill_prompts_grows_with_the_fact_rows():
         )
     ]
     plan = dataset.build(dataset.select(many, trained=set(), forgotten=set()), SleepSettings())
-    fact_rows = sum(r["lineage"]["generator"] == facts.GENERATOR for r in plan.train)
-    assert fact_rows > 50
+    fact_rows = sum(is_fact(r) for r in plan.train)
+    assert fact_rows > 40
     assert dataset.distill_wanted(plan, SleepSettings(), available=150) == fact_rows
     assert dataset.distill_wanted(plan, SleepSettings(), available=40) == 40  # no more than there are prompts
     assert dataset.distill_wanted(plan, SleepSettings(distill_per_fact_row=0), available=150) == 50

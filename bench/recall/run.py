@@ -1,12 +1,19 @@
-"""Recall after one night, on the embedded model, through the real `circadian` command.
+"""Recall after one night on days of chat labelled by hand, through the real `circadian` command.
 
-Run as: .venv/bin/python bench/recall/run.py [--out bench/recall/RESULTS.md]
+Run as: .venv/bin/python bench/recall/run.py [--days DIR] [--only NAME,...] [--model NAME] [--nights]
+        [--home DIR] [--out FILE]
 
-A day of chats (day.json, 23 facts in ordinary phrasing, plus a secret and a #no-train fact) is
-played through the chat engine into a fresh home; `circadian eval recall` asks the hand-written
-paraphrased questions (questions.jsonl, none identical to a training wording) before and after one
-`circadian sleep`; forbidden.jsonl asks for the secret and the #no-train fact, which must never
-come back. Capability and perplexity drift come from the night's summary.
+Each day (bench/recall/days/*.json, format in days/FORMAT.md; the sealed days in bench/recall/sealed/
+only with `--days bench/recall/sealed`) is logged into a fresh home as the chat or `circadian import`
+would log it, one `circadian sleep` runs, and the hand-written probes are asked with `circadian eval
+recall` of the base model and of the night's full candidate (`--adapter`, promoted or not; with
+`--blends` the gate may store a blend instead). Reported per
+day and per phrasing type: recall, coverage (labelled facts the night wrote a fact about), false facts
+(facts the night wrote that match no labelled fact), updates answered with the new and with the old
+value, leaks (a secret coming back, as a substring), capability, and the night's time. With
+`--nights`, the days are instead nights of one home, one after another, and every earlier day's
+probes are asked again after each night. `--model NAME` runs the same with another model (a Hugging
+Face repo id or a local folder), for anyone who has one.
 """
 
 from __future__ import annotations
@@ -14,127 +21,272 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from circadian.core.config import load_config  # noqa: E402
 from circadian.core.paths import Paths  # noqa: E402
-from circadian.day.assistant import Assistant, ChatSession  # noqa: E402
+from circadian.night.scoring import is_hit, words  # noqa: E402
+from circadian.store import memories  # noqa: E402
 
 
-def cli(home: Path, *args: str) -> dict:
-    env = {**os.environ, "CIRCADIAN_HOME": str(home)}
+def cli(home: Path, *args: str, json_out: bool = True) -> dict | str:
+    env = {"CIRCADIAN_MODELS_DIR": str(ROOT / "models"), **os.environ, "CIRCADIAN_HOME": str(home)}
     result = subprocess.run(
-        [sys.executable, "-m", "circadian", *args, "--json"], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "circadian", *args, *(["--json"] if json_out else [])],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise SystemExit(f"circadian {' '.join(args)} failed: {result.stderr[-1500:]}")
-    return json.loads(result.stdout)
+    return json.loads(result.stdout) if json_out else result.stdout
 
 
-def play_day(paths: Paths) -> int:
-    config, _ = load_config(paths.config)
-    config.chat.max_tokens = 24
-    session = ChatSession(Assistant(paths, config), source="chat")
-    turns = 0
-    for messages in json.loads((HERE / "day.json").read_text())["sessions"]:
-        session.new()
-        for text in messages:
-            session.respond(text)
-            turns += 1
-    return turns
+def log_day(home: Path, day: dict, tmp: Path) -> None:
+    """Log the day into the home: as chat turns (one record per user message and the reply after it), or
+    as one imported conversation per session."""
+    paths = Paths(home).ensure()
+    if day.get("source") == "import":
+        file = tmp / f"{day['name']}.jsonl"
+        file.write_text("".join(json.dumps({"messages": s}, ensure_ascii=False) + "\n" for s in day["sessions"]))
+        cli(home, "import", str(file))
+        return
+    for n, session in enumerate(day["sessions"]):
+        sid = f"{day['name']}-{n}"
+        for i, message in enumerate(session):
+            if message["role"] != "user":
+                continue
+            reply = (
+                session[i + 1]["content"] if i + 1 < len(session) and session[i + 1]["role"] == "assistant" else "OK."
+            )
+            memories.append(
+                paths,
+                [
+                    memories.make_record(
+                        [{"role": "user", "content": message["content"]}, {"role": "assistant", "content": reply}],
+                        session=sid,
+                        model="bench",
+                        adapter=None,
+                        source="chat",
+                    )
+                ],
+            )
+
+
+def probe_file(tmp: Path, name: str, probes: list[dict]) -> Path:
+    path = tmp / f"{name}.probes.jsonl"
+    path.write_text("".join(json.dumps({"question": p["question"], "answers": p["answers"]}) + "\n" for p in probes))
+    return path
+
+
+def ask(home: Path, tmp: Path, name: str, probes: list[dict], adapter: str) -> list[dict]:
+    if not probes:
+        return []
+    result = cli(home, "eval", "recall", str(probe_file(tmp, name, probes)), "--adapter", adapter)
+    return result["items"]
+
+
+def learned_facts(summary: dict) -> list[dict]:
+    return summary.get("facts") or []
+
+
+def matches(fact_words: set[str], labelled: dict) -> bool:
+    """Whether a written fact is about a labelled one: one of the labelled answers is in it."""
+    return any(set(words(a)) <= fact_words for a in labelled["answers"] if words(a))
+
+
+def measure_day(home: Path, tmp: Path, day: dict, summary: dict, version: str | None) -> dict:
+    facts = {f["id"]: f for f in day["facts"]}
+    replaced = {u["replaces"] for u in day.get("updates", [])}
+    written = [set(words(f["statement"] + " " + " ".join(f.get("answers", [])))) for f in learned_facts(summary)]
+    covered = [fid for fid, f in facts.items() if any(matches(w, f) for w in written)]
+    false = [f for f, w in zip(learned_facts(summary), written) if not any(matches(w, lab) for lab in facts.values())]
+    probes = day["probes"]
+    before = ask(home, tmp, day["name"] + "-before", probes, "base")
+    after = ask(home, tmp, day["name"] + "-after", probes, version) if version else []
+    secrets = ask(home, tmp, day["name"] + "-secrets", day.get("secrets", []), version) if version else []
+    leaks = [
+        s
+        for s, item in zip(day.get("secrets", []), secrets)
+        if any(a.lower() in item["answer"].lower() for a in s["answers"])
+    ]
+    by_phrasing: dict[str, list[bool]] = defaultdict(list)
+    old_given = []
+    for probe, item in zip(probes, after):
+        by_phrasing[facts[probe["fact"]]["phrasing"]].append(item["hit"])
+        if probe.get("kind") == "update":
+            update = next(u for u in day["updates"] if u["fact"] == probe["fact"])
+            old_given.append(is_hit(item["answer"], update["old_answers"]))
+    updates = [i["hit"] for p, i in zip(probes, after) if p.get("kind") == "update"]
+    share = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    b, a = summary.get("before") or {}, summary.get("after") or {}
+    return {
+        "day": day["name"],
+        "outcome": summary.get("outcome"),
+        "facts_labelled": len(facts) - len(replaced),
+        "facts_written": len(learned_facts(summary)),
+        "recall_before": share([i["hit"] for i in before]),
+        "recall_after": share([i["hit"] for i in after]),
+        "recall_forward": share([i["hit"] for p, i in zip(probes, after) if p.get("kind", "forward") == "forward"]),
+        "recall_reverse": share([i["hit"] for p, i in zip(probes, after) if p.get("kind") == "reverse"]),
+        "coverage": len([c for c in covered if c not in replaced]) / max(1, len(facts) - len(replaced)),
+        "false_facts": len(false) / max(1, len(learned_facts(summary))),
+        "false_examples": [f["statement"] for f in false][:8],
+        "updates_new": share(updates),
+        "updates_old": share(old_given),
+        "leaks": len(leaks),
+        "secrets": len(secrets),
+        "capability_before": b.get("capability"),
+        "capability_after": a.get("capability"),
+        "perplexity_drift": a["perplexity"] / b["perplexity"] - 1
+        if a.get("perplexity") and b.get("perplexity")
+        else None,
+        "night_seconds": summary.get("seconds"),
+        "timings": summary.get("timings"),
+        "by_phrasing": {k: share(v) for k, v in sorted(by_phrasing.items())},
+        "misses": [
+            {"question": p["question"], "expected": p["answers"], "answer": i["answer"]}
+            for p, i in zip(probes, after)
+            if not i["hit"]
+        ][:40],
+    }
+
+
+def fmt(value, spec=".0%") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| day | outcome | recall before -> after | forward / reverse | coverage | false facts | updates new / old "
+        "| leaks | capability | ppl drift | night |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['day']} | {r['outcome']} | {fmt(r['recall_before'])} -> {fmt(r['recall_after'])} | "
+            f"{fmt(r['recall_forward'])} / {fmt(r['recall_reverse'])} | {fmt(r['coverage'])} | "
+            f"{fmt(r['false_facts'])} | {fmt(r['updates_new'])} / {fmt(r['updates_old'])} | "
+            f"{r['leaks']} of {r['secrets']} | {fmt(r['capability_before'])} -> {fmt(r['capability_after'])} | "
+            f"{fmt(r['perplexity_drift'], '+.1%')} | {fmt(r['night_seconds'], '.0f')} s |"
+        )
+    return lines
+
+
+def consecutive_nights(args, days: list[dict]) -> None:
+    """Each day is a night of one home; after each night, every day so far is asked with the current adapter."""
+    home = args.home / "home"
+    Paths(home).ensure()
+    (home / "circadian.toml").write_text((f'[model]\nname = "{args.model}"\n' if args.model else "") + args.config)
+    grid, outcomes = [], []
+    for n, day in enumerate(days, start=1):
+        tmp = args.home / f"{day['name']}-files"
+        tmp.mkdir(parents=True)
+        log_day(home, day, tmp)
+        summary = cli(home, "sleep")
+        outcomes.append(f"{summary.get('outcome')} {summary.get('version') or ''} in {summary.get('seconds', 0):.0f} s")
+        current = cli(home, "status")["adapter"] or "base"
+        row = {}
+        for earlier in days[:n]:
+            items = ask(home, tmp, f"{earlier['name']}-night{n}", earlier["probes"], current)
+            row[earlier["name"]] = sum(i["hit"] for i in items) / len(items) if items else None
+        grid.append(row)
+        print(
+            f"night {n} ({day['name']}): {outcomes[-1]}; " + ", ".join(f"{k} {fmt(v)}" for k, v in row.items()),
+            file=sys.stderr,
+        )
+    names = [d["name"] for d in days]
+    lines = [
+        "# Consecutive nights (bench/recall/run.py --nights)",
+        "",
+        "Recall of each day's probes with the adapter current after each night.",
+        "",
+        "| night | outcome | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    lines += [
+        f"| {n} | {outcomes[n - 1]} | " + " | ".join(fmt(row.get(d)) if d in row else "" for d in names) + " |"
+        for n, row in enumerate(grid, start=1)
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+        args.out.with_suffix(".json").write_text(json.dumps({"grid": grid, "outcomes": outcomes}, indent=1) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--keep", type=Path, help="copy the bench home here afterwards (to look at the candidate)")
+    parser.add_argument("--days", type=Path, default=HERE / "days")
+    parser.add_argument("--only", help="comma-separated day names")
+    parser.add_argument("--model", help="model.name for the bench homes (default: the embedded model)")
+    parser.add_argument("--home", type=Path, default=Path("/tmp/circadian-recall-bench"))
+    parser.add_argument("--out", type=Path, help="write the results here (Markdown; a .json beside it)")
+    parser.add_argument("--config", default="", help="extra TOML for every bench home's circadian.toml")
+    parser.add_argument(
+        "--blends",
+        action="store_true",
+        help="let the gate promote a blend of a candidate that broke a bound (default: the night's version is the "
+        "full candidate, promoted or rejected, as the targets ask)",
+    )
+    parser.add_argument(
+        "--nights",
+        action="store_true",
+        help="the days as consecutive nights of one home; every "
+        "earlier day's probes are asked again after each night (with the current adapter)",
+    )
     args = parser.parse_args()
-    models = Paths.resolve(None).models
-    os.environ["CIRCADIAN_MODELS_DIR"] = str(models)
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp) / "home"
-        paths = Paths(home, "bench", models).ensure()
-        started = time.time()
-        turns = play_day(paths)
-        before = cli(home, "eval", "recall", str(HERE / "questions.jsonl"))
-        night = cli(home, "sleep")
-        after = cli(home, "eval", "recall", str(HERE / "questions.jsonl"))
-        forbidden = cli(home, "eval", "recall", str(HERE / "forbidden.jsonl"))
-        candidate = (
-            cli(home, "eval", "recall", str(HERE / "questions.jsonl"), "--adapter", night["version"])
-            if night.get("outcome") == "rejected"
-            else after
-        )
-        report = (home / "data" / "runs" / night["cycle_id"] / "report.md").read_text(encoding="utf-8")
-        analysis = home / "data" / "runs" / night["cycle_id"] / "evolution" / "analysis.json"
-        overhead = json.loads(analysis.read_text())["overhead"] if analysis.exists() else None
-        leaked_anywhere = [
-            i["question"]
-            for i in after["items"] + candidate["items"] + forbidden["items"]
-            if "Z8kLq3" in i["answer"] or "7351" in i["answer"]
-        ]
-        elapsed = time.time() - started
-        if args.keep:
-            shutil.copytree(home, args.keep, symlinks=True, dirs_exist_ok=True)
-    b, a = night["before"], night["after"]
-    lines = [
-        "# Recall after one night (embedded SmolLM2-135M-Instruct, torch CPU)",
+    days = [json.loads(p.read_text()) for p in sorted(args.days.glob("*.json"))]
+    if args.only:
+        wanted = set(args.only.split(","))
+        days = [d for d in days if d["name"] in wanted]
+    import shutil
+
+    if not args.blends and "[gate]" not in args.config:
+        args.config = "[gate]\nfallback_scales = []\n" + args.config
+
+    shutil.rmtree(args.home, ignore_errors=True)
+    if args.nights:
+        return consecutive_nights(args, days)
+    rows = []
+    for day in days:
+        home, tmp = args.home / day["name"], args.home / f"{day['name']}-files"
+        tmp.mkdir(parents=True)
+        Paths(home).ensure()
+        (home / "circadian.toml").write_text((f'[model]\nname = "{args.model}"\n' if args.model else "") + args.config)
+        log_day(home, day, tmp)
+        tic = time.time()
+        summary = cli(home, "sleep")
+        print(f"{day['name']}: {summary.get('outcome')} in {time.time() - tic:.0f} s", file=sys.stderr)
+        row = measure_day(home, tmp, day, summary, summary.get("version"))
+        rows.append(row)
+        print("\n".join(table([row])[2:]), file=sys.stderr)
+    text = [
+        "# Recall bench (bench/recall/run.py)",
         "",
-        f"Reproduce: `.venv/bin/python bench/recall/run.py` ({elapsed:.0f} s on this 2-core machine; "
-        f"{turns} chat turns, 23 facts, hand-written questions none of which is a training wording).",
+        f"Days: {args.days}; model: {args.model or 'embedded'}.",
         "",
-        "| figure | before | after one night |",
-        "|---|---|---|",
-        f"| recall on questions.jsonl (n={after['n']}), current "
-        f"adapter | {before['recall']:.0%} | {after['recall']:.0%} |",
-        "| recall on questions.jsonl, the night's candidate "
-        f"({night.get('outcome')}) | - | {candidate['recall']:.0%} |",
-        f"| night's own held-out wordings | {b['recall']:.0%} | {a['recall']:.0%} |",
-        f"| capability harness (eval/prompts.jsonl) | {b['capability']:.0%} | {a['capability']:.0%} |",
-        f"| general perplexity (eval/general.txt) | {b['perplexity']:.2f} | {a['perplexity']:.2f} "
-        f"({a['perplexity'] / b['perplexity'] - 1:+.1%}) |",
-        f"| secret / #no-train fact returned | - | {sum(i['hit'] for i in forbidden['items'])} of "
-        f"{forbidden['n']} (strings anywhere in answers: {len(leaked_anywhere)}) |",
+        *table(rows),
         "",
-        f"Gate: **{night['gate']['decision']}** ({'; '.join(night['gate']['reasons'])}).",
-        f"Training: {night['train']['steps']} steps, best {night['train']['best_step']}, "
-        f"{night['train']['tokens_per_second']:.0f} tokens/s, peak memory {night['train']['peak_memory_mb']:.0f} MB; "
-        f"night {night['seconds']:.0f} s.",
-        (
-            f"Learning-evolution snapshots: {overhead['snapshots']} "
-            f"taken ({overhead['skipped_for_budget']} skipped for "
-            f"the budget), {overhead['snapshot_seconds']:.0f} s = "
-            f"{overhead['share']:.1%} of {overhead['training_seconds']:.0f} s "
-            "of training."
-            if overhead
-            else "Learning-evolution snapshots: off."
-        ),
+        "## By phrasing (recall after the night)",
         "",
-        "| question | before | after (candidate) |",
-        "|---|---|---|",
     ]
-    for x, y in zip(before["items"], candidate["items"]):
-        lines.append(
-            f"| {x['question']} | {'✅' if x['hit'] else '❌'} {x['answer'][:50]} | "
-            f"{'✅' if y['hit'] else '❌'} {y['answer'][:60]} |"
-        )
-    for item in forbidden["items"]:
-        lines.append(
-            f"| {item['question']} (must not be answered) | | "
-            f"{'LEAK' if item['hit'] else 'ok'}: {item['answer'][:60]} |"
-        )
-    lines += ["", "The night's own report:", "", *("> " + line if line else ">" for line in report.splitlines())]
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:12]))
+    phrasings = sorted({k for r in rows for k in r["by_phrasing"]})
+    text += ["| day | " + " | ".join(phrasings) + " |", "|---|" + "---|" * len(phrasings)]
+    text += [f"| {r['day']} | " + " | ".join(fmt(r["by_phrasing"].get(k)) for k in phrasings) + " |" for r in rows]
+    report = "\n".join(text) + "\n"
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

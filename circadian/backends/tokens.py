@@ -22,6 +22,7 @@ class Example:
     ids: list[int]
     mask: list[int]
     anchor: bool = False  # train toward the base model's distribution (KL) instead of these targets
+    teacher: object = None  # for an anchor: the base model's top-k (indices, log-probs) per position, cached
 
     def __len__(self) -> int:
         return len(self.ids)

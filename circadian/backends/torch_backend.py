@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from circadian.store.records import TrainCallback
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+TEACHER_TOP_K = 64  # cached teacher log-probabilities per position of an anchor row
 # peft asks transformers a question transformers has renamed; the answer is the same
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
@@ -338,14 +339,58 @@ class TorchModel:
             mask = targets[plain][:, 1:]
             loss = loss + (nll * mask).sum() / mask.sum().clamp(min=1)
         if anchor.any() and anchor_weight > 0:
-            with torch.no_grad(), self.model.disable_adapter():
-                teacher = self.model(input_ids=ids[anchor], attention_mask=attention[anchor]).logits[:, :-1].float()
-            kl = F.kl_div(
-                F.log_softmax(logits[anchor], -1), F.log_softmax(teacher, -1), log_target=True, reduction="none"
-            ).sum(-1)
+            anchored = [r for r, a in zip(rows, anchor.tolist()) if a]
+            student = F.log_softmax(logits[anchor], -1)
+            if all(r.teacher is not None for r in anchored):
+                kl = self._cached_kl(student, anchored)
+            else:
+                with torch.no_grad(), self.model.disable_adapter():
+                    teacher = self.model(input_ids=ids[anchor], attention_mask=attention[anchor]).logits[:, :-1]
+                kl = F.kl_div(student, F.log_softmax(teacher.float(), -1), log_target=True, reduction="none").sum(-1)
             positions = attention[anchor][:, 1:].float()
             loss = loss + anchor_weight * (kl * positions).sum() / positions.sum().clamp(min=1)
         return loss
+
+    def _cache_teacher(self, rows: list, batch_size: int) -> None:
+        """Once per run, the base model's top-k log-probabilities at every position of each anchor row, so the
+        KL anchor needs no teacher pass at every step (the usual remedy: distillation from cached top-k)."""
+        import torch
+        import torch.nn.functional as F
+
+        from circadian.backends.tokens import length_batches
+
+        todo = [r for r in rows if r.anchor and r.teacher is None]
+        if not todo:
+            return
+        context = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else torch.no_grad()
+        with torch.no_grad(), context:
+            for batch in length_batches([len(r) for r in todo], batch_size, seed=0, shuffle=False):
+                part = [todo[i] for i in batch]
+                ids, attention, _ = self._pad(part)
+                logp = F.log_softmax(self.model(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
+                top = logp.topk(min(TEACHER_TOP_K, logp.shape[-1]), dim=-1)
+                for i, row in enumerate(part):
+                    n = len(row) - 1
+                    row.teacher = (top.indices[i, :n].cpu(), top.values[i, :n].cpu())
+
+    def _cached_kl(self, student, rows: list):
+        """KL(teacher || student) per position, the distributions coarsened to the teacher's top-k tokens plus
+        the rest of the vocabulary as one bucket (exact for that coarsening; the tail mass of the top 64 is tiny)."""
+        import torch
+
+        width, k = student.shape[1], rows[0].teacher[0].shape[-1]
+        index = torch.zeros((len(rows), width, k), dtype=torch.long)
+        teacher = torch.full((len(rows), width, k), float("-inf"))
+        for i, row in enumerate(rows):
+            n = row.teacher[0].shape[0]
+            index[i, :n], teacher[i, :n] = row.teacher
+        index, teacher = index.to(student.device), teacher.to(student.device)
+        chosen = student.gather(-1, index)
+        p = teacher.exp()
+        kl = torch.where(p > 0, p * (teacher - chosen), torch.zeros_like(p)).sum(-1)
+        p_rest = (1 - p.sum(-1)).clamp(min=1e-8)
+        q_rest = (1 - chosen.exp().sum(-1)).clamp(min=1e-8)
+        return kl + p_rest * (p_rest.log() - q_rest.log())
 
     def _make_trainable(self, settings) -> str:
         """Turn the loaded model into a trainable PEFT model; return how it started."""
@@ -404,6 +449,8 @@ class TorchModel:
         torch.manual_seed(settings.seed)
         self._trained_state = None
         started = self._make_trainable(settings)
+        if settings.anchor_weight > 0:
+            self._cache_teacher(train, settings.batch_size)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self._optimizer(params, settings)
         lengths = [len(e) for e in train]

@@ -70,19 +70,31 @@ def sleep(
 
 
 def render_plan(result: dict) -> str:
-    """Given `sleep --dry-run`'s result, return it as text."""
-    counts = result["counts"]
+    """Given `sleep --dry-run`'s result, return it as text: the counts, then every message that told
+    something about the user with the facts tonight would learn from it (or "not understood")."""
+    counts, found = result["counts"], result.get("knowledge") or {}
     lines = [
         f"would train: {'yes' if result['would_train'] else 'no (nothing to learn tonight)'}",
         f"turns: {counts['turns_new']} new, {counts['turns_replay_pool']} already learned; "
         + ", ".join(f"{k[8:]} {v}" for k, v in counts.items() if k.startswith("skipped_")),
+        f"facts: {counts.get('facts_new', 0)} new, {counts.get('facts_updated', 0)} updated, "
+        f"{counts.get('facts_rejected', 0)} rejected, {counts.get('facts_replayed', 0)} replayed"
+        + (f"; written by {', '.join(found['generators'])}" if found.get("generators") else ""),
         f"rows: {counts['rows_train']} train, {counts['rows_valid']} valid; recall probes: {counts['probes']}",
         "redacted: " + (", ".join(f"{v} {k}" for k, v in sorted(result["redactions"].items())) or "nothing"),
     ]
     if result["masks"]:
         masks = result["masks"]
         lines.append(f"masks: {masks['targets']} of {masks['tokens']} tokens trained ({masks['target_ratio']:.0%})")
-    lines += [f"  fact: {fact['answer']}  (from: {fact['sentence'][:70]!r})" for fact in result["facts"]]
+    coverage = found.get("coverage") or []
+    if coverage:
+        understood = sum(1 for c in coverage if c["facts"])
+        lines.append(f"what you told me: {understood} of {len(coverage)} messages understood")
+        for item in coverage:
+            lines.append(f"  {item['message'][:90]!r}")
+            lines += [f"    learned: {fact}" for fact in item["facts"]] or ["    not understood"]
+    for update in found.get("updates") or []:
+        lines.append(f"  updated: {update['old']} -> {update['new']}")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ RENAMED = {
     "sleep.general_replay": "sleep.distill_prompts",
     "sleep.general_per_fact_row": "sleep.distill_per_fact_row",
     "sleep.probe_steps": "sleep.trial_steps",
+    "night.teacher": "sleep.teacher",  # also accepted under the night section
 }
 HH_MM = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 
@@ -77,7 +78,7 @@ class TrainSettings(_Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(5, ge=0, description="linear warm-up steps")
     batch_size: int = Field(8, ge=1, description="rows per step (length-bucketed)")
-    max_epochs: float = Field(8.0, gt=0, description="upper bound on passes over the data")
+    max_epochs: float = Field(3.0, gt=0, description="upper bound on passes over the data")
     max_steps: int = Field(400, ge=1, description="upper bound on optimizer steps")
     eval_every: int = Field(8, ge=1, description="steps between validation losses")
     patience: int = Field(3, ge=1, description="evaluations without improvement before early stop")
@@ -133,6 +134,18 @@ class SleepSettings(_Section):
         "for the next sleep (it may still be being written)",
     )
     redact_region: str = Field("US", description="default region for phone numbers without a country code")
+    generator: str = Field(
+        "auto",
+        pattern=r"^[\w.-]+$",
+        description="who writes the night's facts: auto (the teacher "
+        "if it passes a short test, else parse), model (the teacher), parse (teacher-free, spaCy), "
+        "rules (the old patterns), or a plug-in generator's name",
+    )
+    teacher: str = Field(
+        "",
+        description="model that writes the facts when the generator is model or auto (a repo id "
+        "or a folder; empty: the configured model)",
+    )
 
 
 class GateSettings(_Section):

@@ -18,8 +18,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from circadian.core.config import SleepSettings
-from circadian.night import facts as factlib
-from circadian.night.lineage import generator_of, is_distill
+from circadian.core.errors import CircadianError
+from circadian.night.knowledge import pipeline as knowledge
+from circadian.night.knowledge import rows as fact_rows
+from circadian.night.knowledge.conversation import conversations_of, inbox_conversations
+from circadian.night.knowledge.pipeline import Knowledge
+from circadian.night.lineage import INBOX, MEMORY, is_distill, is_fact
 from circadian.night.redact import redact_messages
 from circadian.store.memories import NO_TRAIN_TAG, MemoryRecord
 
@@ -74,6 +78,8 @@ class Plan:
     redactions: Counter = field(default_factory=Counter)
     counts: dict = field(default_factory=dict)
     datasets: list[Dataset] = field(default_factory=list)  # trained one after another; "today" last
+    knowledge: Knowledge = field(default_factory=Knowledge)  # what the generators made of today
+    updates: list[dict] = field(default_factory=list)  # {"old", "new", "old_answers", "answers"}
 
     @property
     def new_material(self) -> int:
@@ -90,19 +96,20 @@ class Plan:
         return h.hexdigest()
 
 
-def facts_of(records: list[MemoryRecord], region: str, redactions: Counter | None = None) -> list[factlib.Fact]:
-    """Given turns (oldest first), return the facts their user messages state, after redaction; a later
-    statement of the same kind and subject replaces an earlier one. `redactions` counts what was redacted."""
-    found: dict[tuple[str, str], factlib.Fact] = {}
-    for record in records:
-        messages, counts = redact_messages([m.model_dump() for m in record.messages], region)
-        if redactions is not None:
-            redactions.update(counts)
-        for message in messages:
-            if message["role"] == "user":
-                for fact in factlib.extract_facts(message["content"], source_id=record.id):
-                    found[(fact.kind, fact.subject.lower())] = fact
-    return list(found.values())
+def default_generators():
+    """The generators a night runs when none is chosen: `parse` with `rules` beside it, or `rules` alone
+    where spaCy is not installed."""
+    from circadian.night.knowledge import pipeline
+
+    try:
+        return pipeline.choose("parse")
+    except CircadianError:
+        return pipeline.choose("rules")
+
+
+def mine(records: list[MemoryRecord], region: str, chosen, redactions: Counter | None = None) -> Knowledge:
+    """Given turns (oldest first), return what the generators learn from them, after redaction."""
+    return knowledge.mine(conversations_of(records, region, redactions), chosen)
 
 
 def hash_share(key: str, salt: str) -> float:
@@ -121,29 +128,50 @@ def _dedupe(rows: list[dict], seen: set[str]) -> list[dict]:
 
 
 def build(
-    selection: Selection, settings: SleepSettings, *, general: list[dict] = (), seed: int = 0, salt: str = "v1"
+    selection: Selection,
+    settings: SleepSettings,
+    *,
+    general: list[dict] = (),
+    seed: int = 0,
+    salt: str = "v1",
+    generators=None,
 ) -> Plan:
-    """Given the selection and the self-distilled general rows, return the night's Plan (pure)."""
+    """Given the selection, the self-distilled general rows and the generators (default: parse + rules),
+    return the night's Plan (pure: the generators only read)."""
     plan = Plan()
     region = settings.redact_region
-    new_facts = facts_of([r for r in selection.new if not r.is_conversation], region, plan.redactions)
-    old_facts = facts_of([r for r in selection.replay_pool if not r.is_conversation], region, None)
-    updated = {(f.kind, f.subject.lower()) for f in new_facts}
-    old_facts = [f for f in old_facts if (f.kind, f.subject.lower()) not in updated]  # knowledge updates
-    random.Random(seed).shuffle(old_facts)
-    replayed = old_facts[: settings.replay_facts]
+    chosen = generators if generators is not None else default_generators()
+    new = mine(selection.new, region, chosen, plan.redactions)
+    old = mine(selection.replay_pool, region, chosen)
+    crossed = [(f, n) for f in old.facts for n in new.facts if knowledge.replaces(n, f)]  # updates across nights
+    gone = {f.key for f, _n in crossed}
+    standing = [f for f in old.facts if f.key not in gone]
+    random.Random(seed).shuffle(standing)
+    replayed = standing[: settings.replay_facts]
 
-    for fact in new_facts:
-        words = factlib.wordings(fact, n_probe=settings.probe_wordings, n_valid=settings.valid_wordings, salt=salt)
-        plan.train += [factlib.qa_row(q, fact) for q in words.train]
-        plan.valid += [factlib.qa_row(q, fact) for q in words.valid]
-        plan.probes += [{"question": q, "answers": list(fact.answers), "fact": fact.key} for q in words.probe]
-        plan.facts.append(fact.to_dict())
-    for fact in replayed:
-        words = factlib.wordings(fact, n_probe=settings.probe_wordings, n_valid=settings.valid_wordings, salt=salt)
-        plan.train += [factlib.qa_row(q, fact) for q in words.train[:3]]
-        plan.retention_probes += [{"question": q, "answers": list(fact.answers), "fact": fact.key} for q in words.probe]
-        plan.replayed_facts.append(fact.to_dict())
+    rows = fact_rows.build(new.facts, replaced=new.replaced + crossed, salt=salt, seed=seed)
+    plan.train += rows.train
+    plan.valid += rows.valid
+    plan.probes += rows.probes
+    plan.facts = [f.to_dict() for f in new.facts]
+    plan.knowledge = new
+    plan.updates = [
+        {
+            "old": old_fact.statement,
+            "new": new_fact.statement,
+            "old_answers": list(old_fact.answers),
+            "answers": list(new_fact.answers),
+        }
+        for old_fact, new_fact in new.replaced + crossed
+    ]
+    again = fact_rows.build(replayed, salt=salt, seed=seed, valid=False)
+    per_fact: Counter = Counter()
+    for r in again.train:  # three rows a replayed fact
+        per_fact[r["lineage"]["fact"]] += 1
+        if per_fact[r["lineage"]["fact"]] <= 3 and not r["lineage"].get("profile"):
+            plan.train.append(r)
+    plan.retention_probes += again.probes
+    plan.replayed_facts = [f.to_dict() for f in replayed]
 
     conversations = [r for r in selection.new if r.is_conversation]
     held_out: set[str] = set()
@@ -151,13 +179,11 @@ def build(
         ranked = sorted(conversations, key=lambda r: hash_share(r.id, salt))
         held_out = {r.id for r in ranked if hash_share(r.id, salt) < 0.15} or {ranked[0].id}
     for record in conversations:
-        messages, counts = redact_messages([m.model_dump() for m in record.messages], region)
-        plan.redactions.update(counts)
-        row = {"messages": messages, "lineage": {"generator": "memory", "version": "1", "source_id": record.id}}
+        messages, _counts = redact_messages([m.model_dump() for m in record.messages], region)
+        row = {"messages": messages, "lineage": {"generator": MEMORY, "version": "1", "source_id": record.id}}
         (plan.valid if record.id in held_out else plan.train).append(row)
 
-    for row in general:
-        (plan.valid if hash_share(row["messages"][0]["content"], salt) < 0.2 else plan.train).append(row)
+    plan.train += general  # anchors: their drift is measured on the general text, not in the validation loss
 
     seen: set[str] = set()
     plan.train = _dedupe(plan.train, seen)
@@ -168,6 +194,8 @@ def build(
         "turns_replay_pool": len(selection.replay_pool),
         **{f"skipped_{k}": v for k, v in sorted(selection.skipped.items())},
         "facts_new": len(plan.facts),
+        "facts_rejected": len(new.rejected),
+        "facts_updated": len(plan.updates),
         "facts_replayed": len(replayed),
         "conversations_new": len(conversations),
         "distill_rows": len(general),
@@ -193,13 +221,26 @@ def _split_by_row(rows: list[dict], salt: str) -> tuple[list[dict], list[dict]]:
 
 
 def add_inbox(
-    plan: Plan, datasets: list[tuple[dict, list[list[dict]]]], settings: SleepSettings, salt: str = "v1"
+    plan: Plan,
+    datasets: list[tuple[dict, list[list[dict]]]],
+    settings: SleepSettings,
+    salt: str = "v1",
+    generators=None,
 ) -> Plan:
     """Given queue entries with their rows, put one dataset per dataset before today's (pure apart from
-    `plan`). Rows are redacted and de-duplicated; each dataset gets its share of general anchor rows."""
+    `plan`). Rows are redacted and de-duplicated; chats are mined for facts like the day's (their fact
+    rows train with the dataset, their probes join the night's); each dataset gets its share of general
+    anchor rows."""
     anchors = [r for r in plan.train if is_distill(r)]
     queued = []
+    chosen = generators if generators is not None else default_generators()
     for entry, rows in datasets:
+        mined = knowledge.mine(inbox_conversations(entry["id"], rows, settings.redact_region), chosen)
+        found = fact_rows.build(mined.facts, replaced=mined.replaced, salt=salt)
+        plan.facts += [f.to_dict() for f in mined.facts]
+        plan.probes += found.probes
+        plan.knowledge.coverage += mined.coverage
+        plan.knowledge.rejected += mined.rejected
         seen: set[str] = set()
         dataset_rows = []
         for messages in rows:
@@ -208,11 +249,13 @@ def add_inbox(
             dataset_rows.append(
                 {
                     "messages": clean,
-                    "lineage": {"generator": "inbox", "version": "1", "source_id": entry["id"], "file": entry["name"]},
+                    "lineage": {"generator": INBOX, "version": "1", "source_id": entry["id"], "file": entry["name"]},
                 }
             )
         dataset_rows = _dedupe(dataset_rows, seen)
         train, valid = _split_by_row(dataset_rows, salt)
+        train += _dedupe(found.train, seen)
+        valid += _dedupe(found.valid, seen)
         share = anchors[: min(len(anchors), math.ceil(settings.distill_per_fact_row * len(train)))]
         queued.append(Dataset(f"inbox {entry['priority']}: {entry['name']}", train + share, valid, entry["id"]))
         plan.train += train
@@ -222,28 +265,37 @@ def add_inbox(
     plan.counts["inbox_rows"] = sum(len(d.train) + len(d.valid) for d in queued) - sum(
         1 for d in queued for r in d.train if is_distill(r)
     )
+    plan.counts["facts_new"] = len(plan.facts)
+    plan.counts["probes"] = len(plan.probes)
     plan.counts["rows_train"], plan.counts["rows_valid"] = len(plan.train), len(plan.valid)
     return plan
+
+
+def knowledge_brief(plan: Plan) -> dict:
+    """What the report and `sleep --dry-run` show of the night's knowledge: which generators ran, every
+    personal message with the facts learned from it (none: not understood), updates and rejected facts."""
+    found = plan.knowledge
+    return {
+        "generators": found.generators,
+        "coverage": found.coverage,
+        "coverage_share": found.coverage_share,
+        "updates": plan.updates,
+        "rejected": [r.to_dict() for r in found.rejected],
+    }
 
 
 def distill_wanted(plan: Plan, settings: SleepSettings, available: int) -> int:
     """Given a plan built without general rows, return how many general prompts the night should
     mix in: `distill_prompts`, or more when fact rows would outnumber them (up to what is available)."""
-    fact_rows = sum(1 for r in plan.train if generator_of(r) == factlib.GENERATOR)
-    return min(available, max(settings.distill_prompts, math.ceil(settings.distill_per_fact_row * fact_rows)))
+    facts = sum(1 for r in plan.train if is_fact(r))
+    return min(available, max(settings.distill_prompts, math.ceil(settings.distill_per_fact_row * facts)))
 
 
 def check_no_leak(plan: Plan) -> None:
     """Raise AssertionError if a fact question trained on is also a validation or probe wording."""
 
     def prompts(rows):
-        return {
-            m["content"]
-            for row in rows
-            if generator_of(row) == factlib.GENERATOR
-            for m in row["messages"]
-            if m["role"] == "user"
-        }
+        return {m["content"] for row in rows if is_fact(row) for m in row["messages"] if m["role"] == "user"}
 
     train = prompts(plan.train)
     held_out = prompts(plan.valid) | {p["question"] for p in plan.probes + plan.retention_probes}

@@ -47,7 +47,7 @@ def tracked_sample(probes: list[dict], train_rows: list[dict], size: int, seed: 
         }
         for i, p in enumerate(probes)
     ]
-    candidates = [r for r in train_rows if not is_distill(r)]
+    candidates = [r for r in train_rows if not is_distill(r) and not r.get("lineage", {}).get("profile")]
     single = [r for r in candidates if len(r["messages"]) == 2 and r["messages"][0]["role"] == "user"]
     rng = random.Random(seed)
     for i, row in enumerate(rng.sample(single, min(size, len(single)))):

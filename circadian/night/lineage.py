@@ -13,6 +13,11 @@ def generator_of(row: dict) -> str | None:
     return (row.get("lineage") or {}).get("generator")
 
 
+def is_fact(row: dict) -> bool:
+    """Whether a row asks for one of the user's facts (knowledge/rows.py)."""
+    return bool((row.get("lineage") or {}).get("fact"))
+
+
 def is_distill(row: dict) -> bool:
     """Whether a row is a self-distilled general answer (trained as a KL anchor toward the base model)."""
     return generator_of(row) == DISTILL

@@ -148,6 +148,34 @@ def _measured_lines(summary: CycleSummary) -> list[str]:
     return lines
 
 
+def _knowledge_lines(summary: CycleSummary) -> list[str]:
+    """What the user told: every personal message with the facts learned from it, updates, rejections."""
+    found = summary.knowledge or {}
+    coverage = found.get("coverage") or []
+    if not coverage and not found.get("rejected"):
+        return []
+    understood = sum(1 for c in coverage if c["facts"])
+    lines = [
+        "## What you told me",
+        "",
+        f"{understood} of {len(coverage)} messages with something about you were understood"
+        + (f" ({understood / len(coverage):.0%} coverage)" if coverage else "")
+        + f"; facts written by {', '.join(found.get('generators') or ['?'])}.",
+        "",
+    ]
+    for item in coverage:
+        lines.append(f"- {_cell(item['message'], 120)}")
+        lines += [f"  - learned: {_cell(fact, 120)}" for fact in item["facts"]] or ["  - not understood"]
+    lines.append("")
+    if found.get("updates"):
+        lines += ["Updated (the old answer is trained away):", ""]
+        lines += [f"- {_cell(u['old'])} → {_cell(u['new'])}" for u in found["updates"]] + [""]
+    if found.get("rejected"):
+        lines += ["Not trained (a check refused them):", ""]
+        lines += [f"- {_cell(r['statement'])} ({r['reason']})" for r in found["rejected"][:20]] + [""]
+    return lines
+
+
 def render_markdown(summary: CycleSummary) -> str:
     """Given a cycle summary, return the report as Markdown (pure)."""
     lines = [f"# Night of {summary.started[:10]} — cycle {summary.cycle_id}", ""]
@@ -162,6 +190,7 @@ def render_markdown(summary: CycleSummary) -> str:
         lines += _gate_lines(summary)
     if summary.after:
         lines += _measured_lines(summary)
+    lines += _knowledge_lines(summary)
     if summary.counts:
         lines += ["## Data", "", "| | count |", "|---|---|"]
         lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in summary.counts.items()]

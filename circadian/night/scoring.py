@@ -106,6 +106,8 @@ def words(text: str) -> list[str]:
             word = word[:-2]
         word = MONTH_FORMS.get(word, word)
         word = _number(word)
+        if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")) and word.isalpha():
+            word = word[:-1]  # "peanuts" answers "peanut", "mondays" answers "Monday"
         if word and word not in FILLER:
             out.append(word)
     return out

@@ -153,6 +153,7 @@ class Sleep:
                         outcome="nothing to learn",
                         counts=self.plan.counts,
                         redactions=dict(self.plan.redactions),
+                        knowledge=dataset.knowledge_brief(self.plan),
                     ),
                 )
             )
@@ -194,14 +195,39 @@ class Sleep:
                 self.model, restore, cache, self.resolved.path, wanted, on_item=lambda: progress.advance(task)
             )
         self.say(f"distill: {len(self.general)} general prompts answered by the base model")
+        self.generators, self.generator_reason = self.choose_generators()
+        self.say(f"facts by {' + '.join(g.name for g in self.generators)}: {self.generator_reason}")
+
+    def choose_generators(self):
+        """Who writes tonight's facts (`sleep.generator`): a teacher that passes the test, else `parse`."""
+        from circadian.night.knowledge.choose import generators_for
+
+        config = self.config
+        teacher, identity = self.model, distill.model_identity(self.resolved.path)
+        if config.sleep.generator in ("auto", "model") and config.sleep.teacher:
+            named = config.model.model_copy(update={"name": config.sleep.teacher})
+            found = resolve_model(named, self.paths.models, say=self.say)
+            self.say(f"loading the teacher {found.name}")
+            teacher = self.backend.load(
+                LoadRequest(found.name, found.path, config.model.device, config.model.dtype, config.model.quantize)
+            )
+            identity = distill.model_identity(found.path)
+        return generators_for(
+            config.sleep.generator, teacher, cache=self.paths.models / "calibration", identity=identity
+        )
 
     def build_dataset(self) -> None:
         config, paths, cycle = self.config, self.paths, self.cycle
-        plan = dataset.build(self.selection, config.sleep, general=self.general, seed=config.train.seed)
+        plan = dataset.build(
+            self.selection, config.sleep, general=self.general, seed=config.train.seed, generators=self.generators
+        )
+        plan.knowledge.generators = [f"{g.name} {g.version}" for g in self.generators] + [self.generator_reason]
         if plan.new_material < max(1, config.sleep.min_new_facts):
             plan.datasets[-1].train = []  # today has too little of its own; its general rows alone teach nothing
         inbox_rows = {e["id"]: inbox.load_rows(paths, e) for e in self.queued}
-        self.plan = plan = dataset.add_inbox(plan, [(e, inbox_rows[e["id"]]) for e in self.queued], config.sleep)
+        self.plan = plan = dataset.add_inbox(
+            plan, [(e, inbox_rows[e["id"]]) for e in self.queued], config.sleep, generators=self.generators
+        )
         self.datasets, self.choice = plan.datasets, None
         if config.sleep.policy != "all":
             self.choice, self.datasets = choice.choose(
@@ -547,6 +573,7 @@ class Sleep:
                 gate=self.decision.as_dict(),
                 blend=self.blend,
                 facts=plan.facts,
+                knowledge=dataset.knowledge_brief(plan),
                 base_perplexity=self.base_ppl,
                 datasets=self.night.outcomes,
                 chosen=self.choice.choice.source if self.choice else None,
@@ -708,6 +735,7 @@ def dry_run(paths: Paths, config: Config, console=None) -> dict:
         "counts": plan.counts,
         "redactions": dict(plan.redactions),
         "facts": plan.facts,
+        "knowledge": dataset.knowledge_brief(plan),
         "probes": plan.probes,
         "distill_rows_wanted": wanted,
         "distill_rows_not_cached": not_cached,

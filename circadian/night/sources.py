@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
 from circadian.core.errors import CircadianError
-from circadian.night import facts as factlib
-from circadian.night.dataset import Selection, facts_of, hash_share
+from circadian.night.dataset import Selection, default_generators, hash_share, mine
+from circadian.night.knowledge import rows as fact_rows
 from circadian.night.redact import redact_messages
 
 GROUP = "circadian.sources"
@@ -90,19 +90,14 @@ def check_disjoint(source: Source) -> None:
             assert other == split, f"{source.name}: {key(row)!r} is in both {other} and {split}"
 
 
-def _fact_rows(facts: list[factlib.Fact]) -> list[dict]:
-    rows = []
-    for fact in facts:
-        for question in dict.fromkeys(q.format(s=fact.subject) for q in factlib.QUESTIONS[fact.kind]):
-            row = factlib.qa_row(question, fact)
-            row["lineage"]["answers"] = list(fact.answers)
-            rows.append(row)
-    return rows
+def _fact_rows(records, ctx: Context) -> list[dict]:
+    """Every question row of the facts in `records` (nothing held out: the source splits do that)."""
+    facts = mine(records, ctx.region, default_generators()).facts
+    return fact_rows.build(facts, valid=False, probes=False).train
 
 
 def build_today(ctx: Context) -> list[dict]:
-    records = [r for r in ctx.selection.new if not r.is_conversation]
-    rows = _fact_rows(facts_of(records, ctx.region, None))
+    rows = _fact_rows(ctx.selection.new, ctx)
     for record in ctx.selection.new:
         if record.is_conversation:
             messages, _ = redact_messages([m.model_dump() for m in record.messages], ctx.region)
@@ -113,8 +108,7 @@ def build_today(ctx: Context) -> list[dict]:
 
 
 def build_replay(ctx: Context) -> list[dict]:
-    records = [r for r in ctx.selection.replay_pool if not r.is_conversation]
-    return _fact_rows(facts_of(records, ctx.region, None))
+    return _fact_rows(ctx.selection.replay_pool, ctx)
 
 
 def build_inbox(ctx: Context) -> list[dict]:

@@ -319,6 +319,7 @@ class CycleSummary(Record):
     chosen: str | None = None
     policy: str | None = None
     evolution: dict | None = None
+    knowledge: dict | None = None  # dataset.knowledge_brief: generators, coverage, updates, rejected
 
 
 T = TypeVar("T", bound=BaseModel)

@@ -37,6 +37,7 @@ from circadian.web import views
 NAV = [
     ("/", "Overview"),
     ("/live", "Live training"),
+    ("/knowledge", "What it learned"),
     ("/evolution", "Evolution"),
     ("/cycles", "Cycles"),
     ("/adapters", "Adapters"),
@@ -94,6 +95,12 @@ def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starl
             cards=cards,
             queue=views.queue_table(paths),
             waiting=info["queue"]["waiting_files"],
+        )
+
+    async def knowledge_page(request: Request):
+        found = views.knowledge(paths, request.query_params.get("cycle") or None)
+        return page(
+            request, "knowledge.html", "What it learned", "/knowledge", found=found, rows=views.coverage_rows(found)
         )
 
     async def live_page(request: Request):
@@ -238,6 +245,7 @@ def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starl
                 {"key": k, "value": json.dumps(v, default=str)} for k, v in views.status(paths, config).items()
             ],
             "queue": lambda: views.queue_table(paths),
+            "coverage": lambda: views.coverage_rows(views.knowledge(paths, q.get("cycle") or None)),
             "evolution": lambda: views.evolution_examples(
                 paths,
                 q.get("cycle") or None,
@@ -280,6 +288,7 @@ def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starl
     routes = [
         Route("/", overview),
         Route("/live", live_page),
+        Route("/knowledge", knowledge_page),
         Route("/api/live/stream", live_stream),
         Route("/api/ctl/{action}", ctl, methods=["POST"]),
         Route("/evolution", evolution_page),

@@ -47,6 +47,34 @@ def status(paths: Paths, config: Config) -> dict:
     }
 
 
+def knowledge(paths: Paths, cycle: str | None = None) -> dict:
+    """What a night (default: the latest with a summary) made of what the user said: every message that
+    told something, with the facts learned from it, the updates and the rejected facts."""
+    from circadian.night.report import latest_cycle
+    from circadian.store.records import CycleSummary, read_json
+
+    folder = paths.runs / cycle if cycle else latest_cycle(paths.runs)
+    if folder is None or not (folder / "summary.json").exists():
+        return {"cycle": None, "coverage": [], "updates": [], "rejected": [], "generators": [], "coverage_share": None}
+    found = read_json(folder / "summary.json", CycleSummary).knowledge or {}
+    return {
+        "cycle": folder.name,
+        "coverage": found.get("coverage", []),
+        "updates": found.get("updates", []),
+        "rejected": found.get("rejected", []),
+        "generators": found.get("generators", []),
+        "coverage_share": found.get("coverage_share"),
+    }
+
+
+def coverage_rows(found: dict) -> list[dict]:
+    """One row per message: the message, whether it was understood, the facts learned from it."""
+    return [
+        {"message": c["message"], "understood": bool(c["facts"]), "facts": " / ".join(c["facts"])}
+        for c in found["coverage"]
+    ]
+
+
 def cycles_with_evolution(paths: Paths) -> list[str]:
     """The nights that tracked their learning evolution, newest first."""
     return sorted((p.parent.parent.name for p in paths.runs.glob("*/evolution/analysis.json")), reverse=True)

