@@ -28,9 +28,10 @@ def warmup_cosine(step, *, total: int, warmup: int, floor: float = FLOOR, ops=PY
 
 def total_steps(rows: int, settings) -> int:
     """Given the number of training rows and the TrainSettings, return how many steps the run takes at
-    most: `max_epochs` passes in batches of `batch_size`, capped by `max_steps` (at least one)."""
+    most: `max_epochs` passes in batches of `batch_size`, but no fewer than `min_steps` (a small night
+    needs more passes to learn its few facts), capped by `max_steps` (at least one)."""
     per_epoch = math.ceil(rows / settings.batch_size)
-    return max(1, min(settings.max_steps, math.ceil(settings.max_epochs * per_epoch)))
+    return max(1, min(settings.max_steps, max(settings.min_steps, math.ceil(settings.max_epochs * per_epoch))))
 
 
 @dataclass

@@ -82,7 +82,9 @@ class TrainSettings(_Section):
     max_steps: int = Field(400, ge=1, description="upper bound on optimizer steps")
     eval_every: int = Field(8, ge=1, description="steps between validation losses")
     patience: int = Field(3, ge=1, description="evaluations without improvement before early stop")
-    min_steps: int = Field(24, ge=0, description="never stop early before this many steps")
+    min_steps: int = Field(
+        24, ge=0, description="at least this many steps (a small night takes more passes), and no early stop before"
+    )
     min_delta: float = Field(0.005, ge=0, description="smallest validation improvement that counts")
     anchor_weight: float = Field(1.0, ge=0, description="weight of the KL-to-base term on distilled general rows")
     grad_checkpoint: bool = Field(False, description="gradient checkpointing (less memory, slower)")

@@ -183,6 +183,8 @@ DETERMINERS = {
     "their",
 }
 SUBJECT_PRONOUNS = {"he", "she"}
+NAMING_VERBS = {"name", "call", "christen", "dub", "nickname"}  # "we named her Pemberton"
+OBJECT_PRONOUNS = {"him", "her", "it", "them"}
 CORE_DEPS = {
     "nsubj",
     "nsubjpass",
@@ -697,7 +699,7 @@ class ParseGenerator:
         sentence = _render(clause, {}, person="first")
         change = bool(words & CHANGE_WORDS)
         topics = self._topics(clause, names)
-        naming = self._naming(clause)
+        naming, by_verb = self._naming(clause, head, doc)
         facts = []
         for span in spans:
             key = clean_key(span)
@@ -709,7 +711,7 @@ class ParseGenerator:
             if relation:
                 renderings += (f"Your {relation} is {'called ' if root.pos_ == 'PROPN' else ''}{key}.",)
                 forward, backward = naming_questions(relation, key, root.ent_type_ == "PERSON")
-                questions = forward + questions
+                questions = forward + ([] if root.i in by_verb else questions)
                 reverse, reverse_answer = tuple(backward), f"{key[0].upper() + key[1:]} is your {relation}."
             elif (
                 head.lemma_ == "be"
@@ -754,10 +756,11 @@ class ParseGenerator:
         return list(dict.fromkeys(topics))
 
     @staticmethod
-    def _naming(clause) -> dict[int, str]:
+    def _naming(clause, head, doc) -> tuple[dict[int, str], set[int]]:
         """Names and what they name, by the name's token: "Mochi, our shiba", "my partner Lars", "our van,
-        a white Ford Transit", "my dog is called Biscuit" -> {Mochi: "shiba", Lars: "partner", ...}."""
-        out = {}
+        a white Ford Transit", "my dog is called Biscuit", "we got a kitten, we called him Rolo" ->
+        {Mochi: "shiba", Lars: "partner", ..., Rolo: "kitten"}; and the names given by a naming verb."""
+        out: dict[int, str] = {}
         ids = {t.i for t in clause}
 
         def possessed(t) -> bool:  # "my name is Maya" is a property, not a name for something
@@ -783,7 +786,18 @@ class ParseGenerator:
                     )
             if other is not None and (t.pos_ == "PROPN" or t.dep_ == "appos"):
                 out[t.i] = relation(other)
-        return out
+        by_verb = set()
+        if head.lemma_.lower() in NAMING_VERBS and any(c.dep_ == "nsubj" and c.lower_ in FIRST for c in head.children):
+            names = [c for c in head.children if c.pos_ == "PROPN" and c.dep_ in ("oprd", "dobj", "attr", "xcomp")]
+            things = [c for c in head.children if c.dep_ == "dobj" and c.pos_ == "NOUN"]
+            if names and not things:  # "we named her Pemberton": what "her" stands for came before
+                things = [t for t in doc[: clause[0].i] if t.pos_ == "NOUN" and t.dep_ in ("dobj", "attr", "nsubj")][
+                    -1:
+                ]
+            if names and things and names[0].i not in out:
+                out[names[0].i] = relation(things[0])
+                by_verb.add(names[0].i)
+        return out, by_verb
 
     @staticmethod
     def _slot(subject, head, span, relation, key) -> str:
