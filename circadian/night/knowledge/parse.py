@@ -183,6 +183,7 @@ DETERMINERS = {
     "their",
 }
 SUBJECT_PRONOUNS = {"he", "she"}
+THINGS = {"GPE", "ORG", "FAC", "LOC", "PRODUCT", "WORK_OF_ART", "EVENT", "LANGUAGE"}  # named, not beings
 NAMING_VERBS = {"name", "call", "christen", "dub", "nickname"}  # "we named her Pemberton"
 OBJECT_PRONOUNS = {"him", "her", "it", "them"}
 CORE_DEPS = {
@@ -310,6 +311,8 @@ def _render(tokens, names: dict[int, str], *, person: str) -> str:
             word = SWAP[low] if low == "i" or not t.text[0].isupper() else SWAP[low].capitalize()
         elif person == "second" and after_you and low in BE_AFTER_YOU:
             word = BE_AFTER_YOU[low]
+        elif person == "first" and t.is_sent_start and t.pos_ != "PROPN" and low != "i":
+            word = low  # "Our van needs brakes" -> "What does our van need?"
         after_you = person == "second" and low in ("i", "we")
         after_name = False
         out.append((word, t))
@@ -457,6 +460,10 @@ def _answer_spans(clause, doc) -> list:
     ]
 
 
+def _indefinite(t) -> bool:
+    return any(c.dep_ == "det" and c.lower_ in ("a", "an") for c in t.children)
+
+
 def _root(span):
     ids = {t.i for t in span}
     return next((t for t in span if t.head.i not in ids or t.head.i == t.i), span[0])
@@ -474,8 +481,8 @@ def _wh_word(span, subject) -> tuple[str, bool]:
         return "what", False  # "we called him Rolo"
     if label == "PERSON" and not subject_is_name:
         return "who", False
-    if label in ("DATE", "TIME"):
-        return ("when", True) if prep is not None else ("when", False)
+    if label in ("DATE", "TIME") or (prep is not None and root.lemma_.lower() in TIME_NOUNS):
+        return ("when", True) if prep is not None else ("when", False)  # "on the 3rd", "on weekends"
     if (
         prep is not None
         and prep.lower_ in WHERE_PREPS
@@ -495,6 +502,24 @@ def _until_comma(tokens, head) -> list:
     return [t for t in tokens if t.text != ","]
 
 
+TIME_NOUNS = {
+    "weekend",
+    "weekday",
+    "morning",
+    "afternoon",
+    "evening",
+    "night",
+    "lunchtime",
+    "noon",
+    "midnight",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+}
 WEEKDAYS = {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"}
 INDIRECT_TEMPLATES = ("Tell me {q}.", "Do you know {q}?", "Remind me {q}.")
 
@@ -543,7 +568,7 @@ def _question(clause, head, subject, span, names) -> list[str]:
     for wh_word in _wh_variants(wh, span):
         if subject_ids & span_ids:  # asking for the subject: "Who is a carpenter?"
             rest = _until_comma([t for t in keep if t.i not in subject_ids and t.i not in remove], head)
-            if len(rest) >= 2:
+            if len(rest) >= 2 and not any(t.tag_ in ("WP", "WRB") for t in rest):  # not "Who is what?"
                 out += [_question_text(f"{wh_word} {first(rest)}"), ("indirect", f"{wh_word} {first(rest)}")]
             continue
         aux = next((t for t in keep if t.head.i == head.i and t.dep_ in ("aux", "auxpass") and t.i < head.i), None)
@@ -579,9 +604,10 @@ def _question(clause, head, subject, span, names) -> list[str]:
     return list(dict.fromkeys(questions))
 
 
-def naming_questions(relation: str, name: str, person: bool) -> tuple[list[str], list[str]]:
-    """Given what a name names ("partner") and the name ("Lars"), return (questions asking for the name,
-    questions asking what the name is): general over every relation a possessive can name."""
+def naming_questions(relation: str, name: str, person: bool | None) -> tuple[list[str], list[str]]:
+    """Given what a name names ("partner"), the name ("Lars") and whether it names a person (None: not
+    known), return (questions asking for the name, questions asking what the name is): general over
+    every relation a possessive can name."""
     forward = [
         f"What is my {relation}'s name?",
         f"What's my {relation} called?",
@@ -591,14 +617,37 @@ def naming_questions(relation: str, name: str, person: bool) -> tuple[list[str],
     ]
     if person:
         forward.append(f"Who is my {relation}?")
-    who = "Who" if person else "What"
-    reverse = [f"{who} is {name}?", f"Tell me {who.lower()} {name} is."]
+    words = ["Who"] if person else ["What"] if person is False else ["Who", "What"]
+    reverse = [q for who in words for q in (f"{who} is {name}?", f"Tell me {who.lower()} {name} is.")]
     return forward, reverse
 
 
 def copula_questions(topic: str) -> list[str]:
     """Given a possessed subject of a copula ("my favourite band"), return questions asking for its value."""
     return [f"What is {topic}?", f"What's {topic}?", f"Tell me {topic}."]
+
+
+AUXILIARIES = {
+    "is",
+    "am",
+    "are",
+    "was",
+    "were",
+    "will",
+    "would",
+    "can",
+    "could",
+    "do",
+    "does",
+    "did",
+    "have",
+    "has",
+    "had",
+    "should",
+    "shall",
+    "may",
+    "must",
+}
 
 
 def _embedded(question: str) -> str:
@@ -614,10 +663,73 @@ def _embedded(question: str) -> str:
         and words[1].lower() in ("long", "old", "many", "much", "often", "far")
         else 1
     )
+    if words[start].lower() not in AUXILIARIES and start + 1 < len(words) and words[start + 1].lower() in AUXILIARIES:
+        start += 1  # "What instrument do I play?"
     aux, rest = words[start], words[start + 1 :]
     if aux.lower() in ("do", "does", "did") or not rest:
         return ""
-    return " ".join([*[w.lower() for w in words[:start]], rest[0], aux.lower(), *rest[1:]])
+    size = 1  # the subject: "I", "my commute", "my mum's birthday"
+    while size < len(rest) and (rest[size - 1].lower() in DETERMINERS or rest[size - 1].lower().endswith("'s")):
+        size += 1
+    return " ".join([*[w.lower() for w in words[:start]], *rest[:size], aux.lower(), *rest[size:]])
+
+
+def _yes_no_as_wh(question: str, qsent) -> str:
+    """The assistant's yes/no question about "a something", asked for the thing: "Do I play an instrument
+    myself?" -> "What instrument do I play myself?" ("" when it has no such object)."""
+    obj = next((t for t in qsent if t.dep_ in ("dobj", "attr") and t.pos_ == "NOUN" and _indefinite_or_any(t)), None)
+    if obj is None:
+        return ""
+    phrase = " ".join(x.text for x in obj.subtree if x.dep_ != "det" and x.i <= obj.i)
+    found = re.search(rf"\b(?:a|an|any|some) {re.escape(phrase)}\b", question, flags=re.IGNORECASE)
+    if found is None:
+        return ""
+    rest = re.sub(r"\s+", " ", question[: found.start()] + question[found.end() :]).strip().rstrip("?")
+    return _question_text(f"what {phrase} {rest[0].lower() + rest[1:]}")
+
+
+def _indefinite_or_any(t) -> bool:
+    return any(c.dep_ == "det" and c.lower_ in ("a", "an", "any", "some") for c in t.children)
+
+
+def _cleft_facts(sent, turn: Turn) -> list[Fact]:
+    """A name said to be the answer of a wh-clause: "Phoebe Bridgers is who I play most" -> "Who do I play
+    most?" (the clause's own question, with do-support)."""
+    out = []
+    for be in sent:
+        subject = next((c for c in be.children if c.dep_ == "nsubj" and c.pos_ == "PROPN"), None)
+        verb = next(
+            (c for c in be.children if c.dep_ in ("ccomp", "attr", "xcomp", "relcl") and c.pos_ == "VERB"), None
+        )
+        if be.lemma_ != "be" or subject is None or verb is None:
+            continue
+        wh = next((c for c in verb.subtree if c.lower_ in ("who", "what", "where", "when")), None)
+        actor = next((c for c in verb.children if c.dep_ == "nsubj" and c.lower_ in FIRST), None)
+        if wh is None or actor is None:
+            continue
+        after = _until_comma([t for t in verb.subtree if t.i > verb.i and t.i != wh.i and not _is_filler(t)], verb)
+        rest = " ".join(t.text for t in after)
+        name = " ".join([c.text for c in subject.children if c.dep_ == "compound"] + [subject.text])
+        me = "I" if actor.lower_ in ("i", "me") else "we"
+        do = "did" if verb.tag_ == "VBD" else "do"
+        said = " ".join(x for x in (wh.lower_, me, verb.text, rest) if x)
+        out.append(
+            Fact(
+                statement=_sentence(f"{name} is {wh.lower_} {'you' if me == 'I' else 'you'} {verb.text} {rest}"),
+                answers=(name,),
+                questions=(
+                    _question_text(" ".join(x for x in (wh.lower_, do, me, verb.lemma_, rest) if x)),
+                    *(template.format(q=said) for template in INDIRECT_TEMPLATES[:2]),
+                ),
+                slot=f"{me.lower()}|{verb.lemma_}|cleft|{wh.lower_}",
+                source_id=turn.record_id,
+                turn=turn.index,
+                sentence=sent.text,
+                generator=NAME,
+                version=VERSION,
+            )
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ the generator
@@ -651,6 +763,7 @@ class ParseGenerator:
                 ):
                     found += self._answer_to(asked, sent, turn)
                 elif not _is_question_or_request(sent):
+                    found += _cleft_facts(sent, turn)
                     heads = _clause_heads(sent)
                     clauses = [(head, _clause_tokens(head, heads)) for head in heads]
                     whole = (
@@ -705,14 +818,37 @@ class ParseGenerator:
             key = clean_key(span)
             root = _root(span)
             relation = naming.get(root.i)
+            kind = relation and root.dep_ == "appos" and any(c.lower_ in ("a", "an") for c in root.children)
             questions = _question(clause, head, subject, span, names)
             renderings = tuple(r for r in ([whole] if whole and whole != statement else []))
             reverse, reverse_answer = (), ""
-            if relation:
+            if kind:  # "our van, a white Ford Transit": what kind of thing it is, not its name
+                renderings += (f"Your {relation} is a {key}.",)
+                questions = [
+                    f"What kind of {relation} do I have?",
+                    f"What is my {relation}?",
+                    f"Tell me what kind of {relation} I have.",
+                ]
+            elif relation:
                 renderings += (f"Your {relation} is {'called ' if root.pos_ == 'PROPN' else ''}{key}.",)
-                forward, backward = naming_questions(relation, key, root.ent_type_ == "PERSON")
+                forward, backward = naming_questions(
+                    relation, key, True if root.ent_type_ == "PERSON" else False if root.ent_type_ in THINGS else None
+                )
                 questions = forward + ([] if root.i in by_verb else questions)
                 reverse, reverse_answer = tuple(backward), f"{key[0].upper() + key[1:]} is your {relation}."
+            elif (
+                head.lemma_ == "be"
+                and subject is not None
+                and subject.i not in {t.i for t in span}
+                and (root.ent_type_ == "NORP" or (root.dep_ == "attr" and root.pos_ == "NOUN" and _indefinite(root)))
+            ):  # "I'm Dutch": a nationality; "Lars is a carpenter", "I'm an electrician": what someone does
+                who = _render(sorted(subject.subtree, key=lambda t: t.i), names, person="first")
+                be, do = ("am", "do") if who == "I" else ("is", "does")
+                questions = (
+                    [f"What nationality {be} {who}?", f"Where {be} {who} from?"]
+                    if root.ent_type_ == "NORP"
+                    else [f"What {do} {who} do?", f"What {do} {who} do for a living?"]
+                ) + questions
             elif (
                 head.lemma_ == "be"
                 and subject is not None
@@ -778,6 +914,8 @@ class ParseGenerator:
             other = None
             if t.dep_ == "appos" and possessed(t.head):  # "our van, a white Ford Transit" / "my partner Lars"
                 other = t.head
+            elif t.pos_ == "PROPN" and t.i > 0 and possessed(doc[t.i - 1]):  # "my mum Els turns 62"
+                other = doc[t.i - 1]
             elif t.pos_ == "PROPN":
                 other = next((c for c in t.children if c.dep_ == "appos" and possessed(c)), None)
                 if other is None and t.dep_ in ("attr", "oprd"):  # "my dog is called Biscuit"
@@ -873,8 +1011,13 @@ class ParseGenerator:
         spans = _answer_spans(list(sent), sent.doc) or [reply_tokens]
         keys = [k for k in (clean_key(s) for s in spans) if k]
         topic = _join_tokens([(VOICE.get(t.lower_, t.text), t) for t in sorted(subject.subtree, key=lambda t: t.i)])
-        embedded = _embedded(asked_again)
-        questions = (asked_again, *(template.format(q=embedded) for template in INDIRECT_TEMPLATES[:2] if embedded))
+        asked_wh = _yes_no_as_wh(asked_again, qsent) if not wh else ""
+        embedded = _embedded(asked_wh or asked_again)
+        questions = (
+            *([asked_wh] if asked_wh else []),
+            asked_again,
+            *(template.format(q=embedded) for template in INDIRECT_TEMPLATES[:2] if embedded),
+        )
         return [
             Fact(
                 statement=statement,
