@@ -618,7 +618,11 @@ def naming_questions(relation: str, name: str, person: bool | None) -> tuple[lis
     if person:
         forward.append(f"Who is my {relation}?")
     words = ["Who"] if person else ["What"] if person is False else ["Who", "What"]
-    reverse = [q for who in words for q in (f"{who} is {name}?", f"Tell me {who.lower()} {name} is.")]
+    reverse = [
+        q
+        for who in words
+        for q in (f"{who} is {name}?", f"Tell me {who.lower()} {name} is.", f"Do you know {who.lower()} {name} is?")
+    ]
     return forward, reverse
 
 

@@ -94,8 +94,9 @@ def build(
             out.valid.append(row(chosen, fact.statement, fact))
         for n, question in enumerate(questions[:MAX_QUESTIONS]):
             out.train.append(row(question, answers[n % len(answers)], fact))
-        for question in fact.reverse:
-            out.train.append(row(question, fact.reverse_answer or fact.statement, fact))
+        reverse_answers = [a for a in (fact.reverse_answer, fact.statement) if a]
+        for n, question in enumerate(fact.reverse):  # both answers, so the name is bound to the fact itself
+            out.train.append(row(question, reverse_answers[n % len(reverse_answers)], fact))
         for topic in fact.topics[:2]:
             statements = about.get(topic.lower(), [fact.statement])
             for template in ABOUT_TEMPLATES[:2]:
