@@ -183,6 +183,7 @@ DETERMINERS = {
     "their",
 }
 SUBJECT_PRONOUNS = {"he", "she"}
+NAME_LABELS = {"PERSON", "ORG", "GPE", "NORP", "FAC", "LOC", "PRODUCT", "WORK_OF_ART", "EVENT"}
 THINGS = {"GPE", "ORG", "FAC", "LOC", "PRODUCT", "WORK_OF_ART", "EVENT", "LANGUAGE"}  # named, not beings
 NAMING_VERBS = {"name", "call", "christen", "dub", "nickname"}  # "we named her Pemberton"
 OBJECT_PRONOUNS = {"him", "her", "it", "them"}
@@ -247,6 +248,49 @@ CHAT_SPELLINGS = {
     "havent": "haven't",
     "thats": "that's",
 }
+
+
+def parse(texts):
+    """The parsed messages: chat spellings written out (`chat_text`), parsed with every sentence begun
+    with a capital (the small pipeline, trained on edited text, misparses "actually choir is on mondays"),
+    then the same analysis on the words as written, so no answer changes case."""
+    from spacy.tokens import Doc
+
+    written = [chat_text(t) for t in texts]
+    cased = [re.sub(r"(^|[.!?]\s+|\n\s*)([a-z])", lambda m: m.group(1) + m.group(2).upper(), t) for t in written]
+    for text, doc in zip(written, pipeline().pipe(cased)):
+        if doc.text == text:
+            yield doc
+            continue
+        words = [text[t.idx : t.idx + len(t)] for t in doc]
+        as_written = pipeline()(text)
+        aligned = [t.text for t in as_written] == words
+        cased_only = [w != t.text for w, t in zip(words, doc)]  # "Choir": a capital we gave it
+        ents = [f"{t.ent_iob_}-{t.ent_type_}" if t.ent_iob_ in ("B", "I") else "O" for t in doc]
+        proper = [t.pos_ == "PROPN" for t in doc]
+        for i, t in enumerate(doc):
+            if aligned and (cased_only[i] or ents[i] == "O"):  # as written, "vienna" is a place, "choir" no one
+                w = as_written[i]
+                ents[i] = f"{w.ent_iob_}-{w.ent_type_}" if w.ent_iob_ in ("B", "I") else "O"
+                proper[i] = proper[i] and (w.pos_ == "PROPN" or not cased_only[i])
+            elif cased_only[i] and t.ent_type_ in NAME_LABELS:
+                ents[i] = "O"
+                proper[i] = False
+        for i in range(len(ents)):  # an entity whose start was dropped starts where it now begins
+            if ents[i].startswith("I-") and (i == 0 or ents[i - 1] == "O" or ents[i - 1][2:] != ents[i][2:]):
+                ents[i] = "B-" + ents[i][2:]
+        yield Doc(
+            doc.vocab,
+            words=words,
+            spaces=[bool(t.whitespace_) for t in doc],
+            pos=["NOUN" if t.pos_ == "PROPN" and not p else t.pos_ for p, t in zip(proper, doc)],
+            tags=["NN" if t.tag_ == "NNP" and not p else t.tag_ for p, t in zip(proper, doc)],
+            lemmas=[t.lemma_.lower() if c else t.lemma_ for c, t in zip(cased_only, doc)],
+            heads=[t.head.i for t in doc],
+            deps=[t.dep_ for t in doc],
+            ents=ents,
+            sent_starts=[bool(t.is_sent_start) for t in doc],
+        )
 
 
 def chat_text(text: str) -> str:
@@ -322,7 +366,13 @@ def _render(tokens, names: dict[int, str], *, person: str) -> str:
 def clean_key(tokens) -> str:
     """An answer phrase without its determiners, possessives and punctuation ("a white Ford Transit" ->
     "white Ford Transit", "our van" -> "van")."""
-    tokens = [t for t in tokens if t.dep_ not in ("case", "punct") and not (t.dep_ == "poss" and t.lower_ in FIRST)]
+    tokens = [
+        t
+        for t in tokens
+        if t.dep_ not in ("case", "punct")
+        and not (t.dep_ == "poss" and t.lower_ in FIRST)
+        and not (t.dep_ == "compound" and t.pos_ == "NOUN" and any(c.lower_ in FIRST for c in t.children))
+    ]  # "my mum Els" -> "Els"
     while tokens and tokens[0].lower_ in DETERMINERS:
         tokens = tokens[1:]
     while tokens and (tokens[-1].is_punct or tokens[-1].lower_ in ("'s", "’s")):
@@ -448,7 +498,7 @@ def _answer_spans(clause, doc) -> list:
         if not key or key.lower() in IDIOMS or "redacted" in key or "#" in key:
             continue
         if any(t.lower_ == "no" and t.dep_ == "det" for t in span) or any(
-            t.dep_ == "neg" for t in span[0].head.children
+            t.dep_ == "neg" for t in (*span[0].head.children, *_root(span).head.children)
         ):
             continue
         kept.append(span)
@@ -751,9 +801,7 @@ class ParseGenerator:
     def mine(self, conversation: Conversation) -> Mined:
         out = Mined()
         last_person: str | None = None
-        for turn, doc in zip(
-            conversation.user_turns, pipeline().pipe(chat_text(t.content) for t in conversation.user_turns)
-        ):
+        for turn, doc in zip(conversation.user_turns, parse(t.content for t in conversation.user_turns)):
             found: list[Fact] = []
             asked = conversation.before(turn)
             for sent in doc.sents:
@@ -844,6 +892,7 @@ class ParseGenerator:
                 head.lemma_ == "be"
                 and subject is not None
                 and subject.i not in {t.i for t in span}
+                and (subject.lower_ in FIRST or subject.pos_ == "PROPN" or subject.i in names)
                 and (root.ent_type_ == "NORP" or (root.dep_ == "attr" and root.pos_ == "NOUN" and _indefinite(root)))
             ):  # "I'm Dutch": a nationality; "Lars is a carpenter", "I'm an electrician": what someone does
                 who = _render(sorted(subject.subtree, key=lambda t: t.i), names, person="first")
@@ -967,7 +1016,7 @@ class ParseGenerator:
 
     def _answer_to(self, asked: Turn, sent, turn: Turn) -> list[Fact]:
         """A short reply to the assistant's question: the question turned into a statement, with the reply."""
-        qdoc = pipeline()(asked.content.strip().split("\n")[-1])
+        qdoc = next(parse([asked.content.strip().split("\n")[-1]]))
         qsent = list(qdoc.sents)[-1]
         if not qsent.text.strip().endswith("?"):
             return []
