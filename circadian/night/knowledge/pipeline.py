@@ -81,6 +81,7 @@ def _merge(facts: list[Fact]) -> list[Fact]:
                 "questions": tuple(dict.fromkeys(kept.questions + fact.questions)),
                 "reverse": kept.reverse or fact.reverse,
                 "reverse_answer": kept.reverse_answer or fact.reverse_answer,
+                "context": kept.context or fact.context,
                 "topics": tuple(dict.fromkeys(kept.topics + fact.topics)),
                 "renderings": tuple(dict.fromkeys(kept.renderings + (fact.statement,) + fact.renderings)),
                 "generator": kept.generator

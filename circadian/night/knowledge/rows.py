@@ -2,7 +2,9 @@
 
 For each fact (after Physics of LMs 3.1: several renderings, order permuted; both directions):
 - its questions (wh-questions, the rule generator's wordings), each answered with the statement or
-  one of its renderings, in turn;
+  one of its renderings, in turn; the first with the whole sentence when the fact is one of its clauses,
+  so a question that calls up a sibling clause's answer ("What did we adopt?" beside "What is my
+  tortoise called?") still gets both;
 - "what do you know about <topic>" rows, answered with every statement about that topic, in an order
   that changes from row to row;
 - its reverse questions ("Who is Lars?" -> "Lars is your partner.");
@@ -78,7 +80,7 @@ def build(
     out = FactRows()
     held: set[str] = set()
     for fact in facts:
-        answers = [fact.statement, *fact.renderings]
+        answers = list(dict.fromkeys([fact.context or fact.statement, fact.statement, *fact.renderings]))
         questions = list(dict.fromkeys(fact.questions))
         if probes:
             if fact.topics:
