@@ -47,15 +47,16 @@ ifeq ($(UNAME),Linux)
 	    { $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }; }
 endif
 
+# two workers, one thread each: most tests wait on subprocesses (a CLI's imports, a daemon, a browser)
 test: setup browser lint
-	$(BIN)/pytest -q --durations=15
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 --durations=15
 
 lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 -m "not slow"
 
 bench: setup
 	$(PY) bench/chat_overhead.py
