@@ -101,6 +101,35 @@ def test_a_later_statement_replaces_an_earlier_one_but_two_brothers_stay_two():
     assert {"tom", "sam"} <= answers_of(knowledge.facts)
 
 
+def test_parse_reads_lowercase_chat_without_inventing_names():
+    found = facts_of(
+        chat(
+            "choir was on tuesdays but that's changing",
+            "my mum Els turns 62 on the 14th of March",
+            "she loves gardening, especially roses",
+        )
+    )
+    choir = next(f for f in found if f.answers == ("tuesdays",))
+    assert choir.questions[0] == "When was choir?"
+    assert not any(f.answers == ("choir",) or "choir" in f.statement.lower() for f in found if f is not choir)
+    els = next(f for f in found if f.answers == ("Els",))
+    assert "What is my mum's name?" in els.questions
+    van = next(
+        f for f in facts_of(chat("our van, a white Ford Transit, needs new brakes")) if "Transit" in f.answers[0]
+    )
+    assert van.questions[0] == "What kind of van do I have?"  # parsed as "Our van, ...": an apposition
+    vienna = facts_of(chat("Where are you flying to?", "vienna, on the 3rd", roles="au"))
+    assert [f.answers for f in vienna][:1] == [("vienna",)]  # a place, lowercase as written
+
+
+def test_a_fact_that_is_one_clause_of_a_sentence_answers_with_the_whole_sentence():
+    found = facts_of(chat("we finally adopted a tortoise last month, we named her Pemberton"))
+    adopted = next(f for f in found if f.answers == ("tortoise",))
+    made = rows.build(found)
+    first = next(r for r in made.train if r["lineage"]["fact"] == adopted.key)
+    assert "Pemberton" in first["messages"][1]["content"]  # the name comes along with the sibling question
+
+
 def test_rows_probe_in_a_wording_no_training_row_uses_and_train_away_the_old_answer():
     knowledge = pipeline.mine(
         [chat("my partner Lars is a carpenter", "choir is on tuesdays", "choir is on mondays now instead")],
