@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import select
+import signal
 import sys
 import time
 
@@ -139,6 +140,7 @@ def test_chat_ctrl_c_in_a_real_terminal_stops_reply_and_keeps_session(paths, use
     env = {**os.environ, "CIRCADIAN_CHAT__MAX_TOKENS": "30000", "TERM": "xterm"}
     pid, fd = pty.fork()
     if pid == 0:  # child: the real command on a real terminal
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as from a login shell (a background job inherits SIG_IGN)
         os.chdir(ROOT)
         os.execvpe(sys.executable, [*CLI, "chat"], env)
     try:
