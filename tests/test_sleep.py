@@ -81,6 +81,16 @@ def test_sleep_dry_run_touches_nothing(night):
     assert sorted((p, p.stat().st_mtime_ns) for p in night.home.rglob("*")) == before
 
 
+def test_sleep_dry_run_uses_the_generator_the_config_names(night):
+    say(night, "we finally adopted a tortoise last month, we named her Pemberton")
+    plan = json.loads(run_cli("sleep", "--dry-run", "--json", env={"CIRCADIAN_SLEEP__GENERATOR": "rules"}).stdout)
+    assert plan["knowledge"]["generators"][0].startswith("rules") and not plan["facts"]  # no pattern matches it
+    parsed = json.loads(run_cli("sleep", "--dry-run", "--json", env={"CIRCADIAN_SLEEP__GENERATOR": "parse"}).stdout)
+    assert any(f["value"] == "Pemberton" for f in parsed["facts"])
+    bogus = run_cli("sleep", "--dry-run", env={"CIRCADIAN_SLEEP__GENERATOR": "bogus"})
+    assert bogus.returncode != 0 and "unknown generator 'bogus'" in bogus.stderr
+
+
 def test_sleep_with_nothing_to_learn_is_not_an_error(night):
     result = sleep_json()
     assert result["outcome"] == "nothing to learn"

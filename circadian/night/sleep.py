@@ -714,6 +714,16 @@ def finish(cycle: Cycle, paths: Paths, summary: CycleSummary, final_stage: str =
     return summary
 
 
+def _dry_run_generators(setting: str):
+    """The generators a dry run uses: the one `sleep.generator` names; for auto and model, which need the
+    teacher loaded, the night's teacher-free fallback (said so)."""
+    from circadian.night.knowledge import pipeline
+
+    if setting in ("auto", "model"):
+        return dataset.default_generators(), f"sleep.generator is {setting}: decided at night; this plan uses parse"
+    return pipeline.choose(setting), f"sleep.generator is {setting}"
+
+
 def dry_run(paths: Paths, config: Config, console=None) -> dict:
     """Steps 1-3 with nothing written: what tonight would train."""
     from rich.console import Console
@@ -723,7 +733,9 @@ def dry_run(paths: Paths, config: Config, console=None) -> dict:
     _scan, selection, plan = prepare(paths, config, say)
     wanted = dataset.distill_wanted(plan, config.sleep, len(distill.prompts()))
     general, not_cached = distill.cached_rows(paths.models / "distill_cache", resolved.path, wanted)
-    plan = dataset.build(selection, config.sleep, general=general, seed=config.train.seed)
+    generators, why = _dry_run_generators(config.sleep.generator)
+    plan = dataset.build(selection, config.sleep, general=general, seed=config.train.seed, generators=generators)
+    plan.knowledge.generators = [f"{g.name} {g.version}" for g in generators] + [why]
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
