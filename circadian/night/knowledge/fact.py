@@ -4,7 +4,7 @@ the questions that ask for it, and its lineage; and the facts it rejected, with 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from circadian.night.knowledge.conversation import Conversation
@@ -86,13 +86,7 @@ class Rejected:
     source_id: str = ""
 
     def to_dict(self) -> dict:
-        return {
-            "statement": self.statement,
-            "reason": self.reason,
-            "generator": self.generator,
-            "sentence": self.sentence,
-            "source_id": self.source_id,
-        }
+        return asdict(self)
 
 
 @dataclass
