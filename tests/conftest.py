@@ -124,6 +124,9 @@ distill_prompts = 3
 distill_per_fact_row = 0
 probe_max_tokens = 6
 capability_max_tokens = 4
+capability_questions = 24
+style_prompts = 6
+style_max_tokens = 16
 [train]
 max_steps = 4
 eval_every = 2
@@ -131,6 +134,8 @@ min_steps = 0
 learning_rate = 0.005
 [gate]
 max_capability_drop = 1.0
+max_total_capability_drop = 1.0
+max_style_drop = 1.0
 max_ppl_drift = 100.0
 max_total_ppl_drift = 100.0
 """

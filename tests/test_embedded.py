@@ -81,3 +81,17 @@ def test_ask_capital_of_france_on_fresh_home_real_model(backend, embedded_model,
     logged = json.loads((home / "data" / "memories.jsonl").read_text())
     assert logged["messages"][1]["content"] == answer["reply"]
     assert logged["model"] == "embedded:smollm2-135m-instruct"
+
+
+@pytest.mark.slow
+def test_the_first_impression_passes_the_style_check_without_library_warnings(embedded_model, home):
+    """The demo's first message, with the default system prompt and decoding: an English reply with no
+    loop (greedy without them answered in looping French, or recommended dog food), and no warning."""
+    from circadian.night import style
+
+    for prompt in ["Good morning! I'm Maya. Just got back from walking Pepper, my beagle.", "How can I sleep better?"]:
+        result = run_cli("ask", prompt, "--json", "--no-log", "--max-tokens", "120")
+        assert result.returncode == 0, result.stderr
+        reply = json.loads(result.stdout)["reply"]
+        assert style.language(reply) == "en" and not style.has_loop(reply), reply
+        assert "warn" not in result.stderr.lower() and "deprecated" not in result.stderr, result.stderr

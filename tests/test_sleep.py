@@ -37,6 +37,13 @@ def test_sleep_promotes_reports_and_follows_rollback(night):
     assert manifest.gate["decision"] == "promoted" and manifest.parent is None
     assert manifest.weights and manifest.data["sha256"] and manifest.peak_memory_mb > 0
     assert manifest.metrics["before"]["recall"] is not None and manifest.train["best_step"] >= 0
+    assert "router.json" in manifest.weights  # the router is checked with the weights
+    assert manifest.metrics["base"]["capability"] == manifest.metrics["before"]["capability"]  # night 1: the base
+    summary = json.loads((night.runs / first["cycle_id"] / "summary.json").read_text())
+    misroutes = summary["after"]["router"]
+    assert misroutes["facts"] == len(summary["after"]["recall"]["items"]) + len(summary["after"]["retention"]["items"])
+    assert misroutes["general"] == 24 + 6 and misroutes["fitted_on"]["facts"] >= 2
+    assert summary["after"]["style"]["n"] == 6 and summary["before"]["style"]["range"]
     cycle = night.runs / first["cycle_id"]
     for name in ("report.md", "report.html", "metrics.jsonl", "dataset/train.jsonl", "dataset/lineage.jsonl"):
         assert (cycle / name).exists(), name

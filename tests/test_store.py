@@ -124,7 +124,13 @@ def test_sleep_lock_refuses_second_and_recovers_from_dead_holder(paths, tmp_path
         assert holder(lock_path)["cycle_id"] == "c3"
 
 
-BEFORE = {"recall": {"score": 0.1}, "val_loss": 1.8, "capability": {"score": 1.0}, "perplexity": 16.0}
+BEFORE = {
+    "recall": {"score": 0.1},
+    "val_loss": 1.8,
+    "capability": {"score": 1.0},
+    "perplexity": 16.0,
+    "style": {"score": 1.0},
+}
 
 
 @pytest.mark.parametrize(
@@ -154,12 +160,46 @@ BEFORE = {"recall": {"score": 0.1}, "val_loss": 1.8, "capability": {"score": 1.0
             "perplexity rose",
             id="drift",
         ),
+        pytest.param(
+            {
+                "recall": {"score": 0.9},
+                "val_loss": 0.6,
+                "capability": {"score": 1.0},
+                "perplexity": 16.0,
+                "style": {"score": 0.9},
+            },
+            False,
+            "style check dropped",
+            id="style_drop",
+        ),
+        pytest.param(
+            {
+                "recall": {"score": 0.9},
+                "val_loss": 0.6,
+                "capability": {"score": 1.0},
+                "perplexity": 16.0,
+                "style": {"score": 1.0},
+            },
+            True,
+            "style check held",
+            id="style_held",
+        ),
     ],
 )
 def test_gate_decide(after, promote, reason):
     decision = gate.decide(BEFORE, after, GateSettings())
     assert decision.promote is promote
     assert any(reason in r for r in decision.reasons)
+
+
+def test_gate_capability_drops_add_up_against_the_base():
+    """Each night may lose 1%, but not 1% every night: the drop is bounded against the base too."""
+    before = {**BEFORE, "capability": {"score": 0.60}}
+    after = {"recall": {"score": 0.9}, "val_loss": 0.6, "capability": {"score": 0.595}, "perplexity": 16.0}
+    assert gate.decide(before, after, GateSettings(), base_capability=0.61).promote
+    decision = gate.decide(before, after, GateSettings(), base_capability=0.62)
+    assert not decision.promote
+    assert any("capability vs the base model" in r for r in decision.reasons)
 
 
 def test_gate_total_drift_against_base():

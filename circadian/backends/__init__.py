@@ -8,10 +8,14 @@ A backend is any object with the `Backend` shape below, registered by a distribu
 `mlx` and `torch` ship with circadian and are registered the same way. The rest of the program
 talks to these Protocols only; mlx and torch are imported inside their backend modules.
 
-Two optional LoadedModel methods are used when a backend has them: `greedy_batch(conversations,
-max_tokens, batch_size)` (greedy replies in batches; else one `stream` per question) and
-`blend_adapter(start, factor)` (move the trained adapter back toward the one it started from;
-else the gate's blended fallback is skipped).
+Optional LoadedModel methods, used when a backend has them:
+- `greedy_batch(conversations, settings, batch_size)`: greedy replies in batches (else one
+  `stream` per question);
+- `blend_adapter(start, factor)`: move the trained adapter back toward the one it started from
+  (else the gate's blended fallback is skipped);
+- the memory router (backends/router.py): `features(texts, layers)`, `router_layers()`, a `router`
+  attribute the backend obeys in `stream` and `greedy_batch`, `answered_by(conversations)` and
+  `base_only()` (else every turn uses the adapter, and the base model's answers are not cached).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class GenerationSettings:
     max_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
+    repetition_penalty: float = 1.0  # 1 = off; as mlx-lm's: over the last repetition_context tokens
+    repetition_context: int = 64
 
 
 @dataclass

@@ -106,13 +106,36 @@ class MLXModel:
         prompt = self._wrapper.apply_chat_template(messages, add_generation_prompt=True)
         sampler = make_sampler(temp=settings.temperature, top_p=settings.top_p if settings.temperature > 0 else 0.0)
         for response in stream_generate(
-            self.model, self._wrapper, prompt, max_tokens=settings.max_tokens, sampler=sampler
+            self.model,
+            self._wrapper,
+            prompt,
+            max_tokens=settings.max_tokens,
+            sampler=sampler,
+            logits_processors=self._processors(settings),
         ):
             if cancel is not None and cancel.is_set():
                 break
             if response.finish_reason == "stop" and not response.text:
                 break
             yield Chunk(response.text, 1)
+
+    def _processors(self, settings: GenerationSettings) -> list | None:
+        """mlx-lm's repetition penalty over the last `repetition_context` tokens, with the end-of-turn
+        tokens exempt (the chat template puts them in every prompt), as the torch backend does."""
+        if settings.repetition_penalty == 1.0:
+            return None
+        from mlx_lm.sample_utils import make_repetition_penalty
+
+        penalty = make_repetition_penalty(settings.repetition_penalty, settings.repetition_context)
+        exempt = sorted(set(self._wrapper.eos_token_ids or []) | {self.tokenizer.eos_token_id} - {None})
+
+        def recent_repetition_penalty(tokens, logits):
+            kept = logits[:, exempt]
+            logits = penalty(tokens, logits)
+            logits[:, exempt] = kept
+            return logits
+
+        return [recent_repetition_penalty]
 
     # ----------------------------------------------------------------------------- scoring
 

@@ -45,11 +45,21 @@ def template_ids(tokenizer, messages: list[dict], *, generation_prompt: bool = F
     return _ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt))
 
 
-def encode_chat(tokenizer, messages: list[dict], max_length: int = 2048) -> Example:
-    """Given messages, return the templated ids with every assistant turn as a target.
+def with_system(messages: list[dict], system_prompt: str) -> list[dict]:
+    """Given messages and the chat's system prompt, return them under it unless they have their own
+    (a fact is learned in the context it will be asked in)."""
+    if not system_prompt or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def encode_chat(tokenizer, messages: list[dict], max_length: int = 2048, system_prompt: str = "") -> Example:
+    """Given messages (put under `system_prompt` when they have none), return the templated ids with
+    every assistant turn as a target.
 
     Raise CircadianError if the template is not prefix-stable or an assistant span is empty.
     """
+    messages = with_system(messages, system_prompt)
     full = template_ids(tokenizer, messages)
     mask = [0] * len(full)
     for i, message in enumerate(messages):

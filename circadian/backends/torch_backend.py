@@ -7,6 +7,7 @@ arrive; the caller cancels between tokens (an Event, or Ctrl-C's KeyboardInterru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -14,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from circadian.backends import Chunk, GenerationSettings, LoadRequest, TrainResult
+from circadian.backends import Chunk, GenerationSettings, LoadRequest, TrainResult, router
+from circadian.backends.router import Router
 from circadian.core.errors import CircadianError
 
 if TYPE_CHECKING:
@@ -24,6 +26,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 TEACHER_TOP_K = 64  # cached teacher log-probabilities per position of an anchor row
 # peft asks transformers a question transformers has renamed; the answer is the same
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+# transformers 5 renames `past_key_values` (still accepted; older versions know only it): not the user's concern
+warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*", category=FutureWarning)
 
 
 def resolve_device(requested: str) -> str:
@@ -52,10 +56,34 @@ def resolve_dtype(requested: str, device: str):
     return getattr(torch, requested)
 
 
-def _pick(logits, settings: GenerationSettings, generator) -> int:
-    """Given next-token logits, return the greedy token, or a temperature/top-p sample."""
+def _repetition_processor(settings: GenerationSettings, exempt: list[int]):
+    """Given the settings and the token ids never penalized (end of turn, padding: the chat template
+    puts them in every prompt), return a transformers logits processor that applies the repetition
+    penalty over the last `repetition_context` tokens only (mlx-lm's semantics; transformers' own
+    `repetition_penalty` sees the whole sequence, prompt included), or None when it is off."""
+    if settings.repetition_penalty == 1.0:
+        return None
+    from transformers.generation.logits_process import LogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    penalty, context = RepetitionPenaltyLogitsProcessor(settings.repetition_penalty), settings.repetition_context
+
+    class RecentRepetitionPenalty(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            kept = scores[:, exempt].clone()
+            scores = penalty(input_ids[:, -context:], scores)
+            scores[:, exempt] = kept
+            return scores
+
+    return RecentRepetitionPenalty()
+
+
+def _pick(logits, settings: GenerationSettings, generator, history=None, processor=None) -> int:
+    """Given next-token logits (and the token history for the repetition penalty), return the
+    greedy token, or a temperature/top-p sample."""
     import torch
 
+    if processor is not None and history is not None:
+        logits = processor(history, logits[None])[0]
     if settings.temperature <= 0:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / settings.temperature, dim=-1)
@@ -131,6 +159,8 @@ class TorchModel:
         self.adapter_path: Path | None = None
         self.quantized = request.quantize == "4bit"
         self.eos_ids = self._eos_ids()
+        self.router: Router | None = None  # per turn, adapter or base model (backends/router.py)
+        self.last_route: str | None = None  # "adapter" | "base" for the last reply streamed
         if request.adapter_path is not None:
             self.set_adapter(request.adapter_path, request.adapter_version)
 
@@ -153,6 +183,7 @@ class TorchModel:
         self.model = self.base
         self.adapter_version = None
         self.adapter_path = adapter_path
+        self.router = router.load(adapter_path)
         if adapter_path is not None:
             try:
                 self.model = PeftModel.from_pretrained(self.base, str(adapter_path), is_trainable=False)
@@ -163,6 +194,82 @@ class TorchModel:
                 ) from None
             self.model.eval()
             self.adapter_version = adapter_version
+
+    # ----------------------------------------------------------------------------- routing
+
+    def _adapter_off(self):
+        """A context in which the base model answers (the adapter switched off), if one is loaded."""
+        from peft import PeftModel
+
+        return self.model.disable_adapter() if isinstance(self.model, PeftModel) else contextlib.nullcontext()
+
+    def router_layers(self) -> list[int]:
+        """The hidden-state layers the router reads: a middle one and the last one."""
+        n = self.base.config.num_hidden_layers
+        return [n // 2, n]
+
+    def features(self, texts: list[str], layers: list[int] | None = None, batch_size: int = 32):
+        """Given texts, return the base model's mean hidden state over each one's tokens at `layers`
+        (concatenated) as an [n, d * len(layers)] CPU tensor: what the router reads."""
+        import torch
+
+        layers = layers or self.router_layers()
+        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"][:256] or [self._pad_id()] for t in texts]
+        out = []
+        was_training = self.model.training
+        if was_training:
+            self.model.eval()
+        try:
+            with self._adapter_off(), torch.inference_mode():
+                for start in range(0, len(encoded), batch_size):
+                    rows = encoded[start : start + batch_size]
+                    width = max(len(r) for r in rows)
+                    ids = torch.full((len(rows), width), self._pad_id(), dtype=torch.long)
+                    mask = torch.zeros((len(rows), width), dtype=torch.long)
+                    for i, r in enumerate(rows):
+                        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+                    hidden = self.model(
+                        input_ids=ids.to(self.model.device),
+                        attention_mask=mask.to(self.model.device),
+                        output_hidden_states=True,
+                    ).hidden_states
+                    weights = mask.to(hidden[0].device).unsqueeze(-1).float()
+                    pooled = [(hidden[k].float() * weights).sum(1) / weights.sum(1) for k in layers]
+                    out.append(torch.cat(pooled, dim=-1).cpu())
+        finally:
+            if was_training:
+                self.model.train()
+        width = self.base.config.hidden_size * len(layers)
+        return torch.cat(out) if out else torch.zeros((0, width))
+
+    def routes(self, conversations: list[list[dict]]) -> list[bool]:
+        """Given conversations, return for each whether the adapter answers it (True) or the base
+        model does: the router's call on the last user message; True when there is no router."""
+        from peft import PeftModel
+
+        if self.router is None or not isinstance(self.model, PeftModel) or not conversations:
+            return [True] * len(conversations)
+        last = [next((m["content"] for m in reversed(c) if m["role"] == "user"), "") for c in conversations]
+        return self.router.wants_adapter(self.features(last, self.router.layers or None))
+
+    def answered_by(self, conversations: list[list[dict]]) -> list[str]:
+        """Given conversations, return who answers each: "base" (no adapter on, or the router sends
+        it to the base model) or "adapter"."""
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            return ["base"] * len(conversations)
+        return ["adapter" if r else "base" for r in self.routes(conversations)]
+
+    @contextlib.contextmanager
+    def base_only(self):
+        """A context in which every reply comes from the base model (adapter and router off)."""
+        kept, self.router = self.router, None
+        try:
+            with self._adapter_off():
+                yield
+        finally:
+            self.router = kept
 
     def encode_chat(self, messages: list[dict]):
         """Given chat messages, return the templated prompt as tensors on the model's device."""
@@ -190,11 +297,15 @@ class TorchModel:
         pending = 0
         cache = None
         step_input = input_ids
+        processor = _repetition_processor(settings, sorted(self.eos_ids | {self._pad_id()}))
+        history = input_ids[:, -settings.repetition_context :] if processor else None
+        use_adapter = self.routes([messages])[0]
+        self.last_route = "adapter" if use_adapter else "base"
         was_training = self.model.training  # asked mid-training (learning evolution): answer as in eval
         if was_training:
             self.model.eval()
         try:
-            with torch.inference_mode():
+            with contextlib.nullcontext() if use_adapter else self._adapter_off(), torch.inference_mode():
                 for _ in range(settings.max_tokens):
                     if cancel is not None and cancel.is_set():
                         break
@@ -206,12 +317,14 @@ class TorchModel:
                         logits_to_keep=1,
                     )
                     cache = out.past_key_values
-                    token = _pick(out.logits[0, -1].float(), settings, generator)
+                    token = _pick(out.logits[0, -1].float(), settings, generator, history, processor)
                     if token in self.eos_ids:
                         break
                     pending += 1
                     ids.append(token)
                     step_input = torch.tensor([[token]], device=input_ids.device)
+                    if processor:
+                        history = torch.cat([history, step_input], dim=1)[:, -settings.repetition_context :]
                     mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
                     text = self.tokenizer.decode(ids, skip_special_tokens=True)
                     if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
@@ -229,48 +342,65 @@ class TorchModel:
         """The padding token: the tokenizer's, else the smallest end-of-sequence id."""
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
 
-    def greedy_batch(self, conversations: list[list[dict]], max_tokens: int, batch_size: int = 16) -> list[str]:
+    def greedy_batch(
+        self, conversations: list[list[dict]], settings: GenerationSettings, batch_size: int = 16
+    ) -> list[str]:
         """Given chat conversations, return each one's greedy reply, decoded in left-padded batches
         of similar length (evaluation and snapshots ask dozens of short questions: one batch of 16
         costs about as much as two single answers on a CPU)."""
         import torch
+        from transformers.generation.logits_process import LogitsProcessorList
 
         prompts = [self.encode_chat(m)["input_ids"][0].tolist() for m in conversations]
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        pad = self._pad_id()
+        processor = _repetition_processor(settings, sorted(self.eos_ids | {self._pad_id()}))
+        processors = LogitsProcessorList([processor] if processor else [])
+        routes = self.routes(conversations)
         replies: list[str] = [""] * len(prompts)
         was_training = self.model.training
         if was_training:
             self.model.eval()
         try:
-            with torch.inference_mode():
-                for start in range(0, len(order), batch_size):
-                    chunk = order[start : start + batch_size]
-                    width = max(len(prompts[i]) for i in chunk)
-                    ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                    mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                    for row, i in enumerate(chunk):
-                        ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                        mask[row, width - len(prompts[i]) :] = 1
-                    out = self.model.generate(
-                        input_ids=ids.to(self.model.device),
-                        attention_mask=mask.to(self.model.device),
-                        max_new_tokens=max_tokens,
-                        do_sample=False,
-                        num_beams=1,
-                        eos_token_id=sorted(self.eos_ids),
-                        pad_token_id=pad,
-                        temperature=None,
-                        top_p=None,
-                        top_k=None,
-                    )
-                    for row, i in enumerate(chunk):
-                        new = [t for t in out[row, width:].tolist() if t not in self.eos_ids and t != pad]
-                        replies[i] = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+            for use_adapter in (True, False):
+                group = [i for i in range(len(prompts)) if routes[i] == use_adapter]
+                if not group:
+                    continue
+                order = sorted(group, key=lambda i: len(prompts[i]))
+                with contextlib.nullcontext() if use_adapter else self._adapter_off(), torch.inference_mode():
+                    self._greedy_group(prompts, order, settings, processors, batch_size, replies)
         finally:
             if was_training:
                 self.model.train()
         return replies
+
+    def _greedy_group(self, prompts, order, settings, processors, batch_size, replies) -> None:
+        """Decode the prompts at `order` (sorted by length) in batches, writing into `replies`."""
+        import torch
+
+        pad = self._pad_id()
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(len(prompts[i]) for i in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                mask[row, width - len(prompts[i]) :] = 1
+            out = self.model.generate(
+                input_ids=ids.to(self.model.device),
+                attention_mask=mask.to(self.model.device),
+                max_new_tokens=settings.max_tokens,
+                logits_processor=processors,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=sorted(self.eos_ids),
+                pad_token_id=pad,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+            for row, i in enumerate(chunk):
+                new = [t for t in out[row, width:].tolist() if t not in self.eos_ids and t != pad]
+                replies[i] = self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
     # ----------------------------------------------------------------------------- scoring
 

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     except CircadianError as exc:
         print(f"circadian: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
-    except (KeyboardInterrupt, clicks.Abort):
+    except (KeyboardInterrupt, getattr(clicks, "Abort", KeyboardInterrupt)):  # typer 0.29's click has no Abort
         print("circadian: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     raise SystemExit(code if isinstance(code, int) else 0)

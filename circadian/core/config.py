@@ -57,14 +57,28 @@ class ModelSettings(_Section):
     )
 
 
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Reply in the language of the user, briefly and clearly."
+
+
 class ChatSettings(_Section):
     """How replies are generated in `chat`, `ask` and evaluation."""
 
-    system_prompt: str = Field("", description="system message at the start of every session (empty: the model's own)")
+    system_prompt: str = Field(
+        DEFAULT_SYSTEM_PROMPT,
+        description="system message of every conversation: chat, ask, evaluation and training rows "
+        "(empty: the model's own)",
+    )
     max_tokens: int = Field(512, ge=1, le=32768, description="longest reply, in tokens")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (deterministic)")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling when temperature > 0")
     context_turns: int = Field(20, ge=0, description="earlier exchanges of the session kept in the prompt")
+    repetition_penalty: float = Field(
+        1.1,
+        ge=1.0,
+        le=2.0,
+        description="divide the odds of tokens seen in the last repetition_context tokens (1 = off)",
+    )
+    repetition_context: int = Field(64, ge=1, le=4096, description="how many recent tokens the repetition penalty sees")
 
 
 class TrainSettings(_Section):
@@ -110,7 +124,19 @@ class SleepSettings(_Section):
     probe_wordings: int = Field(1, ge=1, description="question wordings per fact held out for the recall check")
     valid_wordings: int = Field(1, ge=1, description="question wordings per fact held out for validation")
     probe_max_tokens: int = Field(40, ge=4, description="reply length when checking recall")
-    capability_max_tokens: int = Field(32, ge=4, description="reply length for the capability harness")
+    capability_max_tokens: int = Field(
+        96, ge=4, description="longest capability answer, in tokens (an answer is read whole, to its end)"
+    )
+    capability_questions: int = Field(
+        0, ge=0, description="capability questions asked, spread over the harness's categories (0: all 227)"
+    )
+    router: bool = Field(
+        True,
+        description="fit a router each night that sends questions about the user to the memory adapter and "
+        "everything else to the base model (torch backend)",
+    )
+    style_prompts: int = Field(30, ge=0, description="chat prompts of the style check (30: all; 0: no style check)")
+    style_max_tokens: int = Field(160, ge=8, description="longest reply read by the style check, in tokens")
     policy: str = Field(
         "all",
         pattern=r"^(all|self|random|bandit|fixed:[\w-]+)$",
@@ -158,10 +184,16 @@ class GateSettings(_Section):
         0.0, ge=0, description="validation loss must fall by more than this, or recall rise"
     )
     max_capability_drop: float = Field(
-        0.05,
+        0.01,
         ge=0,
         le=1,
-        description="largest allowed drop of the capability score (0.05: one of the 24 shipped questions)",
+        description="largest allowed drop of the capability score vs the current adapter (0.01: 2 of 227 questions)",
+    )
+    max_total_capability_drop: float = Field(
+        0.02, ge=0, le=1, description="largest allowed drop of the capability score vs the base model"
+    )
+    max_style_drop: float = Field(
+        0.0, ge=0, le=1, description="largest allowed drop of the style check's pass share vs the current adapter"
     )
     max_ppl_drift: float = Field(
         0.02, ge=0, description="largest allowed general-perplexity rise vs the current adapter"

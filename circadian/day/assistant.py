@@ -160,7 +160,11 @@ class ChatSession:
     def settings(self, max_tokens: int | None = None) -> GenerationSettings:
         chat = self.assistant.config.chat
         return GenerationSettings(
-            max_tokens=max_tokens or chat.max_tokens, temperature=chat.temperature, top_p=chat.top_p
+            max_tokens=max_tokens or chat.max_tokens,
+            temperature=chat.temperature,
+            top_p=chat.top_p,
+            repetition_penalty=chat.repetition_penalty,
+            repetition_context=chat.repetition_context,
         )
 
     def respond(
@@ -222,6 +226,7 @@ class ChatSession:
                     "tokens": tokens,
                     "ttft_s": round(first - started, 4) if first else None,
                     "tokens_per_second": round(tps, 2) if tps else None,
+                    "route": getattr(self.assistant.model, "last_route", None),
                 },
             )
             memories.append(self.assistant.paths, [record])

@@ -108,6 +108,7 @@ def load_sources(
         paths.models / "distill_cache",
         resolved.path,
         config.sleep.distill_prompts,
+        asking=evaluate.Asking.of(config.chat),
     )
     for entry in inbox.ingest(paths, settle_seconds=config.sleep.inbox_settle_seconds):
         say(f"inbox: {entry['name']} queued as {entry['id']} ({entry['rows']} rows)")
@@ -120,7 +121,10 @@ def load_sources(
         raise CircadianError("no source has enough data for an experiment (each needs rows in train, select and eval)")
     encoded = {
         name: {
-            split: [encode_chat(model.tokenizer, r["messages"], config.train.max_length) for r in src.split(split)]
+            split: [
+                encode_chat(model.tokenizer, r["messages"], config.train.max_length, config.chat.system_prompt)
+                for r in src.split(split)
+            ]
             for split in sources.SPLITS
         }
         for name, src in pools.items()
@@ -236,7 +240,7 @@ class Experiment:
             raise CircadianError(f"source {spec[6:]!r} has no data here (available: {', '.join(self.pools)})")
         self.folder.mkdir(parents=True, mode=0o700)
         self.probes = [p for src in self.pools.values() for p in src.probes()]
-        self.capability = evaluate.load_capability()
+        self.capability = evaluate.load_capability(self.config.sleep.capability_questions)
         self.general = evaluate.general_examples(self.model.tokenizer)
         self.say(
             "sources: "
@@ -276,8 +280,13 @@ class Experiment:
         if not self.generate:
             return {}
         sleep = self.config.sleep
-        recall = evaluate.ask_all(self.model, self.probes, key="question", max_tokens=sleep.probe_max_tokens)
-        cap = evaluate.ask_all(self.model, self.capability, key="prompt", max_tokens=sleep.capability_max_tokens)
+        asking = evaluate.Asking.of(self.config.chat)
+        recall = evaluate.ask_all(
+            self.model, self.probes, key="question", max_tokens=sleep.probe_max_tokens, asking=asking
+        )
+        cap = evaluate.ask_all(
+            self.model, self.capability, key="prompt", max_tokens=sleep.capability_max_tokens, asking=asking
+        )
         return {
             "recall": recall["score"],
             "capability": cap["score"],

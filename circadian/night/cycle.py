@@ -29,6 +29,7 @@ STAGES = (
     "dataset",
     "eval_before",
     "train",
+    "route",
     "eval_after",
     "gate",
     "eval_blend",

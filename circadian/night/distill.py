@@ -13,6 +13,7 @@ from pathlib import Path
 
 from circadian.backends import LoadedModel
 from circadian.core.fsutil import append_jsonl
+from circadian.night.evaluate import PLAIN, Asking
 from circadian.night.evaluate import answers as answer_many
 from circadian.night.lineage import DISTILL
 
@@ -36,9 +37,13 @@ def model_identity(model_path: Path) -> str:
     return hashlib.sha256(str(model_path).encode()).hexdigest()[:16]
 
 
-def cache_path(cache_dir: Path, model_path: Path) -> Path:
-    """One cache file per base model and reply length: {"prompt", "reply"} lines, grown as needed."""
-    key = hashlib.sha256(json.dumps([model_identity(model_path), MAX_TOKENS]).encode()).hexdigest()[:16]
+def cache_path(cache_dir: Path, model_path: Path, asking: Asking = PLAIN) -> Path:
+    """One cache file per base model, reply length and way of asking (system prompt, repetition
+    penalty): {"prompt", "reply"} lines, grown as needed."""
+    identity = [model_identity(model_path), MAX_TOKENS]
+    if asking != PLAIN:
+        identity.append([asking.system_prompt, asking.repetition_penalty, asking.repetition_context])
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
     return cache_dir / f"answers-{key}.jsonl"
 
 
@@ -61,16 +66,16 @@ def _row(prompt: str, reply: str, model_name: str) -> dict:
     }
 
 
-def cached_rows(cache_dir: Path, model_path: Path, limit: int) -> tuple[list[dict], int]:
+def cached_rows(cache_dir: Path, model_path: Path, limit: int, asking: Asking = PLAIN) -> tuple[list[dict], int]:
     """Return (the rows already answered among the first `limit` prompts, how many are still missing)."""
-    answers = _read_cache(cache_path(cache_dir, model_path))
+    answers = _read_cache(cache_path(cache_dir, model_path, asking))
     wanted = prompts()[:limit]
     rows = [_row(p, answers[p], model_path.name) for p in wanted if answers.get(p)]
     return rows, sum(1 for p in wanted if p not in answers)
 
 
-def missing(cache_dir: Path, model_path: Path, limit: int) -> int:
-    return cached_rows(cache_dir, model_path, limit)[1]
+def missing(cache_dir: Path, model_path: Path, limit: int, asking: Asking = PLAIN) -> int:
+    return cached_rows(cache_dir, model_path, limit, asking)[1]
 
 
 def _whole_sentences(reply: str) -> str:
@@ -82,14 +87,20 @@ def _whole_sentences(reply: str) -> str:
 
 
 def distilled_rows(
-    model: LoadedModel, restore, cache_dir: Path, model_path: Path, limit: int, on_item=None
+    model: LoadedModel,
+    restore,
+    cache_dir: Path,
+    model_path: Path,
+    limit: int,
+    on_item=None,
+    asking: Asking = PLAIN,
 ) -> list[dict]:
     """Return the general rows of the first `limit` prompts, answering the ones not cached yet with
     the base model (adapter switched off; `restore` puts the current adapter back afterwards).
     Each batch of answers is appended to the cache as soon as it exists, so an interrupted night keeps them."""
     if limit <= 0:
         return []
-    path = cache_path(cache_dir, model_path)
+    path = cache_path(cache_dir, model_path, asking)
     answers = _read_cache(path)
     todo = [p for p in prompts()[:limit] if p not in answers]
     if todo:
@@ -99,7 +110,7 @@ def distilled_rows(
         try:
             for start in range(0, len(todo), BATCH):
                 part = todo[start : start + BATCH]
-                replies = answer_many(model, part, MAX_TOKENS, on_item, batch_size=BATCH)
+                replies = answer_many(model, part, MAX_TOKENS, on_item, batch_size=BATCH, asking=asking)
                 for prompt, reply in zip(part, replies):
                     answers[prompt] = _whole_sentences(reply)
                 append_jsonl(path, [{"prompt": p, "reply": answers[p]} for p in part])

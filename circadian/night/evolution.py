@@ -27,7 +27,7 @@ from pathlib import Path
 
 from circadian.backends.tokens import encode_chat
 from circadian.core.fsutil import atomic_write_json
-from circadian.night.evaluate import answers
+from circadian.night.evaluate import PLAIN, Asking, answers
 from circadian.night.lineage import is_distill
 from circadian.night.scoring import is_hit
 
@@ -104,8 +104,10 @@ class Tracker:
         budget: float = 0.15,
         max_length: int = 512,
         min_steps: int = 0,
+        asking: Asking = PLAIN,
     ):
         self.model = model
+        self.asking = asking
         self.examples = examples
         self.folder = folder
         self.max_tokens = max_tokens
@@ -116,6 +118,7 @@ class Tracker:
                 model.tokenizer,
                 [{"role": "user", "content": e["question"]}, {"role": "assistant", "content": e["expected"]}],
                 max_length,
+                asking.system_prompt,
             )
             for e in examples
         ]
@@ -136,6 +139,7 @@ class Tracker:
             [e["question"] for e in self.examples],
             self.max_tokens,
             batch_size=min(48, max(1, len(self.examples))),
+            asking=self.asking,
         )  # short answers: one batch is cheapest
         items = []
         for example, (total, count), reply in zip(self.examples, scored, replies):

@@ -22,11 +22,18 @@ class Decision:
         return {"decision": "promoted" if self.promote else "rejected", "reasons": self.reasons}
 
 
-def decide(before: dict, after: dict, settings: GateSettings, base_perplexity: float | None = None) -> Decision:
+def decide(
+    before: dict,
+    after: dict,
+    settings: GateSettings,
+    base_perplexity: float | None = None,
+    base_capability: float | None = None,
+) -> Decision:
     """Given the current and candidate metrics (evaluate.measure) and the gate settings, decide.
 
     Promote when recall or validation loss improved, the capability score did not drop by more
-    than allowed, and general perplexity stayed within bounds (per night and against the base).
+    than allowed (per night and against the base), the style check's pass share did not drop by
+    more than allowed, and general perplexity stayed within bounds (per night and against the base).
     """
     reasons: list[str] = []
     learned = False
@@ -52,6 +59,23 @@ def decide(before: dict, after: dict, settings: GateSettings, base_perplexity: f
             reasons.append(f"capability dropped {c0:.2f} -> {c1:.2f} (allowed {settings.max_capability_drop:.2f})")
         else:
             reasons.append(f"capability held ({c0:.2f} -> {c1:.2f})")
+    if (
+        base_capability is not None
+        and c1 is not None
+        and base_capability - c1 > settings.max_total_capability_drop + 1e-9
+    ):
+        safe = False
+        reasons.append(
+            f"capability vs the base model {base_capability:.2f} -> {c1:.2f} "
+            f"(allowed {settings.max_total_capability_drop:.2f})"
+        )
+    s0, s1 = score_of(before, "style"), score_of(after, "style")
+    if s0 is not None and s1 is not None:
+        if s0 - s1 > settings.max_style_drop + 1e-9:
+            safe = False
+            reasons.append(f"style check dropped {s0:.2f} -> {s1:.2f} (allowed {settings.max_style_drop:.2f})")
+        else:
+            reasons.append(f"style check held ({s0:.2f} -> {s1:.2f})")
     p0, p1 = before.get("perplexity"), after.get("perplexity")
     if p0 and p1:
         drift = p1 / p0 - 1

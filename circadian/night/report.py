@@ -12,7 +12,7 @@ from pathlib import Path
 
 from circadian.core.fsutil import atomic_write_text
 from circadian.night import charts
-from circadian.store.records import CycleSummary, Measurement, TrainEventLine, read_all, read_json
+from circadian.store.records import Asked, CycleSummary, Measurement, TrainEventLine, read_all, read_json
 
 HIT, MISS = "right", "wrong"
 
@@ -55,13 +55,21 @@ def fact_rows(summary: CycleSummary) -> list[dict]:
 
 
 def capability_changes(summary: CycleSummary) -> list[dict]:
-    """Return the capability questions whose verdict changed between current and candidate."""
-    before = (summary.before or Measurement()).capability.by("prompt")
-    return [
-        {"question": q, "before": before[q]["answer"], "after": a["answer"], "after_hit": a["hit"]}
-        for q, a in (summary.after or Measurement()).capability.by("prompt").items()
-        if q in before and before[q]["hit"] != a["hit"]
-    ]
+    """Return the capability questions and style prompts whose verdict changed between current and
+    candidate: {"set", "question", "before", "after", "after_hit"} (after_hit: the night fixed it)."""
+    before, after = summary.before or Measurement(), summary.after or Measurement()
+    out = []
+    for name, old, new in (
+        ("capability", before.capability, after.capability),
+        ("style", before.style or Asked(), after.style or Asked()),
+    ):
+        was = old.by("prompt")
+        out += [
+            {"set": name, "question": q, "before": was[q]["answer"], "after": a["answer"], "after_hit": a["hit"]}
+            for q, a in new.by("prompt").items()
+            if q in was and was[q]["hit"] != a["hit"]
+        ]
+    return out
 
 
 def metric_rows(summary: CycleSummary) -> list[tuple[str, str, str]]:
@@ -71,6 +79,7 @@ def metric_rows(summary: CycleSummary) -> list[tuple[str, str, str]]:
         ("recall of today's facts (held-out wordings)", _pct(b.recall), _pct(a.recall)),
         ("retention of older facts", _pct(b.retention), _pct(a.retention)),
         ("capability harness", _pct(b.capability), _pct(a.capability)),
+        ("style check (chat prompts)", _pct(b.style), _pct(a.style)),
         ("general perplexity", _num(b.perplexity, ".2f"), _num(a.perplexity, ".2f") + drift),
         ("validation loss", _num(b.val_loss), _num(a.val_loss)),
     ]
@@ -122,13 +131,15 @@ def _measured_lines(summary: CycleSummary) -> list[str]:
         ]
         lines.append("")
     changes = capability_changes(summary)
-    if changes:
-        lines += ["## Capability questions that changed", "", "| question | current | candidate |", "|---|---|---|"]
-        lines += [
-            f"| {_cell(c['question'])} | {_mark(not c['after_hit'])}: {_cell(c['before'], 60)} | "
-            f"{_mark(c['after_hit'])}: {_cell(c['after'], 60)} |"
-            for c in changes
-        ] + [""]
+    for title, fixed in (("General answers the night broke", False), ("General answers the night fixed", True)):
+        part = [c for c in changes if c["after_hit"] == fixed]
+        if part:
+            lines += [f"## {title}", "", "| set | question | current | candidate |", "|---|---|---|---|"]
+            lines += [
+                f"| {c['set']} | {_cell(c['question'])} | {_mark(not fixed)}: {_cell(c['before'], 60)} | "
+                f"{_mark(fixed)}: {_cell(c['after'], 60)} |"
+                for c in part
+            ] + [""]
     train, masks = summary.train, summary.masks or {}
     if train:
         lines += [

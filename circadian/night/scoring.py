@@ -132,3 +132,37 @@ def is_hit(reply: str, answers: list[str]) -> bool:
         if _contains(said, needle) or (_is_date(needle) and _contains(said, needle[::-1])):
             return True
     return False
+
+
+_ITEM_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)]|[a-z][.)])\s+(.+)$", re.IGNORECASE)
+
+
+def list_items(reply: str) -> list[str]:
+    """Given a reply, return the items it lists: bulleted or numbered lines, else the parts of its
+    first line split at commas and "and" ("apples, pears and plums" -> three items)."""
+    lines = [m[1] for line in reply.splitlines() if (m := _ITEM_LINE.match(line))]
+    if lines:
+        return lines
+    first = next((line for line in reply.splitlines() if line.strip()), "")
+    first = first.split(":", 1)[1] if ":" in first else first
+    parts = re.split(r",\s*(?:and\s+)?|\s+and\s+", first.strip().rstrip("."))
+    return [p for p in parts if p.strip()]
+
+
+def check_reply(reply: str, item: dict) -> bool:
+    """Given a reply and a capability item ({"answers", optional "not" and "check"}), return whether
+    the reply passes. Checks: none (any answer appears as whole words), "one_word" (the reply is a
+    single word that is an answer), "list:N" (exactly N listed items, at least one of them an answer
+    when answers are given). A reply naming any "not" word fails."""
+    answers, check = item.get("answers") or [], item.get("check") or ""
+    if item.get("not") and is_hit(reply, item["not"]):
+        return False
+    if check == "one_word":
+        said = words(reply)
+        return len(said) == 1 and any(words(a) == said for a in answers)
+    if check.startswith("list:"):
+        items = list_items(reply)
+        if len(items) != int(check.split(":", 1)[1]):
+            return False
+        return not answers or any(is_hit(i, answers) for i in items)
+    return is_hit(reply, answers)

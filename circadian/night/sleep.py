@@ -8,11 +8,12 @@
 3. build_dataset: the night's datasets (the day's facts in several wordings, replayed facts, imported
    conversations, queued inbox datasets, distilled general rows), or the one source a policy picks;
    the snapshot in the cycle folder; tokenized with every assistant turn a target, masks validated;
-4. measure_current: validation loss, recall, retention, capability and perplexity of the current
-   adapter;
+4. measure_current: validation loss, recall, retention, capability, style and perplexity of the
+   current adapter, asked as `chat` asks (system prompt, repetition penalty, router);
 5. train: each dataset in turn from the current adapter, steered by `circadian ctl`, the best
    validation step kept, learning evolution tracked;
-6. measure_candidate: the same measurements of the candidate;
+6. measure_candidate: the candidate's router fitted (tonight's fact questions and earlier nights'
+   against general prompts; night/routing.py), then the same measurements, through the router;
 7. gate: promote it only if it learned something and broke nothing; a candidate that learned but
    broke a bound is tried blended back toward the current adapter;
 8. commit: the version staged in adapters/.staging-<cycle>/ and renamed whole, the manifest written
@@ -32,15 +33,17 @@ from datetime import datetime
 
 from circadian import __version__
 from circadian.backends import LoadRequest, TrainResult, select_backend
+from circadian.backends import router as router_file
 from circadian.backends.resolve import resolve_model
 from circadian.backends.tokens import encode_chat, length_batches, padding_share, validate
 from circadian.core.clock import now_iso
 from circadian.core.config import Config
 from circadian.core.errors import CircadianError
-from circadian.core.fsutil import append_jsonl, atomic_write_json
+from circadian.core.fsutil import append_jsonl, atomic_write_json, sha256_file
 from circadian.core.lock import sleep_lock
 from circadian.core.paths import Paths
-from circadian.night import choice, control, dataset, distill, evaluate, evolution, gate, report
+from circadian.night import choice, control, dataset, distill, evaluate, evolution, gate, report, routing
+from circadian.night.base_answers import BaseAnswers
 from circadian.night.cycle import RUN_TYPE, Cycle, hold, new_cycle_id, quarantine_bad_lines, recover_interrupted
 from circadian.night.lineage import generator_of, is_distill
 from circadian.night.training import Stopped, train_datasets
@@ -49,11 +52,12 @@ from circadian.store.records import SCHEMA_VERSION as RECORDS_VERSION
 from circadian.store.records import CycleSummary, RunLogLine, TrainBrief, TrainCallback, TrainEvent
 
 
-def _tokenize(tokenizer, rows: list[dict], max_length: int, *, anchors: bool = False):
-    """Tokenize rows; with `anchors`, distilled general rows become KL-to-base anchors."""
+def _tokenize(tokenizer, rows: list[dict], max_length: int, *, anchors: bool = False, system_prompt: str = ""):
+    """Tokenize rows, each under the chat's system prompt (so a fact is learned in the context it is
+    asked in) unless it has its own; with `anchors`, distilled general rows become KL-to-base anchors."""
     examples = []
     for row in rows:
-        example = encode_chat(tokenizer, row["messages"], max_length)
+        example = encode_chat(tokenizer, row["messages"], max_length, system_prompt)
         example.anchor = anchors and is_distill(row)
         examples.append(example)
     return examples
@@ -161,6 +165,7 @@ class Sleep:
     def load(self) -> None:
         config, paths = self.config, self.paths
         self.cycle.stage("load")
+        self.asking = evaluate.Asking.of(config.chat)
         self.backend = select_backend(config.model.backend)
         self.resolved = resolve_model(config.model, paths.models, say=self.say)
         self.active = active = adapters.active_adapter(paths)
@@ -189,10 +194,18 @@ class Sleep:
         restore = (lambda: self.model.set_adapter(*self.start)) if active else (lambda: None)
         with _progress(self.console) as progress:
             task = progress.add_task(
-                "distill: general prompts", total=distill.missing(cache, self.resolved.path, wanted), info=""
+                "distill: general prompts",
+                total=distill.missing(cache, self.resolved.path, wanted, self.asking),
+                info="",
             )
             self.general = distill.distilled_rows(
-                self.model, restore, cache, self.resolved.path, wanted, on_item=lambda: progress.advance(task)
+                self.model,
+                restore,
+                cache,
+                self.resolved.path,
+                wanted,
+                on_item=lambda: progress.advance(task),
+                asking=self.asking,
             )
         self.say(f"distill: {len(self.general)} general prompts answered by the base model")
         self.generators, self.generator_reason = self.choose_generators()
@@ -277,8 +290,11 @@ class Sleep:
         )
 
         tokenizer, length = self.model.tokenizer, config.train.max_length
-        train_ex = _tokenize(tokenizer, plan.train, length, anchors=config.train.anchor_weight > 0)
-        valid_ex = _tokenize(tokenizer, plan.valid, length)
+        system = config.chat.system_prompt
+        train_ex = _tokenize(
+            tokenizer, plan.train, length, anchors=config.train.anchor_weight > 0, system_prompt=system
+        )
+        valid_ex = _tokenize(tokenizer, plan.valid, length, system_prompt=system)
         self.masks = validate(train_ex)
         validate(valid_ex)
         lengths = [len(e) for e in train_ex]
@@ -287,7 +303,9 @@ class Sleep:
             f"masks: {self.masks.targets} of {self.masks.tokens} tokens trained ({self.masks.target_ratio:.0%}); "
             f"padding with length batches {self.padding:.1%}"
         )
-        self.capability = evaluate.load_capability()
+        self.capability = evaluate.load_capability(config.sleep.capability_questions)
+        self.style_items = evaluate.load_style(config.sleep.style_prompts) if config.sleep.style_prompts else []
+        base = (self.active.manifest.metrics.get("base") if self.active else None) or {}
         self.measure_sets = dict(
             valid=valid_ex,
             probes=plan.probes,
@@ -296,11 +314,26 @@ class Sleep:
             general=evaluate.general_examples(tokenizer),
             probe_tokens=config.sleep.probe_max_tokens,
             capability_tokens=config.sleep.capability_max_tokens,
+            style_items=self.style_items,
+            style_tokens=config.sleep.style_max_tokens,
+            style_range=tuple(base["style_range"]) if base.get("style_range") else None,
+            asking=self.asking,
+            cache=BaseAnswers(
+                self.paths.models / "eval_cache",
+                [
+                    distill.model_identity(self.resolved.path),
+                    self.backend.name,
+                    self.config.model.dtype,
+                    self.config.model.quantize,
+                    list(asdict(self.asking).values()),
+                ],
+            ),
         )
 
     def measure(self, label: str) -> dict:
         """Measure the model as it is now on the night's sets, with a progress bar; say the figures."""
-        questions = len(self.plan.probes) + len(self.plan.retention_probes) + len(self.capability)
+        plan = self.plan
+        questions = len(plan.probes) + len(plan.retention_probes) + len(self.capability) + len(self.style_items)
         with _progress(self.console) as progress:
             task = progress.add_task(f"measuring {label}", total=questions, info="")
             metrics = evaluate.measure(self.model, **self.measure_sets, on_item=lambda: progress.advance(task))
@@ -309,11 +342,17 @@ class Sleep:
 
     def measure_current(self) -> dict:
         self.cycle.stage("eval_before")
-        return self.measure("current")
+        metrics = self.measure("current")
+        if metrics.get("style") and not self.measure_sets["style_range"]:
+            self.measure_sets["style_range"] = tuple(metrics["style"]["range"])
+        return metrics
 
     def train(self) -> None:
         config, paths, cycle, plan = self.config, self.paths, self.cycle, self.plan
         cycle.stage("train")
+        self.current_router = getattr(self.model, "router", None)
+        if self.current_router is not None:
+            self.model.router = None  # the adapter answers while it learns; tonight's router is fitted after
         self.tracker = tracker = None
         if config.sleep.track:
             examples = evolution.tracked_sample(
@@ -330,6 +369,7 @@ class Sleep:
                 budget=config.sleep.track_budget,
                 max_length=config.train.max_length,
                 min_steps=config.train.min_steps,
+                asking=self.asking,
             )
             tracker.start()
         tokenizer, length = self.model.tokenizer, config.train.max_length
@@ -341,7 +381,11 @@ class Sleep:
             say=self.say,
             publish=cycle.publish,
             tokenize=lambda rows, is_train: _tokenize(
-                tokenizer, rows, length, anchors=is_train and config.train.anchor_weight > 0
+                tokenizer,
+                rows,
+                length,
+                anchors=is_train and config.train.anchor_weight > 0,
+                system_prompt=config.chat.system_prompt,
             ),
             train_one=lambda m, t, v, cb: self._train_one(
                 m, t, v, chain(cb, tracker.on_event if tracker else None, self.on_event)
@@ -418,9 +462,38 @@ class Sleep:
 
             return model.train(train_ex, valid_ex, self.config.train, callback)
 
+    def route(self) -> None:
+        """Fit the candidate's router (sleep.router, backends that read features) and say its misroutes."""
+        model, plan = self.model, self.plan
+        self.router, self.routing = None, None
+        if not self.config.sleep.router or not hasattr(model, "features"):
+            return
+        self.cycle.stage("route")
+        self.router = routing.fit_router(model, plan.train, self.current_router)
+        model.router = self.router
+        if self.router is None:
+            self.say("router: no fact questions tonight; every turn uses the adapter")
+            return
+        self.routing = routing.misroutes(
+            model,
+            self.router,
+            facts=[p["question"] for p in plan.probes + plan.retention_probes],
+            general=[c["prompt"] for c in self.capability] + [s["prompt"] for s in self.style_items],
+        )
+        r = self.routing
+        self.say(
+            f"router: fitted on {r['fitted_on']['facts']} fact questions and {r['fitted_on']['general']} general "
+            f"prompts; held out, {r['facts_to_base']} of {r['facts']} fact probes went to the base model and "
+            f"{r['general_to_adapter']} of {r['general']} general prompts to the adapter; "
+            f"{r['seconds_per_turn'] * 1000:.0f} ms per turn"
+        )
+
     def measure_candidate(self) -> dict:
+        self.route()
         self.cycle.stage("eval_after")
-        return self.measure("candidate")
+        metrics = self.measure("candidate")
+        metrics["router"] = self.routing
+        return metrics
 
     def gate(self) -> None:
         config, active = self.config, self.active
@@ -428,7 +501,12 @@ class Sleep:
         self.base_ppl = (active.manifest.metrics.get("base_perplexity") if active else None) or (
             self.before["perplexity"] if not active else None
         )
-        decision = gate.decide(self.before, self.after, config.gate, self.base_ppl)
+        known = (active.manifest.metrics.get("base") if active else None) or {}
+        self.base = {
+            "capability": known.get("capability", None if active else evaluate.score_of(self.before, "capability")),
+            "style_range": self.measure_sets["style_range"],
+        }
+        decision = gate.decide(self.before, self.after, config.gate, self.base_ppl, self.base["capability"])
         self.say(f"gate: {'PROMOTE' if decision.promote else 'REJECT'} ({'; '.join(decision.reasons)})")
         self.decision, self.blend = decision, None
         if (
@@ -450,7 +528,7 @@ class Sleep:
         for factor in scales:
             self.model.blend_adapter(start_path, factor)
             metrics = self.measure(f"candidate blended x{factor:g}")
-            decision = gate.decide(self.before, metrics, self.config.gate, self.base_ppl)
+            decision = gate.decide(self.before, metrics, self.config.gate, self.base_ppl, self.base["capability"])
             tried.append({"factor": factor, "metrics": evaluate.brief_metrics(metrics), "gate": decision.as_dict()})
             self.say(
                 f"gate, blend x{factor:g}: {'PROMOTE' if decision.promote else 'REJECT'} "
@@ -490,6 +568,8 @@ class Sleep:
         if staging.exists():
             shutil.rmtree(staging)
         weights = self.model.save_adapter(staging)
+        if self.router is not None:
+            weights[router_file.FILE] = sha256_file(self.router.save(staging))
         hold("commit:staged")
         manifest = {
             "version": version,
@@ -520,6 +600,7 @@ class Sleep:
                 "before": evaluate.brief_metrics(self.before),
                 "after": evaluate.brief_metrics(self.after),
                 "base_perplexity": self.base_ppl,
+                "base": self.base,
             },
             "gate": decision.as_dict(),
             **({"blend": self.blend} if self.blend else {}),
@@ -575,6 +656,7 @@ class Sleep:
                 facts=plan.facts,
                 knowledge=dataset.knowledge_brief(plan),
                 base_perplexity=self.base_ppl,
+                base=self.base,
                 datasets=self.night.outcomes,
                 chosen=self.choice.choice.source if self.choice else None,
                 policy=self.config.sleep.policy if self.choice else None,
@@ -646,8 +728,8 @@ def _figures(label: str, metrics: dict) -> str:
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     return (
         f"{label}: recall {fmt(brief['recall'], '.0%')}, retention {fmt(brief['retention'], '.0%')}, "
-        f"capability {fmt(brief['capability'], '.0%')}, perplexity {fmt(brief['perplexity'], '.2f')}, "
-        f"val loss {fmt(brief['val_loss'], '.3f')}"
+        f"capability {fmt(brief['capability'], '.1%')}, style {fmt(brief['style'], '.0%')}, "
+        f"perplexity {fmt(brief['perplexity'], '.2f')}, val loss {fmt(brief['val_loss'], '.3f')}"
     )
 
 
@@ -732,14 +814,16 @@ def dry_run(paths: Paths, config: Config, console=None) -> dict:
     resolved = resolve_model(config.model, paths.models, say=say)
     _scan, selection, plan = prepare(paths, config, say)
     wanted = dataset.distill_wanted(plan, config.sleep, len(distill.prompts()))
-    general, not_cached = distill.cached_rows(paths.models / "distill_cache", resolved.path, wanted)
+    general, not_cached = distill.cached_rows(
+        paths.models / "distill_cache", resolved.path, wanted, evaluate.Asking.of(config.chat)
+    )
     generators, why = _dry_run_generators(config.sleep.generator)
     plan = dataset.build(selection, config.sleep, general=general, seed=config.train.seed, generators=generators)
     plan.knowledge.generators = [f"{g.name} {g.version}" for g in generators] + [why]
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-    train_ex = _tokenize(tokenizer, plan.train, config.train.max_length)
+    train_ex = _tokenize(tokenizer, plan.train, config.train.max_length, system_prompt=config.chat.system_prompt)
     masks = validate(train_ex) if train_ex else None
     result = {
         "dry_run": True,
@@ -751,7 +835,7 @@ def dry_run(paths: Paths, config: Config, console=None) -> dict:
         "probes": plan.probes,
         "distill_rows_wanted": wanted,
         "distill_rows_not_cached": not_cached,
-        "capability_questions": len(evaluate.load_capability()),
+        "capability_questions": len(evaluate.load_capability(config.sleep.capability_questions)),
         "masks": (asdict(masks) | {"target_ratio": masks.target_ratio}) if masks else None,
         "sample_rows": [r["messages"] for r in plan.train[:5]],
     }

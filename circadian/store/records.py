@@ -46,6 +46,7 @@ class BriefMetrics(Record):
     recall: float | None = None
     retention: float | None = None
     capability: float | None = None
+    style: float | None = None
     perplexity: float | None = None
 
 
@@ -62,6 +63,12 @@ class Asked(Record):
         return {item.get(key): item for item in self.items}
 
 
+class StyleChecked(Asked):
+    """The style check (night/style.py): its items carry "checks", and the accepted length range."""
+
+    range: list[int] = []
+
+
 class Measurement(Record):
     """One model state measured on the night's sets (evaluate.measure)."""
 
@@ -69,6 +76,8 @@ class Measurement(Record):
     recall: Asked = Asked()
     retention: Asked = Asked()
     capability: Asked = Asked()
+    style: StyleChecked | None = None
+    router: dict | None = None  # night/router.py: misroutes both ways, when a router answered
     perplexity: float | None = None
 
     def brief(self) -> BriefMetrics:
@@ -77,6 +86,7 @@ class Measurement(Record):
             recall=self.recall.score,
             retention=self.retention.score,
             capability=self.capability.score,
+            style=self.style.score if self.style else None,
             perplexity=self.perplexity,
         )
 
@@ -315,6 +325,7 @@ class CycleSummary(Record):
     blend: dict | None = None
     facts: list[dict] = []
     base_perplexity: float | None = None
+    base: dict | None = None  # the base model's capability score and style length range (night 1 on)
     datasets: list[DatasetOutcome] = Field([], validation_alias=AliasChoices("datasets", "units"))
     chosen: str | None = None
     policy: str | None = None

@@ -1,0 +1,42 @@
+"""The base model's greedy answers to evaluation questions, cached on disk per base model and way
+of asking, so that a question the router sends to the base model is generated once, not every night.
+
+One JSONL file per (base model, system prompt, repetition penalty) in `models/eval_cache/`, lines
+{"prompt", "max_tokens", "reply"}, appended as batches finish; an unreadable line is skipped and
+answered again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from circadian.core.fsutil import append_jsonl
+
+
+class BaseAnswers:
+    """The cache for one base model and one way of asking (`identity`: any JSON-able value)."""
+
+    def __init__(self, folder: Path, identity):
+        key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+        self.path = folder / f"answers-{key}.jsonl"
+        self.known: dict[tuple[str, int], str] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    item = json.loads(line)
+                    self.known[(item["prompt"], int(item["max_tokens"]))] = item["reply"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    def get(self, prompt: str, max_tokens: int) -> str | None:
+        return self.known.get((prompt, max_tokens))
+
+    def add(self, prompts: list[str], max_tokens: int, replies: list[str]) -> None:
+        rows = [{"prompt": p, "max_tokens": max_tokens, "reply": r} for p, r in zip(prompts, replies)]
+        for row in rows:
+            self.known[(row["prompt"], max_tokens)] = row["reply"]
+        if rows:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            append_jsonl(self.path, rows)
