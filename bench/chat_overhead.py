@@ -6,6 +6,11 @@ Run as: .venv/bin/python bench/chat_overhead.py [--tokens 64] [--reps 3] [--back
 torch: `model.generate` (transformers) vs `ChatSession.respond` on the torch backend.
 mlx:   `mlx_lm.generate` vs `ChatSession.respond` on the mlx backend (slow on Linux CPU).
 Prints time-to-first-token, tokens/s and the overhead ratio per backend (target: under 5%).
+
+Both sides decode the same way (the model's own template, greedy, no repetition penalty), so the
+tokens are the same. A third row, torch only, is a circadian turn with a memory adapter and its
+router loaded (a LoRA adapter initialized to zero, so the text stays the same, and a router fitted on
+a few questions): the router's cost per turn, one forward pass over the user's message, is in it.
 """
 
 from __future__ import annotations
@@ -85,12 +90,33 @@ def plain_mlx(model_dir: Path, tokens: int):
     return run
 
 
-def circadian_turn(backend: str, home: Path, models: Path, tokens: int):
+PERSONAL = ["What is my dog called?", "Where does my brother live?", "When is my birthday?", "What do I do for work?"]
+GENERAL = ["What is the capital of France?", "Write a poem about rain.", "How do I boil an egg?", "What is 7 + 5?"]
+
+
+def with_router(assistant) -> None:
+    """Give the assistant's torch model a zero-initialized LoRA adapter and a fitted router."""
+    from peft import LoraConfig, get_peft_model
+
+    from circadian.backends import router
+
+    model = assistant.model
+    model.model = get_peft_model(model.base, LoraConfig(r=16, target_modules="all-linear")).eval()
+    layers = model.router_layers()
+    model.router = router.fit(
+        model.features(PERSONAL, layers), model.features(GENERAL, layers), layers=layers, questions=PERSONAL
+    )
+
+
+def circadian_turn(backend: str, home: Path, models: Path, tokens: int, routed: bool = False):
     """Return a function timing one logged circadian turn: (ttft, seconds, new tokens)."""
     config = Config()
     config.model.backend = backend
     config.chat.max_tokens = tokens
+    config.chat.system_prompt, config.chat.repetition_penalty = "", 1.0  # decode as the plain call does
     assistant = Assistant(Paths(home, "bench", models).ensure(), config)
+    if routed:
+        with_router(assistant)
 
     def run():
         session = ChatSession(assistant, source="bench")
@@ -123,23 +149,27 @@ def main() -> None:
     print(f"{'backend':<8} {'path':<26} {'ttft s':>8} {'tok/s':>8} {'total s':>8} {'tokens':>7}")
     for backend in args.backends.split(","):
         plain = plain_torch(model_dir, args.tokens) if backend == "torch" else plain_mlx(model_dir, args.tokens)
-        with tempfile.TemporaryDirectory() as home:
-            ours = circadian_turn(backend, Path(home), models, args.tokens)
-            rows = {}
-            for name, run in (("plain", plain), ("circadian", ours)):
+        rows = {}
+        with tempfile.TemporaryDirectory() as home, tempfile.TemporaryDirectory() as home2:
+            runs = [("plain", plain), ("circadian", circadian_turn(backend, Path(home), models, args.tokens))]
+            if backend == "torch":
+                runs.append(("circadian + router", circadian_turn(backend, Path(home2), models, args.tokens, True)))
+            for name, run in runs:
                 rows[name] = measure(run, args.reps)
         label = {"torch": "transformers.generate", "mlx": "mlx_lm.stream_generate"}[backend]
         for name, (ttft, secs, n, _text) in rows.items():
             print(
-                f"{backend:<8} {label if name == 'plain' else 'circadian ChatSession':<26} "
+                f"{backend:<8} {label if name == 'plain' else 'circadian ChatSession' + name[9:]:<26} "
                 f"{ttft:>8.3f} {n / secs:>8.1f} {secs:>8.2f} {n:>7}"
             )
-        (_, p_secs, p_n, p_text), (_, c_secs, c_n, c_text) = rows["plain"], rows["circadian"]
-        overhead = (c_secs / c_n) / (p_secs / p_n) - 1
-        print(
-            f"{backend:<8} overhead per token: {overhead * 100:+.1f}%  "
-            f"(same tokens: {p_n == c_n}, same text: {p_text == c_text})"
-        )
+        p_secs, p_n, p_text = rows["plain"][1:]
+        for name in [n for n in rows if n != "plain"]:
+            c_secs, c_n, c_text = rows[name][1:]
+            overhead = (c_secs / c_n) / (p_secs / p_n) - 1
+            print(
+                f"{backend:<8} {name} overhead per token: {overhead * 100:+.1f}%  "
+                f"(same tokens: {p_n == c_n}, same text: {p_text == c_text})"
+            )
 
 
 if __name__ == "__main__":

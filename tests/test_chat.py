@@ -62,7 +62,10 @@ def test_chat_multiline_input_and_new_session(paths, use_tiny):
     records = [json.loads(line) for line in paths.memories.read_text().splitlines()]
     assert records[0]["messages"][0]["content"] == "line one\nline two"
     assert records[0]["session"] != records[1]["session"]
+    from circadian.core.config import DEFAULT_SYSTEM_PROMPT
+
     assert session.messages_for("x") == [
+        {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
         {"role": "user", "content": "after"},
         {"role": "assistant", "content": records[1]["messages"][1]["content"]},
         {"role": "user", "content": "x"},

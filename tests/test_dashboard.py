@@ -142,6 +142,15 @@ def test_pages_export_evolution_and_rollback(night, server, browser, tmp_path):
     browser.get(server + "/knowledge")
     screenshot_shows(browser, tmp_path, "knowledge", "What it learned", "messages with something about you")
     assert "Biscuit" in browser.find_element("id", "table-coverage").text
+    from circadian.night.report import capability_changes, load
+
+    figures = browser.find_element("id", "general-figures").text
+    assert "capability" in figures and "style check" in figures and "router:" in figures
+    changes = capability_changes(load(night.runs / first["cycle_id"])[0])
+    shown = [
+        row.text for key in ("broke", "fixed") for row in browser.find_elements("css selector", f"#table-{key} tr")[1:]
+    ]
+    assert len(shown) == len(changes)  # every changed general answer is listed, broken or fixed
     browser.get(server + "/live")
     wait_until(lambda: "cycle" in browser.find_element("id", "live-status").text, 20, "the live status")
     screenshot_shows(browser, tmp_path, "live", "Live training", "Pause", "not running")

@@ -181,18 +181,37 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def general_figures(summary: dict) -> dict:
+    """A night's general-behaviour figures from `sleep --json`: capability against the base model,
+    the style check, perplexity drift against the base (through the router and of the adapter alone)."""
+    b, a, base = summary.get("before") or {}, summary.get("after") or {}, summary.get("base") or {}
+    base_ppl = summary.get("base_perplexity")
+    drift = lambda v: v / base_ppl - 1 if v and base_ppl else None  # noqa: E731
+    return {
+        "facts_new": (summary.get("counts") or {}).get("facts_new"),
+        "capability_base": base.get("capability"),
+        "capability": a.get("capability"),
+        "style_before": b.get("style"),
+        "style": a.get("style"),
+        "ppl_drift": drift(a.get("perplexity")),
+        "ppl_drift_alone": drift(a.get("perplexity_adapter")),
+        "router": summary.get("router"),
+    }
+
+
 def consecutive_nights(args, days: list[dict]) -> None:
     """Each day is a night of one home; after each night, every day so far is asked with the current adapter."""
     home = args.home / "home"
     Paths(home).ensure()
     (home / "circadian.toml").write_text((f'[model]\nname = "{args.model}"\n' if args.model else "") + args.config)
-    grid, outcomes = [], []
+    grid, outcomes, general = [], [], []
     for n, day in enumerate(days, start=1):
         tmp = args.home / f"{day['name']}-files"
         tmp.mkdir(parents=True)
         log_day(home, day, tmp)
         summary = cli(home, "sleep")
         outcomes.append(f"{summary.get('outcome')} {summary.get('version') or ''} in {summary.get('seconds', 0):.0f} s")
+        general.append(general_figures(summary))
         current = cli(home, "status")["adapter"] or "base"
         row = {}
         for earlier in days[:n]:
@@ -216,11 +235,31 @@ def consecutive_nights(args, days: list[dict]) -> None:
         f"| {n} | {outcomes[n - 1]} | " + " | ".join(fmt(row.get(d)) if d in row else "" for d in names) + " |"
         for n, row in enumerate(grid, start=1)
     ]
+    lines += [
+        "",
+        "General behaviour of each night's candidate (capability: 227 questions; style: 30 chat prompts; "
+        "perplexity as answered, through the router, and of the adapter alone, against the base model).",
+        "",
+        "| night | new facts | capability base -> candidate | style current -> candidate | ppl drift routed / alone "
+        "| router: probes to base, general to adapter | ms per turn |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, g in enumerate(general, start=1):
+        r = g["router"] or {}
+        lines.append(
+            f"| {n} | {g['facts_new']} | {fmt(g['capability_base'], '.1%')} -> {fmt(g['capability'], '.1%')} | "
+            f"{fmt(g['style_before'])} -> {fmt(g['style'])} | {fmt(g['ppl_drift'], '+.1%')} / "
+            f"{fmt(g['ppl_drift_alone'], '+.1%')} | {r.get('facts_to_base', 'n/a')} of {r.get('facts', 'n/a')}, "
+            f"{r.get('general_to_adapter', 'n/a')} of {r.get('general', 'n/a')} | "
+            f"{fmt((r.get('seconds_per_turn') or 0) * 1000, '.0f') if r else 'n/a'} |"
+        )
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
         args.out.write_text(report)
-        args.out.with_suffix(".json").write_text(json.dumps({"grid": grid, "outcomes": outcomes}, indent=1) + "\n")
+        args.out.with_suffix(".json").write_text(
+            json.dumps({"grid": grid, "outcomes": outcomes, "general": general}, indent=1) + "\n"
+        )
 
 
 def main() -> None:

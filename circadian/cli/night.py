@@ -66,7 +66,8 @@ def sleep(
             side: getattr(summary, side).brief().row() if getattr(summary, side) else None
             for side in ("before", "after")
         }
-        print_json({k: v for k, v in summary.row().items() if k not in ("before", "after")} | brief)
+        router = {"router": summary.after.router} if summary.after and summary.after.router else {}
+        print_json({k: v for k, v in summary.row().items() if k not in ("before", "after")} | brief | router)
 
 
 def render_plan(result: dict) -> str:
@@ -189,23 +190,48 @@ def eval_recall(
     adapter: Annotated[
         str, typer.Option("--adapter", help="'current', 'base', or a version (a rejected candidate too)")
     ] = "current",
+    routed: Annotated[
+        bool,
+        typer.Option(
+            "--router/--no-router",
+            help="let the adapter's router send general questions to the base model, as chat does",
+        ),
+    ] = True,
 ):
-    """Ask each question of FILE and score the replies.
+    """Ask each question of FILE, as `chat` asks (system prompt, decoding, the adapter's router), and score the replies.
 
-    A hit is a reply that contains one of the question's answers.
+    A hit is a reply that contains one of the question's answers as whole words.
     """
     from circadian.day.assistant import Assistant
-    from circadian.night.evaluate import ask_all, read_probes
+    from circadian.night.evaluate import Asking, ask_all, read_probes
 
     paths, config = setup(home, {"sleep.probe_max_tokens": (max_tokens, "--max-tokens")})
     items = read_probes(file)
     assistant = Assistant(paths, config, say=say, adapter=None if adapter == "base" else adapter)
-    result = ask_all(assistant.model, items, key="question", max_tokens=config.sleep.probe_max_tokens)
+    model = assistant.model
+    if not routed and hasattr(model, "router"):
+        model.router = None
+    asking = Asking.of(config.chat)
+    who = (
+        model.answered_by([asking.conversation(i["question"]) for i in items])
+        if hasattr(model, "answered_by")
+        else None
+    )
+    result = ask_all(
+        assistant.model,
+        items,
+        key="question",
+        max_tokens=config.sleep.probe_max_tokens,
+        asking=asking,
+    )
     out = {
         "recall": result["score"],
         "n": result["n"],
         "adapter": assistant.adapter_version,
-        "items": [{"question": i["question"], "answer": i["answer"], "hit": i["hit"]} for i in result["items"]],
+        "items": [
+            {"question": i["question"], "answer": i["answer"], "hit": i["hit"], "answered_by": who[n] if who else None}
+            for n, i in enumerate(result["items"])
+        ],
     }
     if json_out:
         print_json(out)

@@ -230,6 +230,21 @@ def perplexity(model: LoadedModel, examples: list[Example]) -> float:
     return math.exp(mean_loss(model, examples))
 
 
+def routed_perplexity(model: LoadedModel, examples: list[Example]) -> float:
+    """Perplexity of the text as the user gets it: each passage scored by whoever the router sends
+    it to (the base model, or the adapter); the plain perplexity when there is no router."""
+    if not getattr(model, "router", None) or not hasattr(model, "answered_by"):
+        return perplexity(model, examples)
+    texts = [model.tokenizer.decode(e.ids, skip_special_tokens=True) for e in examples]
+    who = model.answered_by([[{"role": "user", "content": t}] for t in texts])
+    to_base = [e for e, w in zip(examples, who) if w == "base"]
+    with model.base_only():
+        scored = model.score(to_base, 8) if to_base else []
+    rest = [e for e, w in zip(examples, who) if w != "base"]
+    scored += model.score(rest, 8) if rest else []
+    return math.exp(sum(s for s, _ in scored) / max(1, sum(n for _, n in scored)))
+
+
 def score_of(metrics: dict | None, key: str) -> float | None:
     """Given measure() output (or a brief of it), return the score under key (a dict's "score")."""
     value = (metrics or {}).get(key)
@@ -245,6 +260,7 @@ def brief_metrics(metrics: dict) -> dict:
         "capability": score_of(metrics, "capability"),
         "style": score_of(metrics, "style"),
         "perplexity": metrics["perplexity"],
+        "perplexity_adapter": metrics.get("perplexity_adapter"),
     }
 
 
@@ -274,7 +290,8 @@ def measure(
         "recall": ask_all(model, probes, key="question", max_tokens=probe_tokens, **ask),
         "retention": ask_all(model, retention, key="question", max_tokens=probe_tokens, **ask),
         "capability": ask_all(model, capability, key="prompt", max_tokens=capability_tokens, **ask),
-        "perplexity": perplexity(model, general),
+        "perplexity": routed_perplexity(model, general),
+        "perplexity_adapter": perplexity(model, general),
         "style": None,
     }
     if style_items:

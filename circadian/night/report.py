@@ -81,6 +81,11 @@ def metric_rows(summary: CycleSummary) -> list[tuple[str, str, str]]:
         ("capability harness", _pct(b.capability), _pct(a.capability)),
         ("style check (chat prompts)", _pct(b.style), _pct(a.style)),
         ("general perplexity", _num(b.perplexity, ".2f"), _num(a.perplexity, ".2f") + drift),
+        (
+            "general perplexity of the adapter alone",
+            _num(b.perplexity_adapter, ".2f"),
+            _num(a.perplexity_adapter, ".2f"),
+        ),
         ("validation loss", _num(b.val_loss), _num(a.val_loss)),
     ]
 

@@ -729,7 +729,8 @@ def _figures(label: str, metrics: dict) -> str:
     return (
         f"{label}: recall {fmt(brief['recall'], '.0%')}, retention {fmt(brief['retention'], '.0%')}, "
         f"capability {fmt(brief['capability'], '.1%')}, style {fmt(brief['style'], '.0%')}, "
-        f"perplexity {fmt(brief['perplexity'], '.2f')}, val loss {fmt(brief['val_loss'], '.3f')}"
+        f"perplexity {fmt(brief['perplexity'], '.2f')} (adapter alone {fmt(brief['perplexity_adapter'], '.2f')}), "
+        f"val loss {fmt(brief['val_loss'], '.3f')}"
     )
 
 

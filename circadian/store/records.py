@@ -47,7 +47,8 @@ class BriefMetrics(Record):
     retention: float | None = None
     capability: float | None = None
     style: float | None = None
-    perplexity: float | None = None
+    perplexity: float | None = None  # as the user gets it: through the router
+    perplexity_adapter: float | None = None  # the adapter alone, on every passage
 
 
 class Asked(Record):
@@ -77,8 +78,9 @@ class Measurement(Record):
     retention: Asked = Asked()
     capability: Asked = Asked()
     style: StyleChecked | None = None
-    router: dict | None = None  # night/router.py: misroutes both ways, when a router answered
+    router: dict | None = None  # night/routing.py: misroutes both ways, when a router answered
     perplexity: float | None = None
+    perplexity_adapter: float | None = None
 
     def brief(self) -> BriefMetrics:
         return BriefMetrics(
@@ -88,6 +90,7 @@ class Measurement(Record):
             capability=self.capability.score,
             style=self.style.score if self.style else None,
             perplexity=self.perplexity,
+            perplexity_adapter=self.perplexity_adapter,
         )
 
 

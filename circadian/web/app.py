@@ -59,6 +59,7 @@ def templates() -> Jinja2Templates:
     found = Jinja2Templates(directory=str(resources.files("circadian.web") / "templates"))
     found.env.filters["cell"] = _cell
     found.env.filters["columns"] = lambda rows: list(dict.fromkeys(k for row in rows for k in row))
+    found.env.filters["pct"] = lambda v: "n/a" if v is None else f"{v:.0%}"
     return found
 
 

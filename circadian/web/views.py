@@ -50,15 +50,24 @@ def status(paths: Paths, config: Config) -> dict:
 def knowledge(paths: Paths, cycle: str | None = None) -> dict:
     """What a night (default: the latest with a summary) made of what the user said: every message that
     told something, with the facts learned from it, the updates and the rejected facts."""
-    from circadian.night.report import latest_cycle
-    from circadian.store.records import CycleSummary, read_json
+    from circadian.night.report import capability_changes, latest_cycle
+    from circadian.store.records import CycleSummary, Measurement, read_json
 
     folder = paths.runs / cycle if cycle else latest_cycle(paths.runs)
     if folder is None or not (folder / "summary.json").exists():
         return {"cycle": None, "coverage": [], "updates": [], "rejected": [], "generators": [], "coverage_share": None}
-    found = read_json(folder / "summary.json", CycleSummary).knowledge or {}
+    summary = read_json(folder / "summary.json", CycleSummary)
+    found = summary.knowledge or {}
+    before, after = (summary.before or Measurement()).brief(), (summary.after or Measurement()).brief()
     return {
         "cycle": folder.name,
+        "general": {
+            "capability": [before.capability, after.capability],
+            "style": [before.style, after.style],
+            "router": (summary.after.router if summary.after else None),
+            "broke": [c for c in capability_changes(summary) if not c["after_hit"]],
+            "fixed": [c for c in capability_changes(summary) if c["after_hit"]],
+        },
         "coverage": found.get("coverage", []),
         "updates": found.get("updates", []),
         "rejected": found.get("rejected", []),
