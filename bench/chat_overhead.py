@@ -8,9 +8,10 @@ mlx:   `mlx_lm.generate` vs `ChatSession.respond` on the mlx backend (slow on Li
 Prints time-to-first-token, tokens/s and the overhead ratio per backend (target: under 5%).
 
 Both sides decode the same way (the model's own template, greedy, no repetition penalty), so the
-tokens are the same. A third row, torch only, is a circadian turn with a memory adapter and its
-router loaded (a LoRA adapter initialized to zero, so the text stays the same, and a router fitted on
-a few questions): the router's cost per turn, one forward pass over the user's message, is in it.
+tokens are the same. Two more rows, torch only: a circadian turn with a memory adapter loaded (a LoRA
+adapter initialized to zero, so the text stays the same), and one with the adapter and its router (fitted
+on a few questions; the prompt is general, so the base model answers). Their ratio is the router's own
+cost per turn: one forward pass over the user's message.
 """
 
 from __future__ import annotations
@@ -94,29 +95,31 @@ PERSONAL = ["What is my dog called?", "Where does my brother live?", "When is my
 GENERAL = ["What is the capital of France?", "Write a poem about rain.", "How do I boil an egg?", "What is 7 + 5?"]
 
 
-def with_router(assistant) -> None:
-    """Give the assistant's torch model a zero-initialized LoRA adapter and a fitted router."""
+def with_adapter(assistant, routed: bool) -> None:
+    """Give the assistant's torch model a zero-initialized LoRA adapter, and with `routed` a fitted router."""
     from peft import LoraConfig, get_peft_model
 
     from circadian.backends import router
 
     model = assistant.model
     model.model = get_peft_model(model.base, LoraConfig(r=16, target_modules="all-linear")).eval()
+    if not routed:
+        return
     layers = model.router_layers()
     model.router = router.fit(
         model.features(PERSONAL, layers), model.features(GENERAL, layers), layers=layers, questions=PERSONAL
     )
 
 
-def circadian_turn(backend: str, home: Path, models: Path, tokens: int, routed: bool = False):
+def circadian_turn(backend: str, home: Path, models: Path, tokens: int, adapter: str = ""):
     """Return a function timing one logged circadian turn: (ttft, seconds, new tokens)."""
     config = Config()
     config.model.backend = backend
     config.chat.max_tokens = tokens
     config.chat.system_prompt, config.chat.repetition_penalty = "", 1.0  # decode as the plain call does
     assistant = Assistant(Paths(home, "bench", models).ensure(), config)
-    if routed:
-        with_router(assistant)
+    if adapter:
+        with_adapter(assistant, routed=adapter == "routed")
 
     def run():
         session = ChatSession(assistant, source="bench")
@@ -150,10 +153,13 @@ def main() -> None:
     for backend in args.backends.split(","):
         plain = plain_torch(model_dir, args.tokens) if backend == "torch" else plain_mlx(model_dir, args.tokens)
         rows = {}
-        with tempfile.TemporaryDirectory() as home, tempfile.TemporaryDirectory() as home2:
-            runs = [("plain", plain), ("circadian", circadian_turn(backend, Path(home), models, args.tokens))]
+        with tempfile.TemporaryDirectory() as home:
+            runs = [("plain", plain), ("circadian", circadian_turn(backend, Path(home) / "a", models, args.tokens))]
             if backend == "torch":
-                runs.append(("circadian + router", circadian_turn(backend, Path(home2), models, args.tokens, True)))
+                for kind in ("adapter", "routed"):
+                    runs.append(
+                        (f"circadian + {kind}", circadian_turn(backend, Path(home) / kind, models, args.tokens, kind))
+                    )
             for name, run in runs:
                 rows[name] = measure(run, args.reps)
         label = {"torch": "transformers.generate", "mlx": "mlx_lm.stream_generate"}[backend]
@@ -170,6 +176,9 @@ def main() -> None:
                 f"{backend:<8} {name} overhead per token: {overhead * 100:+.1f}%  "
                 f"(same tokens: {p_n == c_n}, same text: {p_text == c_text})"
             )
+        if "circadian + routed" in rows:
+            a_secs, r_secs = rows["circadian + adapter"][1], rows["circadian + routed"][1]
+            print(f"{backend:<8} the router's own cost per turn (routed vs adapter): {r_secs / a_secs - 1:+.1%}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ For each way of asking (the model's own template, greedy, as before; the default
 the default system prompt with a repetition penalty of 1.1 and of 1.2 over the last 64 tokens), the
 embedded model answers the capability harness (227 questions, read whole) and the 30 style prompts;
 with --adapter, the adapter (a PEFT folder, e.g. a night's `adapters/<version>`) answers the style
-prompts too. The length range of the style check is the base model's under the same settings.
+prompts too, by itself (its router off). The length range of the style check is the base model's under the same settings.
 Prints a table and writes it to --out.
 """
 
@@ -61,6 +61,7 @@ def main() -> None:
         adapted = ("", "")
         if args.adapter:
             model.set_adapter(args.adapter, args.adapter.name)
+            model.router = None  # the adapter itself answers every prompt: its style is what is checked
             other = style_of(model, items, asking, tuple(base["range"]))
             adapted = (f"{other['score']:.0%}", str(sum(not i["checks"]["no_loop"] for i in other["items"])))
         lines.append(

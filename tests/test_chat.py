@@ -96,6 +96,25 @@ def test_chat_follows_current_adapter_between_turns(paths, use_tiny, tiny_model)
     assert adapters_logged == [None, "v0001-20261122-031500", None]
 
 
+def test_a_message_interrupted_before_its_first_token_is_logged_not_lost(paths, use_tiny):
+    """Ctrl-C before any reply token: the user's message is still in memories.jsonl, tagged, and the
+    night reads it without quarantining it (and does not train on it)."""
+    from circadian.store import memories
+
+    import threading
+
+    session = _session(paths)
+    stopped = threading.Event()
+    stopped.set()  # stopped before the first token: the reply is empty
+    result = session.respond("My cat is called Saffron", cancel=stopped)
+    assert result.reply == "" and result.interrupted
+    record = json.loads(paths.memories.read_text())
+    assert record["messages"] == [{"role": "user", "content": "My cat is called Saffron"}]
+    assert "interrupted" in record["tags"] and result.record_id == record["id"]
+    scanned = memories.scan(paths)
+    assert not scanned.bad_lines and [r.id for r in scanned.records] == [record["id"]]
+
+
 def test_respond_interrupted_keeps_partial_reply_and_session(paths, use_tiny):
     session = _session(paths)
     seen = []

@@ -387,3 +387,19 @@ def test_nightly_sleep_trials_then_trains_the_source_its_policy_chooses(two_days
     history = json.loads((two_days.control / "policy.json").read_text())["bandit"]["history"]
     assert [h[2] for h in history] == ["trial"] * len(probes) + ["night"] and history[-1][0] == summary["chosen"]
     assert_one_line_error(run_cli("sleep", env={"CIRCADIAN_SLEEP__POLICY": "greedy"}))
+
+
+def test_cycles_run_on_a_day_with_no_facts_prints_missing_figures_as_missing(night, tmp_path):
+    """One imported day of small talk (nothing to extract, so no recall probes): `cycles run`
+    finishes and prints recall as missing instead of failing to format None."""
+    talk = tmp_path / "talk.jsonl"
+    talk.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in [("hello!", "Hi, how can I help?"), ("nice weather", "It is lovely."), ("thanks", "Any time.")]
+        )
+    )
+    assert run_cli("import", str(talk)).returncode == 0
+    result = run_cli("cycles", "run", "-n", "3", "--policy", "random", "--seed", "7", "--budget", "tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "recall n/a" in result.stdout + result.stderr

@@ -94,3 +94,32 @@ def test_paths_models_dir_override(monkeypatch, tmp_path):
     monkeypatch.delenv("CIRCADIAN_MODELS_DIR")
     assert Paths.resolve(tmp_path / "h").models == tmp_path / "h" / "models"
     assert os.environ.get("CIRCADIAN_MODELS_DIR") is None
+
+
+CUT_OFF = r"""
+import resource, signal, sys
+from pathlib import Path
+from circadian.core.fsutil import append_jsonl
+path = Path(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 100, resource.RLIM_INFINITY))
+try:
+    append_jsonl(path, [{"pad": "x" * 5000}])
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+def test_an_append_after_a_cut_off_one_starts_on_a_new_line(tmp_path):
+    """A real process whose append is cut off by a file-size limit (as by a full disk) leaves half a
+    line; the next append must not glue its record onto it: one line is lost, not two."""
+    import errno
+
+    target = tmp_path / "memories.jsonl"
+    fsutil.append_jsonl(target, [{"a": 1}])
+    cut = subprocess.run([sys.executable, "-c", CUT_OFF, str(target)], capture_output=True, text=True, timeout=60)
+    assert cut.stdout.strip() == str(errno.EFBIG), cut.stderr
+    assert not target.read_bytes().endswith(b"\n")  # the half line is there
+    fsutil.append_jsonl(target, [{"b": 2}])
+    lines = list(fsutil.read_jsonl(target))
+    assert [line.value for line in lines] == [{"a": 1}, None, {"b": 2}]

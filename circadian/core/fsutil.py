@@ -82,16 +82,19 @@ def append_jsonl(path: Path, rows: Iterable[dict], *, lock: bool = True) -> int:
     """Given a path and dicts, append each as one JSON line; return the byte offset after the write.
 
     The lines are written with one `os.write` on an O_APPEND descriptor and fsynced, under the
-    file's lock unless the caller already holds it (`lock=False`). The file is created 0600.
+    file's lock unless the caller already holds it (`lock=False`). The file is created 0600. A file
+    whose last line was cut off (a full disk mid-append) first gets its newline, so the new rows
+    are not glued onto the broken one: that line alone stays unreadable (and is quarantined).
     """
     payload = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows)
     data = payload.encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def _write() -> int:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
         try:
-            view = memoryview(data)
+            size = os.fstat(fd).st_size
+            view = memoryview(data if not size or os.pread(fd, 1, size - 1) == b"\n" else b"\n" + data)
             while view:
                 n = os.write(fd, view)
                 view = view[n:]

@@ -209,11 +209,14 @@ class ChatSession:
             if first is not None and tokens > first_tokens and ended > first
             else None
         )
+        if not reply:
+            interrupted = True  # Ctrl-C before the first token, or an immediate end: the message is kept
         tags = [INTERRUPTED_TAG] if interrupted else []
         record_id = None
-        if self.log and reply:
+        said = [{"role": "user", "content": user_text}] if user_text.strip() else []
+        if self.log and said:
             record = memories.make_record(
-                [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}],
+                said + ([{"role": "assistant", "content": reply}] if reply else []),
                 session=self.id,
                 model=self.assistant.model_name,
                 adapter=self.assistant.adapter_version,

@@ -40,6 +40,7 @@ from circadian.backends.tokens import encode_chat
 from circadian.core.clock import now_iso
 from circadian.core.config import Config
 from circadian.core.errors import CircadianError
+from circadian.core.figures import figure
 from circadian.core.fsutil import append_jsonl, atomic_write_json
 from circadian.core.paths import Paths
 from circadian.night import dataset, distill, evaluate, policies, sources, trials
@@ -102,6 +103,8 @@ def load_sources(
             resolved.name, resolved.path, config.model.device, config.model.dtype, config.model.quantize, *start
         )
     )
+    if getattr(model, "router", None) is not None:
+        model.router = None  # an experiment measures the adapters it trains, every question through them
     general = distill.distilled_rows(
         model,
         lambda: model.set_adapter(*start),
@@ -310,8 +313,12 @@ class Experiment:
         atomic_write_json(self.folder / "cycle0.json", cycle0)
         self.cycle0 = cycle0
         self.say(
-            f"cycle 0: eval loss {_mean(position.eval.values()):.3f}, perplexity {self.base_ppl:.2f}"
-            + (f", recall {cycle0['recall']:.0%}, capability {cycle0['capability']:.0%}" if self.generate else "")
+            f"cycle 0: eval loss {figure(_mean(position.eval.values()))}, perplexity {figure(self.base_ppl, '.2f')}"
+            + (
+                f", recall {figure(cycle0['recall'], '.0%')}, capability {figure(cycle0['capability'], '.0%')}"
+                if self.generate
+                else ""
+            )
         )
         return position
 
@@ -429,8 +436,9 @@ class Experiment:
         rewards = line.oracle_rewards
         best = f", oracle best {max(rewards, key=rewards.get)} {max(rewards.values()):+.4f}" if rewards else ""
         self.say(
-            f"cycle {cycle}/{self.n}: chose {choice.source} ({choice.reason}); reward {line.reward:+.4f}{best}; "
-            f"perplexity {line.perplexity:.2f} ({line.perplexity_drift:+.1%}), {line.seconds:.0f} s"
+            f"cycle {cycle}/{self.n}: chose {choice.source} ({choice.reason}); "
+            f"reward {figure(line.reward, '+.4f')}{best}; perplexity {figure(line.perplexity, '.2f')} "
+            f"({figure(line.perplexity_drift, '+.1%')}), {line.seconds:.0f} s"
         )
 
     def finish(self) -> dict:

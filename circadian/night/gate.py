@@ -52,13 +52,19 @@ def decide(
         else:
             reasons.append(f"validation loss did not fall ({v0:.3f} -> {v1:.3f})")
     safe = True
-    c0, c1 = score_of(before, "capability"), score_of(after, "capability")
-    if c0 is not None and c1 is not None:
-        if c0 - c1 > settings.max_capability_drop + 1e-9:
+    c1 = score_of(after, "capability")
+    for name, was, allowed in (
+        ("capability", score_of(before, "capability"), settings.max_capability_drop),
+        ("style check", score_of(before, "style"), settings.max_style_drop),
+    ):
+        now = c1 if name == "capability" else score_of(after, "style")
+        if was is None or now is None:
+            continue
+        if was - now > allowed + 1e-9:
             safe = False
-            reasons.append(f"capability dropped {c0:.2f} -> {c1:.2f} (allowed {settings.max_capability_drop:.2f})")
+            reasons.append(f"{name} dropped {was:.2f} -> {now:.2f} (allowed {allowed:.2f})")
         else:
-            reasons.append(f"capability held ({c0:.2f} -> {c1:.2f})")
+            reasons.append(f"{name} held ({was:.2f} -> {now:.2f})")
     if (
         base_capability is not None
         and c1 is not None
@@ -69,13 +75,6 @@ def decide(
             f"capability vs the base model {base_capability:.2f} -> {c1:.2f} "
             f"(allowed {settings.max_total_capability_drop:.2f})"
         )
-    s0, s1 = score_of(before, "style"), score_of(after, "style")
-    if s0 is not None and s1 is not None:
-        if s0 - s1 > settings.max_style_drop + 1e-9:
-            safe = False
-            reasons.append(f"style check dropped {s0:.2f} -> {s1:.2f} (allowed {settings.max_style_drop:.2f})")
-        else:
-            reasons.append(f"style check held ({s0:.2f} -> {s1:.2f})")
     p0, p1 = before.get("perplexity"), after.get("perplexity")
     if p0 and p1:
         drift = p1 / p0 - 1

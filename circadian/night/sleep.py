@@ -39,6 +39,7 @@ from circadian.backends.tokens import encode_chat, length_batches, padding_share
 from circadian.core.clock import now_iso
 from circadian.core.config import Config
 from circadian.core.errors import CircadianError
+from circadian.core.figures import figure
 from circadian.core.fsutil import append_jsonl, atomic_write_json, sha256_file
 from circadian.core.lock import sleep_lock
 from circadian.core.paths import Paths
@@ -725,7 +726,7 @@ def run_sleep(
 
 def _figures(label: str, metrics: dict) -> str:
     brief = evaluate.brief_metrics(metrics)
-    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    fmt = figure
     return (
         f"{label}: recall {fmt(brief['recall'], '.0%')}, retention {fmt(brief['retention'], '.0%')}, "
         f"capability {fmt(brief['capability'], '.1%')}, style {fmt(brief['style'], '.0%')}, "
