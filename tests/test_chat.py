@@ -99,9 +99,9 @@ def test_chat_follows_current_adapter_between_turns(paths, use_tiny, tiny_model)
 def test_a_message_interrupted_before_its_first_token_is_logged_not_lost(paths, use_tiny):
     """Ctrl-C before any reply token: the user's message is still in memories.jsonl, tagged, and the
     night reads it without quarantining it (and does not train on it)."""
-    from circadian.store import memories
-
     import threading
+
+    from circadian.store import memories
 
     session = _session(paths)
     stopped = threading.Event()
