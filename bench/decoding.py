@@ -6,8 +6,8 @@ For each way of asking (the model's own template, greedy, as before; the default
 the default system prompt with a repetition penalty of 1.1 and of 1.2 over the last 64 tokens), the
 embedded model answers the capability harness (227 questions, read whole) and the 30 style prompts;
 with --adapter, the adapter (a PEFT folder, e.g. a night's `adapters/<version>`) answers the style
-prompts too, by itself (its router off). The length range of the style check is the base model's under the same settings.
-Prints a table and writes it to --out.
+prompts too, by itself (its router off). The length range of the style check is the base model's
+under the same settings. Prints a table and writes it to --out.
 """
 
 from __future__ import annotations
