@@ -61,6 +61,24 @@ def test_rollback_walks_parents_and_trained_ids_follow(paths):
     assert [h["to"] for h in adapters.history(paths)] == [v2, v1, None]
 
 
+def test_rollback_to_a_pruned_or_broken_parent_says_so_and_keeps_current(paths):
+    import shutil
+
+    v1 = _version(paths, 1)
+    v2 = _version(paths, 2, parent=v1)
+    v3 = _version(paths, 3, parent=v2)
+    adapters.set_current(paths, v3, reason="test")
+    (paths.adapters / v2 / "adapter_model.safetensors").unlink()  # a prune cut short: the manifest is left
+    broken = run_cli("rollback")
+    assert_one_line_error(broken)
+    assert "weight file adapter_model.safetensors is missing" in broken.stderr
+    shutil.rmtree(paths.adapters / v2)  # retention deleted it
+    gone = run_cli("rollback")
+    assert_one_line_error(gone)
+    assert f"the parent of {v3}, {v2}, is no longer stored" in gone.stderr
+    assert adapters.current_version(paths) == v3
+
+
 def test_rollback_only_goes_back_and_use_takes_any_version(paths):
     v1 = _version(paths, 1)
     v2 = _version(paths, 2, parent=v1)
@@ -205,3 +223,36 @@ def test_gate_capability_drops_add_up_against_the_base():
 def test_gate_total_drift_against_base():
     after = {"recall": {"score": 0.9}, "val_loss": 0.6, "capability": {"score": 1.0}, "perplexity": 16.2}
     assert not gate.decide(BEFORE, after, GateSettings(), base_perplexity=15.0).promote
+
+
+@pytest.mark.parametrize("content", [b"{broken", b"\xff\xfe not utf-8", b'{"datasets": "not a list"}'])
+def test_a_corrupt_queue_is_moved_aside_with_an_error_never_read_as_empty(paths, content):
+    from circadian.store import inbox
+
+    paths.control.mkdir(parents=True, exist_ok=True)
+    inbox.queue_path(paths).write_bytes(content)
+    with pytest.raises(CircadianError, match="queue.json .* moved aside to queue.json.unreadable-"):
+        inbox.read_queue(paths)
+    aside = list(paths.control.glob("queue.json.unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == content  # kept, not deleted
+    assert inbox.read_queue(paths) == []  # said once; the next run starts without it
+
+
+def test_corrupt_pins_trained_ids_and_cycle_state_each_say_which_file(paths):
+    from circadian.night.cycle import recover_interrupted
+
+    v1 = _version(paths, 1, ids=["a"])
+    adapters.set_current(paths, v1, reason="test")
+    (paths.adapters / v1 / "trained_ids.json").write_text('["a", ')
+    with pytest.raises(CircadianError, match="trained_ids.json is not JSON"):
+        adapters.trained_ids(paths)
+    (paths.adapters / "pins.json").write_text('{"v1": true}')
+    listed = run_cli("adapters", "list")
+    assert_one_line_error(listed)
+    assert "pins.json has the wrong shape" in listed.stderr
+    state = paths.runs / "20261122-031500" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text("{")
+    with pytest.raises(CircadianError, match="state.json is not JSON"):
+        recover_interrupted(paths, print)
+    assert list(state.parent.glob("state.json.unreadable-*"))

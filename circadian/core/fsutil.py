@@ -14,11 +14,14 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from filelock import FileLock
+
+from circadian.core.errors import CircadianError
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -76,6 +79,32 @@ def atomic_write_json(path: Path, obj: Any, mode: int = PRIVATE_FILE_MODE) -> No
 def lock_for(path: Path, timeout: float = 30.0) -> FileLock:
     """Given a data file, return the FileLock that guards its appends (`<file>.lock` beside it)."""
     return FileLock(str(path) + ".lock", timeout=timeout, mode=PRIVATE_FILE_MODE)
+
+
+def read_state_json(path: Path, default: Any, *, valid=lambda value: True) -> Any:
+    """Given a state file (JSON), what a missing one means, and a check of its shape, return its value.
+
+    A file that exists but cannot be read (not UTF-8, not JSON, or the wrong shape) is moved aside to
+    `<name>.unreadable-<time>`, never deleted, and a CircadianError names both: nothing is reset
+    silently, and the next run starts without it.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as exc:
+        problem = f"cannot be read ({exc.__class__.__name__})"
+    else:
+        try:
+            value = json.loads(text)
+            if valid(value):
+                return value
+            problem = "has the wrong shape"
+        except ValueError as exc:
+            problem = f"is not JSON ({getattr(exc, 'msg', exc)})"
+    aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    raise CircadianError(f"{path} {problem}; moved aside to {aside.name} (the next run starts without it)")
 
 
 def append_jsonl(path: Path, rows: Iterable[dict], *, lock: bool = True) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from circadian.core.clock import now_iso
-from circadian.core.fsutil import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from circadian.core.fsutil import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, read_state_json
 from circadian.core.paths import Paths
 from circadian.night import control
 from circadian.store import adapters, inbox
@@ -126,7 +126,7 @@ def recover_interrupted(paths: Paths, say: Callable[[str], None]) -> list[str]:
         cycle_id = state_file.parent.name
         if cycle_id in done:
             continue
-        stage = json.loads(state_file.read_text()).get("stage")
+        stage = read_state_json(state_file, {}, valid=lambda v: isinstance(v, dict)).get("stage")
         append_jsonl(
             paths.run_log,
             [

@@ -629,8 +629,11 @@ class Sleep:
                 reason=f"the candidate {version} was rejected",
             )
             self.say(f"kept {version} as rejected; {active.version if active else 'the base model'} stays current")
-        for gone in adapters.prune(paths, config.store.keep):
-            self.say(f"retention: deleted {gone}")
+        try:  # the night is committed: a retention problem is reported, never a failed night
+            for gone in adapters.prune(paths, config.store.keep):
+                self.say(f"retention: deleted {gone}")
+        except CircadianError as exc:
+            self.say(f"retention skipped: {exc}")
 
     def report(self) -> CycleSummary:
         plan = self.plan

@@ -23,7 +23,14 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from circadian.core.errors import CircadianError
-from circadian.core.fsutil import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, sha256_file
+from circadian.core.fsutil import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+    read_state_json,
+    sha256_file,
+)
 from circadian.core.paths import Paths
 from circadian.store.records import SCHEMA_VERSION, AdapterManifest
 
@@ -157,9 +164,8 @@ def trained_ids(paths: Paths, version: str | None = None) -> set[str]:
     """
     ids: set[str] = set()
     for name in lineage(paths, version if version is not None else current_version(paths)):
-        path = paths.adapters / name / TRAINED_IDS
-        if path.exists():
-            ids.update(json.loads(path.read_text(encoding="utf-8")))
+        is_ids = lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)  # noqa: E731
+        ids.update(read_state_json(paths.adapters / name / TRAINED_IDS, [], valid=is_ids))
     return ids
 
 
@@ -243,6 +249,12 @@ def rollback(paths: Paths, target: str | None = None) -> tuple[str | None, str |
         raise CircadianError("nothing to roll back: the base model is already current")
     if target is None:
         parent = get(paths, current).manifest.parent if (paths.adapters / current).is_dir() else None
+        if parent and not (paths.adapters / parent).is_dir():
+            stored = ", ".join(m.version for m in list_versions(paths))
+            raise CircadianError(
+                f"the parent of {current}, {parent}, is no longer stored (retention deleted it); "
+                f"`circadian rollback base`, or `circadian adapters use VERSION` ({stored})"
+            )
         target = parent or "base"
     elif target != "base" and target not in lineage(paths, current)[1:]:
         raise CircadianError(
@@ -253,8 +265,8 @@ def rollback(paths: Paths, target: str | None = None) -> tuple[str | None, str |
 
 
 def pins(paths: Paths) -> list[str]:
-    path = paths.adapters / "pins.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    is_names = lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)  # noqa: E731
+    return read_state_json(paths.adapters / "pins.json", [], valid=is_names)
 
 
 def set_pinned(paths: Paths, version: str, pinned: bool) -> list[str]:

@@ -25,7 +25,14 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from circadian.core.clock import now_iso
-from circadian.core.fsutil import append_jsonl, atomic_write_json, atomic_write_text, lock_for, parse_lines
+from circadian.core.fsutil import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    lock_for,
+    parse_lines,
+    read_state_json,
+)
 from circadian.core.paths import Paths
 from circadian.store import memories
 
@@ -39,10 +46,10 @@ def queue_path(paths: Paths) -> Path:
 
 
 def read_queue(paths: Paths) -> list[dict]:
-    try:
-        return json.loads(queue_path(paths).read_text(encoding="utf-8"))["datasets"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
+    """The queue's entries; a corrupt queue.json is moved aside with a one-line error, never read as empty
+    (the next write would drop every entry)."""
+    shape = lambda v: isinstance(v, dict) and isinstance(v.get("datasets"), list)  # noqa: E731
+    return read_state_json(queue_path(paths), {"datasets": []}, valid=shape)["datasets"]
 
 
 def _write_queue(paths: Paths, entries: list[dict]) -> None:
