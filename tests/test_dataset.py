@@ -225,3 +225,39 @@ def test_inbox_units_come_before_today_with_their_own_splits():
     assert unit.queue_id == "q1" and len(unit.valid) >= 1 and len(unit.train) + len(unit.valid) == 10
     assert not {str(r["messages"]) for r in unit.train} & {str(r["messages"]) for r in unit.valid}
     assert plan.counts["inbox_rows"] == 10 and plan.new_material == 1 + 10
+
+
+def test_the_same_day_imported_into_two_homes_gives_the_same_dataset(tmp_path, tiny_model):
+    """The validation split is keyed by what was said, not by the random record ids: two fresh homes
+    importing one file plan the same rows (the same dataset hash), so they reach the same decision."""
+    import json as _json
+
+    from conftest import MODELS, run_cli
+
+    day = tmp_path / "day.jsonl"
+    day.write_text(
+        "".join(
+            _json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Please remember code word number {i}: lantern-{i * 7}."},
+                        {"role": "assistant", "content": f"Code word {i} is lantern-{i * 7}."},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(12)
+        )
+    )
+    hashes = []
+    for name in ("one", "two"):
+        env = {
+            "CIRCADIAN_HOME": str(tmp_path / name),
+            "CIRCADIAN_MODELS_DIR": str(MODELS),
+            "CIRCADIAN_MODEL__NAME": str(tiny_model),
+        }
+        assert run_cli("import", str(day), env=env).returncode == 0
+        planned = run_cli("sleep", "--dry-run", "--json", env=env)
+        assert planned.returncode == 0, planned.stderr[-2000:]
+        hashes.append(_json.loads(planned.stdout)["dataset_sha256"])
+    assert hashes[0] == hashes[1]

@@ -175,9 +175,10 @@ def build(
 
     conversations = [r for r in selection.new if r.is_conversation]
     held_out: set[str] = set()
-    if len(conversations) >= 4:  # ~15% of conversations validate, never none
-        ranked = sorted(conversations, key=lambda r: hash_share(r.id, salt))
-        held_out = {r.id for r in ranked if hash_share(r.id, salt) < 0.15} or {ranked[0].id}
+    if len(conversations) >= 4:  # ~15% validate, never none; keyed by what was said, not the random ids
+        said = lambda r: json.dumps([m.model_dump() for m in r.messages], sort_keys=True)  # noqa: E731
+        ranked = sorted(conversations, key=lambda r: hash_share(said(r), salt))
+        held_out = {r.id for r in ranked if hash_share(said(r), salt) < 0.15} or {ranked[0].id}
     for record in conversations:
         messages, _counts = redact_messages([m.model_dump() for m in record.messages], region)
         row = {"messages": messages, "lineage": {"generator": MEMORY, "version": "1", "source_id": record.id}}

@@ -834,6 +834,7 @@ def dry_run(paths: Paths, config: Config, console=None) -> dict:
         "dry_run": True,
         "would_train": plan.new_material >= max(1, config.sleep.min_new_facts),
         "counts": plan.counts,
+        "dataset_sha256": plan.sha256(),
         "redactions": dict(plan.redactions),
         "facts": plan.facts,
         "knowledge": dataset.knowledge_brief(plan),
