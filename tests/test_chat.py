@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 
-from conftest import CLI, ROOT
+from conftest import CLI, ROOT, assert_one_line_error, run_cli
 from rich.console import Console
 
 from circadian.core.config import load_config
@@ -188,3 +188,34 @@ def test_chat_ctrl_c_in_a_real_terminal_stops_reply_and_keeps_session(paths, use
     assert os.waitstatus_to_exitcode(status) == 0
     record = json.loads(paths.memories.read_text())
     assert record["tags"] == ["interrupted"] and 0 < record["stats"]["tokens"] < 30000
+
+
+def test_a_full_disk_while_logging_is_one_line_and_keeps_what_was_logged(paths, use_tiny):
+    """The real `circadian ask` under a file-size limit just above memories.jsonl (what a full disk does
+    to its append): one line on stderr, no traceback, and the turns logged before are intact."""
+    import resource
+    import signal
+    import subprocess
+
+    assert run_cli("ask", "first message", "--json").returncode == 0
+    before = paths.memories.read_bytes()
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 20, resource.RLIM_INFINITY))
+
+    full = subprocess.run(
+        [*CLI, "ask", "second message"], capture_output=True, text=True, cwd=ROOT, preexec_fn=limited, timeout=300
+    )
+    assert full.returncode != 0 and "Traceback" not in full.stderr
+    assert full.stderr.splitlines()[-1] == f"circadian: File too large: {paths.memories}"
+    assert paths.memories.read_bytes().startswith(before)
+    assert json.loads(before.decode().splitlines()[0])["messages"][0]["content"] == "first message"
+
+
+def test_a_config_that_is_not_utf8_is_one_line(paths):
+
+    paths.config.write_bytes(b'[chat]\nsystem_prompt = "caf\xe9"\n')
+    result = run_cli("config", "show")
+    assert_one_line_error(result)
+    assert "not UTF-8" in result.stderr and "circadian.toml" in result.stderr

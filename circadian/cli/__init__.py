@@ -122,6 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     except CircadianError as exc:
         print(f"circadian: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+    except OSError as exc:  # a full disk, a read-only home, a permission: one line, not a traceback
+        if exc.errno is None:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"circadian: {exc.strerror or exc}{where}", file=sys.stderr)
+        raise SystemExit(1) from None
     except (KeyboardInterrupt, getattr(clicks, "Abort", KeyboardInterrupt)):  # typer 0.29's click has no Abort
         print("circadian: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -349,6 +349,10 @@ def load_config(
             tree = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise CircadianError(f"{path}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError:
+            raise CircadianError(f"{path}: not UTF-8 text (save it as UTF-8)") from None
+        except OSError as exc:
+            raise CircadianError(f"{path}: cannot be read ({exc.strerror or exc})") from None
         for dotted in _flatten(tree):
             origin[dotted] = str(path)
         tree = _renamed(tree, origin)

@@ -132,10 +132,15 @@ def append_jsonl(path: Path, rows: Iterable[dict], *, lock: bool = True) -> int:
         finally:
             os.close(fd)
 
-    if lock:
-        with lock_for(path):
-            return _write()
-    return _write()
+    try:
+        if lock:
+            with lock_for(path):
+                return _write()
+        return _write()
+    except OSError as exc:
+        if exc.filename or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None  # say which file the disk refused
 
 
 class Line(NamedTuple):
