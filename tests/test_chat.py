@@ -219,3 +219,28 @@ def test_a_config_that_is_not_utf8_is_one_line(paths):
     result = run_cli("config", "show")
     assert_one_line_error(result)
     assert "not UTF-8" in result.stderr and "circadian.toml" in result.stderr
+
+
+def test_the_typed_line_history_is_private_and_keeps_no_private_line(paths, use_tiny):
+    """The real prompt_toolkit history file: 0600, no `#no-train` line, no line typed in a /notrain
+    session, and a /forget takes the forgotten line out of it."""
+    import stat
+
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    session = _session(paths)
+    keys = "hello\rmy PIN is 4921 #no-train\rmy bike is red\r/forget\r/notrain\rsecret plans\r/notrain\rbye\r/quit\r"
+    with create_pipe_input() as pipe:
+        pipe.send_text(keys)
+        run_chat(
+            session,
+            console=Console(file=io.StringIO(), width=120),
+            pt_input=pipe,
+            pt_output=DummyOutput(),
+            history_path=paths.chat_history,
+        )
+    text = paths.chat_history.read_text()
+    assert stat.S_IMODE(paths.chat_history.stat().st_mode) == 0o600
+    assert "+hello" in text and "+bye" in text
+    assert "4921" not in text and "secret plans" not in text and "bike" not in text

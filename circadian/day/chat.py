@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
@@ -102,6 +103,37 @@ def stats_line(result) -> str:
     return " · ".join(parts)
 
 
+def private_history(path, session: ChatSession):
+    """The typed-line history (prompt_toolkit's FileHistory) kept private: the file is 0600, a line
+    marked `#no-train` or typed in a no-train session is never written, and `forget(text)` rewrites
+    the file without a line the user forgot."""
+    import datetime
+    import os
+
+    from prompt_toolkit.history import FileHistory
+
+    from circadian.core.fsutil import PRIVATE_FILE_MODE, atomic_write_text
+    from circadian.store.memories import has_no_train_mark
+
+    class PrivateHistory(FileHistory):
+        def store_string(self, string: str) -> None:
+            if session.no_train or has_no_train_mark([{"role": "user", "content": string}]):
+                return
+            fd = os.open(self.filename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+            os.chmod(self.filename, PRIVATE_FILE_MODE)  # a file an older version made 0644
+            with os.fdopen(fd, "ab") as f:
+                f.write(f"\n# {datetime.datetime.now()}\n".encode())
+                f.write("".join(f"+{line}\n" for line in string.split("\n")).encode("utf-8", errors="replace"))
+
+        def forget(self, text: str) -> None:
+            kept = [s for s in reversed(list(self.load_history_strings())) if s != text]
+            self._loaded_strings = [s for s in self._loaded_strings if s != text]
+            body = "".join("\n# kept\n" + "".join(f"+{line}\n" for line in s.split("\n")) for s in kept)
+            atomic_write_text(Path(self.filename), body)
+
+    return PrivateHistory(str(path))
+
+
 def run_chat(
     session: ChatSession,
     *,
@@ -113,13 +145,14 @@ def run_chat(
 ) -> int:
     """Run the chat loop until /quit or Ctrl-D; return the number of exchanges."""
     from prompt_toolkit import PromptSession
-    from prompt_toolkit.history import FileHistory, InMemoryHistory
+    from prompt_toolkit.history import InMemoryHistory
 
     console = console or Console()
+    history = None
     if prompt is None and pt_input is None and not sys.stdin.isatty():
         prompt = _plain_prompt  # piped input: read lines, no terminal UI
     if prompt is None:
-        history = FileHistory(str(history_path)) if history_path else InMemoryHistory()
+        history = private_history(history_path, session) if history_path else InMemoryHistory()
         pt = PromptSession(history=history, key_bindings=_key_bindings(), input=pt_input, output=pt_output)
         prompt = lambda: pt.prompt("you> ")  # noqa: E731
     assistant = session.assistant
@@ -140,7 +173,10 @@ def run_chat(
         if not line.strip():
             continue
         if line.lstrip().startswith("/"):
+            forgotten = session.history[-1].user if line.strip().lower() == "/forget" and session.history else None
             result = handle_command(line, session)
+            if forgotten is not None and hasattr(history, "forget"):
+                history.forget(forgotten)
             console.print(result.text, highlight=False, markup=False)
             if result.quit:
                 break
