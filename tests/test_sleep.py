@@ -104,14 +104,14 @@ def test_sleep_with_nothing_to_learn_is_not_an_error(night):
     assert not any(night.adapters.iterdir()) or adapters.current_version(night) is None
 
 
-def _start_held(point: str) -> subprocess.Popen:
+def _start_held(point: str, seconds: float = 300) -> subprocess.Popen:
     proc = subprocess.Popen(
         [*CLI, "sleep"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "CIRCADIAN_HOLD_AT": point},
+        env={**os.environ, "CIRCADIAN_HOLD_AT": point, "CIRCADIAN_HOLD_SECONDS": str(seconds)},
     )
     deadline = time.time() + 300
     for line in proc.stderr:
@@ -165,3 +165,29 @@ def test_mlx_backend_sleeps_continues_its_adapter_and_chat_uses_it(night):
     assert answered.returncode == 0, answered.stderr
     assert json.loads(answered.stdout)["adapter"] == current.version
     assert oct((current.path / "adapters.safetensors").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_turn_chatted_during_a_sleep_is_not_marked_trained(night):
+    """A real sleep, held in its training stage while the real `circadian ask` logs a turn: the new
+    version's trained ids leave that turn out, and the next night learns it."""
+    say(night, "My dog is called Biscuit.")
+    proc = _start_held("train", seconds=20)
+    asked = run_cli("ask", "My sister Lena lives in Trondheim.", "--json", "--max-tokens", "4")
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    during = json.loads(night.memories.read_text().splitlines()[-1])["id"]
+    proc.stderr.read()
+    assert proc.wait(timeout=300) == 0
+    assert proc_was_running_when(night, during)
+    version = adapters.current_version(night)
+    assert version and during not in adapters.trained_ids(night)
+    assert sleep_json()["counts"]["turns_new"] == 1  # the turn chatted during the sleep, now learned
+
+
+def proc_was_running_when(paths, record_id: str) -> bool:
+    """Whether the turn was logged while the last night ran (so the test really overlapped)."""
+    from datetime import datetime
+
+    turn = next(json.loads(line) for line in paths.memories.read_text().splitlines() if record_id in line)
+    night = json.loads(paths.run_log.read_text().splitlines()[-1])
+    when = datetime.fromisoformat
+    return when(night["started"]) <= when(turn["ts"]) <= when(night["ended"])

@@ -299,8 +299,10 @@ class TorchModel:
         step_input = input_ids
         processor = _repetition_processor(settings, sorted(self.eos_ids | {self._pad_id()}))
         history = input_ids[:, -settings.repetition_context :] if processor else None
+        from peft import PeftModel
+
         use_adapter = self.routes([messages])[0]
-        self.last_route = "adapter" if use_adapter else "base"
+        self.last_route = "adapter" if use_adapter and isinstance(self.model, PeftModel) else "base"
         was_training = self.model.training  # asked mid-training (learning evolution): answer as in eval
         if was_training:
             self.model.eval()

@@ -41,11 +41,12 @@ ENDINGS = ("done", "failed", "stopped")
 
 def hold(point: str) -> None:
     """Crash-test hook: with CIRCADIAN_HOLD_AT=<point> the process says so on stderr and waits
-    there, so a test can SIGKILL it at exactly that moment. Points: every stage name, plus
-    commit:staged (weights written) and commit:renamed (version in place, CURRENT not yet)."""
+    there (CIRCADIAN_HOLD_SECONDS, 300 by default), so a test can SIGKILL it, or act beside it, at
+    exactly that moment. Points: every stage name, plus commit:staged (weights written) and
+    commit:renamed (version in place, CURRENT not yet)."""
     if os.environ.get(HOLD_ENV) == point:
         print(f"holding at {point}", file=sys.stderr, flush=True)
-        time.sleep(300)
+        time.sleep(float(os.environ.get("CIRCADIAN_HOLD_SECONDS", "300")))
 
 
 class Cycle:
