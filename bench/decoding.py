@@ -1,6 +1,6 @@
 """Default decoding: which settings pass the style check for the base model and for an adapter alike.
 
-Run as: .venv/bin/python bench/decoding.py [--adapter ADAPTER_FOLDER] [--out bench/DECODING.md]
+Run as: .venv/bin/python bench/decoding.py [--adapter ADAPTER_FOLDER] [--only 1,3] [--out bench/DECODING.md]
 
 For each way of asking (the model's own template, greedy, as before; the default system prompt;
 the default system prompt with a repetition penalty of 1.1 and of 1.2 over the last 64 tokens), the
@@ -42,7 +42,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", type=Path, help="a PEFT adapter folder to check the style of as well")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "DECODING.md")
+    parser.add_argument("--only", help="comma-separated row numbers of the settings to run (default: all)")
     args = parser.parse_args()
+    chosen = {int(n) for n in args.only.split(",")} if args.only else set(range(1, len(SETTINGS) + 1))
     from circadian.backends import embedded
 
     model_dir = embedded.build(Paths.resolve(None).models)
@@ -52,7 +54,9 @@ def main() -> None:
         "| settings | capability (227) | style, base (30) | loops, base | style, adapter | loops, adapter | seconds |"
     )
     lines = [head, "|---|---|---|---|---|---|---|"]
-    for name, asking in SETTINGS.items():
+    for number, (name, asking) in enumerate(SETTINGS.items(), start=1):
+        if number not in chosen:
+            continue
         tic = time.perf_counter()
         model.set_adapter(None, None)
         cap = evaluate.ask_all(model, capability, key="prompt", max_tokens=96, asking=asking)

@@ -111,7 +111,7 @@ class MLXModel:
             prompt,
             max_tokens=settings.max_tokens,
             sampler=sampler,
-            logits_processors=self._processors(settings),
+            logits_processors=self._processors(settings, len(prompt)),
         ):
             if cancel is not None and cancel.is_set():
                 break
@@ -119,9 +119,9 @@ class MLXModel:
                 break
             yield Chunk(response.text, 1)
 
-    def _processors(self, settings: GenerationSettings) -> list | None:
-        """mlx-lm's repetition penalty over the last `repetition_context` tokens, with the end-of-turn
-        tokens exempt (the chat template puts them in every prompt), as the torch backend does."""
+    def _processors(self, settings: GenerationSettings, prompt_length: int) -> list | None:
+        """mlx-lm's repetition penalty over the reply's own last `repetition_context` tokens (the
+        prompt is never penalized), with the end-of-turn tokens exempt, as the torch backend does."""
         if settings.repetition_penalty == 1.0:
             return None
         from mlx_lm.sample_utils import make_repetition_penalty
@@ -129,13 +129,16 @@ class MLXModel:
         penalty = make_repetition_penalty(settings.repetition_penalty, settings.repetition_context)
         exempt = sorted(set(self._wrapper.eos_token_ids or []) | {self.tokenizer.eos_token_id} - {None})
 
-        def recent_repetition_penalty(tokens, logits):
+        def reply_repetition_penalty(tokens, logits):
+            said = tokens[prompt_length:]
+            if len(said) == 0:
+                return logits
             kept = logits[:, exempt]
-            logits = penalty(tokens, logits)
+            logits = penalty(said, logits)
             logits[:, exempt] = kept
             return logits
 
-        return [recent_repetition_penalty]
+        return [reply_repetition_penalty]
 
     # ----------------------------------------------------------------------------- scoring
 

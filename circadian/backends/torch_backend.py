@@ -57,24 +57,31 @@ def resolve_dtype(requested: str, device: str):
 
 
 def _repetition_processor(settings: GenerationSettings, exempt: list[int]):
-    """Given the settings and the token ids never penalized (end of turn, padding: the chat template
-    puts them in every prompt), return a transformers logits processor that applies the repetition
-    penalty over the last `repetition_context` tokens only (mlx-lm's semantics; transformers' own
-    `repetition_penalty` sees the whole sequence, prompt included), or None when it is off."""
+    """Given the settings and the token ids never penalized (end of turn, padding), return a
+    transformers logits processor that applies the repetition penalty over the reply's own last
+    `repetition_context` tokens, or None when it is off. `processor.start` is where the reply begins
+    in the ids it is given (the prompt's width). The prompt is never penalized: a penalty on it
+    pushed "What is the capital of Germany?" into German, and a long chat into another language
+    (transformers' own `repetition_penalty` sees the whole sequence, mlx-lm's the last tokens of it)."""
     if settings.repetition_penalty == 1.0:
         return None
     from transformers.generation.logits_process import LogitsProcessor, RepetitionPenaltyLogitsProcessor
 
     penalty, context = RepetitionPenaltyLogitsProcessor(settings.repetition_penalty), settings.repetition_context
 
-    class RecentRepetitionPenalty(LogitsProcessor):
+    class ReplyRepetitionPenalty(LogitsProcessor):
+        start = 0
+
         def __call__(self, input_ids, scores):
+            said = input_ids[:, self.start :][:, -context:]
+            if not said.shape[1]:
+                return scores
             kept = scores[:, exempt].clone()
-            scores = penalty(input_ids[:, -context:], scores)
+            scores = penalty(said, scores)
             scores[:, exempt] = kept
             return scores
 
-    return RecentRepetitionPenalty()
+    return ReplyRepetitionPenalty()
 
 
 def _pick(logits, settings: GenerationSettings, generator, history=None, processor=None) -> int:
@@ -298,7 +305,7 @@ class TorchModel:
         cache = None
         step_input = input_ids
         processor = _repetition_processor(settings, sorted(self.eos_ids | {self._pad_id()}))
-        history = input_ids[:, -settings.repetition_context :] if processor else None
+        history = input_ids[:, :0] if processor else None  # the reply so far: the prompt is not penalized
         from peft import PeftModel
 
         use_adapter = self.routes([messages])[0]
@@ -387,6 +394,8 @@ class TorchModel:
             for row, i in enumerate(chunk):
                 ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
                 mask[row, width - len(prompts[i]) :] = 1
+            for processor in processors:
+                processor.start = width  # the replies begin after the (left-padded) prompts
             out = self.model.generate(
                 input_ids=ids.to(self.model.device),
                 attention_mask=mask.to(self.model.device),

@@ -57,7 +57,8 @@ class ModelSettings(_Section):
     )
 
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Reply in the language of the user, briefly and clearly."
+# "Reply in the language of the user" made the embedded model answer "What is the capital of Germany?" in German
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and clearly."
 
 
 class ChatSettings(_Section):
