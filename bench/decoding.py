@@ -28,8 +28,8 @@ from circadian.night import evaluate, style  # noqa: E402
 SETTINGS = {
     "model's own template, greedy": evaluate.Asking(),
     "system prompt, greedy": evaluate.Asking(DEFAULT_SYSTEM_PROMPT),
-    "system prompt, penalty 1.1 (default)": evaluate.Asking(DEFAULT_SYSTEM_PROMPT, 1.1, 64),
-    "system prompt, penalty 1.2": evaluate.Asking(DEFAULT_SYSTEM_PROMPT, 1.2, 64),
+    "system prompt, penalty 1.1 on the reply (default)": evaluate.Asking(DEFAULT_SYSTEM_PROMPT, 1.1, 64),
+    "system prompt, penalty 1.2 on the reply": evaluate.Asking(DEFAULT_SYSTEM_PROMPT, 1.2, 64),
 }
 
 
