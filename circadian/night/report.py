@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from circadian.core.figures import figure
 from circadian.core.fsutil import atomic_write_text
 from circadian.night import charts
 from circadian.store.records import Asked, CycleSummary, Measurement, TrainEventLine, read_all, read_json
@@ -23,11 +24,11 @@ def load(cycle_dir: Path) -> tuple[CycleSummary, list[TrainEventLine]]:
 
 
 def _pct(value) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
+    return figure(value, ".0%")
 
 
 def _num(value, fmt=".3f") -> str:
-    return "n/a" if value is None else format(value, fmt)
+    return figure(value, fmt)
 
 
 def _mark(hit) -> str:

@@ -729,12 +729,11 @@ def run_sleep(
 
 def _figures(label: str, metrics: dict) -> str:
     brief = evaluate.brief_metrics(metrics)
-    fmt = figure
     return (
-        f"{label}: recall {fmt(brief['recall'], '.0%')}, retention {fmt(brief['retention'], '.0%')}, "
-        f"capability {fmt(brief['capability'], '.1%')}, style {fmt(brief['style'], '.0%')}, "
-        f"perplexity {fmt(brief['perplexity'], '.2f')} (adapter alone {fmt(brief['perplexity_adapter'], '.2f')}), "
-        f"val loss {fmt(brief['val_loss'], '.3f')}"
+        f"{label}: recall {figure(brief['recall'], '.0%')}, retention {figure(brief['retention'], '.0%')}, "
+        f"capability {figure(brief['capability'], '.1%')}, style {figure(brief['style'], '.0%')}, "
+        f"perplexity {figure(brief['perplexity'], '.2f')} "
+        f"(adapter alone {figure(brief['perplexity_adapter'], '.2f')}), val loss {figure(brief['val_loss'], '.3f')}"
     )
 
 

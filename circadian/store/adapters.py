@@ -157,6 +157,11 @@ def lineage(paths: Paths, version: str | None) -> list[str]:
     return chain
 
 
+def _names(value) -> bool:
+    """The shape of trained_ids.json and pins.json: a list of strings."""
+    return isinstance(value, list) and all(isinstance(i, str) for i in value)
+
+
 def trained_ids(paths: Paths, version: str | None = None) -> set[str]:
     """Return the memory ids learned by a version and its ancestors (default: CURRENT's lineage).
 
@@ -164,8 +169,7 @@ def trained_ids(paths: Paths, version: str | None = None) -> set[str]:
     """
     ids: set[str] = set()
     for name in lineage(paths, version if version is not None else current_version(paths)):
-        is_ids = lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)  # noqa: E731
-        ids.update(read_state_json(paths.adapters / name / TRAINED_IDS, [], valid=is_ids))
+        ids.update(read_state_json(paths.adapters / name / TRAINED_IDS, [], valid=_names))
     return ids
 
 
@@ -265,8 +269,7 @@ def rollback(paths: Paths, target: str | None = None) -> tuple[str | None, str |
 
 
 def pins(paths: Paths) -> list[str]:
-    is_names = lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)  # noqa: E731
-    return read_state_json(paths.adapters / "pins.json", [], valid=is_names)
+    return read_state_json(paths.adapters / "pins.json", [], valid=_names)
 
 
 def set_pinned(paths: Paths, version: str, pinned: bool) -> list[str]:

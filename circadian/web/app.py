@@ -28,6 +28,7 @@ from starlette.templating import Jinja2Templates
 
 from circadian.core.config import Config
 from circadian.core.errors import CircadianError
+from circadian.core.figures import figure
 from circadian.core.paths import Paths
 from circadian.core.tables import to_csv
 from circadian.night import charts, control
@@ -59,7 +60,7 @@ def templates() -> Jinja2Templates:
     found = Jinja2Templates(directory=str(resources.files("circadian.web") / "templates"))
     found.env.filters["cell"] = _cell
     found.env.filters["columns"] = lambda rows: list(dict.fromkeys(k for row in rows for k in row))
-    found.env.filters["pct"] = lambda v: "n/a" if v is None else f"{v:.0%}"
+    found.env.filters["pct"] = lambda v: figure(v, ".0%")
     return found
 
 
