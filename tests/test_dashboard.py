@@ -10,6 +10,8 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -30,19 +32,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(night):
-    port = free_port()
+def start_dashboard(port: int, *args: str, url: str = "") -> subprocess.Popen:
+    """Start `circadian dashboard --port PORT ARGS` and wait until it answers (any HTTP status)."""
     process = subprocess.Popen(
-        [*CLI, "dashboard", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*CLI, "dashboard", "--port", str(port), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+            urllib.request.urlopen(url or f"http://127.0.0.1:{port}/", timeout=2)
+            break
+        except urllib.error.HTTPError:
             break
         except OSError:
             time.sleep(0.2)
+    return process
+
+
+@pytest.fixture
+def server(night):
+    port = free_port()
+    process = start_dashboard(port)
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(10)
@@ -245,3 +259,91 @@ def test_only_local_hosts_are_served(paths, server):
     finally:
         exposed.terminate()
         exposed.wait(10)
+
+
+def status_of(request: urllib.request.Request) -> tuple[int, dict]:
+    """Send a request without following redirects; return (status, headers)."""
+
+    class Stay(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    try:
+        with urllib.request.build_opener(Stay).open(request, timeout=10) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as refused:
+        return refused.code, dict(refused.headers)
+
+
+def test_the_doors_refuse_other_ports_paths_and_tokenless_requests(paths, server, tmp_path):
+    from test_store import _version
+
+    first = _version(paths, 1)
+    second = _version(paths, 2, parent=first)
+    adapters.set_current(paths, second, reason="test")
+    port = int(server.rsplit(":", 1)[1])
+
+    def rollback(origin: str, version: str = "") -> int:
+        body = f"version={urllib.parse.quote(version)}".encode()
+        request = urllib.request.Request(server + "/api/rollback", data=body, method="POST", headers={"Origin": origin})
+        return status_of(request)[0]
+
+    # another page on this machine, on another port or scheme, cannot make a version current
+    for origin in (f"http://127.0.0.1:{port + 1}", f"https://127.0.0.1:{port}", "http://localhost", "null"):
+        assert rollback(origin) == 403, origin
+        assert adapters.current_version(paths) == second
+    ctl = urllib.request.Request(
+        server + "/api/ctl/stop", method="POST", headers={"X-Circadian": "1", "Origin": f"http://127.0.0.1:{port + 1}"}
+    )
+    assert status_of(ctl)[0] == 403
+    # a planted adapter outside the store, by absolute path or by climbing out, is not a version
+    planted = tmp_path / "planted"
+    shutil.copytree(paths.adapters / first, planted)
+    for target in (str(planted), f"{first}/../../../{planted.relative_to(planted.anchor)}", "v1/../.."):
+        assert rollback(f"http://127.0.0.1:{port}", target) == 303
+        assert adapters.current_version(paths) == second
+    with pytest.raises(Exception, match="no adapter version"):
+        adapters.get(paths, str(planted))
+    assert json.loads(urllib.request.urlopen(server + "/api/table/coverage.json?cycle=../..").read()) == []
+    # the page itself can
+    assert rollback(f"http://127.0.0.1:{port}", "base") == 303
+    assert adapters.current_version(paths) is None
+
+
+def test_ipv6_loopback_is_served(night):
+    port = free_port()
+    process = start_dashboard(port, "--host", "::1", url=f"http://[::1]:{port}/")
+    try:
+        page = urllib.request.urlopen(f"http://[::1]:{port}/", timeout=10)
+        assert page.status == 200 and "Overview" in page.read().decode()
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_any_other_host_needs_the_token(night):
+    port = free_port()
+    process = start_dashboard(port, "--host", "0.0.0.0")
+    try:
+        token_file = night.control / "dashboard.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        base = f"http://127.0.0.1:{port}/"
+        assert status_of(urllib.request.Request(base))[0] == 401
+        assert status_of(urllib.request.Request(base + "?token=wrong"))[0] == 401
+        status, headers = status_of(urllib.request.Request(base + "?token=" + token))
+        assert status == 200 and "HttpOnly" in headers["set-cookie"]
+        cookie = headers["set-cookie"].split(";")[0]
+        assert status_of(urllib.request.Request(base + "adapters", headers={"Cookie": cookie}))[0] == 200
+        assert status_of(urllib.request.Request(base, headers={"Cookie": "circadian_token=wrong"}))[0] == 401
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=10)
+    assert token in err  # printed once, when generated
+    again = start_dashboard(port, "--host", "0.0.0.0")
+    try:
+        assert status_of(urllib.request.Request(f"http://127.0.0.1:{port}/?token=" + token))[0] == 200
+    finally:
+        again.terminate()
+        _out, err = again.communicate(timeout=10)
+    assert token not in err

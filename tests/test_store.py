@@ -142,6 +142,23 @@ def test_sleep_lock_refuses_second_and_recovers_from_dead_holder(paths, tmp_path
         assert holder(lock_path)["cycle_id"] == "c3"
 
 
+def test_a_readers_check_never_makes_a_starting_sleep_fail(paths):
+    """The dashboard checks the sleep lock twice a second per client (a shared flock for an instant);
+    a sleep starting at that instant waits for it instead of saying another sleep is running."""
+    lock_path = paths.control / "sleep.lock"
+    paths.control.mkdir(parents=True, exist_ok=True)
+    lock_path.touch()
+    code = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_SH); "
+        "print('held', flush=True); time.sleep(0.5)"
+    )
+    reader = subprocess.Popen([sys.executable, "-c", code, str(lock_path)], stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "held"
+    with sleep_lock(lock_path, "c1"):
+        assert holder(lock_path)["cycle_id"] == "c1"
+    reader.wait(10)
+
+
 BEFORE = {
     "recall": {"score": 0.1},
     "val_loss": 1.8,

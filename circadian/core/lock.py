@@ -18,11 +18,16 @@ from pathlib import Path
 from circadian.core.errors import CircadianError
 
 
+READER_GRACE_SECONDS = 2.0  # how long a lock whose file names no holder is waited for
+
+
 class HeldLock:
     """Context manager holding an exclusive flock on `path`, with a holder record (pid, start time and
     `record`) written into the file, readable by `holder()` while it is held.
 
-    Raise CircadianError with `refused(holder record)` if another process holds it.
+    Raise CircadianError with `refused(holder record)` if another process holds it. A lock taken
+    with no holder record is a reader's (`holder()`, which the dashboard runs twice a second): it
+    lasts microseconds, so it is waited for, up to READER_GRACE_SECONDS.
     """
 
     def __init__(self, path: Path, record: dict, refused: Callable[[dict], str]):
@@ -34,12 +39,18 @@ class HeldLock:
     def __enter__(self) -> HeldLock:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            held_by = _read(fd)
-            os.close(fd)
-            raise CircadianError(self.refused(held_by)) from None
+        deadline = time.monotonic() + READER_GRACE_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                held_by = _read(fd)
+                if not held_by and time.monotonic() < deadline:  # a reader's `holder()` check, not a holder
+                    time.sleep(0.01)
+                    continue
+                os.close(fd)
+                raise CircadianError(self.refused(held_by)) from None
         os.ftruncate(fd, 0)
         os.pwrite(
             fd,

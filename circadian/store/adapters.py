@@ -108,10 +108,11 @@ def verify_weights(folder: Path, manifest: AdapterManifest) -> None:
 def get(paths: Paths, version: str) -> ActiveAdapter:
     """Given a version name, return it (manifest read, weights not yet verified).
 
-    Raise CircadianError if no such version is stored.
+    Raise CircadianError if no such version is stored, or the name is not a version's (a path such
+    as `/tmp/x` or `v1/../..` never leaves the store).
     """
     folder = paths.adapters / version
-    if not version.startswith(".") and folder.is_dir():
+    if version_number(version) is not None and folder.is_dir():
         return ActiveAdapter(version, folder, read_manifest(folder))
     known = ", ".join(m.version for m in list_versions(paths)) or "none"
     raise CircadianError(f"no adapter version '{version}' (stored: {known})")

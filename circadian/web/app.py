@@ -6,8 +6,9 @@ learning-evolution browser, cycles (choices, regret, the integrity debug panel) 
 (manifests, comparison, making a version current with a confirmation). The pages are Jinja2 templates
 (`web/templates/`, autoescaped) over the rows of `web/views.py`; charts are the report's matplotlib
 charts, except the live one, drawn in `static/live.js` as the events arrive. Every table links to its
-CSV and JSON. Requests whose Host header is not the address it serves are refused (no DNS-rebinding
-access to the conversations), and state-changing requests must be POSTs from the page itself.
+CSV and JSON. Who may come in is `web/doors.py`: the Host must be an address it serves, any host but
+loopback needs the token, and state-changing requests must be POSTs from the page itself (scheme,
+host and port).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 from importlib import resources
-from urllib.parse import urlencode, urlparse
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -34,6 +34,7 @@ from circadian.core.tables import to_csv
 from circadian.night import charts, control
 from circadian.store import adapters
 from circadian.web import views
+from circadian.web.doors import LOOPBACK, Doors, load_token, same_origin
 
 NAV = [
     ("/", "Overview"),
@@ -69,8 +70,13 @@ def _query(params: dict) -> str:
     return "?" + urlencode(kept) if kept else ""
 
 
-def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starlette:
+def make_app(paths: Paths, config: Config, *, hosts: list[str], port: int, token: str | None = None) -> Starlette:
+    """The dashboard for `paths`, answering on `hosts` at `port`; every request needs `token` if given."""
     pages = templates()
+
+    def from_the_page(request: Request) -> bool:
+        origin = request.headers.get("origin") or request.headers.get("referer") or ""
+        return same_origin(origin, hosts, port)
 
     def page(request: Request, name: str, title: str, active: str, **context) -> Response:
         return pages.TemplateResponse(request, name, {"title": title, "active": active, "nav": NAV, **context})
@@ -121,7 +127,7 @@ def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starl
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     async def ctl(request: Request):
-        if request.headers.get("x-circadian") != "1":
+        if request.headers.get("x-circadian") != "1" or not from_the_page(request):
             return JSONResponse({"error": "refused: not from the dashboard page"}, status_code=403)
         action = request.path_params["action"]
         if action not in control.ACTIONS:
@@ -226,8 +232,7 @@ def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starl
         )
 
     async def use_version(request: Request):
-        origin = request.headers.get("origin") or request.headers.get("referer") or ""
-        if urlparse(origin).hostname not in allowed_hosts:
+        if not from_the_page(request):
             return PlainTextResponse("refused: not from the dashboard page", status_code=403)
         form = await request.form()
         target = str(form.get("version", ""))
@@ -301,13 +306,23 @@ def make_app(paths: Paths, config: Config, *, allowed_hosts: list[str]) -> Starl
         Route("/api/table/{name}.{fmt:str}", export),
         Mount("/static", app=static, name="static"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)])
+    return Starlette(routes=routes, middleware=[Middleware(Doors, hosts=hosts, token=token)])
 
 
 def serve(paths: Paths, config: Config, *, host: str, port: int, say) -> None:
+    """Serve the dashboard on host:port until Ctrl-C; any host but loopback needs the token."""
     import uvicorn
 
-    allowed = ["127.0.0.1", "localhost"] + ([host] if host not in ("127.0.0.1", "localhost") else [])
-    app = make_app(paths, config, allowed_hosts=allowed)
-    say(f"dashboard on http://{host}:{port}/ (Ctrl-C stops it)")
+    hosts = list(LOOPBACK) + ([host] if host not in LOOPBACK else [])
+    token = None
+    shown = f"[{host}]" if ":" in host else host
+    if host not in LOOPBACK:
+        token_file = paths.control / "dashboard.token"
+        token, new = load_token(token_file)
+        say(
+            f"dashboard token {'generated' if new else 'kept'} in {token_file}; open "
+            + (f"http://{shown}:{port}/?token={token}" if new else f"http://{shown}:{port}/?token=<the token>")
+        )
+    app = make_app(paths, config, hosts=hosts, port=port, token=token)
+    say(f"dashboard on http://{shown}:{port}/ (Ctrl-C stops it)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -8,6 +8,7 @@ show can also be exported as CSV or JSON from the same function. Nothing here lo
 from __future__ import annotations
 
 import json
+import re
 
 from circadian.backends import auto_backend_name
 from circadian.core.config import Config
@@ -47,13 +48,18 @@ def status(paths: Paths, config: Config) -> dict:
     }
 
 
+def _is_name(cycle: str) -> bool:
+    """Whether a cycle id from a request is one folder name under data/runs/, not a path."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cycle)) and ".." not in cycle
+
+
 def knowledge(paths: Paths, cycle: str | None = None) -> dict:
     """What a night (default: the latest with a summary) made of what the user said: every message that
     told something, with the facts learned from it, the updates and the rejected facts."""
     from circadian.night.report import capability_changes, latest_cycle
     from circadian.store.records import CycleSummary, Measurement, read_json
 
-    folder = paths.runs / cycle if cycle else latest_cycle(paths.runs)
+    folder = paths.runs / cycle if cycle and _is_name(cycle) else None if cycle else latest_cycle(paths.runs)
     if folder is None or not (folder / "summary.json").exists():
         return {"cycle": None, "coverage": [], "updates": [], "rejected": [], "generators": [], "coverage_share": None}
     summary = read_json(folder / "summary.json", CycleSummary)
