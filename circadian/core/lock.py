@@ -17,7 +17,6 @@ from pathlib import Path
 
 from circadian.core.errors import CircadianError
 
-
 READER_GRACE_SECONDS = 2.0  # how long a lock whose file names no holder is waited for
 
 
