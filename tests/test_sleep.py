@@ -191,3 +191,33 @@ def proc_was_running_when(paths, record_id: str) -> bool:
     night = json.loads(paths.run_log.read_text().splitlines()[-1])
     when = datetime.fromisoformat
     return when(night["started"]) <= when(turn["ts"]) <= when(night["ended"])
+
+
+def test_an_untrainable_row_is_quarantined_and_the_rest_trains(night, tmp_path):
+    """A conversation whose first reply starts after train.max_length has no token to learn: it goes to
+    data/quarantine/rows.jsonl with its reason, in an import and in the inbox alike, and the night
+    trains the rest instead of refusing every night."""
+    long_question = "Tell me about this: " + "lorem ipsum dolor sit amet " * 400 + "BURIED-SECRET-7"
+
+    def chat(user: str, reply: str) -> str:
+        return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]})
+
+    day = tmp_path / "day.jsonl"
+    good = [
+        chat(f"Please remember code word {i}: lantern-{i * 7}.", f"Code word {i} is lantern-{i * 7}.") for i in range(4)
+    ]
+    day.write_text("\n".join([*good, chat(long_question, "Noted.")]) + "\n")
+    assert run_cli("import", str(day)).returncode == 0
+    inbox_file = night.data / "inbox" / "normal" / "extra.jsonl"
+    inbox_file.parent.mkdir(parents=True, exist_ok=True)
+    inbox_file.write_text("\n".join([*good[:2], chat(long_question + " inbox", "Fine.")]) + "\n")
+    result = sleep_json(env={"CIRCADIAN_SLEEP__INBOX_SETTLE_SECONDS": "0"})
+    assert result["outcome"] in ("promoted", "rejected"), result
+    quarantined = [json.loads(line) for line in (night.quarantine / "rows.jsonl").read_text().splitlines()]
+    assert len(quarantined) == 2 and all("train.max_length" in q["reason"] for q in quarantined)
+    assert all("BURIED-SECRET-7" in q["messages"][-2]["content"] for q in quarantined)
+    trained = (night.runs / result["cycle_id"] / "dataset" / "train.jsonl").read_text()
+    assert "BURIED-SECRET-7" not in trained and "lantern-7" in trained
+    again = sleep_json()  # the next night does not quarantine the same row twice
+    assert again["outcome"] in ("promoted", "rejected", "nothing to learn")
+    assert len((night.quarantine / "rows.jsonl").read_text().splitlines()) == 2

@@ -96,6 +96,33 @@ class Plan:
         return h.hexdigest()
 
 
+def row_key(row: dict) -> str:
+    """A training row's identity: the sha256 of its messages."""
+    return hashlib.sha256(json.dumps(row["messages"], sort_keys=True).encode()).hexdigest()
+
+
+def drop_rows(plan: Plan, datasets: list[Dataset], reasons: dict[str, str]) -> list[dict]:
+    """Take the rows whose `row_key` is in `reasons` out of the plan and every dataset (in place).
+
+    Return them once each, as quarantine entries {split, reason, lineage, messages}.
+    """
+    dropped: dict[str, dict] = {}
+    for holder in (plan, *plan.datasets, *datasets):
+        for split in ("train", "valid"):
+            kept = []
+            for row in getattr(holder, split):
+                key = row_key(row)
+                if key not in reasons:
+                    kept.append(row)
+                    continue
+                dropped.setdefault(
+                    key,
+                    {"key": key, "split": split, "reason": reasons[key], "lineage": row.get("lineage", {}), **row},
+                )
+            setattr(holder, split, kept)
+    return list(dropped.values())
+
+
 def default_generators():
     """The generators a night runs when none is chosen: `parse` with `rules` beside it, or `rules` alone
     where spaCy is not installed."""

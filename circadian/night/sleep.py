@@ -40,7 +40,7 @@ from circadian.core.clock import now_iso
 from circadian.core.config import Config
 from circadian.core.errors import CircadianError
 from circadian.core.figures import figure
-from circadian.core.fsutil import append_jsonl, atomic_write_json, sha256_file
+from circadian.core.fsutil import append_jsonl, atomic_write_json, read_jsonl, sha256_file
 from circadian.core.lock import sleep_lock
 from circadian.core.paths import Paths
 from circadian.night import choice, control, dataset, distill, evaluate, evolution, gate, report, routing
@@ -264,6 +264,7 @@ class Sleep:
                 f"policy {config.sleep.policy}: chose {self.choice.choice.source} ({self.choice.choice.reason}); "
                 "selection losses " + ", ".join(f"{k} {v:.3f}" for k, v in self.choice.losses.items())
             )
+        self.quarantine_untrainable()
         inbox.set_state(paths, [d.queue_id for d in self.datasets if d.queue_id], "training", cycle_id=cycle.id)
 
         cycle.stage("dataset")
@@ -330,6 +331,65 @@ class Sleep:
                 ],
             ),
         )
+
+    def quarantine_untrainable(self) -> None:
+        """Take out every row of which no token would be trained (no reply, or a reply that starts after
+        `train.max_length`), into data/quarantine/rows.jsonl with the reason, and train the rest.
+
+        An inbox dataset left with no row fails with that reason; a night left with nothing of the
+        user's to train ends as "nothing to learn". One bad row never fails every night.
+        """
+        config, plan, paths = self.config, self.plan, self.paths
+        tokenizer, length, system = self.model.tokenizer, config.train.max_length, config.chat.system_prompt
+        reasons: dict[str, str] = {}
+        checked: set[str] = set()
+        for holder in (plan, *self.datasets):
+            for row in holder.train + holder.valid:
+                key = dataset.row_key(row)
+                if key in checked:
+                    continue
+                checked.add(key)
+                if not any(m.get("role") == "assistant" for m in row["messages"]):
+                    reasons[key] = "no assistant turn to learn"
+                elif encode_chat(tokenizer, row["messages"], length, system).targets == 0:
+                    reasons[key] = (
+                        f"its first reply starts after train.max_length ({length} tokens), so nothing in it "
+                        "would be trained; raise train.max_length to learn it"
+                    )
+        if not reasons:
+            return
+        dropped = dataset.drop_rows(plan, self.datasets, reasons)
+        target = paths.quarantine / "rows.jsonl"
+        known = {line.value.get("key") for line in read_jsonl(target) if line.value}
+        fresh = [
+            {**row, "cycle_id": self.cycle.id, "quarantined_at": now_iso()}
+            for row in dropped
+            if row["key"] not in known
+        ]
+        if fresh:
+            append_jsonl(target, fresh)
+        self.say(
+            f"quarantined {len(dropped)} untrainable row(s) in {target.relative_to(paths.home)}: {dropped[0]['reason']}"
+        )
+        emptied = [d for d in self.datasets if not any(not is_distill(r) for r in d.train)]
+        failed = [d.queue_id for d in emptied if d.queue_id]
+        inbox.set_state(paths, failed, "failed", cycle_id=self.cycle.id, reason="every row quarantined (untrainable)")
+        self.datasets = [d for d in self.datasets if d not in emptied]
+        if not self.datasets:
+            self.say("nothing to learn tonight: every row of the user's was quarantined")
+            raise _Done(
+                finish(
+                    self.cycle,
+                    paths,
+                    CycleSummary(
+                        cycle_id=self.cycle.id,
+                        outcome="nothing to learn",
+                        counts={**plan.counts, "quarantined_rows": len(dropped)},
+                        redactions=dict(plan.redactions),
+                        knowledge=dataset.knowledge_brief(plan),
+                    ),
+                )
+            )
 
     def measure(self, label: str) -> dict:
         """Measure the model as it is now on the night's sets, with a progress bar; say the figures."""
