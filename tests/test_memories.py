@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import stat
 
+import pytest
 from conftest import assert_one_line_error, run_cli
 
+from circadian.core.errors import CircadianError
 from circadian.day.importer import import_file, validate_lines
 from circadian.store import memories
 
@@ -109,3 +111,20 @@ def test_cli_paths_and_status_json(home):
     assert status["queue"]["counts"]["queued"] == 0 and status["queue"]["waiting_files"] == []
     assert status["schedule"]["by"] is None and status["next_run"] is None and status["sleep"] is None
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+
+def test_a_cut_off_tombstone_still_forgets_and_one_naming_nothing_stops_with_its_file(paths):
+    record = memories.make_record(_exchange("secret"), session="s", model="m", adapter=None, source="chat")
+    memories.append(paths, [record])
+    memories.forget(paths, record["id"], session="s")
+    raw = paths.tombstones.read_text()
+    cut = raw.index(record["id"]) + len(record["id"]) + 1
+    paths.tombstones.write_text(raw[:cut])  # an append cut off just after the id it forgets
+    assert memories.forgotten_ids(paths) == {record["id"]}
+    assert [r.id for r in memories.live_records(paths)] == []
+    paths.tombstones.write_text('{"id": "t1", "ts": "2026-12-01T00:00:00", "forg\n')
+    with pytest.raises(CircadianError, match="tombstones.jsonl line 1 is unreadable"):
+        memories.forgotten_ids(paths)
+    shown = run_cli("sleep", "--dry-run")
+    assert_one_line_error(shown)
+    assert "tombstones.jsonl" in shown.stderr and "secret" not in shown.stdout

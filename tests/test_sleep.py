@@ -221,3 +221,41 @@ def test_an_untrainable_row_is_quarantined_and_the_rest_trains(night, tmp_path):
     again = sleep_json()  # the next night does not quarantine the same row twice
     assert again["outcome"] in ("promoted", "rejected", "nothing to learn")
     assert len((night.quarantine / "rows.jsonl").read_text().splitlines()) == 2
+
+
+def test_forget_purge_deletes_the_turn_everywhere_and_the_report_offers_the_rollback(night):
+    """`forget --purge` is a real delete: the text is in the log, the typed history and a night's
+    files before, and in no file of the home after; the other turn stays; the adapter that learned it
+    is named, and the next night's report offers the rollback that removes it."""
+    say(night, "My dog is called Biscuit.", "My sister Lena lives in Trondheim.")
+    lena = next(json.loads(line)["id"] for line in night.memories.read_text().splitlines() if "Trondheim" in line)
+    night.chat_history.write_text("\n# 2026-12-01\n+My sister Lena lives in Trondheim.\n\n# 2026-12-01\n+hello there\n")
+    first = sleep_json()
+    assert first["outcome"] == "promoted", first
+
+    def files_saying(text: str) -> list[str]:
+        return sorted(
+            str(p.relative_to(night.home))
+            for p in night.home.rglob("*")
+            if p.is_file() and "models" not in p.parts and text.encode() in p.read_bytes()
+        )
+
+    assert "data/memories.jsonl" in files_saying("Trondheim") and any("runs" in f for f in files_saying("Trondheim"))
+    refused = run_cli("forget", "--purge")
+    assert_one_line_error(refused)
+    assert_one_line_error(run_cli("forget", "--purge", "no-such-turn"))
+    result = run_cli("forget", "--purge", lena, "--json")
+    assert result.returncode == 0, result.stderr
+    purged = json.loads(result.stdout)
+    assert purged["trained_in"] == [first["version"]] and purged["rollback"] == "base"
+    assert files_saying("Trondheim") == []
+    assert "Biscuit" in night.memories.read_text() and oct(night.memories.stat().st_mode & 0o777) == "0o600"
+    assert "hello there" in night.chat_history.read_text()
+    train = (night.runs / first["cycle_id"] / "dataset" / "train.jsonl").read_text()
+    assert "Biscuit" in train
+    say(night, "I grew up in Zwolle.")
+    second = sleep_json()
+    shown = run_cli("report", second["cycle_id"]).stdout
+    assert "Purged, but still in the adapter" in shown and "circadian rollback base" in shown
+    assert run_cli("forget", "--last").returncode == 0
+    assert "Zwolle" in night.memories.read_text()  # plain forget writes a tombstone, never rewrites

@@ -23,6 +23,7 @@ ORDER = (
     "chat",
     "ask",
     "import",
+    "forget",
     "status",
     "sleep",
     "report",
@@ -79,6 +80,7 @@ def _root(
 app.command()(day.chat)
 app.command()(day.ask)
 app.command("import")(day.import_)
+app.command()(day.forget)
 app.command()(store.status)
 app.command()(night.sleep)
 app.command()(night.report)

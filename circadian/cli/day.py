@@ -1,4 +1,4 @@
-"""Commands of the day: `chat`, `ask`, `import`."""
+"""Commands of the day: `chat`, `ask`, `import`, `forget`."""
 
 from __future__ import annotations
 
@@ -86,3 +86,53 @@ def import_(
     else:
         extra = f", {result.no_train} tagged no-train" if result.no_train else ""
         print(f"{file}: imported {result.added} conversation(s){extra}")
+
+
+def forget(
+    turn: Annotated[Optional[str], typer.Argument(metavar="ID", help="the turn's id (see `ask --json`)")] = None,
+    last: Annotated[bool, typer.Option("--last", help="the last turn logged")] = False,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="delete it for real, from the log, the chat history and every night's files")
+    ] = False,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Forget a turn: it is never trained and nothing shows it (a tombstone; the log is not rewritten).
+
+    With --purge the turn is deleted for real: memories.jsonl is rewritten without it, and it goes
+    from the chat's history, every night's dataset and evolution snapshots and the quarantine. An
+    adapter already trained on it keeps what it learned until it is rolled back; the command and
+    every night's report say which rollback removes it.
+    """
+    from dataclasses import asdict
+
+    from circadian.store import memories
+
+    paths = home_paths(home)
+    if (turn is None) == (not last):
+        raise CircadianError("name one turn: `circadian forget ID` or `circadian forget --last`")
+    live = list(memories.live_records(paths))
+    if last:
+        if not live:
+            raise CircadianError("nothing to forget: no turn is logged")
+        turn = live[-1].id
+    elif turn not in {r.id for r in memories.scan(paths).records}:
+        raise CircadianError(f"no turn {turn} in {paths.memories}")
+    if not purge:
+        tombstone = memories.forget(paths, turn, reason="circadian forget")
+        print_json(tombstone) if json_out else print(f"forgot {turn}: it is never trained and nothing shows it")
+        return
+    from circadian.night.purge import purge_turn
+
+    result = purge_turn(paths, turn)
+    if json_out:
+        print_json(asdict(result))
+        return
+    print(f"purged {turn}: removed from {paths.memories.name}, {result.history_lines} chat history line(s)")
+    for file, count in result.files.items():
+        print(f"  {file}: {count} item(s) removed")
+    if result.rollback:
+        print(
+            f"{', '.join(result.trained_in)} learned from it, and the current adapter still has it; "
+            f"`circadian rollback {result.rollback}` removes it"
+        )

@@ -112,7 +112,8 @@ def private_history(path, session: ChatSession):
 
     from prompt_toolkit.history import FileHistory
 
-    from circadian.core.fsutil import PRIVATE_FILE_MODE, atomic_write_text
+    from circadian.core.fsutil import PRIVATE_FILE_MODE
+    from circadian.store import typed_history
     from circadian.store.memories import has_no_train_mark
 
     class PrivateHistory(FileHistory):
@@ -126,10 +127,8 @@ def private_history(path, session: ChatSession):
                 f.write("".join(f"+{line}\n" for line in string.split("\n")).encode("utf-8", errors="replace"))
 
         def forget(self, text: str) -> None:
-            kept = [s for s in reversed(list(self.load_history_strings())) if s != text]
             self._loaded_strings = [s for s in self._loaded_strings if s != text]
-            body = "".join("\n# kept\n" + "".join(f"+{line}\n" for line in s.split("\n")) for s in kept)
-            atomic_write_text(Path(self.filename), body)
+            typed_history.drop(Path(self.filename), {text})
 
     return PrivateHistory(str(path))
 

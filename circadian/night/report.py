@@ -203,6 +203,14 @@ def render_markdown(summary: CycleSummary) -> str:
         "nothing to learn": "**Nothing to learn tonight**: no new facts or conversations since the last night.",
     }
     lines += [head.get(summary.outcome, f"**{summary.outcome}**"), ""]
+    if summary.purged:
+        lines += ["## Purged, but still in the adapter", ""]
+        lines += [
+            f"- A turn purged {p['purged'][:10]} was learned by {p['version']}, and the current adapter builds on "
+            f"it: `circadian rollback {p['rollback']}` removes it."
+            for p in summary.purged
+        ]
+        lines += [""]
     if summary.gate:
         lines += _gate_lines(summary)
     if summary.after:

@@ -47,6 +47,7 @@ from circadian.night import choice, control, dataset, distill, evaluate, evoluti
 from circadian.night.base_answers import BaseAnswers
 from circadian.night.cycle import RUN_TYPE, Cycle, hold, new_cycle_id, quarantine_bad_lines, recover_interrupted
 from circadian.night.lineage import generator_of, is_distill
+from circadian.night.purge import still_trained
 from circadian.night.training import Stopped, train_datasets
 from circadian.store import adapters, inbox, memories
 from circadian.store.records import SCHEMA_VERSION as RECORDS_VERSION
@@ -819,6 +820,7 @@ def finish(cycle: Cycle, paths: Paths, summary: CycleSummary, final_stage: str =
             "seconds": round(time.time() - cycle.started, 1),
             "timings": cycle.timings,
             "circadian_version": __version__,
+            "purged": still_trained(paths),
         }
     )
     atomic_write_json(cycle.dir / "summary.json", summary.row())

@@ -187,6 +187,16 @@ def clean_staging(paths: Paths) -> list[str]:
     return removed
 
 
+def rewrite_file(paths: Paths, version: str, name: str, text: str) -> None:
+    """Rewrite one checked file of a stored version (a purge takes the user's words out of its
+    router.json): the file atomically, then its sha256 in the manifest, also atomically."""
+    folder = paths.adapters / version
+    raw = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    atomic_write_text(folder / name, text)
+    raw.setdefault("weights", {})[name] = sha256_file(folder / name)
+    atomic_write_json(folder / MANIFEST, raw)
+
+
 def commit(paths: Paths, staging: Path, manifest: dict, ids: list[str]) -> Path:
     """Given a staged folder holding weights, write trained ids and the manifest (last), then
     rename it to its version name. Return the version's folder."""

@@ -5,10 +5,12 @@ One JSON object per line, compatible with the plain `{"messages": [...]}` format
 A user message containing `#no-train` (or a session switched to no-train) tags the turn
 `no-train`; such turns never reach training. `/forget` does not rewrite history: it appends a
 tombstone naming the forgotten id to `data/tombstones.jsonl`, and readers leave that turn out.
+`purge` is the one exception, on the user's explicit request: it rewrites the file without a turn.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +19,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from circadian.core.clock import now_iso
-from circadian.core.fsutil import append_jsonl, read_jsonl
+from circadian.core.errors import CircadianError
+from circadian.core.fsutil import append_jsonl, atomic_write_text, lock_for, read_jsonl
 from circadian.core.paths import Paths
 
 NO_TRAIN_TAG = "no-train"
@@ -136,9 +139,44 @@ def forget(paths: Paths, record_id: str, *, session: str = "", reason: str = "/f
     return tombstone
 
 
+def purge(paths: Paths, record_id: str) -> dict | None:
+    """Rewrite memories.jsonl atomically without the turn `record_id` (the one exception to
+    append-only, on the user's explicit request), after a tombstone for it. Return the removed
+    record as it was stored, or None if no line has that id. Unreadable lines are kept as they are."""
+    if not paths.memories.exists():
+        return None
+    forget(paths, record_id, reason="purge")
+    with lock_for(paths.memories):
+        lines = list(read_jsonl(paths.memories))
+        gone = [line for line in lines if line.value is not None and line.value.get("id") == record_id]
+        if not gone:
+            return None
+        atomic_write_text(paths.memories, "".join(line.raw + "\n" for line in lines if line not in gone))
+    return gone[0].value
+
+
+_FORGETS = re.compile(r'"forgets"\s*:\s*"([0-9A-Za-z_-]+)"')
+
+
 def forgotten_ids(paths: Paths) -> set[str]:
-    """Return the ids named by tombstones."""
-    return {line.value["forgets"] for line in read_jsonl(paths.tombstones) if line.value and "forgets" in line.value}
+    """Return the ids named by tombstones.
+
+    A line that does not parse still forgets the id it names (an append cut off after it). One that
+    names none raises CircadianError naming the file and the line: a forgotten turn must never come
+    back silently.
+    """
+    gone = set()
+    for line in read_jsonl(paths.tombstones):
+        named = (line.value or {}).get("forgets")
+        if not isinstance(named, str) and (found := _FORGETS.search(line.raw)):
+            named = found.group(1)
+        if not isinstance(named, str):
+            raise CircadianError(
+                f"{paths.tombstones} line {line.number} is unreadable and names no turn, so a forgotten turn "
+                "could come back; fix or remove that line (and forget the turn again) before going on"
+            )
+        gone.add(named)
+    return gone
 
 
 @dataclass

@@ -334,6 +334,7 @@ class CycleSummary(Record):
     policy: str | None = None
     evolution: dict | None = None
     knowledge: dict | None = None  # dataset.knowledge_brief: generators, coverage, updates, rejected
+    purged: list[dict] = []  # purged turns an adapter of the current lineage learned (night/purge.py)
 
 
 T = TypeVar("T", bound=BaseModel)
