@@ -13,8 +13,11 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo setup browser lint test test-fast bench clean-venv
 
+# the demo plays in a home of its own (printed at its start and end); the model cache stays in the checkout
+DEMO_HOME := $(CURDIR)/demo-home
+
 demo: setup
-	$(BIN)/circadian demo
+	CIRCADIAN_MODELS_DIR=$(CURDIR)/models $(BIN)/circadian demo --home $(DEMO_HOME)
 
 setup: $(STAMP) $(MODEL)
 
@@ -37,7 +40,7 @@ endif
 	touch $(STAMP)
 
 $(MODEL): $(STAMP)
-	$(BIN)/circadian models build
+	CIRCADIAN_MODELS_DIR=$(CURDIR)/models $(BIN)/circadian models build
 
 # the dashboard's end-to-end tests drive Debian's chromium through chromedriver
 browser:

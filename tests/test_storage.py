@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import run_cli
+
 from circadian.core import fsutil
 from circadian.core.paths import Paths, resolve_home
 
@@ -78,14 +80,16 @@ def test_resolve_home_prefers_option_then_env(monkeypatch, tmp_path):
     assert resolve_home(None) == (tmp_path / "env", "CIRCADIAN_HOME")
 
 
-def test_resolve_home_falls_back_to_checkout_then_user_dir(monkeypatch):
+def test_the_default_home_is_the_user_data_directory_never_the_checkout(monkeypatch, tmp_path):
+    """A source checkout is not a home: `git clean -xfd` would delete a person's conversations."""
     monkeypatch.delenv("CIRCADIAN_HOME")
-    home, source = resolve_home(None)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     root = Path(__file__).resolve().parent.parent
-    assert (home, source) == (root, "source checkout")
-    monkeypatch.setattr("circadian.core.paths.checkout_root", lambda: None)
+    assert (root / "pyproject.toml").is_file()
     home, source = resolve_home(None)
-    assert source == "user data directory" and home.name == "circadian"
+    assert (home, source) == (tmp_path / "xdg" / "circadian", "user data directory")
+    shown = run_cli("paths", "--json", env={"CIRCADIAN_HOME": "", "XDG_DATA_HOME": str(tmp_path / "xdg")})
+    assert json.loads(shown.stdout)["home"] == str(tmp_path / "xdg" / "circadian"), shown.stderr
 
 
 def test_paths_models_dir_override(monkeypatch, tmp_path):

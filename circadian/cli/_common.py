@@ -15,18 +15,22 @@ if TYPE_CHECKING:
 
 HomeOpt = Annotated[
     Optional[Path],
-    typer.Option(
-        "--home", help="state directory (default: $CIRCADIAN_HOME, the source checkout, or the user data directory)"
-    ),
+    typer.Option("--home", help="state directory (default: $CIRCADIAN_HOME, else the user data directory)"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 
 
 def home_paths(home: Path | None):
     """Given the --home option (or None), return the home's Paths, its folders created."""
-    from circadian.core.paths import Paths
+    from circadian.core.paths import Paths, old_checkout_home
 
-    return Paths.resolve(home).ensure()
+    paths = Paths.resolve(home)
+    if paths.home_source == "user data directory" and (old := old_checkout_home()) and old != paths.home:
+        say(
+            f"note: {old}/data holds conversations from when the checkout was the default home; "
+            f"this home is {paths.home}. Move them there, or pass --home {old}"
+        )
+    return paths.ensure()
 
 
 def setup(home: Path | None, overrides: dict[str, tuple[Any, str]] | None = None):

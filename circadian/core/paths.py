@@ -1,9 +1,9 @@
 """Where everything lives: the home (state directory) and every named path inside it.
 
-The home is resolved in this order: the `--home` option, `CIRCADIAN_HOME`, the checkout root when
-running from a source checkout that has `data/` and `adapters/`, else the platform's user data
-directory. The model cache is `<home>/models` unless `CIRCADIAN_MODELS_DIR` points elsewhere (the
-demo and the tests share one cache that way). Nothing here touches the disk except `ensure()`.
+The home is resolved in this order: the `--home` option, `CIRCADIAN_HOME`, else the platform's user
+data directory (never a source checkout, which `git clean -xfd` would empty). The model cache is
+`<home>/models` unless `CIRCADIAN_MODELS_DIR` points elsewhere (the demo and the tests share one
+cache that way). Nothing here touches the disk except `ensure()`.
 """
 
 from __future__ import annotations
@@ -18,25 +18,23 @@ HOME_ENV = "CIRCADIAN_HOME"
 MODELS_ENV = "CIRCADIAN_MODELS_DIR"
 
 
-def checkout_root() -> Path | None:
-    """Return the source checkout this package runs from, if it has `data/` and `adapters/`."""
-    root = Path(__file__).resolve().parents[2]
-    if (root / "pyproject.toml").is_file() and (root / "data").is_dir() and (root / "adapters").is_dir():
-        return root
-    return None
-
-
 def resolve_home(option: str | os.PathLike | None = None) -> tuple[Path, str]:
     """Given the `--home` option (or None), return (home path, where it came from)."""
     if option:
         return Path(option).expanduser().absolute(), "--home"
     if env := os.environ.get(HOME_ENV):
         return Path(env).expanduser().absolute(), HOME_ENV
-    if root := checkout_root():
-        return root, "source checkout"
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("circadian", appauthor=False)), "user data directory"
+
+
+def old_checkout_home() -> Path | None:
+    """The source checkout this package runs from, if conversations were kept in it (it was the
+    default home before issue 18; `git clean -xfd` would delete them)."""
+    root = Path(__file__).resolve().parents[2]
+    found = root / "data" / "memories.jsonl"
+    return root if (root / "pyproject.toml").is_file() and found.is_file() else None
 
 
 @dataclass(frozen=True)

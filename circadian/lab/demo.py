@@ -59,6 +59,7 @@ def run_demo(home: Path | None, console: Console | None = None) -> Paths:
     config.chat.max_tokens = DEMO_MAX_TOKENS
     script = load_script()
     started = time.time()
+    console.print(f"demo home: {paths.home} (your own home is not touched)", highlight=False)
     console.rule(f"[bold]circadian demo[/bold] · a day with {script['person']}")
     assistant = Assistant(paths, config, say=lambda m: console.print(f"[dim]· {m}[/dim]", highlight=False))
     session = ChatSession(assistant, source="demo")
