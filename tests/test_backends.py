@@ -402,3 +402,46 @@ def test_the_cached_teacher_kl_is_zero_at_the_start_and_never_more_than_the_full
             row.teacher = None
         full = float(model._batch_loss(rows, 1.0))
     assert 0 < cached <= full + 1e-4, (cached, full)
+
+
+def test_unreadable_weights_are_one_line(tiny_model, tmp_path):
+    """A model folder whose safetensors file was cut short (a full disk, a broken copy)."""
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model, broken)
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    result = run_cli("ask", "--no-log", "hello", env={"CIRCADIAN_MODEL__NAME": str(broken)})
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("circadian: the torch backend cannot load")
+
+
+OUT_OF_MEMORY = """
+import resource, sys
+import torch, transformers  # mapped before the limit, as a process that has started would have them
+from circadian.cli import main
+size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + 150 * 2**20, resource.RLIM_INFINITY))
+main(sys.argv[1:])
+"""
+
+
+def test_out_of_memory_at_load_is_one_line(embedded_model, tmp_path):
+    """The real `ask` under an address-space limit 150 MB above what the libraries take: loading the
+    embedded model (about 540 MB in float32) runs out of memory, and the user reads one line."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "limited.py"
+    script.write_text(OUT_OF_MEMORY)
+    result = subprocess.run(
+        [sys.executable, str(script), "ask", "--no-log", "hello"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    last = result.stderr.strip().splitlines()[-1]  # after the "· loading" progress line
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert last.startswith("circadian: out of memory loading"), result.stderr[-2000:]

@@ -50,6 +50,22 @@ def test_load_config_unknown_env_key_is_an_error(tmp_path):
         load_config(tmp_path / "none.toml", environ={"CIRCADIAN_MODEL__NAM": "x"})
 
 
+@pytest.mark.parametrize(
+    "var, value, said",
+    [
+        ("CIRCADIAN_TRAIN__MAX_STEPS", "abc", "valid integer"),
+        ("CIRCADIAN_CHAT__MAX_TOKENS", "-3", "greater than or equal to 1"),
+        ("CIRCADIAN_TRAIN_MAX_STEPS", "5", "CIRCADIAN_TRAIN__MAX_STEPS (two underscores)"),
+        ("CIRCADIAN_TRAIN", "5", "CIRCADIAN_TRAIN__"),
+        ("CIRCADIAN_BOGUS__X", "1", "unknown config key 'bogus.x'"),
+    ],
+)
+def test_a_bad_environment_override_is_one_line(home, var, value, said):
+    result = run_cli("status", env={var: value})
+    assert_one_line_error(result)
+    assert var in result.stderr and said in result.stderr
+
+
 def test_cli_config_show_reports_sources(home):
     home.mkdir(parents=True)
     (home / "circadian.toml").write_text("[chat]\ntemperature = 0.5\n")

@@ -47,6 +47,28 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def load_failure(exc: BaseException, what: str, device: str) -> CircadianError | None:
+    """Given an exception raised while loading `what` onto `device`, return the one-line error a user
+    should read (out of memory, unreadable weights, a missing file), or None if it is a bug."""
+    text = str(exc).strip()
+    first = (text.splitlines()[0] if text else type(exc).__name__)[:200]
+    lowered = text.lower()
+    if isinstance(exc, MemoryError) or any(
+        w in lowered for w in ("out of memory", "can't allocate memory", "cannot allocate memory")
+    ):
+        hint = (
+            "model.quantize = '4bit', a smaller model, or fewer other programs"
+            if device == "cuda"
+            else "a smaller model"
+        )
+        return CircadianError(f"out of memory loading {what} on {device} ({first}); try {hint}")
+    if type(exc).__name__ in ("SafetensorError", "HeaderTooLarge") or isinstance(exc, (OSError, ValueError, KeyError)):
+        return CircadianError(f"the torch backend cannot load {what}: {first}")
+    if isinstance(exc, RuntimeError) and ("CUDA" in text or "bitsandbytes" in text.lower()):
+        return CircadianError(f"the GPU failed loading {what}: {first}")
+    return None
+
+
 def resolve_dtype(requested: str, device: str):
     """Given "auto" or a dtype name and the device, return the torch dtype for the weights."""
     import torch
@@ -154,11 +176,12 @@ class TorchModel:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(request.model_path)
             base = AutoModelForCausalLM.from_pretrained(request.model_path, **kwargs)
-        except (OSError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CircadianError(f"the torch backend cannot load {request.model_name}: {first[:200]}") from None
-        if request.quantize != "4bit":
-            base = base.to(self.device)
+            if request.quantize != "4bit":
+                base = base.to(self.device)
+        except Exception as exc:
+            if (failure := load_failure(exc, request.model_name, self.device)) is None:
+                raise
+            raise failure from None
         base.eval()
         self.base = base
         self.model = base

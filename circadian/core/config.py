@@ -291,7 +291,14 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, str]:
     known = _known_keys()
     out: dict[str, str] = {}
     for var, value in environ.items():
-        if not var.startswith(ENV_PREFIX) or ENV_DELIMITER not in var:
+        if not var.startswith(ENV_PREFIX):
+            continue
+        if ENV_DELIMITER not in var:
+            name = var[len(ENV_PREFIX) :].lower()
+            meant = next((k for k in known if name in (k.split(".")[0], k.replace(".", "_"))), None)
+            if meant:
+                wanted = ENV_PREFIX + meant.upper().replace(".", ENV_DELIMITER)
+                raise CircadianError(f"environment variable {var}: a setting is named like {wanted} (two underscores)")
             continue
         dotted = var[len(ENV_PREFIX) :].lower().replace(ENV_DELIMITER, ".")
         dotted = RENAMED.get(dotted, dotted)
