@@ -445,3 +445,107 @@ def test_out_of_memory_at_load_is_one_line(embedded_model, tmp_path):
     last = result.stderr.strip().splitlines()[-1]  # after the "· loading" progress line
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert last.startswith("circadian: out of memory loading"), result.stderr[-2000:]
+
+
+def test_the_loss_a_chunk_at_a_time_with_checkpointing_is_the_loss_of_the_full_logits(tiny_model, monkeypatch):
+    """Logits only at the positions the loss counts, LOSS_CHUNK at a time and recomputed in the backward
+    pass, and gradient checkpointing, change memory only: the loss equals cross-entropy over the full
+    logits' target tokens, and the gradient is the same in one piece or in chunks of 5."""
+    import torch
+    import torch.nn.functional as F
+
+    from circadian.backends import torch_backend
+    from circadian.backends.tokens import encode_chat
+    from circadian.core.config import TrainSettings
+
+    def run(chunk: int, checkpointing: bool):
+        monkeypatch.setattr(torch_backend, "LOSS_CHUNK", chunk)
+        torch.manual_seed(0)
+        model = get_backend("torch").load(LoadRequest("tiny", tiny_model, dtype="float32"))
+        model._make_trainable(TrainSettings(dropout=0.0, grad_checkpoint=checkpointing))
+        for name, p in model.model.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.05)
+        model.model.train()
+        rows = [
+            encode_chat(
+                model.tokenizer,
+                [
+                    {"role": "user", "content": f"Tell me {i} " * (i + 1)},
+                    {"role": "assistant", "content": f"It is {i}."},
+                ],
+                128,
+            )
+            for i in range(3)
+        ]
+        loss = model._batch_loss(rows, 0.0)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.model.parameters() if p.grad is not None])
+        with torch.no_grad():
+            ids, attention, targets = model._pad(rows)
+            logits = model.model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+            nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            reference = float((nll * targets[:, 1:]).sum() / targets[:, 1:].sum())
+        return float(loss), reference, grads, model
+
+    whole, reference, grads, model = run(100_000, False)
+    assert whole == pytest.approx(reference, rel=1e-5)
+    chunked, _reference, chunked_grads, checkpointed = run(5, True)
+    assert checkpointed.base.is_activation_checkpointing
+    assert chunked == pytest.approx(whole, rel=1e-5)
+    assert torch.allclose(chunked_grads, grads, atol=1e-6)
+
+
+class _Hub:
+    """A stand-in for huggingface.co on 127.0.0.1 (HF_ENDPOINT): every request gets `status` with the
+    hub's error code header, as the real hub answers a gated or missing repo."""
+
+    def __init__(self, status: int, code: str):
+        import http.server
+        import threading
+
+        status_, code_ = status, code
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = json.dumps({"error": f"{code_} (test hub)"}).encode()
+                self.send_response(status_)
+                self.send_header("X-Error-Code", code_)
+                self.send_header("X-Error-Message", f"{code_} (test hub)")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.mark.parametrize(
+    "status, code, said",
+    [(403, "GatedRepo", "is gated: request access"), (401, "RepoNotFound", "not on the hub, or is private")],
+)
+def test_a_gated_or_missing_repo_says_so_not_that_the_hub_is_unreachable(tmp_path, status, code, said):
+    hub = _Hub(status, code)
+    try:
+        result = run_cli(
+            "ask",
+            "hi",
+            env={
+                "CIRCADIAN_MODEL__NAME": "meta-llama/Llama-3.1-8B-Instruct",
+                "HF_ENDPOINT": hub.url,
+                "HF_HUB_OFFLINE": "0",
+                "HF_HOME": str(tmp_path / "hf"),
+                "HF_HUB_ETAG_TIMEOUT": "5",
+            },
+        )
+    finally:
+        hub.server.shutdown()
+    assert_one_line_error(result)
+    assert said in result.stderr and "cannot be reached" not in result.stderr

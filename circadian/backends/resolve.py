@@ -21,21 +21,53 @@ class ResolvedModel:
     revision: str | None = None
 
 
+# what a model needs: weights, config, tokenizer, chat template. Not `original/*.pth` (16 GB more for
+# Llama-3.1-8B), nor other formats of the same weights.
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py"]
+IGNORE_PATTERNS = ["original/*", "*.pth", "*.pt", "*.bin", "*.gguf", "*.onnx", "*.msgpack", "*.h5"]
+
+
 def _from_hub(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
+    patterns = {"revision": revision, "allow_patterns": ALLOW_PATTERNS, "ignore_patterns": IGNORE_PATTERNS}
     try:
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-    except Exception:
+        return Path(snapshot_download(repo_id, local_files_only=True, **patterns))
+    except (LocalEntryNotFoundError, OSError, ValueError):
         pass
+    login = "request access on its page at huggingface.co, then `hf auth login`"
     try:
-        return Path(snapshot_download(repo_id, revision=revision))
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Path(snapshot_download(repo_id, **patterns))
+    except GatedRepoError:
+        raise CircadianError(f"model '{repo_id}' is gated: {login}") from None
+    except RepositoryNotFoundError:
         raise CircadianError(
-            f"model '{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached "
-            f'({reason[:160]}); set model.name to a local path or to "embedded"'
+            f"model '{repo_id}' is not on the hub, or is private (a token from `hf auth login` is needed)"
         ) from None
+    except RevisionNotFoundError:
+        raise CircadianError(f"model '{repo_id}' has no revision '{revision}' (model.revision)") from None
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise CircadianError(f"model '{repo_id}': the hub refused access ({status}); {login}") from None
+        raise _unreachable(repo_id, exc) from None
+    except Exception as exc:  # offline, DNS, a proxy, the hub down
+        raise _unreachable(repo_id, exc) from None
+
+
+def _unreachable(repo_id: str, exc: Exception) -> CircadianError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CircadianError(
+        f"model '{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached "
+        f'({reason[:160]}); set model.name to a local path or to "embedded"'
+    )
 
 
 def resolve_model(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 TEACHER_TOP_K = 64  # cached teacher log-probabilities per position of an anchor row
+LOSS_CHUNK = 1024  # positions whose logits exist at once in the loss
 # peft asks transformers a question transformers has renamed; the answer is the same
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 # transformers 5 renames `past_key_values` (still accepted; older versions know only it): not the user's concern
@@ -69,12 +70,50 @@ def load_failure(exc: BaseException, what: str, device: str) -> CircadianError |
     return None
 
 
+def _set_checkpointing(model, on: bool) -> None:
+    """Turn gradient checkpointing on or off, non-reentrant (no input-grad hook needed, no torch warning)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        return
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 (the old names warn)
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        elif model.is_activation_checkpointing:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    elif model.is_gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+
+
+def _top_k_kl(logits, index, teacher):
+    """KL(teacher || student) per position, the distributions coarsened to the teacher's top-k tokens plus
+    the rest of the vocabulary as one bucket (exact for that coarsening; the tail mass of the top 64 is
+    tiny). `logits` [n, vocab] are the student's; `index`, `teacher` [n, k] the cached top-k."""
+    import torch
+    import torch.nn.functional as F
+
+    chosen = F.log_softmax(logits, -1).gather(-1, index)
+    p = teacher.exp()
+    kl = torch.where(p > 0, p * (teacher - chosen), torch.zeros_like(p)).sum(-1)
+    p_rest = (1 - p.sum(-1)).clamp(min=1e-8)
+    q_rest = (1 - chosen.exp().sum(-1)).clamp(min=1e-8)
+    return kl + p_rest * (p_rest.log() - q_rest.log())
+
+
 def resolve_dtype(requested: str, device: str):
-    """Given "auto" or a dtype name and the device, return the torch dtype for the weights."""
+    """Given "auto" or a dtype name and the device, return the torch dtype for the weights (and the
+    4-bit compute): on CUDA, bfloat16 where the card has it, else float16; float32 elsewhere."""
     import torch
 
-    if requested == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
+    if device == "cuda":
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        if requested == "auto":
+            return torch.bfloat16 if bf16 else torch.float16
+        if requested == "bfloat16" and not bf16:
+            raise CircadianError("model.dtype = 'bfloat16' needs a GPU of compute capability 8.0 or newer; use 'auto'")
+    elif requested == "auto":
+        return torch.float32
     return getattr(torch, requested)
 
 
@@ -147,7 +186,6 @@ class TorchModel:
     backend = "torch"
 
     def __init__(self, request: LoadRequest):
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -170,7 +208,7 @@ class TorchModel:
                 load_in_4bit=True,
                 bnb_4bit_quant_type="nf4",
                 bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16,
+                bnb_4bit_compute_dtype=dtype,
             )
             kwargs["device_map"] = {"": 0}
         try:
@@ -188,6 +226,7 @@ class TorchModel:
         self.adapter_version: str | None = None
         self.adapter_path: Path | None = None
         self.quantized = request.quantize == "4bit"
+        self.kbit_prepared = False
         self.eos_ids = self._eos_ids()
         self.router: Router | None = None  # per turn, adapter or base model (backends/router.py)
         self.last_route: str | None = None  # "adapter" | "base" for the last reply streamed
@@ -454,16 +493,43 @@ class TorchModel:
         device = self.model.device
         return ids.to(device), attention.to(device), targets.to(device)
 
-    def _token_nll(self, ids, attention, targets):
-        """Return per-position NLL (batch, width-1) and the shifted target mask."""
-        import torch.nn.functional as F
+    def _trunk(self):
+        """(decoder, output head) of the model, PEFT-wrapped or not. LoRA layers sit inside the decoder,
+        so calling it applies the adapter (and `disable_adapter()` still turns it off)."""
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return inner.get_decoder(), inner.get_output_embeddings()
 
-        logits = self.model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        return nll, targets[:, 1:]
+    def _hidden(self, ids, attention):
+        """The last hidden state at every position that predicts a next token: [batch, width-1, hidden]."""
+        decoder, _head = self._trunk()
+        return decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state[:, :-1]
+
+    def _per_position(self, fn, hidden, *extra):
+        """fn(fp32 logits [n, vocab], *extra rows) for selected positions [n, hidden], LOSS_CHUNK at a time,
+        so full logits never exist at once; with gradients, each chunk's logits are recomputed in the
+        backward pass instead of kept (a 128k vocabulary at 4,096 tokens is 2 GB per fp32 tensor)."""
+        import torch
+        from torch.utils.checkpoint import checkpoint
+
+        _decoder, head = self._trunk()
+        cap = getattr(self.base.config, "final_logit_softcapping", None)
+
+        def piece(h, *rest):
+            logits = head(h).float()
+            if cap:
+                logits = cap * torch.tanh(logits / cap)
+            return fn(logits, *rest)
+
+        out = []
+        for start in range(0, hidden.shape[0], LOSS_CHUNK):
+            args = [hidden[start : start + LOSS_CHUNK], *(x[start : start + LOSS_CHUNK] for x in extra)]
+            grads = torch.is_grad_enabled() and hidden.requires_grad
+            out.append(checkpoint(piece, *args, use_reentrant=False) if grads else piece(*args))
+        return torch.cat(out) if out else hidden.new_zeros((0,), dtype=torch.float32)
 
     def score(self, examples: list, batch_size: int = 8) -> list[tuple[float, int]]:
         import torch
+        import torch.nn.functional as F
 
         from circadian.backends.tokens import length_batches
 
@@ -472,10 +538,17 @@ class TorchModel:
         self.model.eval()
         with torch.inference_mode():
             for batch in length_batches([len(e) for e in examples], batch_size, seed=0, shuffle=False):
-                nll, mask = self._token_nll(*self._pad([examples[i] for i in batch]))
-                sums = (nll * mask).sum(dim=1).tolist()
-                counts = mask.sum(dim=1).tolist()
-                for i, total, count in zip(batch, sums, counts):
+                ids, attention, targets = self._pad([examples[i] for i in batch])
+                weights = targets[:, 1:]
+                where = weights > 0
+                nll = self._per_position(
+                    lambda logits, labels: F.cross_entropy(logits, labels, reduction="none"),
+                    self._hidden(ids, attention)[where],
+                    ids[:, 1:][where],
+                )
+                rows = torch.arange(len(batch), device=ids.device)[:, None].expand_as(where)[where]
+                sums = torch.zeros(len(batch), device=ids.device).index_add_(0, rows, nll * weights[where])
+                for i, total, count in zip(batch, sums.tolist(), weights.sum(dim=1).tolist()):
                     out[i] = (float(total), int(count))
         if was_training:
             self.model.train()
@@ -489,30 +562,43 @@ class TorchModel:
 
     def _batch_loss(self, rows: list, anchor_weight: float):
         """Cross-entropy on the target tokens of ordinary rows, plus anchor_weight x the KL from the
-        base model (adapter disabled) to the adapted model on every position of anchor rows."""
+        base model (adapter disabled) to the adapted model on every position of anchor rows. Logits
+        exist only for those positions, a chunk at a time (`_per_position`)."""
         import torch
         import torch.nn.functional as F
 
         ids, attention, targets = self._pad(rows)
-        logits = self.model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+        hidden = self._hidden(ids, attention)
         anchor = torch.tensor([r.anchor and anchor_weight > 0 for r in rows], device=ids.device)  # weight 0: plain rows
-        loss = logits.new_zeros(())
-        plain = ~anchor
-        if plain.any():
-            nll = F.cross_entropy(logits[plain].transpose(1, 2), ids[plain][:, 1:], reduction="none")
-            mask = targets[plain][:, 1:]
-            loss = loss + (nll * mask).sum() / mask.sum().clamp(min=1)
-        if anchor.any() and anchor_weight > 0:
+        loss = torch.zeros((), device=ids.device)
+        weights = targets[:, 1:] * (~anchor)[:, None]
+        where = weights > 0
+        if where.any():
+            nll = self._per_position(
+                lambda logits, labels: F.cross_entropy(logits, labels, reduction="none"),
+                hidden[where],
+                ids[:, 1:][where],
+            )
+            loss = loss + (nll * weights[where]).sum() / weights.sum()
+        if anchor.any():
             anchored = [r for r, a in zip(rows, anchor.tolist()) if a]
-            student = F.log_softmax(logits[anchor], -1)
+            spots = attention[:, 1:].bool() & anchor[:, None]  # row by row: the first len(row) - 1 positions
             if all(r.teacher is not None for r in anchored):
-                kl = self._cached_kl(student, anchored)
+                index = torch.cat([r.teacher[0] for r in anchored]).to(ids.device)
+                teacher = torch.cat([r.teacher[1] for r in anchored]).to(ids.device)
+                kl = self._per_position(_top_k_kl, hidden[spots], index, teacher)
             else:
                 with torch.no_grad(), self.model.disable_adapter():
-                    teacher = self.model(input_ids=ids[anchor], attention_mask=attention[anchor]).logits[:, :-1]
-                kl = F.kl_div(student, F.log_softmax(teacher.float(), -1), log_target=True, reduction="none").sum(-1)
-            positions = attention[anchor][:, 1:].float()
-            loss = loss + anchor_weight * (kl * positions).sum() / positions.sum().clamp(min=1)
+                    base = self._hidden(ids[anchor], attention[anchor])[attention[anchor][:, 1:].bool()]
+                    base_logp = self._per_position(lambda logits: F.log_softmax(logits, -1), base)
+                kl = self._per_position(
+                    lambda logits, target: F.kl_div(
+                        F.log_softmax(logits, -1), target, log_target=True, reduction="none"
+                    ).sum(-1),
+                    hidden[spots],
+                    base_logp,
+                )
+            loss = loss + anchor_weight * kl.sum() / spots.sum()
         return loss
 
     def _cache_teacher(self, rows: list, batch_size: int) -> None:
@@ -526,35 +612,22 @@ class TorchModel:
         todo = [r for r in rows if r.anchor and r.teacher is None]
         if not todo:
             return
-        context = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else torch.no_grad()
+        context = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
         with torch.no_grad(), context:
             for batch in length_batches([len(r) for r in todo], batch_size, seed=0, shuffle=False):
                 part = [todo[i] for i in batch]
                 ids, attention, _ = self._pad(part)
-                logp = F.log_softmax(self.model(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
-                top = logp.topk(min(TEACHER_TOP_K, logp.shape[-1]), dim=-1)
-                for i, row in enumerate(part):
-                    n = len(row) - 1
-                    row.teacher = (top.indices[i, :n].cpu(), top.values[i, :n].cpu())
-
-    def _cached_kl(self, student, rows: list):
-        """KL(teacher || student) per position, the distributions coarsened to the teacher's top-k tokens plus
-        the rest of the vocabulary as one bucket (exact for that coarsening; the tail mass of the top 64 is tiny)."""
-        import torch
-
-        width, k = student.shape[1], rows[0].teacher[0].shape[-1]
-        index = torch.zeros((len(rows), width, k), dtype=torch.long)
-        teacher = torch.full((len(rows), width, k), float("-inf"))
-        for i, row in enumerate(rows):
-            n = row.teacher[0].shape[0]
-            index[i, :n], teacher[i, :n] = row.teacher
-        index, teacher = index.to(student.device), teacher.to(student.device)
-        chosen = student.gather(-1, index)
-        p = teacher.exp()
-        kl = torch.where(p > 0, p * (teacher - chosen), torch.zeros_like(p)).sum(-1)
-        p_rest = (1 - p.sum(-1)).clamp(min=1e-8)
-        q_rest = (1 - chosen.exp().sum(-1)).clamp(min=1e-8)
-        return kl + p_rest * (p_rest.log() - q_rest.log())
+                spots = attention[:, 1:].bool()
+                top = self._per_position(  # [n, 2k]: the top-k token ids (as floats, exact below 2**24), then their log-probs
+                    lambda logits: torch.cat(
+                        [t.float() for t in F.log_softmax(logits, -1).topk(min(TEACHER_TOP_K, logits.shape[-1]))][::-1],
+                        -1,
+                    ),
+                    self._hidden(ids, attention)[spots],
+                )
+                k = top.shape[-1] // 2
+                for row, found in zip(part, top.split(spots.sum(1).tolist())):
+                    row.teacher = (found[:, :k].long().cpu(), found[:, k:].cpu())
 
     def _make_trainable(self, settings) -> str:
         """Turn the loaded model into a trainable PEFT model; return how it started."""
@@ -562,8 +635,10 @@ class TorchModel:
 
         if isinstance(self.model, PeftModel):
             self.base = self.model.unload()
-        if self.quantized:
-            self.base = prepare_model_for_kbit_training(self.base, use_gradient_checkpointing=settings.grad_checkpoint)
+        if self.quantized and not self.kbit_prepared:  # once per loaded model: layer norms to fp32, base frozen
+            self.base = prepare_model_for_kbit_training(self.base, use_gradient_checkpointing=False)
+            self.kbit_prepared = True
+        _set_checkpointing(self.base, settings.grad_checkpoint or self.quantized)  # 4 bit: always, for memory
         if self.adapter_path is not None:
             self.model = PeftModel.from_pretrained(self.base, str(self.adapter_path), is_trainable=True)
             started = f"continued from adapter {self.adapter_version}"
@@ -578,9 +653,6 @@ class TorchModel:
             )
             self.model = get_peft_model(self.base, config)
             started = "new adapter on the base model"
-        if settings.grad_checkpoint and not self.quantized:
-            self.model.enable_input_require_grads()
-            self.model.gradient_checkpointing_enable()
         return started
 
     def _optimizer(self, params, settings):
@@ -714,7 +786,8 @@ class TorchModel:
             origin = begin.get(key)
             if origin is None or origin.shape != trained.shape:
                 origin = trained.new_zeros(trained.shape) if "lora_B" in key else trained
-            blended[key] = origin.to(trained.dtype) + factor * (trained - origin.to(trained.dtype))
+            origin = origin.to(device=trained.device, dtype=trained.dtype)  # load_file gives CPU tensors
+            blended[key] = origin + factor * (trained - origin)
         set_peft_model_state_dict(self.model, blended)
 
     def save_adapter(self, folder: Path) -> dict[str, str]:
