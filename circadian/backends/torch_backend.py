@@ -618,7 +618,8 @@ class TorchModel:
                 part = [todo[i] for i in batch]
                 ids, attention, _ = self._pad(part)
                 spots = attention[:, 1:].bool()
-                top = self._per_position(  # [n, 2k]: the top-k token ids (as floats, exact below 2**24), then their log-probs
+                # [n, 2k]: the top-k token ids (as floats, exact below 2**24), then their log-probs
+                top = self._per_position(
                     lambda logits: torch.cat(
                         [t.float() for t in F.log_softmax(logits, -1).topk(min(TEACHER_TOP_K, logits.shape[-1]))][::-1],
                         -1,
