@@ -104,14 +104,14 @@ def test_sleep_with_nothing_to_learn_is_not_an_error(night):
     assert not any(night.adapters.iterdir()) or adapters.current_version(night) is None
 
 
-def _start_held(point: str, seconds: float = 300) -> subprocess.Popen:
+def _start_held(point: str, seconds: float = 300, env: dict | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(
         [*CLI, "sleep"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "CIRCADIAN_HOLD_AT": point, "CIRCADIAN_HOLD_SECONDS": str(seconds)},
+        env={**os.environ, **(env or {}), "CIRCADIAN_HOLD_AT": point, "CIRCADIAN_HOLD_SECONDS": str(seconds)},
     )
     deadline = time.time() + 300
     for line in proc.stderr:
@@ -121,13 +121,33 @@ def _start_held(point: str, seconds: float = 300) -> subprocess.Popen:
     raise AssertionError(f"sleep ended before reaching {point}: rc={proc.wait()}")
 
 
-def test_sigkill_at_any_stage_keeps_current_and_data_and_a_second_sleep_is_refused(night):
+# the killed nights measure less: they never reach a decision
+LIGHT = {"CIRCADIAN_SLEEP__CAPABILITY_QUESTIONS": "4", "CIRCADIAN_SLEEP__STYLE_PROMPTS": "2"}
+# a night that breaks the style bound (the router off, a hard step budget), so the blended fallback runs
+BLENDING = {
+    "CIRCADIAN_SLEEP__ROUTER": "false",
+    "CIRCADIAN_SLEEP__STYLE_PROMPTS": "6",
+    "CIRCADIAN_GATE__MAX_STYLE_DROP": "0",
+    "CIRCADIAN_TRAIN__MAX_STEPS": "30",
+    "CIRCADIAN_TRAIN__LEARNING_RATE": "0.05",
+    "CIRCADIAN_TRAIN__PATIENCE": "100",
+}
+
+
+def test_sigkill_at_every_stage_keeps_current_and_data_and_a_second_sleep_is_refused(night):
+    """SIGKILL at each of the night's stages and at the two points inside commit: the previous adapter
+    stays current and verifies, the memories are byte for byte the same, and the next sleep logs the
+    killed cycle and removes its staged candidate. Killed while writing the report, the night had
+    already made its version current: that version is current, verifies, and the log says so."""
+    from circadian.night.cycle import STAGES
+
     say(night, "My dog is called Biscuit.")
     v1 = sleep_json()["version"]
     say(night, "I grew up in Zwolle.")
     memories_before = night.memories.read_bytes()
-    for point in ("train", "commit:staged", "commit:renamed"):  # each run notes the one killed before it
-        proc = _start_held(point)
+    points = [p for p in STAGES if p not in ("commit", "report")] + ["commit", "commit:staged", "commit:renamed"]
+    for point in points:  # each run notes the one killed before it
+        proc = _start_held(point, env={**LIGHT, **BLENDING} if point == "eval_blend" else LIGHT)
         try:
             if point == "train":
                 refused = run_cli("sleep")
@@ -137,12 +157,21 @@ def test_sigkill_at_any_stage_keeps_current_and_data_and_a_second_sleep_is_refus
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         assert adapters.current_version(night) == v1, point
-        assert night.memories.read_bytes() == memories_before
-        assert adapters.active_adapter(night).version == v1  # weights still verify
+        assert night.memories.read_bytes() == memories_before, point
+        assert adapters.active_adapter(night).version == v1, point  # weights still verify
+    proc = _start_held("report", env=LIGHT)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    promoted = adapters.current_version(night)
+    assert promoted != v1 and adapters.active_adapter(night).version == promoted
+    say(night, "My sister is called Lena.")
     after = sleep_json()
     assert after["outcome"] in ("promoted", "rejected")
     log = [json.loads(line) for line in night.run_log.read_text().splitlines()]
-    assert [row["stage"] for row in log if row["outcome"] == "interrupted"] == ["train", "commit", "commit"]
+    interrupted = [row for row in log if row["outcome"] == "interrupted"]
+    assert [row["stage"] for row in interrupted] == [*[p.split(":")[0] for p in points], "report"]
+    assert "made current" in interrupted[-1]["note"] and interrupted[-1]["version"] == promoted
+    assert "stored, before it was made current" in interrupted[-2]["note"]  # killed after the rename
     assert not list(night.adapters.glob(".staging-*"))
 
 

@@ -128,6 +128,13 @@ def recover_interrupted(paths: Paths, say: Callable[[str], None]) -> list[str]:
         if cycle_id in done:
             continue
         stage = read_state_json(state_file, {}, valid=lambda v: isinstance(v, dict)).get("stage")
+        stored = next((m.version for m in adapters.list_versions(paths) if m.cycle_id == cycle_id), None)
+        if stored and adapters.current_version(paths) == stored:
+            note = f"the process ended after {stored} was made current, before the report was written"
+        elif stored:
+            note = f"the process ended after {stored} was stored, before it was made current; nothing was promoted"
+        else:
+            note = "the process ended before the cycle finished; nothing was promoted"
         append_jsonl(
             paths.run_log,
             [
@@ -136,13 +143,14 @@ def recover_interrupted(paths: Paths, say: Callable[[str], None]) -> list[str]:
                     run_type=RUN_TYPE,
                     outcome="interrupted",
                     stage=stage,
+                    version=stored,
                     logged_at=now_iso(),
-                    note="the process ended before the cycle finished; nothing was promoted",
+                    note=note,
                 ).row()
             ],
         )
         recovered.append(cycle_id)
-        say(f"cycle {cycle_id} was interrupted during '{stage}'; logged, nothing promoted")
+        say(f"cycle {cycle_id} was interrupted during '{stage}'; logged: {note}")
     for name in adapters.clean_staging(paths):
         say(f"removed unfinished candidate {name}")
     released = inbox.release_training(paths, "the cycle training it ended without a decision")
