@@ -15,8 +15,8 @@ NIGHT = {
     "CIRCADIAN_SLEEP__DISTILL_PER_FACT_ROW": "0",
     "CIRCADIAN_SLEEP__TRACK": "false",
     "CIRCADIAN_SLEEP__CAPABILITY_MAX_TOKENS": "12",
-    "CIRCADIAN_SLEEP__CAPABILITY_QUESTIONS": "24",
-    "CIRCADIAN_SLEEP__STYLE_PROMPTS": "6",
+    "CIRCADIAN_SLEEP__CAPABILITY_QUESTIONS": "8",
+    "CIRCADIAN_SLEEP__STYLE_PROMPTS": "2",
     "CIRCADIAN_SLEEP__STYLE_MAX_TOKENS": "48",
     "CIRCADIAN_TRAIN__MAX_STEPS": "48",
 }
@@ -68,22 +68,29 @@ def test_the_router_keeps_the_general_answers_a_memory_adapter_breaks(embedded_m
     }
     home.mkdir(parents=True, exist_ok=True)
     (home / "circadian.toml").write_text("[gate]\nfallback_scales = []\n")  # the version is the full candidate
-    for message in (
-        "I grew up in Zwolle, a small city in the Netherlands",
-        "my brother Ahmed lives in Lisbon",
-        "our dog is a beagle called Pepper",
-        "I work as a nurse at the Diakonessenhuis",
-    ):
-        assert run_cli("ask", message, "--max-tokens", "8", "--json", env=env).returncode == 0
+    said = tmp_path / "said.jsonl"  # one import, not four chats: the same user messages, no model loads
+    said.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": m}, {"role": "assistant", "content": "Noted."}]})
+            + "\n"
+            for m in (
+                "I grew up in Zwolle, a small city in the Netherlands",
+                "my brother Ahmed lives in Lisbon",
+                "our dog is a beagle called Pepper",
+                "I work as a nurse at the Diakonessenhuis",
+            )
+        )
+    )
+    assert run_cli("import", str(said), env=env).returncode == 0
     slept = run_cli("sleep", "--json", env=env)
     assert slept.returncode == 0, slept.stderr[-2000:]
     version = json.loads(slept.stdout)["version"]
     general = tmp_path / "general.jsonl"
-    items = [i for i in load_capability() if i["category"] in ("capitals", "science") and not i.get("check")][:30]
+    items = [i for i in load_capability() if i["category"] in ("capitals", "science") and not i.get("check")][:20]
     general.write_text("".join(json.dumps({"question": i["prompt"], "answers": i["answers"]}) + "\n" for i in items))
 
     def asked(*flags: str) -> list[dict]:
-        result = run_cli("eval", "recall", str(general), "--json", "--max-tokens", "24", *flags, env=env)
+        result = run_cli("eval", "recall", str(general), "--json", "--max-tokens", "16", *flags, env=env)
         assert result.returncode == 0, result.stderr[-2000:]
         return json.loads(result.stdout)["items"]
 
