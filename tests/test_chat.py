@@ -244,3 +244,51 @@ def test_the_typed_line_history_is_private_and_keeps_no_private_line(paths, use_
     assert stat.S_IMODE(paths.chat_history.stat().st_mode) == 0o600
     assert "+hello" in text and "+bye" in text
     assert "4921" not in text and "secret plans" not in text and "bike" not in text
+
+
+def _read_only(home, *args: str):
+    """Run the real `circadian ARGS` with the home bind-mounted read-only (a private mount namespace)."""
+    import subprocess
+
+    script = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
+    return subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, "sh", str(home), *CLI, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_a_read_only_home_answers_in_one_line_and_changes_nothing(paths, use_tiny, tmp_path):
+    """Every command on a home mounted read-only: the reading ones work, the writing ones say in one
+    line which file they could not write (a chat says so before it answers), and no file changes."""
+    import shutil
+
+    import pytest
+    from test_store import _version
+
+    if shutil.which("unshare") is None or _read_only(paths.home, "--version").returncode != 0:
+        pytest.skip("no private mount namespace here (unshare --mount)")
+    assert run_cli("ask", "first message", "--json").returncode == 0
+    stored = _version(paths, 1)  # a stored version (its weights a stand-in: it is made current, never loaded)
+
+    def snapshot() -> dict:
+        return {p: p.read_bytes() for p in paths.home.rglob("*") if p.is_file()}
+
+    before = snapshot()
+    for args in (("status",), ("ask", "--no-log", "hello")):
+        result = _read_only(paths.home, *args)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (args, result.stderr[-1500:])
+    for args, file in (
+        (("ask", "hello"), "memories.jsonl"),
+        (("sleep",), "sleep.lock"),
+        (("forget", "--last"), "tombstones.jsonl"),
+        (("adapters", "use", stored), "CURRENT"),
+    ):
+        result = _read_only(paths.home, *args)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, (args, result.stderr[-1500:])
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("circadian: ") and file in last and "Read-only file system" in last, (args, last)
+        assert result.stdout == "" or args[0] != "ask", result.stdout  # no reply spent on a turn it cannot log
+    assert snapshot() == before

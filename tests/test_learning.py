@@ -65,6 +65,7 @@ def test_the_router_keeps_the_general_answers_a_memory_adapter_breaks(embedded_m
         "CIRCADIAN_TRAIN__LEARNING_RATE": "0.004",
         "CIRCADIAN_TRAIN__MAX_STEPS": "40",
         "CIRCADIAN_TRAIN__MIN_STEPS": "40",
+        "CIRCADIAN_TRAIN__BATCH_SIZE": "4",
     }
     home.mkdir(parents=True, exist_ok=True)
     (home / "circadian.toml").write_text("[gate]\nfallback_scales = []\n")  # the version is the full candidate

@@ -122,7 +122,11 @@ def _start_held(point: str, seconds: float = 300, env: dict | None = None) -> su
 
 
 # the killed nights measure less: they never reach a decision
-LIGHT = {"CIRCADIAN_SLEEP__CAPABILITY_QUESTIONS": "4", "CIRCADIAN_SLEEP__STYLE_PROMPTS": "2"}
+LIGHT = {
+    "CIRCADIAN_SLEEP__CAPABILITY_QUESTIONS": "4",
+    "CIRCADIAN_SLEEP__STYLE_PROMPTS": "2",
+    "CIRCADIAN_SLEEP__GENERATOR": "rules",  # no English pipeline to load in each of 15 processes
+}
 # a night that breaks the style bound (the router off, a hard step budget), so the blended fallback runs
 BLENDING = {
     "CIRCADIAN_SLEEP__ROUTER": "false",
@@ -176,7 +180,7 @@ def test_sigkill_at_every_stage_keeps_current_and_data_and_a_second_sleep_is_ref
 
 
 def test_mlx_backend_sleeps_continues_its_adapter_and_chat_uses_it(night):
-    env = {"CIRCADIAN_MODEL__BACKEND": "mlx"}
+    env = {"CIRCADIAN_MODEL__BACKEND": "mlx", **LIGHT}  # MLX on a Linux CPU is slow: measure less
     say(night, "My dog is called Biscuit.")
     first = sleep_json(env=env)
     say(night, "I grew up in Zwolle.")

@@ -137,6 +137,8 @@ class ChatSession:
     ):
         self.assistant = assistant
         self.log = log and assistant.config.logging.enabled
+        if self.log:
+            memories.check_writable(assistant.paths)
         self.source = source
         self.system_prompt = assistant.config.chat.system_prompt if system_prompt is None else system_prompt
         self.no_train = False

@@ -10,6 +10,7 @@ tombstone naming the forgotten id to `data/tombstones.jsonl`, and readers leave 
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -129,6 +130,19 @@ def append(paths: Paths, records: list[dict], *, lock: bool = True) -> int:
     """
     paths.ensure()
     return append_jsonl(paths.memories, records, lock=lock)
+
+
+def check_writable(paths: Paths) -> None:
+    """Make sure a turn can be logged (the lock and the file can be opened for appending), before a
+    reply is spent on it. Raise CircadianError naming the file if not (a read-only home, a full disk)."""
+    try:
+        paths.ensure()
+        with lock_for(paths.memories):
+            os.close(os.open(paths.memories, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise CircadianError(
+            f"cannot log turns to {paths.memories}: {exc.strerror or exc}; `--no-log` talks without logging"
+        ) from None
 
 
 def forget(paths: Paths, record_id: str, *, session: str = "", reason: str = "/forget") -> dict:
