@@ -292,3 +292,42 @@ def test_a_read_only_home_answers_in_one_line_and_changes_nothing(paths, use_tin
         assert last.startswith("circadian: ") and file in last and "Read-only file system" in last, (args, last)
         assert result.stdout == "" or args[0] != "ask", result.stdout  # no reply spent on a turn it cannot log
     assert snapshot() == before
+
+
+def test_a_full_disk_is_one_line_and_the_next_append_starts_on_a_new_line(paths, use_tiny, tmp_path):
+    """ENOSPC for real: data/ on a one-page tmpfs (in a private mount namespace) that the log almost
+    fills. `ask` fails in one line naming memories.jsonl; the turns before are intact, and a later
+    append (disk space back) is not glued onto the line the full disk cut off."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("unshare") is None or _read_only(paths.home, "--version").returncode != 0:
+        pytest.skip("no private mount namespace here (unshare --mount)")
+    assert run_cli("ask", "first: " + "remember this " * 250, "--json", "--max-tokens", "4").returncode == 0
+    before = paths.memories.read_bytes()
+    assert 3000 < len(before) < 4096, len(before)  # one page; the next turn needs a second one
+    kept = tmp_path / "after.jsonl"
+    script = (
+        'cp -a "$1/data" "$2/data-copy" && mount -t tmpfs -o size=4k tmpfs "$1/data" && '
+        'cp -a "$2/data-copy/." "$1/data/" && shift 2 && "$@"; rc=$?; '
+        f'cp "{paths.memories}" "{kept}"; exit $rc'
+    )
+    full = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, "sh", str(paths.home), str(tmp_path), *CLI, "ask", "second " * 200],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert full.returncode != 0 and "Traceback" not in full.stderr, full.stderr[-2000:]
+    assert full.stderr.strip().splitlines()[-1] == f"circadian: No space left on device: {paths.memories}"
+    after = kept.read_bytes()
+    assert after.startswith(before) and len(after) > len(before)  # a cut-off line, as a full disk leaves it
+    paths.memories.write_bytes(after)  # the disk has room again; the cut-off line is still there
+    assert run_cli("ask", "third message", "--json", "--max-tokens", "4").returncode == 0
+    lines = paths.memories.read_text().splitlines()
+    assert json.loads(lines[0])["messages"][0]["content"].startswith("first")
+    assert json.loads(lines[-1])["messages"][0]["content"] == "third message"  # on a line of its own
+    assert memories.scan(paths).bad_lines == [2]  # only the cut-off line is unreadable (and is quarantined)
