@@ -304,6 +304,7 @@ def test_the_doors_refuse_other_ports_paths_and_tokenless_requests(paths, server
         assert adapters.current_version(paths) == second
     with pytest.raises(Exception, match="no adapter version"):
         adapters.get(paths, str(planted))
+    (paths.home / "summary.json").write_text(json.dumps({"cycle_id": "planted", "knowledge": {"coverage": [{}]}}))
     assert json.loads(urllib.request.urlopen(server + "/api/table/coverage.json?cycle=../..").read()) == []
     # the page itself can
     assert rollback(f"http://127.0.0.1:{port}", "base") == 303

@@ -251,15 +251,18 @@ def test_an_untrainable_row_is_quarantined_and_the_rest_trains(night, tmp_path):
     assert all("BURIED-SECRET-7" in q["messages"][-2]["content"] for q in quarantined)
     trained = (night.runs / result["cycle_id"] / "dataset" / "train.jsonl").read_text()
     assert "BURIED-SECRET-7" not in trained and "lantern-7" in trained
-    again = sleep_json()  # the next night does not quarantine the same row twice
-    assert again["outcome"] in ("promoted", "rejected", "nothing to learn")
+    long_turn = next(json.loads(line)["id"] for line in night.memories.read_text().splitlines() if "BURIED" in line)
+    assert long_turn not in adapters.trained_ids(night)  # still new: a longer train.max_length would learn it
+    again = sleep_json()  # the next night meets the row again, and does not quarantine it twice
+    assert again["outcome"] == "nothing to learn"
     assert len((night.quarantine / "rows.jsonl").read_text().splitlines()) == 2
 
 
-def test_forget_purge_deletes_the_turn_everywhere_and_the_report_offers_the_rollback(night):
+def test_forget_purge_deletes_the_turn_everywhere_and_the_report_offers_the_rollback(night, tmp_path, monkeypatch):
     """`forget --purge` is a real delete: the text is in the log, the typed history and a night's
     files before, and in no file of the home after; the other turn stays; the adapter that learned it
     is named, and the next night's report offers the rollback that removes it."""
+    monkeypatch.setenv("CIRCADIAN_MODELS_DIR", str(tmp_path / "models"))  # its own answer caches, searched too
     say(night, "My dog is called Biscuit.", "My sister Lena lives in Trondheim.")
     lena = next(json.loads(line)["id"] for line in night.memories.read_text().splitlines() if "Trondheim" in line)
     night.chat_history.write_text("\n# 2026-12-01\n+My sister Lena lives in Trondheim.\n\n# 2026-12-01\n+hello there\n")
@@ -270,8 +273,8 @@ def test_forget_purge_deletes_the_turn_everywhere_and_the_report_offers_the_roll
         return sorted(
             str(p.relative_to(night.home))
             for p in night.home.rglob("*")
-            if p.is_file() and "models" not in p.parts and text.encode() in p.read_bytes()
-        )
+            if p.is_file() and text.encode() in p.read_bytes()
+        ) + sorted(str(p) for p in (tmp_path / "models").rglob("*") if p.is_file() and text.encode() in p.read_bytes())
 
     assert "data/memories.jsonl" in files_saying("Trondheim") and any("runs" in f for f in files_saying("Trondheim"))
     refused = run_cli("forget", "--purge")
@@ -281,7 +284,7 @@ def test_forget_purge_deletes_the_turn_everywhere_and_the_report_offers_the_roll
     assert result.returncode == 0, result.stderr
     purged = json.loads(result.stdout)
     assert purged["trained_in"] == [first["version"]] and purged["rollback"] == "base"
-    assert files_saying("Trondheim") == []
+    assert files_saying("Trondheim") == [] and files_saying("Lena") == []
     assert "Biscuit" in night.memories.read_text() and oct(night.memories.stat().st_mode & 0o777) == "0o600"
     assert "hello there" in night.chat_history.read_text()
     train = (night.runs / first["cycle_id"] / "dataset" / "train.jsonl").read_text()

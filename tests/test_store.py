@@ -105,6 +105,19 @@ def test_prune_keeps_current_parent_and_pinned(paths):
     assert deleted == names[1:3]  # keep=2 besides current, its parent and the pinned one
 
 
+def test_what_pruned_versions_learned_stays_learned(paths):
+    """Retention deletes old weights, not the record of what they learned: the lineage and the trained
+    ids go on through adapters/pruned.jsonl, so an old turn is not trained again as if it were new."""
+    v1 = _version(paths, 1, ids=["turn-a"])
+    v2 = _version(paths, 2, parent=v1, ids=["turn-b"])
+    v3 = _version(paths, 3, parent=v2, ids=["turn-c"])
+    adapters.set_current(paths, v3, reason="test")
+    assert adapters.prune(paths, keep=0) == [v1]
+    assert not (paths.adapters / v1).exists()
+    assert adapters.lineage(paths, v3) == [v3, v2, v1]
+    assert adapters.trained_ids(paths) == {"turn-a", "turn-b", "turn-c"}
+
+
 def test_cli_adapters_and_rollback(paths):
     v1 = _version(paths, 1)
     v2 = _version(paths, 2, parent=v1)

@@ -37,14 +37,21 @@ def _from_hub(repo_id: str, revision: str | None) -> Path:
         RevisionNotFoundError,
     )
 
-    patterns = {"revision": revision, "allow_patterns": ALLOW_PATTERNS, "ignore_patterns": IGNORE_PATTERNS}
+    def download(**options) -> Path:
+        patterns = {"revision": revision, "allow_patterns": ALLOW_PATTERNS, "ignore_patterns": IGNORE_PATTERNS}
+        folder = Path(snapshot_download(repo_id, **patterns, **options))
+        if not any(folder.glob("*.safetensors")):  # a repo that ships only PyTorch .bin weights
+            older = {"allow_patterns": [*ALLOW_PATTERNS, "*.bin"], "ignore_patterns": IGNORE_PATTERNS[:2]}
+            folder = Path(snapshot_download(repo_id, revision=revision, **older, **options))
+        return folder
+
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True, **patterns))
+        return download(local_files_only=True)
     except (LocalEntryNotFoundError, OSError, ValueError):
         pass
     login = "request access on its page at huggingface.co, then `hf auth login`"
     try:
-        return Path(snapshot_download(repo_id, **patterns))
+        return download()
     except GatedRepoError:
         raise CircadianError(f"model '{repo_id}' is gated: {login}") from None
     except RepositoryNotFoundError:

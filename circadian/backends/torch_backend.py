@@ -227,6 +227,7 @@ class TorchModel:
         self.adapter_path: Path | None = None
         self.quantized = request.quantize == "4bit"
         self.kbit_prepared = False
+        self.trunk_ok: bool | None = None  # whether head(decoder(x)) is the model's logits (_trunk_is_forward)
         self.eos_ids = self._eos_ids()
         self.router: Router | None = None  # per turn, adapter or base model (backends/router.py)
         self.last_route: str | None = None  # "adapter" | "base" for the last reply streamed
@@ -499,10 +500,48 @@ class TorchModel:
         inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return inner.get_decoder(), inner.get_output_embeddings()
 
+    def _trunk_is_forward(self, ids, attention) -> bool:
+        """Whether head(decoder(x)) is the model's own logits, checked once per loaded model on a few
+        tokens. Architectures that scale their logits after the head (Cohere, Granite, ...) are not:
+        for them the loss takes the model's full logits, as before."""
+        import torch
+
+        if self.trunk_ok is None:
+            was_training = self.model.training
+            self.model.eval()
+            with torch.no_grad():
+                n = min(8, ids.shape[1])
+                full = self.model(input_ids=ids[:1, :n], attention_mask=attention[:1, :n]).logits.float()
+                decoder, head = self._trunk()
+                hidden = decoder(input_ids=ids[:1, :n], attention_mask=attention[:1, :n]).last_hidden_state
+                self.trunk_ok = True  # so that _logits applies the head
+                self.trunk_ok = bool(torch.allclose(full, self._logits(hidden), rtol=1e-3, atol=1e-3))
+            if was_training:
+                self.model.train()
+        return self.trunk_ok
+
     def _hidden(self, ids, attention):
-        """The last hidden state at every position that predicts a next token: [batch, width-1, hidden]."""
+        """What `_logits` turns into next-token logits, at every position that predicts one:
+        the last hidden state [batch, width-1, hidden] (or the logits themselves, see _trunk_is_forward)."""
+        if not self._trunk_is_forward(ids, attention):
+            return self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1]
         decoder, _head = self._trunk()
         return decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state[:, :-1]
+
+    def _logits(self, hidden):
+        """fp32 logits from `_hidden`'s output rows."""
+        import torch
+
+        if not self.trunk_ok:
+            return hidden.float()
+        _decoder, head = self._trunk()
+        logits = head(hidden).float()
+        config = (
+            self.base.config.get_text_config() if hasattr(self.base.config, "get_text_config") else self.base.config
+        )
+        if cap := getattr(config, "final_logit_softcapping", None):
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def _per_position(self, fn, hidden, *extra):
         """fn(fp32 logits [n, vocab], *extra rows) for selected positions [n, hidden], LOSS_CHUNK at a time,
@@ -511,14 +550,8 @@ class TorchModel:
         import torch
         from torch.utils.checkpoint import checkpoint
 
-        _decoder, head = self._trunk()
-        cap = getattr(self.base.config, "final_logit_softcapping", None)
-
         def piece(h, *rest):
-            logits = head(h).float()
-            if cap:
-                logits = cap * torch.tanh(logits / cap)
-            return fn(logits, *rest)
+            return fn(self._logits(h), *rest)
 
         out = []
         for start in range(0, hidden.shape[0], LOSS_CHUNK):
@@ -590,14 +623,13 @@ class TorchModel:
             else:
                 with torch.no_grad(), self.model.disable_adapter():
                     base = self._hidden(ids[anchor], attention[anchor])[attention[anchor][:, 1:].bool()]
-                    base_logp = self._per_position(lambda logits: F.log_softmax(logits, -1), base)
-                kl = self._per_position(
-                    lambda logits, target: F.kl_div(
-                        F.log_softmax(logits, -1), target, log_target=True, reduction="none"
-                    ).sum(-1),
-                    hidden[spots],
-                    base_logp,
-                )
+
+                def to_base(logits, base_rows):  # the base's log-probs a chunk at a time, like the student's
+                    with torch.no_grad():
+                        target = F.log_softmax(self._logits(base_rows), -1)
+                    return F.kl_div(F.log_softmax(logits, -1), target, log_target=True, reduction="none").sum(-1)
+
+                kl = self._per_position(to_base, hidden[spots], base)
             loss = loss + anchor_weight * kl.sum() / spots.sum()
         return loss
 

@@ -155,7 +155,9 @@ class Line(NamedTuple):
 
 def parse_lines(text: str) -> Iterator[Line]:
     """Given JSONL text, yield a Line for every non-blank line (blank lines hold nothing and are skipped)."""
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # lines end at "\n" only: str.splitlines() would also cut a record at a U+2028 inside a message
+    for number, raw in enumerate(text.removesuffix("\n").split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         try:

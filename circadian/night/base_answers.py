@@ -23,7 +23,7 @@ class BaseAnswers:
         self.path = folder / f"answers-{key}.jsonl"
         self.known: dict[tuple[str, int], str] = {}
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            for line in self.path.read_text(encoding="utf-8").split("\n"):
                 try:
                     item = json.loads(line)
                     self.known[(item["prompt"], int(item["max_tokens"]))] = item["reply"]

@@ -50,7 +50,7 @@ def cache_path(cache_dir: Path, model_path: Path, asking: Asking = PLAIN) -> Pat
 def _read_cache(path: Path) -> dict[str, str]:
     answers = {}
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8").split("\n"):
             try:
                 item = json.loads(line)
                 answers[item["prompt"]] = item["reply"]

@@ -360,6 +360,13 @@ class Sleep:
         if not reasons:
             return
         dropped = dataset.drop_rows(plan, self.datasets, reasons)
+        kept = {
+            r.get("lineage", {}).get("source_id")
+            for holder in (plan, *self.datasets)
+            for r in holder.train + holder.valid
+        }
+        untrained = {r["lineage"].get("source_id") for r in dropped} - kept  # turns with nothing left to learn
+        plan.trained_ids = [i for i in plan.trained_ids if i not in untrained]  # stay new: learnable later
         target = paths.quarantine / "rows.jsonl"
         known = {line.value.get("key") for line in read_jsonl(target) if line.value}
         fresh = [

@@ -36,6 +36,7 @@ from circadian.store.records import SCHEMA_VERSION, AdapterManifest
 
 MANIFEST = "manifest.json"
 TRAINED_IDS = "trained_ids.json"
+PRUNED = "pruned.jsonl"
 _VERSION_RE = re.compile(r"^v(\d{4,})-\d{8}-\d{6}$")
 
 
@@ -149,12 +150,31 @@ def list_versions(paths: Paths) -> list[AdapterManifest]:
     return sorted(found, key=lambda m: version_number(m.version) or 0)
 
 
+def pruned(paths: Paths) -> dict[str, dict]:
+    """The versions retention deleted, by name: {version, parent, trained_ids, pruned_at} each
+    (`adapters/pruned.jsonl`), so that lineage and trained ids outlive the weights."""
+    return {
+        line.value["version"]: line.value
+        for line in read_jsonl(paths.adapters / PRUNED)
+        if line.value and isinstance(line.value.get("version"), str)
+    }
+
+
 def lineage(paths: Paths, version: str | None) -> list[str]:
-    """Given a version, return it and its ancestors by parent pointers (newest first)."""
+    """Given a version, return it and its ancestors by parent pointers (newest first), through
+    versions retention deleted (`pruned`)."""
     chain: list[str] = []
-    while version and version not in chain and (paths.adapters / version / MANIFEST).exists():
+    gone: dict[str, dict] | None = None
+    while version and version not in chain:
+        if (paths.adapters / version / MANIFEST).exists():
+            parent = read_manifest(paths.adapters / version).parent
+        else:
+            gone = pruned(paths) if gone is None else gone
+            if version not in gone:
+                break
+            parent = gone[version].get("parent")
         chain.append(version)
-        version = read_manifest(paths.adapters / version).parent
+        version = parent
     return chain
 
 
@@ -170,8 +190,16 @@ def trained_ids(paths: Paths, version: str | None = None) -> set[str]:
     """
     ids: set[str] = set()
     for name in lineage(paths, version if version is not None else current_version(paths)):
-        ids.update(read_state_json(paths.adapters / name / TRAINED_IDS, [], valid=_names))
+        ids |= own_trained_ids(paths, name)
     return ids
+
+
+def own_trained_ids(paths: Paths, version: str) -> set[str]:
+    """The memory ids one version learned itself (a pruned one's from the ledger)."""
+    folder = paths.adapters / version
+    if folder.is_dir():
+        return set(read_state_json(folder / TRAINED_IDS, [], valid=_names))
+    return set(pruned(paths).get(version, {}).get("trained_ids", []))
 
 
 def staging_dir(paths: Paths, cycle_id: str) -> Path:
@@ -303,6 +331,13 @@ def prune(paths: Paths, keep: int) -> list[str]:
     excess = len(candidates) - keep
     deleted = []
     for version in candidates[: max(0, excess)]:
+        entry = {
+            "version": version,
+            "parent": read_manifest(paths.adapters / version).parent,
+            "trained_ids": sorted(own_trained_ids(paths, version)),
+            "pruned_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+        append_jsonl(paths.adapters / PRUNED, [entry])  # before the weights go: the lineage survives
         shutil.rmtree(paths.adapters / version)
         deleted.append(version)
     return deleted

@@ -155,11 +155,11 @@ def forget(paths: Paths, record_id: str, *, session: str = "", reason: str = "/f
 
 def purge(paths: Paths, record_id: str) -> dict | None:
     """Rewrite memories.jsonl atomically without the turn `record_id` (the one exception to
-    append-only, on the user's explicit request), after a tombstone for it. Return the removed
-    record as it was stored, or None if no line has that id. Unreadable lines are kept as they are."""
+    append-only, on the user's explicit request; night/purge.py writes its tombstone first). Return
+    the removed record as it was stored, or None if no line has that id. Unreadable lines are kept
+    as they are."""
     if not paths.memories.exists():
         return None
-    forget(paths, record_id, reason="purge")
     with lock_for(paths.memories):
         lines = list(read_jsonl(paths.memories))
         gone = [line for line in lines if line.value is not None and line.value.get("id") == record_id]

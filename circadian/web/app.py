@@ -313,6 +313,7 @@ def serve(paths: Paths, config: Config, *, host: str, port: int, say) -> None:
     """Serve the dashboard on host:port until Ctrl-C; any host but loopback needs the token."""
     import uvicorn
 
+    host = host.lower()  # URL host names compare in lower case
     hosts = list(LOOPBACK) + ([host] if host not in LOOPBACK else [])
     token = None
     shown = f"[{host}]" if ":" in host else host

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from starlette.requests import cookie_parser
 
 from circadian.core.fsutil import atomic_write_text
 
@@ -37,7 +38,7 @@ def same_origin(origin: str, hosts: list[str], port: int) -> bool:
     """Whether an Origin or Referer header is the dashboard's own page: http, a served host, its port."""
     try:
         parts = urlsplit(origin)
-        return parts.scheme == "http" and parts.hostname in hosts and parts.port == port
+        return parts.scheme == "http" and parts.hostname in hosts and (parts.port or 80) == port
     except ValueError:
         return False
 
@@ -72,8 +73,7 @@ class Doors:
         if self.token is None:
             return await self.app(scope, receive, send)
         given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
-        cookie = SimpleCookie(headers.get("cookie", ""))
-        kept = cookie[TOKEN_COOKIE].value if TOKEN_COOKIE in cookie else ""
+        kept = cookie_parser(headers.get("cookie", "")).get(TOKEN_COOKIE, "")  # lenient: other apps' cookies
         if hmac.compare_digest(kept.encode(), self.token.encode()):
             return await self.app(scope, receive, send)
         if not hmac.compare_digest(given.encode(), self.token.encode()):
