@@ -11,7 +11,9 @@ Both sides decode the same way (the model's own template, greedy, no repetition 
 tokens are the same. Two more rows, torch only: a circadian turn with a memory adapter loaded (a LoRA
 adapter initialized to zero, so the text stays the same), and one with the adapter and its router (fitted
 on a few questions; the prompt is general, so the base model answers). Their ratio is the router's own
-cost per turn: one forward pass over the user's message.
+cost per turn: one forward pass over the user's message. And one with retrieval on over a memory
+index holding a bench day's turns (the plain circadian row has it off): the index's cost per turn,
+its search before the reply and the turn's indexing after it.
 """
 
 from __future__ import annotations
@@ -111,13 +113,39 @@ def with_adapter(assistant, routed: bool) -> None:
     )
 
 
-def circadian_turn(backend: str, home: Path, models: Path, tokens: int, adapter: str = ""):
-    """Return a function timing one logged circadian turn: (ttft, seconds, new tokens)."""
+def fill_memory(paths: Paths) -> int:
+    """Log and index a bench day's user messages (bench/recall/days/dev-tomasz.json); return how many."""
+    import json
+
+    from circadian.store import memories, memory_index
+
+    day = json.loads((Path(__file__).resolve().parent / "recall" / "days" / "dev-tomasz.json").read_text())
+    said = [m["content"] for session in day["sessions"] for m in session if m["role"] == "user"]
+    for text in said:
+        record = memories.make_record(
+            [{"role": "user", "content": text}, {"role": "assistant", "content": "OK."}],
+            session="bench",
+            model="bench",
+            adapter=None,
+            source="chat",
+        )
+        memories.append(paths, [record])
+        memory_index.add_turn(paths, record)
+    return len(said)
+
+
+def circadian_turn(backend: str, home: Path, models: Path, tokens: int, adapter: str = "", memory: bool = False):
+    """Return a function timing one logged circadian turn: (ttft, seconds, new tokens). With `memory`,
+    retrieval is on over a memory index holding a bench day's turns (each turn is indexed too)."""
     config = Config()
     config.model.backend = backend
     config.chat.max_tokens = tokens
     config.chat.system_prompt, config.chat.repetition_penalty = "", 1.0  # decode as the plain call does
-    assistant = Assistant(Paths(home, "bench", models).ensure(), config)
+    config.chat.retrieval = memory
+    paths = Paths(home, "bench", models).ensure()
+    if memory:
+        fill_memory(paths)
+    assistant = Assistant(paths, config)
     if adapter:
         with_adapter(assistant, routed=adapter == "routed")
 
@@ -155,6 +183,9 @@ def main() -> None:
         rows = {}
         with tempfile.TemporaryDirectory() as home:
             runs = [("plain", plain), ("circadian", circadian_turn(backend, Path(home) / "a", models, args.tokens))]
+            runs.append(
+                ("circadian + memory", circadian_turn(backend, Path(home) / "m", models, args.tokens, memory=True))
+            )
             if backend == "torch":
                 for kind in ("adapter", "routed"):
                     runs.append(
@@ -176,6 +207,8 @@ def main() -> None:
                 f"{backend:<8} {name} overhead per token: {overhead * 100:+.1f}%  "
                 f"(same tokens: {p_n == c_n}, same text: {p_text == c_text})"
             )
+        c_secs, m_secs = rows["circadian"][1], rows["circadian + memory"][1]
+        print(f"{backend:<8} the memory index's cost per turn (search + indexing): {m_secs / c_secs - 1:+.1%}")
         if "circadian + routed" in rows:
             a_secs, r_secs = rows["circadian + adapter"][1], rows["circadian + routed"][1]
             print(f"{backend:<8} the router's own cost per turn (routed vs adapter): {r_secs / a_secs - 1:+.1%}")

@@ -310,7 +310,8 @@ def test_a_full_disk_is_one_line_and_the_next_append_starts_on_a_new_line(paths,
     assert 3000 < len(before) < 4096, len(before)  # one page; the next turn needs a second one
     kept = tmp_path / "after.jsonl"
     script = (
-        'cp -a "$1/data" "$2/data-copy" && mount -t tmpfs -o size=4k tmpfs "$1/data" && '
+        'cp -a "$1/data" "$2/data-copy" && rm -f "$2/data-copy/memory_index.sqlite" && '
+        'mount -t tmpfs -o size=4k tmpfs "$1/data" && '
         'cp -a "$2/data-copy/." "$1/data/" && shift 2 && "$@"; rc=$?; '
         f'cp "{paths.memories}" "{kept}"; exit $rc'
     )

@@ -38,6 +38,10 @@ def test_sleep_promotes_reports_and_follows_rollback(night):
     assert manifest.weights and manifest.data["sha256"] and manifest.peak_memory_mb > 0
     assert manifest.metrics["before"]["recall"] is not None and manifest.train["best_step"] >= 0
     assert "router.json" in manifest.weights  # the router is checked with the weights
+    from circadian.store import memory_index
+
+    facts = [e for e in memory_index.search(night, "What is my dog called?") if e.kind == "fact"]
+    assert facts and "Biscuit" in facts[0].text  # the night's facts are in the memory index
     assert manifest.metrics["base"]["capability"] == manifest.metrics["before"]["capability"]  # night 1: the base
     summary = json.loads((night.runs / first["cycle_id"] / "summary.json").read_text())
     misroutes = summary["after"]["router"]

@@ -1,6 +1,6 @@
 """Recall after one night on days of chat labelled by hand, through the real `circadian` command.
 
-Run as: .venv/bin/python bench/recall/run.py [--days DIR] [--only NAME,...] [--model NAME] [--nights]
+Run as: .venv/bin/python bench/recall/run.py [--days DIR] [--only NAME,...] [--model NAME] [--nights | --same-day]
         [--home DIR] [--out FILE]
 
 Each day (bench/recall/days/*.json, format in days/FORMAT.md; the sealed days in bench/recall/sealed/
@@ -199,6 +199,70 @@ def general_figures(summary: dict) -> dict:
     }
 
 
+def same_day(args, days: list[dict]) -> None:
+    """Recall before any night: each day logged into a fresh home (the memory index filled as chat and
+    import fill it), its probes asked of the base model without and with retrieval; and how often a
+    general question (the capability harness's 227 prompts) would get anything injected."""
+    from circadian.night.evaluate import load_capability
+    from circadian.store import memory_index
+
+    general = [i["prompt"] for i in load_capability()]
+    rows = []
+    for day in days:
+        home, tmp = args.home / day["name"], args.home / f"{day['name']}-files"
+        tmp.mkdir(parents=True)
+        Paths(home).ensure()
+        (home / "circadian.toml").write_text((f'[model]\nname = "{args.model}"\n' if args.model else "") + args.config)
+        log_day(home, day, tmp)
+        paths = Paths(home)
+        if day.get("source") != "import":
+            memory_index.rebuild(paths)  # the bench logs its chat turns itself; chat indexes as it logs
+        probes = day["probes"]
+        tic = time.time()
+        plain = ask(home, tmp, day["name"] + "-plain", probes, "base")
+        recalled = cli(home, "eval", "recall", str(probe_file(tmp, day["name"] + "-recalled", probes)), "--retrieval")
+        injected = sum(bool(memory_index.search(paths, q)) for q in general)
+        share = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        row = {
+            "day": day["name"],
+            "probes": len(probes),
+            "recall_plain": share([i["hit"] for i in plain]),
+            "recall_retrieval": share([i["hit"] for i in recalled["items"]]),
+            "probes_given_something": share([bool(i["recalled"]) for i in recalled["items"]]),
+            "answer_in_what_was_given": share(
+                [
+                    any(a.lower() in " ".join(i["recalled"]).lower() for a in p["answers"])
+                    for p, i in zip(probes, recalled["items"])
+                ]
+            ),
+            "general_with_injection": injected / len(general),
+            "seconds": round(time.time() - tic),
+        }
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    text = [
+        "# Same-day recall (bench/recall/run.py --same-day)",
+        "",
+        f"Days: {args.days}; model: {args.model or 'embedded'}. Before any night: the base model, asked each probe",
+        "without and with what the memory index recalls for it.",
+        "",
+        "| day | probes | recall, no retrieval | recall, retrieval | probes given something | answer in what was given "
+        "| general prompts given something |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    text += [
+        f"| {r['day']} | {r['probes']} | {fmt(r['recall_plain'])} | {fmt(r['recall_retrieval'])} | "
+        f"{fmt(r['probes_given_something'])} | {fmt(r['answer_in_what_was_given'])} | "
+        f"{fmt(r['general_with_injection'])} |"
+        for r in rows
+    ]
+    report = "\n".join(text) + "\n"
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+
+
 def consecutive_nights(args, days: list[dict]) -> None:
     """Each day is a night of one home; after each night, every day so far is asked with the current adapter."""
     home = args.home / "home"
@@ -282,6 +346,11 @@ def main() -> None:
         help="the days as consecutive nights of one home; every "
         "earlier day's probes are asked again after each night (with the current adapter)",
     )
+    parser.add_argument(
+        "--same-day",
+        action="store_true",
+        help="no night: recall before any night, without and with retrieval from the memory index",
+    )
     args = parser.parse_args()
     days = [json.loads(p.read_text()) for p in sorted(args.days.glob("*.json"))]
     if args.only:
@@ -295,6 +364,8 @@ def main() -> None:
     shutil.rmtree(args.home, ignore_errors=True)
     if args.nights:
         return consecutive_nights(args, days)
+    if args.same_day:
+        return same_day(args, days)
     rows = []
     for day in days:
         home, tmp = args.home / day["name"], args.home / f"{day['name']}-files"

@@ -197,12 +197,21 @@ def eval_recall(
             help="let the adapter's router send general questions to the base model, as chat does",
         ),
     ] = True,
+    retrieval: Annotated[
+        bool,
+        typer.Option(
+            "--retrieval/--no-retrieval",
+            help="give each question what the memory index recalls for it, as chat does (same-day recall)",
+        ),
+    ] = False,
 ):
     """Ask each question of FILE, as `chat` asks (system prompt, decoding, the adapter's router), and score the replies.
 
     A hit is a reply that contains one of the question's answers as whole words.
     """
-    from circadian.day.assistant import Assistant
+    from dataclasses import replace
+
+    from circadian.day.assistant import Assistant, ChatSession
     from circadian.night.evaluate import Asking, ask_all, read_probes
 
     paths, config = setup(home, {"sleep.probe_max_tokens": (max_tokens, "--max-tokens")})
@@ -217,20 +226,36 @@ def eval_recall(
         if hasattr(model, "answered_by")
         else None
     )
-    result = ask_all(
-        assistant.model,
-        items,
-        key="question",
-        max_tokens=config.sleep.probe_max_tokens,
-        asking=asking,
-    )
+    session = ChatSession(assistant, log=False)
+    recalled = [session.recall(i["question"]) if retrieval else [] for i in items]
+    by_prompt: dict[str, list[int]] = {}
+    for n, found in enumerate(recalled):
+        by_prompt.setdefault(session.system_for(found) if found else asking.system_prompt, []).append(n)
+    answered: dict[int, dict] = {}
+    for system, indices in by_prompt.items():  # one batch per system prompt
+        part = ask_all(
+            assistant.model,
+            [items[n] for n in indices],
+            key="question",
+            max_tokens=config.sleep.probe_max_tokens,
+            asking=replace(asking, system_prompt=system),
+        )
+        answered.update(zip(indices, part["items"]))
+    results = [answered[n] for n in range(len(items))]
     out = {
-        "recall": result["score"],
-        "n": result["n"],
+        "recall": sum(r["hit"] for r in results) / len(results) if results else None,
+        "n": len(results),
         "adapter": assistant.adapter_version,
+        "retrieval": retrieval,
         "items": [
-            {"question": i["question"], "answer": i["answer"], "hit": i["hit"], "answered_by": who[n] if who else None}
-            for n, i in enumerate(result["items"])
+            {
+                "question": i["question"],
+                "answer": i["answer"],
+                "hit": i["hit"],
+                "answered_by": who[n] if who else None,
+                "recalled": [e.text for e in recalled[n]],
+            }
+            for n, i in enumerate(results)
         ],
     }
     if json_out:

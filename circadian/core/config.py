@@ -80,6 +80,11 @@ class ChatSettings(_Section):
         description="divide the odds of tokens seen in the last repetition_context tokens (1 = off)",
     )
     repetition_context: int = Field(64, ge=1, le=4096, description="how many recent tokens the repetition penalty sees")
+    retrieval: bool = Field(
+        True, description="put what the user said that the adapter has not learned yet into the prompt (memory index)"
+    )
+    retrieval_entries: int = Field(3, ge=1, le=20, description="most entries of the memory index put in a prompt")
+    retrieval_tokens: int = Field(160, ge=16, le=4096, description="token budget of those entries")
 
 
 class TrainSettings(_Section):

@@ -6,6 +6,7 @@ Used by `chat`, `ask` and `demo`; it knows nothing about terminals.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from circadian.backends.resolve import resolve_model
 from circadian.core.config import Config
 from circadian.core.errors import CircadianError
 from circadian.core.paths import Paths
-from circadian.store import adapters, memories
+from circadian.store import adapters, memories, memory_index
 
 INTERRUPTED_TAG = "interrupted"
 
@@ -144,6 +145,7 @@ class ChatSession:
         self.no_train = False
         self.id = memories.new_id()
         self.history: list[_Exchange] = []
+        self.recalled: list[memory_index.Entry] = []  # what the memory index gave the last reply (/memory)
 
     def new(self) -> None:
         """Start a new session: new id, empty context (switches reset too)."""
@@ -151,10 +153,44 @@ class ChatSession:
         self.history.clear()
         self.no_train = False
 
-    def messages_for(self, user_text: str) -> list[dict]:
-        """Given the next user message, return the full prompt: system, recent context, the message."""
+    def recall(self, user_text: str) -> list[memory_index.Entry]:
+        """What the memory index holds that bears on the message and the current adapter has not
+        learned (turns it trained on, with their facts, are left out), within the token budget."""
+        chat = self.assistant.config.chat
+        if not chat.retrieval:
+            return []
+        learned = adapters.trained_ids(self.assistant.paths)
+        found = memory_index.about_the_user(
+            user_text,
+            memory_index.search(
+                self.assistant.paths, user_text, limit=chat.retrieval_entries, skip_turns=learned | self.context_ids()
+            ),
+        )
+        kept, used = [], 0
+        for entry in found:
+            used += len(self.assistant.model.tokenizer.encode(entry.text, add_special_tokens=False))
+            if used > chat.retrieval_tokens:
+                break
+            kept.append(entry)
+        return kept
+
+    def context_ids(self) -> set[str]:
+        """The turns already in this session's context (never retrieved again)."""
+        return {e.record_id for e in self.history if e.record_id}
+
+    def system_for(self, recalled: list[memory_index.Entry]) -> str:
+        """The system prompt, with what was recalled appended."""
+        if not recalled:
+            return self.system_prompt
+        said = "\n".join(f"- {e.text}" for e in recalled)
+        return f"{self.system_prompt}\n\nWhat the user told you earlier (use it if it helps):\n{said}".strip()
+
+    def messages_for(self, user_text: str, recalled: list[memory_index.Entry] = ()) -> list[dict]:
+        """Given the next user message (and what was recalled for it), return the full prompt:
+        system, recent context, the message."""
         keep = self.assistant.config.chat.context_turns
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        system = self.system_for(list(recalled))
+        messages = [{"role": "system", "content": system}] if system else []
         for exchange in self.history[-keep:] if keep else []:
             messages += [{"role": "user", "content": exchange.user}, {"role": "assistant", "content": exchange.reply}]
         return messages + [{"role": "user", "content": user_text}]
@@ -183,7 +219,8 @@ class ChatSession:
         """
         note = self.assistant.follow_current()
         cancel = cancel or threading.Event()
-        messages = self.messages_for(user_text)
+        self.recalled = self.recall(user_text)
+        messages = self.messages_for(user_text, self.recalled)
         parts: list[str] = []
         tokens = 0
         first: float | None = None
@@ -233,9 +270,14 @@ class ChatSession:
                     "tokens_per_second": round(tps, 2) if tps else None,
                     "route": getattr(self.assistant.model, "last_route", None),
                 },
+                recalled=[e.turn_id for e in self.recalled],
             )
             memories.append(self.assistant.paths, [record])
             record_id, tags = record["id"], record["tags"]
+            try:  # after the reply: it never waits on this; the index is derived, so a failure is only said
+                memory_index.add_turn(self.assistant.paths, record)
+            except (OSError, sqlite3.Error) as exc:
+                note = f"the memory index could not take this turn ({exc}); the turn itself is logged"
         elif memories.has_no_train_mark(messages[-1:]) or self.no_train:
             tags = tags + [memories.NO_TRAIN_TAG]
         if reply:

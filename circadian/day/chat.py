@@ -25,6 +25,7 @@ HELP = """\
 /adapter         which adapter is answering
 /notrain         toggle: turns of this session never reach training
 /forget          drop the last exchange from the context and the log (a tombstone, not a rewrite)
+/memory          what the memory index put in the prompt of the last reply (chat.retrieval)
 /quit            leave (also /exit or Ctrl-D)
 Enter sends; Alt-Enter (or Esc then Enter) adds a new line; Ctrl-C stops a reply."""
 
@@ -66,6 +67,15 @@ def handle_command(line: str, session: ChatSession) -> CommandResult:
         if exchange is None:
             return CommandResult("nothing to forget in this session")
         return CommandResult(f"forgot: {exchange.user[:60]!r}")
+    if name == "/memory":
+        if not session.assistant.config.chat.retrieval:
+            return CommandResult("retrieval is off (chat.retrieval = false)")
+        if not session.recalled:
+            return CommandResult("nothing was recalled for the last reply")
+        return CommandResult(
+            "recalled for the last reply:\n"
+            + "\n".join(f"- {e.text} ({e.kind}, {e.ts[:16] or 'a night'}, {e.source})" for e in session.recalled)
+        )
     return CommandResult(f"unknown command {name}; /help lists them")
 
 

@@ -17,7 +17,7 @@ from circadian.core.clock import now_iso
 from circadian.core.errors import CircadianError
 from circadian.core.fsutil import append_jsonl, lock_for, parse_lines, read_jsonl
 from circadian.core.paths import Paths
-from circadian.store import memories
+from circadian.store import memories, memory_index
 
 MAX_REPORTED = 10
 
@@ -99,5 +99,7 @@ def import_file(paths: Paths, file: Path) -> ImportResult:
         append_jsonl(
             paths.imports, [{"ts": now_iso(), "file": str(file.absolute()), "sha256": digest, "rows": len(records)}]
         )
+    for record in records:  # what the user said in them is recalled in chat until a night learns it
+        memory_index.add_turn(paths, record)
     no_train = sum(memories.NO_TRAIN_TAG in r["tags"] for r in records)
     return ImportResult(str(file), digest, len(records), False, no_train)

@@ -4,7 +4,8 @@
 then on), then removes what was made from the turn: from every night's folder in `data/runs/`
 (dataset snapshots, evolution snapshots, summaries; the reports are rendered again), from the
 questions a stored router keeps (its manifest's hash follows), from the base model's cached
-answers in `models/eval_cache/`, from the quarantine and from the chat's typed-line history; it
+answers in `models/eval_cache/`, from the quarantine, the memory index and the chat's typed-line
+history; it
 records the purge in `data/purges.jsonl` (ids and versions only, never the text) and rewrites
 `data/memories.jsonl` without the turn last, so a purge that fails midway can be run again. An
 adapter already trained on it keeps what it learned: `still_trained` lists such purges while one
@@ -30,7 +31,7 @@ from circadian.core.fsutil import append_jsonl, atomic_write_text, read_jsonl
 from circadian.core.lock import HeldLock
 from circadian.core.paths import Paths
 from circadian.night import report
-from circadian.store import adapters, memories, typed_history
+from circadian.store import adapters, memories, memory_index, typed_history
 
 PURGED = "[purged]"
 MIN_TEXT = 8  # shorter texts ("ok", "thanks") are not searched for in other files
@@ -130,6 +131,8 @@ def purge_turn(paths: Paths, record_id: str) -> Purged:
             for file in sorted(paths.quarantine.glob("*.jsonl")):
                 _scrub_jsonl(paths, file, needles, result)
         result.history_lines = typed_history.drop(paths.chat_history, said)
+        if removed := memory_index.remove_turn(paths, record_id):
+            result.files[str(memory_index.index_path(paths).relative_to(paths.home))] = removed
         result.trained_in = _learners(paths, record_id)
         append_jsonl(
             paths.data / "purges.jsonl", [{"ts": now_iso(), "forgets": record_id, "trained_in": result.trained_in}]

@@ -49,7 +49,7 @@ from circadian.night.cycle import RUN_TYPE, Cycle, hold, new_cycle_id, quarantin
 from circadian.night.lineage import generator_of, is_distill
 from circadian.night.purge import still_trained
 from circadian.night.training import Stopped, train_datasets
-from circadian.store import adapters, inbox, memories
+from circadian.store import adapters, inbox, memories, memory_index
 from circadian.store.records import SCHEMA_VERSION as RECORDS_VERSION
 from circadian.store.records import CycleSummary, RunLogLine, TrainBrief, TrainCallback, TrainEvent
 
@@ -287,6 +287,8 @@ class Sleep:
                 for i, row in enumerate(rows)
             ],
         )
+        indexed = memory_index.add_facts(paths, plan.facts, source=f"night {cycle.id}")
+        self.say(f"memory index: {indexed} fact(s) of tonight, for the chat until the adapter learns them")
         self.say(
             f"dataset: {len(plan.train)} train rows, {len(plan.valid)} valid rows, {len(plan.probes)} recall "
             f"probes (sha256 {plan.sha256()[:12]})"
