@@ -221,7 +221,7 @@ def same_day(args, days: list[dict]) -> None:
         tic = time.time()
         plain = ask(home, tmp, day["name"] + "-plain", probes, "base")
         recalled = cli(home, "eval", "recall", str(probe_file(tmp, day["name"] + "-recalled", probes)), "--retrieval")
-        injected = sum(bool(memory_index.search(paths, q)) for q in general)
+        injected = sum(bool(memory_index.about_the_user(q, memory_index.search(paths, q))) for q in general)
         share = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
         row = {
             "day": day["name"],

@@ -107,9 +107,11 @@ class TurnResult:
     tags: list[str] = field(default_factory=list)
     interrupted: bool = False
     note: str | None = None
+    recalled: list[str] = field(default_factory=list)  # what the memory index gave this reply
 
     def as_dict(self) -> dict:
         return {
+            "recalled": self.recalled,
             "id": self.record_id,
             "reply": self.reply,
             "tokens": self.tokens,
@@ -294,6 +296,7 @@ class ChatSession:
             tags,
             interrupted,
             note,
+            [e.text for e in self.recalled],
         )
 
     def forget_last(self) -> _Exchange | None:

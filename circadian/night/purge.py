@@ -126,7 +126,7 @@ def purge_turn(paths: Paths, record_id: str) -> Purged:
                     adapters.rewrite_file(paths, manifest.version, router.name, json.dumps(value, indent=2))
                     result.files[str(router.relative_to(paths.home))] = count
         for file in sorted((paths.models / "eval_cache").glob("*.jsonl")):
-            _scrub_jsonl(paths, file, _Needles(set(asked_about), needles.texts), result, key="prompt")
+            _scrub_jsonl(paths, file, _Needles(set(asked_about), set()), result, key="prompt")  # questions of it only
         if paths.quarantine.exists():
             for file in sorted(paths.quarantine.glob("*.jsonl")):
                 _scrub_jsonl(paths, file, needles, result)
