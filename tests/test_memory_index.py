@@ -63,3 +63,22 @@ def test_forgotten_learned_and_switched_off_are_not_recalled(paths, use_tiny):
     memories.forget(paths, turn)
     assert memory_index.search(paths, "What does Ines teach?") == []
     assert memory_index.rebuild(paths) == 0  # the index is derived: rebuilt from the memories, the tombstone obeyed
+
+
+def test_eval_recall_with_retrieval_gives_each_question_what_chat_would(paths, use_tiny, tmp_path):
+    from conftest import run_cli
+
+    _session(paths).respond("My sister Ines teaches chemistry in Porto.")
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text(
+        json.dumps({"question": "What does my sister teach?", "answers": ["chemistry"]})
+        + "\n"
+        + json.dumps({"question": "What is the capital of France?", "answers": ["Paris"]})
+        + "\n"
+    )
+    result = run_cli("eval", "recall", str(probes), "--retrieval", "--json", "--adapter", "base")
+    assert result.returncode == 0, result.stderr[-2000:]
+    items = json.loads(result.stdout)["items"]
+    assert [len(i["recalled"]) for i in items] == [1, 0] and "Ines" in items[0]["recalled"][0]
+    plain = json.loads(run_cli("eval", "recall", str(probes), "--json", "--adapter", "base").stdout)
+    assert [i["recalled"] for i in plain["items"]] == [[], []] and plain["retrieval"] is False

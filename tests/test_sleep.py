@@ -204,12 +204,14 @@ def test_mlx_backend_sleeps_continues_its_adapter_and_chat_uses_it(night):
     assert oct((current.path / "adapters.safetensors").stat().st_mode & 0o777) == "0o600"
 
 
-def test_a_turn_chatted_during_a_sleep_is_not_marked_trained(night):
+def test_a_turn_chatted_during_a_sleep_is_not_marked_trained(night, tmp_path):
     """A real sleep, held in its training stage while the real `circadian ask` logs a turn: the new
     version's trained ids leave that turn out, and the next night learns it."""
     say(night, "My dog is called Biscuit.")
-    proc = _start_held("train", seconds=20)
+    release = tmp_path / "release"
+    proc = _start_held("train", seconds=120, env={"CIRCADIAN_HOLD_RELEASE": str(release)})
     asked = run_cli("ask", "My sister Lena lives in Trondheim.", "--json", "--max-tokens", "4")
+    release.touch()  # the turn is logged: the night goes on
     assert asked.returncode == 0, asked.stderr[-2000:]
     during = json.loads(night.memories.read_text().splitlines()[-1])["id"]
     proc.stderr.read()

@@ -41,12 +41,15 @@ ENDINGS = ("done", "failed", "stopped")
 
 def hold(point: str) -> None:
     """Crash-test hook: with CIRCADIAN_HOLD_AT=<point> the process says so on stderr and waits
-    there (CIRCADIAN_HOLD_SECONDS, 300 by default), so a test can SIGKILL it, or act beside it, at
-    exactly that moment. Points: every stage name, plus commit:staged (weights written) and
-    commit:renamed (version in place, CURRENT not yet)."""
+    there (CIRCADIAN_HOLD_SECONDS, 300 by default, or until the file CIRCADIAN_HOLD_RELEASE names
+    exists), so a test can SIGKILL it, or act beside it, at exactly that moment. Points: every stage
+    name, plus commit:staged (weights written) and commit:renamed (version in place, CURRENT not yet)."""
     if os.environ.get(HOLD_ENV) == point:
         print(f"holding at {point}", file=sys.stderr, flush=True)
-        time.sleep(float(os.environ.get("CIRCADIAN_HOLD_SECONDS", "300")))
+        deadline = time.monotonic() + float(os.environ.get("CIRCADIAN_HOLD_SECONDS", "300"))
+        release = os.environ.get("CIRCADIAN_HOLD_RELEASE")  # a file whose appearance ends the hold early
+        while time.monotonic() < deadline and not (release and os.path.exists(release)):
+            time.sleep(0.1)
 
 
 class Cycle:
