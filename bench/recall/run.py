@@ -199,6 +199,17 @@ def general_figures(summary: dict) -> dict:
     }
 
 
+def fresh_home(args, day: dict) -> tuple[Path, Path]:
+    """A new bench home for a day (its config from --model and --config), the day logged into it;
+    return (home, folder for its files)."""
+    home, tmp = args.home / day["name"], args.home / f"{day['name']}-files"
+    tmp.mkdir(parents=True)
+    Paths(home).ensure()
+    (home / "circadian.toml").write_text((f'[model]\nname = "{args.model}"\n' if args.model else "") + args.config)
+    log_day(home, day, tmp)
+    return home, tmp
+
+
 def same_day(args, days: list[dict]) -> None:
     """Recall before any night: each day logged into a fresh home (the memory index filled as chat and
     import fill it), its probes asked of the base model without and with retrieval; and how often a
@@ -209,11 +220,7 @@ def same_day(args, days: list[dict]) -> None:
     general = [i["prompt"] for i in load_capability()]
     rows = []
     for day in days:
-        home, tmp = args.home / day["name"], args.home / f"{day['name']}-files"
-        tmp.mkdir(parents=True)
-        Paths(home).ensure()
-        (home / "circadian.toml").write_text((f'[model]\nname = "{args.model}"\n' if args.model else "") + args.config)
-        log_day(home, day, tmp)
+        home, tmp = fresh_home(args, day)
         paths = Paths(home)
         if day.get("source") != "import":
             memory_index.rebuild(paths)  # the bench logs its chat turns itself; chat indexes as it logs
@@ -368,11 +375,7 @@ def main() -> None:
         return same_day(args, days)
     rows = []
     for day in days:
-        home, tmp = args.home / day["name"], args.home / f"{day['name']}-files"
-        tmp.mkdir(parents=True)
-        Paths(home).ensure()
-        (home / "circadian.toml").write_text((f'[model]\nname = "{args.model}"\n' if args.model else "") + args.config)
-        log_day(home, day, tmp)
+        home, tmp = fresh_home(args, day)
         tic = time.time()
         summary = cli(home, "sleep")
         print(f"{day['name']}: {summary.get('outcome')} in {time.time() - tic:.0f} s", file=sys.stderr)
