@@ -133,6 +133,9 @@ def purge_turn(paths: Paths, record_id: str) -> Purged:
         result.history_lines = typed_history.drop(paths.chat_history, said)
         if removed := memory_index.remove_turn(paths, record_id):
             result.files[str(memory_index.index_path(paths).relative_to(paths.home))] = removed
+        for aside in paths.data.glob(memory_index.index_path(paths).name + ".unreadable-*"):
+            aside.unlink()  # derived copies of the index, moved aside when unreadable: they may hold the turn
+            result.files[str(aside.relative_to(paths.home))] = 1
         result.trained_in = _learners(paths, record_id)
         append_jsonl(
             paths.data / "purges.jsonl", [{"ts": now_iso(), "forgets": record_id, "trained_in": result.trained_in}]

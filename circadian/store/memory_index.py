@@ -6,7 +6,9 @@ no server and no new dependency, and SQLite's own locking between the chat and t
 Entries are the user's own turns as they are logged (kind "turn"; a turn that only asks or requests
 is left out) and the facts a night wrote from them (kind "fact"), each with its turn id, time and
 source. A turn tagged `no-train` (or interrupted) is never indexed, a tombstoned turn is left out
-of every search, and a purge deletes its entries. The index is derived data: `rebuild` makes it again from the memories.
+of every search, and a purge deletes its entries. The index is derived data: `rebuild` makes it
+again from the memories (the next night adds its facts again), as happens by itself to a file that
+is no longer a database (moved aside as `<name>.unreadable-<time>`).
 
 A query keeps only the content words of the message (spaCy's English stop-word list, read without
 loading spaCy), so a question that shares no word of substance with anything said finds nothing.
@@ -18,6 +20,7 @@ import importlib.util
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,8 +65,15 @@ def _db(paths: Paths) -> Iterator[sqlite3.Connection]:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # private before SQLite writes a byte
     connection = sqlite3.connect(path, timeout=10)
     try:
+        connection.execute(SCHEMA)
+    except sqlite3.DatabaseError:  # not a database any more: it is derived, so it is made again
+        connection.close()
+        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.rename(aside)
+        rebuild(paths)
+        connection = sqlite3.connect(path, timeout=10)
+    try:
         with connection:
-            connection.execute(SCHEMA)
             yield connection
     finally:
         connection.close()
