@@ -82,3 +82,19 @@ def test_eval_recall_with_retrieval_gives_each_question_what_chat_would(paths, u
     assert [len(i["recalled"]) for i in items] == [1, 0] and "Ines" in items[0]["recalled"][0]
     plain = json.loads(run_cli("eval", "recall", str(probes), "--json", "--adapter", "base").stdout)
     assert [i["recalled"] for i in plain["items"]] == [[], []] and plain["retrieval"] is False
+
+
+def test_an_index_that_is_no_longer_a_database_is_made_again(paths):
+    record = memories.make_record(
+        [{"role": "user", "content": "My sister Lena lives in Trondheim."}, {"role": "assistant", "content": "ok"}],
+        session="s",
+        model="m",
+        adapter=None,
+        source="chat",
+    )
+    memories.append(paths, [record])
+    assert memory_index.add_turn(paths, record)
+    memory_index.index_path(paths).write_bytes(b"not a database" * 300)
+    found = memory_index.search(paths, "Where does my sister live?")
+    assert [e.turn_id for e in found] == [record["id"]]  # rebuilt from the memories
+    assert list(paths.data.glob("memory_index.sqlite.unreadable-*"))  # the broken file kept aside, not deleted
