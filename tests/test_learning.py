@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, say
 
 # a short night: few distilled prompts, no learning-evolution snapshots, a small step budget
 NIGHT = {
@@ -23,13 +23,13 @@ NIGHT = {
 
 
 @pytest.mark.slow
-def test_a_night_on_the_real_model_learns_a_fact_said_in_ordinary_words(embedded_model, home, tmp_path):
-    for message in (
+def test_a_night_on_the_real_model_learns_a_fact_said_in_ordinary_words(embedded_model, paths, tmp_path):
+    # logged as chat logs them (the chat path itself is tested in test_chat.py; two model loads saved)
+    say(
+        paths,
         "we finally adopted a tortoise last month, we named her Pemberton",
         "my sister Ines teaches chemistry in Porto",
-    ):
-        said = run_cli("ask", message, "--max-tokens", "8", "--json", env=NIGHT)
-        assert said.returncode == 0, said.stderr[-2000:]
+    )
     slept = run_cli("sleep", "--json", env=NIGHT)
     assert slept.returncode == 0, slept.stderr[-2000:]
     night = json.loads(slept.stdout)

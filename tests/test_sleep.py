@@ -184,7 +184,8 @@ def test_sigkill_at_every_stage_keeps_current_and_data_and_a_second_sleep_is_ref
 
 
 def test_mlx_backend_sleeps_continues_its_adapter_and_chat_uses_it(night):
-    env = {"CIRCADIAN_MODEL__BACKEND": "mlx", **LIGHT}  # MLX on a Linux CPU is slow: measure less
+    # MLX on a Linux CPU is slow: measure less, and no learning-evolution snapshots
+    env = {"CIRCADIAN_MODEL__BACKEND": "mlx", **LIGHT, "CIRCADIAN_SLEEP__TRACK": "false"}
     say(night, "My dog is called Biscuit.")
     first = sleep_json(env=env)
     say(night, "I grew up in Zwolle.")
