@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from circadian.backends import Chunk, GenerationSettings, LoadRequest, TrainResult
-from circadian.core.errors import CircadianError
+from circadian.core.errors import CircadianError, first_line
 
 if TYPE_CHECKING:
     from circadian.store.records import TrainCallback
@@ -90,9 +90,8 @@ class MLXModel:
             )
             self.tokenizer = self._wrapper._tokenizer  # the Hugging Face tokenizer (protocol attribute)
         except (OSError, ValueError, KeyError, FileNotFoundError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             what = f"adapter {adapter_version}" if adapter_path else self.model_name
-            raise CircadianError(f"the mlx backend cannot load {what}: {first[:200]}") from None
+            raise CircadianError(f"the mlx backend cannot load {what}: {first_line(exc)}") from None
         self.adapter_version = adapter_version if adapter_path else None
         self.request_adapter = adapter_path
         self.lora_config = json.loads((adapter_path / "adapter_config.json").read_text()) if adapter_path else None

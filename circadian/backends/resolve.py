@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from circadian.core.config import ModelSettings
-from circadian.core.errors import CircadianError
+from circadian.core.errors import CircadianError, first_line
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,9 @@ def _from_hub(repo_id: str, revision: str | None) -> Path:
 
 
 def _unreachable(repo_id: str, exc: Exception) -> CircadianError:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return CircadianError(
         f"model '{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached "
-        f'({reason[:160]}); set model.name to a local path or to "embedded"'
+        f'({first_line(exc, 160)}); set model.name to a local path or to "embedded"'
     )
 
 

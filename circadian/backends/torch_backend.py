@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from circadian.backends import Chunk, GenerationSettings, LoadRequest, TrainResult, router
 from circadian.backends.router import Router
-from circadian.core.errors import CircadianError
+from circadian.core.errors import CircadianError, first_line
 
 if TYPE_CHECKING:
     from circadian.store.records import TrainCallback
@@ -51,9 +51,7 @@ def resolve_device(requested: str) -> str:
 def load_failure(exc: BaseException, what: str, device: str) -> CircadianError | None:
     """Given an exception raised while loading `what` onto `device`, return the one-line error a user
     should read (out of memory, unreadable weights, a missing file), or None if it is a bug."""
-    text = str(exc).strip()
-    first = (text.splitlines()[0] if text else type(exc).__name__)[:200]
-    lowered = text.lower()
+    first, lowered = first_line(exc), str(exc).lower()
     if isinstance(exc, MemoryError) or any(
         w in lowered for w in ("out of memory", "can't allocate memory", "cannot allocate memory")
     ):
@@ -65,7 +63,7 @@ def load_failure(exc: BaseException, what: str, device: str) -> CircadianError |
         return CircadianError(f"out of memory loading {what} on {device} ({first}); try {hint}")
     if type(exc).__name__ in ("SafetensorError", "HeaderTooLarge") or isinstance(exc, (OSError, ValueError, KeyError)):
         return CircadianError(f"the torch backend cannot load {what}: {first}")
-    if isinstance(exc, RuntimeError) and ("CUDA" in text or "bitsandbytes" in text.lower()):
+    if isinstance(exc, RuntimeError) and ("CUDA" in str(exc) or "bitsandbytes" in lowered):
         return CircadianError(f"the GPU failed loading {what}: {first}")
     return None
 
@@ -258,9 +256,8 @@ class TorchModel:
             try:
                 self.model = PeftModel.from_pretrained(self.base, str(adapter_path), is_trainable=False)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise CircadianError(
-                    f"adapter {adapter_version or adapter_path} cannot be loaded: {first[:200]}"
+                    f"adapter {adapter_version or adapter_path} cannot be loaded: {first_line(exc)}"
                 ) from None
             self.model.eval()
             self.adapter_version = adapter_version

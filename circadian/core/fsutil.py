@@ -71,6 +71,11 @@ def atomic_write_text(path: Path, text: str, mode: int = PRIVATE_FILE_MODE) -> N
     atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
+def atomic_write_jsonl(path: Path, rows, mode: int = PRIVATE_FILE_MODE) -> None:
+    """Given a path and JSON objects, replace the file atomically with one object per line."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), mode)
+
+
 def atomic_write_json(path: Path, obj: Any, mode: int = PRIVATE_FILE_MODE) -> None:
     """Given a path and a JSON-able object, write it pretty-printed with sorted keys, atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", mode)

@@ -7,7 +7,6 @@ but no line in `run_log.jsonl` was interrupted, and the next sleep logs it as su
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -15,7 +14,13 @@ from collections.abc import Callable
 from datetime import datetime
 
 from circadian.core.clock import now_iso
-from circadian.core.fsutil import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, read_state_json
+from circadian.core.fsutil import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_jsonl,
+    read_jsonl,
+    read_state_json,
+)
 from circadian.core.paths import Paths
 from circadian.night import control
 from circadian.store import adapters, inbox
@@ -100,7 +105,7 @@ class Cycle:
 
     def write(self, name: str, rows: list[dict]) -> None:
         """Write rows as a JSONL file in the cycle folder, atomically."""
-        atomic_write_text(self.dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write_jsonl(self.dir / name, rows)
 
     @property
     def started_iso(self) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from circadian.core.clock import now_iso
 from circadian.core.errors import CircadianError
-from circadian.core.fsutil import append_jsonl, atomic_write_text, read_jsonl
+from circadian.core.fsutil import append_jsonl, atomic_write_jsonl, atomic_write_text, read_jsonl
 from circadian.core.lock import HeldLock
 from circadian.core.paths import Paths
 from circadian.night import report
@@ -232,12 +232,10 @@ def _purge_rows(paths: Paths, dataset: Path, needles: _Needles, result: Purged) 
         dropped += [row for i, row in enumerate(rows) if i not in set(keep) and row]
         scrubbed, blanked = needles.scrub([rows[i] for i in keep])
         if len(keep) < len(rows) or blanked:
-            atomic_write_text(file, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in scrubbed))
+            atomic_write_jsonl(file, scrubbed)
             result.files[str(file.relative_to(paths.home))] = len(rows) - len(keep) + blanked
     if len(kept_lineage) < len(lineage):
-        atomic_write_text(
-            dataset / "lineage.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept_lineage)
-        )
+        atomic_write_jsonl(dataset / "lineage.jsonl", kept_lineage)
     return dropped
 
 

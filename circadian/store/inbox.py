@@ -28,7 +28,7 @@ from circadian.core.clock import now_iso
 from circadian.core.fsutil import (
     append_jsonl,
     atomic_write_json,
-    atomic_write_text,
+    atomic_write_jsonl,
     lock_for,
     parse_lines,
     read_state_json,
@@ -144,7 +144,7 @@ def ingest(paths: Paths, *, settle_seconds: float = 5.0, now: float | None = Non
                 )
             accepted = paths.inbox / "accepted" / f"{entry['id']}.jsonl"
             accepted.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write_text(accepted, "".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in good))
+            atomic_write_jsonl(accepted, [{"messages": m} for m in good])
             entry["path"] = str(accepted.relative_to(paths.home))
             entries.append(entry)
             _write_queue(paths, entries)
