@@ -18,7 +18,7 @@ import pytest
 from conftest import CLI, ROOT, run_cli, say
 
 from circadian.night import control
-from circadian.store import adapters
+from circadian.store import adapters, memory_index
 
 pytestmark = pytest.mark.skipif(
     shutil.which("chromium") is None or shutil.which("chromedriver") is None,
@@ -194,6 +194,19 @@ def test_pages_export_evolution_and_rollback(night, server, browser, tmp_path):
     assert csv_text.splitlines()[0].startswith("cycle_id,run_type") and first["cycle_id"] in csv_text
     as_json = json.loads(urllib.request.urlopen(server + "/api/table/adapters.json").read())
     assert as_json[0]["version"] == first["version"] and as_json[0]["current"] is True
+
+    browser.get(server + "/memory")  # the graduation ledger: each fact, graduated or not, and the nights it took
+    screenshot_shows(browser, tmp_path, "memory", "Memory", "graduates", "facts have graduated")
+    ledger_rows = json.loads(urllib.request.urlopen(server + "/api/table/ledger.json").read())
+    shown = browser.find_element("id", "table-ledger").text
+    assert ledger_rows and all(r["fact"] in shown and r["status"] in shown for r in ledger_rows)
+    asked = json.loads((night.adapters / first["version"] / "graduation.json").read_text())
+    hits = {a["fact"]: True for a in asked}
+    for a in asked:  # a statement asked twice graduates when both are answered
+        hits[a["fact"]] &= a["hit"]
+    assert {r["fact"] for r in ledger_rows if r["graduated"]} == {
+        e.text for e in memory_index.facts(night) if hits.get(e.fact)
+    }
 
     browser.get(server + "/adapters")
     screenshot_shows(browser, tmp_path, "adapters", "Adapters", "Compare", "Rollback", first["version"])

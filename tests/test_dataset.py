@@ -149,6 +149,19 @@ def test_select_and_build_leave_out_no_train_forgotten_and_trained():
     assert plan.retention_probes and all(p["answers"] == ["Zwolle"] for p in plan.retention_probes)
 
 
+def test_older_facts_not_yet_graduated_are_replayed_first():
+    fresh = _record("My dog is called Biscuit.")
+    older = [_record(t) for t in ("I grew up in Zwolle.", "My sister Lena lives in Oslo.", "I work as a nurse.")]
+    selection = dataset.select([fresh, *older], trained={r.id for r in older}, forgotten=set())
+    settings = SleepSettings(replay_facts=1)
+    everything = dataset.build(selection, settings.model_copy(update={"replay_facts": 10}))
+    keys = set(f["key"] for f in everything.replayed_facts)
+    assert len(keys) == 3
+    for left in keys:  # whichever fact alone has not graduated is the one replayed (and asked again)
+        plan = dataset.build(selection, settings, graduated=keys - {left})
+        assert {f["key"] for f in plan.replayed_facts} == {p["fact"] for p in plan.retention_probes} == {left}
+
+
 def test_build_redacts_before_training_and_splits_without_leaks():
     records = [
         _record("My email is maya@example.org and my dog is called Biscuit."),

@@ -85,6 +85,9 @@ def test_the_router_sends_general_questions_to_the_base_model_exactly(adapted):
     assert routed[: len(PERSONAL)] == with_adapter[: len(PERSONAL)]  # personal: the adapter's
     single = "".join(c.text for c in model.stream([{"role": "user", "content": GENERAL[0]}], GenerationSettings(8)))
     assert single.strip() == base[len(PERSONAL)] and model.last_route == "base"
+    assert model.last_route_score < model.router.threshold  # the score the chat logs with the turn
+    "".join(c.text for c in model.stream([{"role": "user", "content": PERSONAL[0]}], GenerationSettings(4)))
+    assert model.last_route == "adapter" and model.last_route_score >= model.router.threshold
 
 
 def test_a_router_survives_saving_and_its_cache_answers_as_the_base_model(adapted, tmp_path):

@@ -1,6 +1,7 @@
 """Same-day recall (issue 19, first part): the memory index (SQLite FTS5) fills as the user chats, and
 the next reply's prompt carries what bears on the message, on the real chat path with the tiny
-model. Tombstones, `#no-train`, what the adapter learned and `chat.retrieval = false` are obeyed."""
+model. Tombstones, `#no-train`, the facts the adapter has learned (graduated) and `chat.retrieval = false`
+are obeyed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 from circadian.core.config import load_config
 from circadian.day.assistant import Assistant, ChatSession
 from circadian.day.chat import handle_command
-from circadian.store import adapters, memories, memory_index
+from circadian.store import adapters, ledger, memories, memory_index
 
 
 def _session(paths, **overrides) -> ChatSession:
@@ -32,6 +33,14 @@ def test_what_was_said_this_morning_is_in_the_prompt_at_lunch(paths, use_tiny):
     assert prompt.startswith(lunch.system_prompt) and "Pepper" in prompt
     logged = [json.loads(line) for line in paths.memories.read_text().splitlines()]
     assert logged[-1]["recalled"] == [logged[0]["id"]]  # the log says what the reply was given
+    route = logged[-1]["stats"]["route"]  # and who answered, with the scores
+    assert route["answered_by"] == "base+retrieval" and route["retrieved"] == 1 and route["retrieval_score"] < 0
+    assert logged[0]["stats"]["route"] == {
+        "answered_by": "base",
+        "adapter_score": None,
+        "retrieved": 0,
+        "retrieval_score": None,
+    }
     assert "recalled for the last reply" in handle_command("/memory", lunch).text
     lunch.respond("What is the capital of France?")  # nothing of substance in common: nothing recalled
     assert lunch.recalled == [] and "nothing was recalled" in handle_command("/memory", lunch).text
@@ -45,21 +54,47 @@ def test_what_was_said_this_morning_is_in_the_prompt_at_lunch(paths, use_tiny):
     assert morning.recalled == []
 
 
-def test_forgotten_learned_and_switched_off_are_not_recalled(paths, use_tiny):
-    from test_store import _version
+def _adapter_version(paths, tiny_model, n: int, parent: str | None, asked: list[dict]) -> str:
+    """A stored version with real (untrained) LoRA weights on the tiny model, and what its night asked."""
+    from datetime import datetime
 
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from circadian.core.fsutil import sha256_file
+
+    name = adapters.version_name(n, datetime(2026, 11, 22, 3, 15, n))
+    staging = adapters.staging_dir(paths, f"c{n}")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(str(staging))
+    weights = {f: sha256_file(staging / f) for f in ("adapter_model.safetensors", "adapter_config.json")}
+    manifest = {"version": name, "parent": parent, "backend": "torch", "weights": weights}
+    adapters.commit(paths, staging, manifest, [], asked)
+    return name
+
+
+def test_forgotten_graduated_and_switched_off_are_not_recalled(paths, use_tiny):
     first = _session(paths)
     first.respond("My sister Ines teaches chemistry in Porto.")
     turn = first.history[-1].record_id
     assert _session(paths).recall("What does Ines teach?")
     assert _session(paths, retrieval=False).recall("What does Ines teach?") == []
     assert "retrieval is off" in handle_command("/memory", _session(paths, retrieval=False)).text
+    fact = {"key": "f-ines", "statement": "Your sister Ines teaches chemistry.", "source_id": turn}
+    memory_index.add_facts(paths, [fact], source="chat")  # a night wrote a fact from the turn: it stands for it
+    assert [e.text for e in _session(paths).recall("What does Ines teach?")] == [fact["statement"]]
+    missed = _adapter_version(paths, use_tiny, 1, None, [{"fact": "f-ines", "turn": turn, "hit": False}])
+    adapters.set_current(paths, missed, reason="test")  # trained on it, but its night's probe missed
+    assert [e.kind for e in _session(paths).recall("What does Ines teach?")] == ["fact"]  # still recalled
+    learned = _adapter_version(paths, use_tiny, 2, missed, [{"fact": "f-ines", "turn": turn, "hit": True}])
+    adapters.set_current(paths, learned, reason="test")
     later = _session(paths)
-    adapters.set_current(paths, _version(paths, 1, ids=[turn]), reason="test")  # an adapter that learned it
     assert memory_index.search(paths, "What does Ines teach?")  # still indexed
-    assert later.recall("What does Ines teach?") == []  # but the adapter answers it now
-    adapters.set_current(paths, None, reason="test")  # rolled back: recalled again
-    assert later.recall("What does Ines teach?")
+    assert later.recall("What does Ines teach?") == []  # but the adapter answers it: graduated
+    assert ledger.states(paths, learned)["f-ines"].nights_to_graduate == 2
+    adapters.rollback(paths)  # back to the version that had not learned it: recalled again
+    assert later.assistant.follow_current() == f"now answering with adapter {missed}"
+    assert [e.kind for e in later.recall("What does Ines teach?")] == ["fact"]
     memories.forget(paths, turn)
     assert memory_index.search(paths, "What does Ines teach?") == []
     assert memory_index.rebuild(paths) == 0  # the index is derived: rebuilt from the memories, the tombstone obeyed

@@ -42,6 +42,23 @@ def test_sleep_promotes_reports_and_follows_rollback(night):
 
     facts = [e for e in memory_index.search(night, "What is my dog called?") if e.kind == "fact"]
     assert facts and "Biscuit" in facts[0].text  # the night's facts are in the memory index
+    from circadian.store import ledger
+
+    summary = json.loads((night.runs / first["cycle_id"] / "summary.json").read_text())
+    asked = json.loads((night.adapters / v1 / "graduation.json").read_text())  # ids and keys only, no words
+    probed = summary["after"]["recall"]["items"]
+    assert sorted((a["fact"], a["hit"]) for a in asked) == sorted((i["fact"], i["hit"]) for i in probed)
+    assert (
+        "Biscuit" not in json.dumps(asked)
+        and oct((night.adapters / v1 / "graduation.json").stat().st_mode)[-3:] == "600"
+    )
+    assert ledger.graduated(night, v1) == {i["fact"] for i in probed if i["hit"]}
+    brief = summary["ledger"]
+    assert len(brief["graduated"]) == sum(i["hit"] for i in probed) and brief["version"] == v1
+    assert brief["waiting"] == len(memory_index.facts(night)) - len(brief["graduated"])
+    shown = json.loads(run_cli("memory", "ledger", "--json").stdout)
+    assert shown["adapter"] == v1 and {r["graduated"] for r in shown["facts"]} <= {True, False}
+    assert sum(r["graduated"] for r in shown["facts"]) == len(brief["graduated"])
     assert manifest.metrics["base"]["capability"] == manifest.metrics["before"]["capability"]  # night 1: the base
     summary = json.loads((night.runs / first["cycle_id"] / "summary.json").read_text())
     misroutes = summary["after"]["router"]

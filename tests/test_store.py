@@ -20,7 +20,7 @@ from circadian.night import gate
 from circadian.store import adapters
 
 
-def _version(paths, n, parent=None, ids=()):
+def _version(paths, n, parent=None, ids=(), asked=()):
     name = adapters.version_name(n, datetime(2026, 11, 22, 3, 15, n))
     staging = adapters.staging_dir(paths, f"c{n}")
     staging.mkdir(parents=True)
@@ -36,6 +36,7 @@ def _version(paths, n, parent=None, ids=()):
             "weights": {"adapter_model.safetensors": sha256_file(staging / "adapter_model.safetensors")},
         },
         list(ids),
+        list(asked),
     )
     return name
 
@@ -108,14 +109,21 @@ def test_prune_keeps_current_parent_and_pinned(paths):
 def test_what_pruned_versions_learned_stays_learned(paths):
     """Retention deletes old weights, not the record of what they learned: the lineage and the trained
     ids go on through adapters/pruned.jsonl, so an old turn is not trained again as if it were new."""
-    v1 = _version(paths, 1, ids=["turn-a"])
-    v2 = _version(paths, 2, parent=v1, ids=["turn-b"])
-    v3 = _version(paths, 3, parent=v2, ids=["turn-c"])
+    from circadian.store import ledger
+
+    miss, hit = {"fact": "f-a", "turn": "turn-a", "hit": False}, {"fact": "f-a", "turn": "turn-a", "hit": True}
+    v1 = _version(paths, 1, ids=["turn-a"], asked=[miss])
+    v2 = _version(paths, 2, parent=v1, ids=["turn-b"], asked=[miss])
+    v3 = _version(paths, 3, parent=v2, ids=["turn-c"], asked=[hit])
     adapters.set_current(paths, v3, reason="test")
     assert adapters.prune(paths, keep=0) == [v1]
     assert not (paths.adapters / v1).exists()
     assert adapters.lineage(paths, v3) == [v3, v2, v1]
     assert adapters.trained_ids(paths) == {"turn-a", "turn-b", "turn-c"}
+    graduated = ledger.states(paths, v3)["f-a"]  # the pruned night's question still counts
+    assert (graduated.asked, graduated.graduated_in, graduated.nights_to_graduate) == (3, v3, 3)
+    assert ledger.not_learned(ledger.states(paths, v2), within=2) == {"f-a"}  # two nights asked, not learned
+    assert ledger.not_learned(ledger.states(paths, v2), within=3) == set() and ledger.graduated(paths, v2) == set()
 
 
 def test_cli_adapters_and_rollback(paths):

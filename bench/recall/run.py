@@ -270,6 +270,81 @@ def same_day(args, days: list[dict]) -> None:
         args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
 
 
+def after_night(args, days: list[dict]) -> None:
+    """Recall after one night: each day logged into a fresh home and slept on; its probes asked of the
+    new adapter without and with retrieval (graduated facts are not given), and how often a general
+    question (the capability harness) gets anything injected, with the capability answers of those
+    compared with and without what was injected."""
+    from circadian.night.evaluate import load_capability
+    from circadian.store import adapters, ledger, memory_index
+
+    capability = load_capability()
+    rows = []
+    for day in days:
+        home, tmp = fresh_home(args, day)
+        paths = Paths(home)
+        tic = time.time()
+        summary = cli(home, "sleep")
+        night = time.time() - tic
+        version = adapters.current_version(paths)
+        probes = day["probes"]
+        name = day["name"]
+        plain = cli(home, "eval", "recall", str(probe_file(tmp, name + "-plain", probes)))
+        recalled = cli(home, "eval", "recall", str(probe_file(tmp, name + "-recalled", probes)), "--retrieval")
+        done = ledger.graduated(paths, version)
+        given = [
+            item
+            for item in capability
+            if memory_index.about_the_user(item["prompt"], memory_index.search(paths, item["prompt"], skip_facts=done))
+        ]
+        general = [{"question": i["prompt"], "answers": i["answers"]} for i in given]
+        cap_plain = cli(home, "eval", "recall", str(probe_file(tmp, name + "-cap", general))) if general else None
+        cap_given = (
+            cli(home, "eval", "recall", str(probe_file(tmp, name + "-cap-r", general)), "--retrieval")
+            if general
+            else None
+        )
+        share = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        row = {
+            "day": name,
+            "outcome": summary.get("outcome"),
+            "probes": len(probes),
+            "facts": len(memory_index.facts(paths)),
+            "graduated": len(done),
+            "recall_plain": share([i["hit"] for i in plain["items"]]),
+            "recall_retrieval": share([i["hit"] for i in recalled["items"]]),
+            "probes_given_something": share([bool(i["recalled"]) for i in recalled["items"]]),
+            "general_with_injection": len(given) / len(capability),
+            "capability_changed": sum(a["hit"] != b["hit"] for a, b in zip(cap_plain["items"], cap_given["items"]))
+            if general
+            else 0,
+            "night_seconds": round(night),
+        }
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    text = [
+        "# Recall after one night, with and without retrieval (bench/recall/run.py --after-night)",
+        "",
+        f"Days: {args.days}; model: {args.model or 'embedded'}. One night on the day; the night's adapter asked",
+        "each probe without and with what the memory index recalls for it (facts that graduated are not given).",
+        "",
+        "| day | outcome | probes | facts (graduated) | recall, no retrieval | recall, retrieval | probes given "
+        "something | general prompts given something | capability answers changed by it | night |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    text += [
+        f"| {r['day']} | {r['outcome']} | {r['probes']} | {r['facts']} ({r['graduated']}) | {fmt(r['recall_plain'])} | "
+        f"{fmt(r['recall_retrieval'])} | {fmt(r['probes_given_something'])} | {fmt(r['general_with_injection'])} | "
+        f"{r['capability_changed']} | {r['night_seconds']} s |"
+        for r in rows
+    ]
+    report = "\n".join(text) + "\n"
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+
+
 def consecutive_nights(args, days: list[dict]) -> None:
     """Each day is a night of one home; after each night, every day so far is asked with the current adapter."""
     home = args.home / "home"
@@ -358,6 +433,11 @@ def main() -> None:
         action="store_true",
         help="no night: recall before any night, without and with retrieval from the memory index",
     )
+    parser.add_argument(
+        "--after-night",
+        action="store_true",
+        help="one night per day, then recall with the new adapter without and with retrieval",
+    )
     args = parser.parse_args()
     days = [json.loads(p.read_text()) for p in sorted(args.days.glob("*.json"))]
     if args.only:
@@ -373,6 +453,8 @@ def main() -> None:
         return consecutive_nights(args, days)
     if args.same_day:
         return same_day(args, days)
+    if args.after_night:
+        return after_night(args, days)
     rows = []
     for day in days:
         home, tmp = fresh_home(args, day)

@@ -229,6 +229,7 @@ class TorchModel:
         self.eos_ids = self._eos_ids()
         self.router: Router | None = None  # per turn, adapter or base model (backends/router.py)
         self.last_route: str | None = None  # "adapter" | "base" for the last reply streamed
+        self.last_route_score: float | None = None  # the router's probability for the adapter, that reply
         if request.adapter_path is not None:
             self.set_adapter(request.adapter_path, request.adapter_version)
 
@@ -309,15 +310,21 @@ class TorchModel:
         width = self.base.config.hidden_size * len(layers)
         return torch.cat(out) if out else torch.zeros((0, width))
 
-    def routes(self, conversations: list[list[dict]]) -> list[bool]:
-        """Given conversations, return for each whether the adapter answers it (True) or the base
-        model does: the router's call on the last user message; True when there is no router."""
+    def route_scores(self, conversations: list[list[dict]]) -> list[float | None]:
+        """Given conversations, return the router's probability that the adapter should answer each
+        (read on the last user message); None for each when there is no router or no adapter."""
         from peft import PeftModel
 
         if self.router is None or not isinstance(self.model, PeftModel) or not conversations:
-            return [True] * len(conversations)
+            return [None] * len(conversations)
         last = [next((m["content"] for m in reversed(c) if m["role"] == "user"), "") for c in conversations]
-        return self.router.wants_adapter(self.features(last, self.router.layers or None))
+        return self.router.scores(self.features(last, self.router.layers or None))
+
+    def routes(self, conversations: list[list[dict]]) -> list[bool]:
+        """Given conversations, return for each whether the adapter answers it (True) or the base
+        model does: the router's call on the last user message; True when there is no router."""
+        threshold = self.router.threshold if self.router is not None else 0.5
+        return [s is None or s >= threshold for s in self.route_scores(conversations)]
 
     def answered_by(self, conversations: list[list[dict]]) -> list[str]:
         """Given conversations, return who answers each: "base" (no adapter on, or the router sends
@@ -368,8 +375,10 @@ class TorchModel:
         history = input_ids[:, :0] if processor else None  # the reply so far: the prompt is not penalized
         from peft import PeftModel
 
-        use_adapter = self.routes([messages])[0]
+        score = self.route_scores([messages])[0]
+        use_adapter = score is None or score >= self.router.threshold
         self.last_route = "adapter" if use_adapter and isinstance(self.model, PeftModel) else "base"
+        self.last_route_score = None if score is None else round(score, 4)
         was_training = self.model.training  # asked mid-training (learning evolution): answer as in eval
         if was_training:
             self.model.eval()

@@ -1,5 +1,5 @@
-"""Commands over what the home keeps: `status`, `adapters`, `rollback`, `paths`, `config`, `models`,
-`backends`."""
+"""Commands over what the home keeps: `status`, `adapters`, `rollback`, `memory`, `paths`, `config`,
+`models`, `backends`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ adapters_app = typer.Typer(no_args_is_help=True, help="The adapter store: versio
 config_app = typer.Typer(no_args_is_help=True, help="Show the configuration.")
 models_app = typer.Typer(no_args_is_help=True, help="The model cache (the embedded default model).")
 backends_app = typer.Typer(no_args_is_help=True, help="The installed backends.")
+memory_app = typer.Typer(
+    no_args_is_help=True, help="The memory index the chat recalls from, and the graduation ledger."
+)
 VersionArg = Annotated[str, typer.Argument(metavar="VERSION", help="a stored version, e.g. v0003-20261122-031500")]
 
 
@@ -260,3 +263,67 @@ def backends_list(json_out: JsonOpt = False):
         state = "ok" if row["available"] else f"unavailable: {row['reason']}"
         print(f"{mark} {row['name']:<10} {row['distribution']:<16} {state}")
     print("* = chosen when model.backend is 'auto'")
+
+
+@memory_app.command("ledger")
+def memory_ledger(home: HomeOpt = None, json_out: JsonOpt = False):
+    """List each fact the nights wrote: graduated (the adapter answers it, so the chat no longer recalls
+    it), learning, not learned (asked in sleep.graduate_within nights), or not asked yet."""
+    from circadian.store import adapters
+    from circadian.web.views import ledger_rows
+
+    paths, config = setup(home)
+    rows = ledger_rows(paths, config)
+    if json_out:
+        print_json({"adapter": adapters.current_version(paths), "facts": rows})
+        return
+    if not rows:
+        print("no facts yet: a night writes them from what you said (`circadian sleep`)")
+        return
+    for r in rows:
+        took = f" in {r['graduated_in']} after {r['nights_to_graduate']} night(s)" if r["graduated"] else ""
+        print(f"{r['status']:<13} {r['fact']}{took}")
+    graduated = sum(r["graduated"] for r in rows)
+    print(f"{graduated} of {len(rows)} facts graduated (adapter {adapters.current_version(paths) or 'none'})")
+
+
+@memory_app.command("search")
+def memory_search(
+    text: Annotated[str, typer.Argument(help="a message, as you would write it in the chat")],
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Show what the chat would recall for a message (before its token budget)."""
+    from circadian.store import adapters, ledger, memory_index
+
+    paths, config = setup(home)
+    found = memory_index.about_the_user(
+        text,
+        memory_index.search(
+            paths,
+            text,
+            limit=config.chat.retrieval_entries,
+            skip_facts=ledger.graduated(paths, adapters.current_version(paths)),
+        ),
+    )
+    rows = [{"text": e.text, "kind": e.kind, "turn": e.turn_id, "source": e.source, "score": e.score} for e in found]
+    if json_out:
+        print_json({"query": text, "found": rows})
+        return
+    if not rows:
+        print("nothing would be recalled for that message")
+    for r in rows:
+        print(f"{r['score']:8.3f}  {r['kind']:<4}  {r['text']}")
+
+
+@memory_app.command("rebuild")
+def memory_rebuild(home: HomeOpt = None, json_out: JsonOpt = False):
+    """Make the memory index again from the memories (the next night adds its facts again)."""
+    from circadian.store import memory_index
+
+    paths = home_paths(home)
+    count = memory_index.rebuild(paths)
+    if json_out:
+        print_json({"entries": count, "path": str(memory_index.index_path(paths))})
+        return
+    print(f"indexed {count} turns in {memory_index.index_path(paths)}")

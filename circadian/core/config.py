@@ -118,7 +118,15 @@ class SleepSettings(_Section):
     min_new_facts: int = Field(
         1, ge=0, description="fewer new facts (and no new conversations) = nothing to learn tonight"
     )
-    replay_facts: int = Field(40, ge=0, description="older facts replayed each night against forgetting")
+    replay_facts: int = Field(
+        40, ge=0, description="older facts replayed each night against forgetting (those not yet learned first)"
+    )
+    graduate_within: int = Field(
+        3,
+        ge=1,
+        description="nights a fact is asked without being learned before the report flags it as one the model "
+        "does not learn (retrieval keeps answering it)",
+    )
     distill_prompts: int = Field(
         50,
         ge=0,

@@ -17,7 +17,7 @@ from circadian.backends.resolve import resolve_model
 from circadian.core.config import Config
 from circadian.core.errors import CircadianError
 from circadian.core.paths import Paths
-from circadian.store import adapters, memories, memory_index
+from circadian.store import adapters, ledger, memories, memory_index
 
 INTERRUPTED_TAG = "interrupted"
 
@@ -108,10 +108,12 @@ class TurnResult:
     interrupted: bool = False
     note: str | None = None
     recalled: list[str] = field(default_factory=list)  # what the memory index gave this reply
+    route: dict = field(default_factory=dict)  # ChatSession.route: who answered, with the scores
 
     def as_dict(self) -> dict:
         return {
             "recalled": self.recalled,
+            "route": self.route,
             "id": self.record_id,
             "reply": self.reply,
             "tokens": self.tokens,
@@ -156,16 +158,21 @@ class ChatSession:
         self.no_train = False
 
     def recall(self, user_text: str) -> list[memory_index.Entry]:
-        """What the memory index holds that bears on the message and the current adapter has not
-        learned (turns it trained on, with their facts, are left out), within the token budget."""
+        """What the memory index holds that bears on the message and the answering adapter has not
+        learned (a fact that graduated in its lineage is left out: store/ledger.py), within the
+        token budget."""
         chat = self.assistant.config.chat
         if not chat.retrieval:
             return []
-        learned = adapters.trained_ids(self.assistant.paths)
+        paths = self.assistant.paths
         found = memory_index.about_the_user(
             user_text,
             memory_index.search(
-                self.assistant.paths, user_text, limit=chat.retrieval_entries, skip_turns=learned | self.context_ids()
+                paths,
+                user_text,
+                limit=chat.retrieval_entries,
+                skip_turns=self.context_ids(),
+                skip_facts=ledger.graduated(paths, self.assistant.adapter_version),
             ),
         )
         kept, used = [], 0
@@ -175,6 +182,19 @@ class ChatSession:
                 break
             kept.append(entry)
         return kept
+
+    def route(self) -> dict:
+        """Who answered the last reply and why, as logged with the turn: the adapter or the base model
+        (with the router's probability for the adapter, when there is a router), and whether retrieval
+        gave it anything (how many entries, and the best BM25 score: lower is a closer match)."""
+        model = self.assistant.model
+        answered = getattr(model, "last_route", None) or ("adapter" if self.assistant.adapter_version else "base")
+        return {
+            "answered_by": answered + ("+retrieval" if self.recalled else ""),
+            "adapter_score": getattr(model, "last_route_score", None),
+            "retrieved": len(self.recalled),
+            "retrieval_score": round(min(e.score for e in self.recalled), 6) if self.recalled else None,
+        }
 
     def context_ids(self) -> set[str]:
         """The turns already in this session's context (never retrieved again)."""
@@ -270,7 +290,7 @@ class ChatSession:
                     "tokens": tokens,
                     "ttft_s": round(first - started, 4) if first else None,
                     "tokens_per_second": round(tps, 2) if tps else None,
-                    "route": getattr(self.assistant.model, "last_route", None),
+                    "route": self.route(),
                 },
                 recalled=[e.turn_id for e in self.recalled],
             )
@@ -297,6 +317,7 @@ class ChatSession:
             interrupted,
             note,
             [e.text for e in self.recalled],
+            self.route(),
         )
 
     def forget_last(self) -> _Exchange | None:

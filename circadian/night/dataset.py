@@ -162,9 +162,11 @@ def build(
     seed: int = 0,
     salt: str = "v1",
     generators=None,
+    graduated: set[str] = frozenset(),
 ) -> Plan:
     """Given the selection, the self-distilled general rows and the generators (default: parse + rules),
-    return the night's Plan (pure: the generators only read)."""
+    return the night's Plan (pure: the generators only read). Older facts that have not `graduated`
+    (store/ledger.py) are replayed first, so the night asks them again."""
     plan = Plan()
     region = settings.redact_region
     chosen = generators if generators is not None else default_generators()
@@ -174,6 +176,7 @@ def build(
     gone = {f.key for f, _n in crossed}
     standing = [f for f in old.facts if f.key not in gone]
     random.Random(seed).shuffle(standing)
+    standing.sort(key=lambda f: f.key in graduated)  # stable: the shuffled order within each group
     replayed = standing[: settings.replay_facts]
 
     rows = fact_rows.build(new.facts, replaced=new.replaced + crossed, salt=salt, seed=seed)

@@ -193,6 +193,27 @@ def _knowledge_lines(summary: CycleSummary) -> list[str]:
     return lines
 
 
+def _ledger_lines(summary: CycleSummary) -> list[str]:
+    """The graduation ledger: facts learned tonight (retrieval stops giving them), and facts the model
+    has not learned in `sleep.graduate_within` nights (retrieval keeps giving them)."""
+    found = summary.ledger or {}
+    if not found or not (found.get("graduated") or found.get("not_learned") or found.get("waiting")):
+        return []
+    lines = [
+        "## Graduation",
+        "",
+        f"{len(found.get('graduated') or [])} facts graduated tonight: the adapter answers them without being "
+        f"reminded, so the chat no longer puts them in its prompt. {found.get('waiting', 0)} facts are still "
+        "recalled into the prompt when they bear on a message.",
+        "",
+    ]
+    lines += [f"- graduated: {_cell(g['statement'], 120)} ({g['nights']} nights)" for g in found.get("graduated") or []]
+    if found.get("not_learned"):
+        lines += ["", f"Not learned in {found.get('within')} nights (retrieval keeps answering them):", ""]
+        lines += [f"- {_cell(n['statement'], 120)} (asked in {n['asked']} nights)" for n in found["not_learned"]]
+    return lines + [""]
+
+
 def render_markdown(summary: CycleSummary) -> str:
     """Given a cycle summary, return the report as Markdown (pure)."""
     lines = [f"# Night of {summary.started[:10]} — cycle {summary.cycle_id}", ""]
@@ -216,6 +237,7 @@ def render_markdown(summary: CycleSummary) -> str:
     if summary.after:
         lines += _measured_lines(summary)
     lines += _knowledge_lines(summary)
+    lines += _ledger_lines(summary)
     if summary.counts:
         lines += ["## Data", "", "| | count |", "|---|---|"]
         lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in summary.counts.items()]

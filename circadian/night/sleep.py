@@ -49,7 +49,7 @@ from circadian.night.cycle import RUN_TYPE, Cycle, hold, new_cycle_id, quarantin
 from circadian.night.lineage import generator_of, is_distill
 from circadian.night.purge import still_trained
 from circadian.night.training import Stopped, train_datasets
-from circadian.store import adapters, inbox, memories, memory_index
+from circadian.store import adapters, inbox, ledger, memories, memory_index
 from circadian.store.records import SCHEMA_VERSION as RECORDS_VERSION
 from circadian.store.records import CycleSummary, RunLogLine, TrainBrief, TrainCallback, TrainEvent
 
@@ -234,7 +234,12 @@ class Sleep:
     def build_dataset(self) -> None:
         config, paths, cycle = self.config, self.paths, self.cycle
         plan = dataset.build(
-            self.selection, config.sleep, general=self.general, seed=config.train.seed, generators=self.generators
+            self.selection,
+            config.sleep,
+            general=self.general,
+            seed=config.train.seed,
+            generators=self.generators,
+            graduated=ledger.graduated(paths, self.active.version if self.active else None),
         )
         plan.knowledge.generators = [f"{g.name} {g.version}" for g in self.generators] + [self.generator_reason]
         if plan.new_material < max(1, config.sleep.min_new_facts):
@@ -683,7 +688,13 @@ class Sleep:
             "weights": weights,
         }
         today_trained = any(o.name == "today" and o.state == "trained" for o in self.night.outcomes)
-        adapters.commit(paths, staging, manifest, plan.trained_ids if decision.promote and today_trained else [])
+        asked = [
+            {"fact": item["fact"], "turn": item.get("source_id", ""), "hit": bool(item["hit"])}
+            for part in ("recall", "retention")
+            for item in (self.after.get(part) or {}).get("items", [])
+            if item.get("fact")
+        ]
+        adapters.commit(paths, staging, manifest, plan.trained_ids if decision.promote and today_trained else [], asked)
         hold("commit:renamed")
         if decision.promote:
             inbox.set_state(paths, self.night.ids("trained"), "done", cycle_id=cycle.id, reason=f"learned in {version}")
@@ -735,8 +746,32 @@ class Sleep:
                 chosen=self.choice.choice.source if self.choice else None,
                 policy=self.config.sleep.policy if self.choice else None,
                 evolution=self.evolution,
+                ledger=self.ledger_brief(),
             ),
         )
+
+    def ledger_brief(self) -> dict:
+        """The graduation ledger after the night, for the report: what graduated tonight, what the
+        model has not learned in `sleep.graduate_within` nights, and how many facts retrieval still gives."""
+        current = adapters.current_version(self.paths)
+        found = ledger.states(self.paths, current)
+        said = {e.fact: e.text for e in memory_index.facts(self.paths)}
+        within = self.config.sleep.graduate_within
+        return {
+            "version": current,
+            "within": within,
+            "graduated": [
+                {"statement": said.get(k, k), "nights": s.nights_to_graduate}
+                for k, s in found.items()
+                if s.graduated and s.graduated_in == self.version and self.decision.promote
+            ],
+            "not_learned": [
+                {"statement": said.get(k, k), "asked": found[k].asked}
+                for k in sorted(ledger.not_learned(found, within))
+                if k in said
+            ],
+            "waiting": sum(1 for k in said if not (k in found and found[k].graduated)),
+        }
 
 
 def run_sleep(

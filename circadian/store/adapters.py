@@ -1,13 +1,13 @@
 """The adapter store: versioned adapters with manifests, the CURRENT pointer, pins, retention,
 rollback, and the history of every change of CURRENT.
 
-`adapters/<version>/` holds backend-native weights, `trained_ids.json` (the memory ids this
-version learned) and `manifest.json`, written last; its `weights` maps each weight file to its
-sha256, checked on every load. A version is staged in `adapters/.staging-<cycle>/` and renamed
-into place whole. `adapters/CURRENT` names the active version (absent: the base model) and is
-replaced atomically; `adapters/history.jsonl` records each change; `adapters/pins.json` lists
-versions retention never deletes.
-"""
+`adapters/<version>/` holds backend-native weights, `trained_ids.json` (the memory ids this version
+learned), `graduation.json` (which facts its night's evaluation asked, and whether it answered them
+without retrieval: store/ledger.py) and `manifest.json`, written last; its `weights` maps each
+weight file to its sha256, checked on every load. A version is staged in
+`adapters/.staging-<cycle>/` and renamed into place whole. `adapters/CURRENT` names the active
+version (absent: the base model) and is replaced atomically; `adapters/history.jsonl` records each
+change; `adapters/pins.json` lists versions retention never deletes."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from circadian.store.records import SCHEMA_VERSION, AdapterManifest
 
 MANIFEST = "manifest.json"
 TRAINED_IDS = "trained_ids.json"
+GRADUATION = "graduation.json"
 PRUNED = "pruned.jsonl"
 _VERSION_RE = re.compile(r"^v(\d{4,})-\d{8}-\d{6}$")
 
@@ -151,7 +152,7 @@ def list_versions(paths: Paths) -> list[AdapterManifest]:
 
 
 def pruned(paths: Paths) -> dict[str, dict]:
-    """The versions retention deleted, by name: {version, parent, trained_ids, pruned_at} each
+    """The versions retention deleted, by name: {version, parent, trained_ids, asked, pruned_at} each
     (`adapters/pruned.jsonl`), so that lineage and trained ids outlive the weights."""
     return {
         line.value["version"]: line.value
@@ -202,6 +203,25 @@ def own_trained_ids(paths: Paths, version: str) -> set[str]:
     return set(pruned(paths).get(version, {}).get("trained_ids", []))
 
 
+def _asked_rows(value) -> bool:
+    """The shape of graduation.json: [{"fact": key, "turn": id, "hit": bool}, ...] (ids only, no words)."""
+    return isinstance(value, list) and all(
+        isinstance(r, dict) and isinstance(r.get("fact"), str) and isinstance(r.get("hit"), bool) for r in value
+    )
+
+
+def own_asked(paths: Paths, version: str) -> list[dict] | None:
+    """What one version's night asked of its facts ({"fact", "turn", "hit"} each), a pruned one's from
+    the ledger; None when it was not recorded (a version from before graduation was kept)."""
+    folder = paths.adapters / version
+    if folder.is_dir():
+        if not (folder / GRADUATION).exists():
+            return None
+        return read_state_json(folder / GRADUATION, [], valid=_asked_rows)
+    asked = pruned(paths).get(version, {}).get("asked")
+    return asked if _asked_rows(asked) else None
+
+
 def staging_dir(paths: Paths, cycle_id: str) -> Path:
     return paths.adapters / f".staging-{cycle_id}"
 
@@ -225,12 +245,13 @@ def rewrite_file(paths: Paths, version: str, name: str, text: str) -> None:
     atomic_write_json(folder / MANIFEST, raw)
 
 
-def commit(paths: Paths, staging: Path, manifest: dict, ids: list[str]) -> Path:
-    """Given a staged folder holding weights, write trained ids and the manifest (last), then
-    rename it to its version name. Return the version's folder."""
+def commit(paths: Paths, staging: Path, manifest: dict, ids: list[str], asked: list[dict] = ()) -> Path:
+    """Given a staged folder holding weights, write trained ids, what the night asked of its facts
+    (`asked`) and the manifest (last), then rename it to its version name. Return the version's folder."""
     for file in staging.iterdir():  # weights encode the conversations: private like them
         os.chmod(file, 0o600)
     atomic_write_json(staging / TRAINED_IDS, sorted(ids))
+    atomic_write_json(staging / GRADUATION, list(asked))
     manifest = {"schema_version": SCHEMA_VERSION, **manifest}
     AdapterManifest.model_validate(manifest)
     atomic_write_json(staging / MANIFEST, manifest)
@@ -335,6 +356,7 @@ def prune(paths: Paths, keep: int) -> list[str]:
             "version": version,
             "parent": read_manifest(paths.adapters / version).parent,
             "trained_ids": sorted(own_trained_ids(paths, version)),
+            "asked": own_asked(paths, version),
             "pruned_at": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         append_jsonl(paths.adapters / PRUNED, [entry])  # before the weights go: the lineage survives

@@ -1,18 +1,19 @@
-"""The memory index: what the user has said, searchable while they chat, before any night has
-learned it (`data/memory_index.sqlite`, 0600).
+"""The memory index: what the user has said, searchable while they chat, before any night has learned
+it (`data/memory_index.sqlite`, 0600).
 
-SQLite's FTS5 through the standard library's `sqlite3`: BM25 ranking, a Porter stemmer, one file,
-no server and no new dependency, and SQLite's own locking between the chat and the night.
-Entries are the user's own turns as they are logged (kind "turn"; a turn that only asks or requests
-is left out) and the facts a night wrote from them (kind "fact"), each with its turn id, time and
-source. A turn tagged `no-train` (or interrupted) is never indexed, a tombstoned turn is left out
-of every search, and a purge deletes its entries. The index is derived data: `rebuild` makes it
-again from the memories (the next night adds its facts again), as happens by itself to a file that
-is no longer a database (moved aside as `<name>.unreadable-<time>`).
+SQLite's FTS5 through the standard library's `sqlite3`: BM25 ranking, a Porter stemmer, one file, no
+server and no new dependency, and SQLite's own locking between the chat and the night. Entries are
+the user's own turns as they are logged (kind "turn"; a turn that only asks or requests is left out)
+and the facts a night wrote from them (kind "fact"), each with its turn id, time and source; once a
+night has written facts from a turn, they stand for it in every search, and a fact the adapter has
+learned (store/ledger.py) is no longer given. A turn tagged `no-train` (or interrupted) is never
+indexed, a tombstoned turn is left out of every search, and a purge deletes its entries. The index
+is derived data: `rebuild` makes it again from the memories (the next night adds its facts again),
+as happens by itself to a file that is no longer a database (moved aside as
+`<name>.unreadable-<time>`).
 
 A query keeps only the content words of the message (spaCy's English stop-word list, read without
-loading spaCy), so a question that shares no word of substance with anything said finds nothing.
-"""
+loading spaCy), so a question that shares no word of substance with anything said finds nothing."""
 
 from __future__ import annotations
 
@@ -153,11 +154,13 @@ def add_turn(paths: Paths, record: dict) -> bool:
 def add_facts(paths: Paths, facts: list[dict], *, source: str) -> int:
     """Index facts a night wrote ({"key", "statement", "source_id"}), each replacing an older entry
     with its key (an update); return how many."""
-    rows = [
-        (str(f["statement"]), str(f.get("source_id") or ""), source, str(f["key"]))
-        for f in facts
-        if f.get("statement") and f.get("key")
-    ]
+    rows = list(
+        {
+            str(f["key"]): (str(f["statement"]), str(f.get("source_id") or ""), source, str(f["key"]))
+            for f in facts
+            if f.get("statement") and f.get("key")
+        }.values()
+    )  # one entry a key: a statement with two answers is two facts of one key
     with _db(paths) as db:
         db.executemany("DELETE FROM entries WHERE kind = 'fact' AND fact = ?", [(r[3],) for r in rows])
         db.executemany("INSERT INTO entries VALUES (?, 'fact', ?, '', ?, ?)", rows)
@@ -201,7 +204,8 @@ def search(
     skip_facts: set[str] = frozenset(),
 ) -> list[Entry]:
     """The entries that best match the content words of `message` (BM25), best first; never a
-    tombstoned turn's, nor those in `skip_turns` / `skip_facts`."""
+    tombstoned turn's, nor those in `skip_turns` / `skip_facts` (the facts that graduated). A turn a
+    night has written facts from is found through its facts, not its own words."""
     words = content_words(message)
     if not words or not index_path(paths).exists():
         return []
@@ -213,6 +217,18 @@ def search(
             "ORDER BY bm25(entries) LIMIT ?",
             (query, limit * 4 + len(gone)),
         ).fetchall()
+        mined = {turn for (turn,) in db.execute("SELECT DISTINCT turn_id FROM entries WHERE kind = 'fact'")}
     found = [Entry(*row) for row in rows if row[2] not in gone and row[5] not in skip_facts]
-    with_facts = {e.turn_id for e in found if e.kind == "fact"}
-    return [e for e in found if e.kind == "fact" or e.turn_id not in with_facts][:limit]  # a fact stands for its turn
+    return [e for e in found if e.kind == "fact" or e.turn_id not in mined][:limit]  # its facts stand for a turn
+
+
+def facts(paths: Paths) -> list[Entry]:
+    """Every fact the nights wrote to the index (never a tombstoned turn's), oldest first."""
+    if not index_path(paths).exists():
+        return []
+    gone = memories.forgotten_ids(paths)
+    with _db(paths) as db:
+        rows = db.execute(
+            "SELECT text, kind, turn_id, ts, source, fact, 0.0 FROM entries WHERE kind = 'fact' ORDER BY rowid"
+        ).fetchall()
+    return [Entry(*row) for row in rows if row[2] not in gone]

@@ -335,6 +335,7 @@ class CycleSummary(Record):
     evolution: dict | None = None
     knowledge: dict | None = None  # dataset.knowledge_brief: generators, coverage, updates, rejected
     purged: list[dict] = []  # purged turns an adapter of the current lineage learned (night/purge.py)
+    ledger: dict | None = None  # graduation after the night (store/ledger.py): graduated, not learned, waiting
 
 
 T = TypeVar("T", bound=BaseModel)

@@ -43,6 +43,7 @@ NAV = [
     ("/evolution", "Evolution"),
     ("/cycles", "Cycles"),
     ("/adapters", "Adapters"),
+    ("/memory", "Memory"),
 ]
 
 
@@ -213,6 +214,19 @@ def make_app(paths: Paths, config: Config, *, hosts: list[str], port: int, token
             missing=[{"where": k, "cycle_ids": ", ".join(v)} for k, v in integrity["missing_cycle_ids"].items()],
         )
 
+    async def memory_page(request: Request):
+        rows = views.ledger_rows(paths, config)
+        return page(
+            request,
+            "memory.html",
+            "Memory",
+            "/memory",
+            rows=rows,
+            graduated=sum(r["graduated"] for r in rows),
+            within=config.sleep.graduate_within,
+            adapter=adapters.current_version(paths),
+        )
+
     async def adapters_page(request: Request):
         rows = views.adapter_rows(paths)
         versions = [r["version"] for r in rows]
@@ -252,6 +266,7 @@ def make_app(paths: Paths, config: Config, *, hosts: list[str], port: int, token
                 {"key": k, "value": json.dumps(v, default=str)} for k, v in views.status(paths, config).items()
             ],
             "queue": lambda: views.queue_table(paths),
+            "ledger": lambda: views.ledger_rows(paths, config),
             "coverage": lambda: views.coverage_rows(views.knowledge(paths, q.get("cycle") or None)),
             "evolution": lambda: views.evolution_examples(
                 paths,
@@ -302,6 +317,7 @@ def make_app(paths: Paths, config: Config, *, hosts: list[str], port: int, token
         Route("/evolution/{cycle}/{example}", example_page),
         Route("/cycles", cycles_page),
         Route("/adapters", adapters_page),
+        Route("/memory", memory_page),
         Route("/api/rollback", use_version, methods=["POST"]),
         Route("/api/table/{name}.{fmt:str}", export),
         Mount("/static", app=static, name="static"),

@@ -16,7 +16,7 @@ from circadian.core.paths import Paths
 from circadian.lab.analyze import analyze
 from circadian.night import control, evolution
 from circadian.shift.status import describe as describe_schedule
-from circadian.store import adapters, inbox, memories
+from circadian.store import adapters, inbox, ledger, memories, memory_index
 from circadian.store.records import ChoiceLine, RunLogLine, TrainEventLine, read_all
 
 CATEGORIES = ("learned", "struggling", "not learned")
@@ -272,3 +272,36 @@ def live(paths: Paths) -> dict:
 
 def forgetting(paths: Paths) -> dict:
     return evolution.forgetting(paths.runs)
+
+
+def ledger_rows(paths: Paths, config: Config) -> list[dict]:
+    """The graduation ledger of the current adapter: each fact the nights wrote, whether it has
+    graduated (the adapter answers it without retrieval), the nights it took, or why it still waits
+    (`circadian memory ledger` and the dashboard's memory page)."""
+    found = ledger.states(paths, adapters.current_version(paths))
+    within = config.sleep.graduate_within
+    rows = []
+    for entry in memory_index.facts(paths):
+        state = found.get(entry.fact)
+        if state is None:
+            status = "not asked yet"
+        elif state.graduated:
+            status = "graduated"
+        elif state.asked >= within:
+            status = "not learned"
+        else:
+            status = "learning"
+        rows.append(
+            {
+                "fact": entry.text,
+                "status": status,
+                "graduated": bool(state and state.graduated),
+                "nights_asked": state.asked if state else 0,
+                "graduated_in": state.graduated_in if state and state.graduated else None,
+                "nights_to_graduate": state.nights_to_graduate if state and state.graduated else None,
+                "injected": not (state and state.graduated),
+                "turn": entry.turn_id,
+                "source": entry.source,
+            }
+        )
+    return rows

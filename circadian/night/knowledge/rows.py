@@ -45,7 +45,13 @@ def row(question: str, answer: str, of: Fact, **extra) -> dict:
 
 
 def probe(question: str, fact: Fact) -> dict:
-    return {"question": question, "answers": list(fact.answers), "fact": fact.key, "statement": fact.statement}
+    return {
+        "question": question,
+        "answers": list(fact.answers),
+        "fact": fact.key,
+        "statement": fact.statement,
+        "source_id": fact.source_id,
+    }
 
 
 @dataclass
