@@ -133,3 +133,38 @@ def test_an_index_that_is_no_longer_a_database_is_made_again(paths):
     found = memory_index.search(paths, "Where does my sister live?")
     assert [e.turn_id for e in found] == [record["id"]]  # rebuilt from the memories
     assert list(paths.data.glob("memory_index.sqlite.unreadable-*"))  # the broken file kept aside, not deleted
+
+
+def test_the_real_chat_writes_a_turns_facts_to_the_index_after_the_reply(paths, use_tiny):
+    """`circadian chat` on a real terminal: each turn's facts (the parse generator, no model) are written
+    in the background once the reply has ended, and the chat waits for them before it exits; from then on
+    the statement stands for the raw message. A night's facts of the turn replace the day's."""
+    import os
+    import pty
+    import sys
+
+    from conftest import CLI, ROOT
+    from test_chat import _read_until
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.execvpe(sys.executable, [*CLI, "chat"], {**os.environ, "TERM": "xterm", "CIRCADIAN_CHAT__MAX_TOKENS": "6"})
+    try:
+        assert b"you>" in _read_until(fd, b"you>", 120)
+        os.write(fd, b"We adopted a beagle last week, we named her Pepper.\r")
+        seen = _read_until(fd, b"you>", 60)
+        assert b"you>" in seen, seen[-500:]
+        os.write(fd, b"/quit\r")
+        assert b"bye" in _read_until(fd, b"bye", 30)
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    turn = json.loads(paths.memories.read_text().splitlines()[0])["id"]
+    found = memory_index.search(paths, "Is Pepper our beagle?")
+    assert found and all(e.kind == "fact" and e.source == "day" and e.turn_id == turn for e in found)
+    assert any("Pepper" in e.text and e.text.startswith("You") for e in found)  # a statement, not the message
+    night = {"key": "night-1", "statement": "You adopted a beagle called Pepper.", "source_id": turn}
+    memory_index.add_facts(paths, [night], source="night c1", turns={turn})
+    assert [e.text for e in memory_index.facts(paths)] == [night["statement"]]  # the night's stand in for the day's

@@ -210,6 +210,22 @@ def fresh_home(args, day: dict) -> tuple[Path, Path]:
     return home, tmp
 
 
+def day_facts(paths: Paths) -> int:
+    """Write each logged turn's facts to the memory index as `circadian chat` does after each reply
+    (night/knowledge/same_day.py): a chat turn with its session so far, an imported conversation whole."""
+    from circadian.night.knowledge.same_day import index_turn
+
+    sessions: dict[str, list[dict]] = defaultdict(list)
+    written = 0
+    for record in memories.scan(paths).records:
+        row = record.model_dump()
+        so_far = [row] if record.is_conversation else sessions[record.session] + [row]
+        if not record.is_conversation:
+            sessions[record.session] = so_far
+        written += index_turn(paths, so_far, record.id)
+    return written
+
+
 def same_day(args, days: list[dict]) -> None:
     """Recall before any night: each day logged into a fresh home (the memory index filled as chat and
     import fill it), its probes asked of the base model without and with retrieval; and how often a
@@ -224,6 +240,8 @@ def same_day(args, days: list[dict]) -> None:
         paths = Paths(home)
         if day.get("source") != "import":
             memory_index.rebuild(paths)  # the bench logs its chat turns itself; chat indexes as it logs
+        if args.day_facts:
+            day_facts(paths)
         probes = day["probes"]
         tic = time.time()
         plain = ask(home, tmp, day["name"] + "-plain", probes, "base")
@@ -251,7 +269,8 @@ def same_day(args, days: list[dict]) -> None:
         "# Same-day recall (bench/recall/run.py --same-day)",
         "",
         f"Days: {args.days}; model: {args.model or 'embedded'}. Before any night: the base model, asked each probe",
-        "without and with what the memory index recalls for it.",
+        "without and with what the memory index recalls for it"
+        + (" (each turn's facts written as the chat writes them)." if args.day_facts else " (raw turns only)."),
         "",
         "| day | probes | recall, no retrieval | recall, retrieval | probes given something | answer in what was given "
         "| general prompts given something |",
@@ -432,6 +451,11 @@ def main() -> None:
         "--same-day",
         action="store_true",
         help="no night: recall before any night, without and with retrieval from the memory index",
+    )
+    parser.add_argument(
+        "--day-facts",
+        action="store_true",
+        help="with --same-day: each turn's facts written to the index as `circadian chat` writes them",
     )
     parser.add_argument(
         "--after-night",

@@ -26,8 +26,26 @@ def chat(home: HomeOpt = None, no_log: NoLogOpt = False, system: SystemOpt = Non
 
     paths, config = setup(home)
     with SessionMark(paths.control):  # the nightly job waits while a chat is open
-        session = ChatSession(Assistant(paths, config, say=say), log=not no_log, system_prompt=system)
-        run_chat(session, history_path=paths.chat_history)
+        session = ChatSession(
+            Assistant(paths, config, say=say),
+            log=not no_log,
+            system_prompt=system,
+            after_logged=_facts_of_turn(paths, config),
+        )
+        try:
+            run_chat(session, history_path=paths.chat_history)
+        finally:
+            session.settle()
+
+
+def _facts_of_turn(paths, config):
+    """What the chat does with each turn it indexed, in the background: write its facts to the memory
+    index (night/knowledge/same_day.py), unless chat.retrieval is off."""
+    if not config.chat.retrieval:
+        return None
+    from circadian.night.knowledge.same_day import index_turn
+
+    return lambda records, turn_id: index_turn(paths, records, turn_id, region=config.sleep.redact_region)
 
 
 def ask(

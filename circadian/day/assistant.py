@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from circadian.backends import GenerationSettings, LoadedModel, LoadRequest, select_backend
 from circadian.backends.resolve import resolve_model
 from circadian.core.config import Config
-from circadian.core.errors import CircadianError
+from circadian.core.errors import CircadianError, first_line
 from circadian.core.paths import Paths
 from circadian.store import adapters, ledger, memories, memory_index
 
@@ -138,9 +138,22 @@ class ChatSession:
     """A conversation: context across turns, the session's switches, and logging of each turn."""
 
     def __init__(
-        self, assistant: Assistant, *, log: bool = True, source: str = "chat", system_prompt: str | None = None
+        self,
+        assistant: Assistant,
+        *,
+        log: bool = True,
+        source: str = "chat",
+        system_prompt: str | None = None,
+        after_logged: Callable[[list[dict], str], object] | None = None,
     ):
+        """`after_logged(records of this session so far, id of the turn just logged)` runs in the
+        background after each indexed turn, once the reply has ended (the chat writes the turn's facts
+        to the memory index with it); `settle()` waits for it."""
         self.assistant = assistant
+        self.after_logged = after_logged
+        self._logged: list[dict] = []  # this session's indexed records, for after_logged
+        self._behind: threading.Thread | None = None
+        self._behind_error: str | None = None
         self.log = log and assistant.config.logging.enabled
         if self.log:
             memories.check_writable(assistant.paths)
@@ -154,6 +167,7 @@ class ChatSession:
     def new(self) -> None:
         """Start a new session: new id, empty context (switches reset too)."""
         self.id = memories.new_id()
+        self._logged = []
         self.history.clear()
         self.no_train = False
 
@@ -297,9 +311,13 @@ class ChatSession:
             memories.append(self.assistant.paths, [record])
             record_id, tags = record["id"], record["tags"]
             try:  # after the reply: it never waits on this; the index is derived, so a failure is only said
-                memory_index.add_turn(self.assistant.paths, record)
+                if memory_index.add_turn(self.assistant.paths, record) and self.after_logged:
+                    self._logged.append(record)
+                    self._in_background(list(self._logged), record["id"])
             except (OSError, sqlite3.Error) as exc:
                 note = f"the memory index could not take this turn ({exc}); the turn itself is logged"
+            note = note or self._behind_error
+            self._behind_error = None
         elif memories.has_no_train_mark(messages[-1:]) or self.no_train:
             tags = tags + [memories.NO_TRAIN_TAG]
         if reply:
@@ -319,6 +337,26 @@ class ChatSession:
             [e.text for e in self.recalled],
             self.route(),
         )
+
+    def _in_background(self, records: list[dict], turn_id: str) -> None:
+        """Run after_logged in a thread, after the one before it (the reply does not wait for either)."""
+        earlier = self._behind
+
+        def work():
+            if earlier is not None:
+                earlier.join()
+            try:
+                self.after_logged(records, turn_id)
+            except Exception as exc:  # derived data: the turn is logged and indexed; only say it
+                self._behind_error = f"the facts of a turn could not be indexed ({first_line(exc)})"
+
+        self._behind = threading.Thread(target=work, name="circadian-after-turn", daemon=True)
+        self._behind.start()
+
+    def settle(self) -> None:
+        """Wait for the background work of the turns logged so far (before the process ends)."""
+        if self._behind is not None:
+            self._behind.join()
 
     def forget_last(self) -> _Exchange | None:
         """Drop the last exchange from the context and tombstone it in the log; return it (or None)."""

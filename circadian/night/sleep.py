@@ -292,7 +292,9 @@ class Sleep:
                 for i, row in enumerate(rows)
             ],
         )
-        indexed = memory_index.add_facts(paths, plan.facts, source=f"night {cycle.id}")
+        indexed = memory_index.add_facts(
+            paths, plan.facts, source=f"night {cycle.id}", turns={f["source_id"] for f in plan.facts}
+        )
         self.say(f"memory index: {indexed} fact(s) of tonight, for the chat until the adapter learns them")
         self.say(
             f"dataset: {len(plan.train)} train rows, {len(plan.valid)} valid rows, {len(plan.probes)} recall "

@@ -151,9 +151,10 @@ def add_turn(paths: Paths, record: dict) -> bool:
     return True
 
 
-def add_facts(paths: Paths, facts: list[dict], *, source: str) -> int:
-    """Index facts a night wrote ({"key", "statement", "source_id"}), each replacing an older entry
-    with its key (an update); return how many."""
+def add_facts(paths: Paths, facts: list[dict], *, source: str, turns: set[str] = frozenset()) -> int:
+    """Index facts a night (or the chat, as a turn is logged) wrote ({"key", "statement",
+    "source_id"}), each replacing an older entry with its key (an update), after removing the facts
+    written earlier from `turns` (tonight's facts of a turn stand in for the day's); return how many."""
     rows = list(
         {
             str(f["key"]): (str(f["statement"]), str(f.get("source_id") or ""), source, str(f["key"]))
@@ -162,6 +163,7 @@ def add_facts(paths: Paths, facts: list[dict], *, source: str) -> int:
         }.values()
     )  # one entry a key: a statement with two answers is two facts of one key
     with _db(paths) as db:
+        db.executemany("DELETE FROM entries WHERE kind = 'fact' AND turn_id = ?", [(t,) for t in sorted(turns)])
         db.executemany("DELETE FROM entries WHERE kind = 'fact' AND fact = ?", [(r[3],) for r in rows])
         db.executemany("INSERT INTO entries VALUES (?, 'fact', ?, '', ?, ?)", rows)
     return len(rows)
