@@ -11,9 +11,10 @@ Both sides decode the same way (the model's own template, greedy, no repetition 
 tokens are the same. Two more rows, torch only: a circadian turn with a memory adapter loaded (a LoRA
 adapter initialized to zero, so the text stays the same), and one with the adapter and its router (fitted
 on a few questions; the prompt is general, so the base model answers). Their ratio is the router's own
-cost per turn: one forward pass over the user's message. And one with retrieval on over a memory
-index holding a bench day's turns (the plain circadian row has it off): the index's cost per turn,
-its search before the reply and the turn's indexing after it.
+cost per turn: one forward pass over the user's message. And a pair on a message that tells something
+(TOLD), without and with retrieval over a memory index holding a bench day's turns: the index's cost
+per turn that the reply waits for (its search before the reply, the turn's indexing after it), and
+the turn's facts written in the background after the reply, as `circadian chat` does (timed apart).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from circadian.core.paths import Paths  # noqa: E402
 from circadian.day.assistant import Assistant, ChatSession  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
+TOLD = "My brother Tomas keeps the lighthouse on Texel. Write a short story about him and a storm."
 
 
 def plain_torch(model_dir: Path, tokens: int):
@@ -134,9 +136,18 @@ def fill_memory(paths: Paths) -> int:
     return len(said)
 
 
-def circadian_turn(backend: str, home: Path, models: Path, tokens: int, adapter: str = "", memory: bool = False):
-    """Return a function timing one logged circadian turn: (ttft, seconds, new tokens). With `memory`,
-    retrieval is on over a memory index holding a bench day's turns (each turn is indexed too)."""
+def circadian_turn(
+    backend: str,
+    home: Path,
+    models: Path,
+    tokens: int,
+    adapter: str = "",
+    memory: bool = False,
+    prompt: str = PROMPT,
+):
+    """Return a function timing one logged circadian turn: (ttft, seconds, new tokens, reply, seconds of
+    background work after it). With `memory`, retrieval is on over a memory index holding a bench day's
+    turns, and each turn is indexed and its facts written in the background, as `circadian chat` does."""
     config = Config()
     config.model.backend = backend
     config.chat.max_tokens = tokens
@@ -149,11 +160,23 @@ def circadian_turn(backend: str, home: Path, models: Path, tokens: int, adapter:
     if adapter:
         with_adapter(assistant, routed=adapter == "routed")
 
+    after = None
+    if memory:
+        from circadian.night.knowledge import pipeline
+        from circadian.night.knowledge.conversation import Conversation, Turn
+        from circadian.night.knowledge.same_day import generators, index_turn
+
+        after = lambda records, turn_id: index_turn(paths, records, turn_id)  # noqa: E731
+        warm = Conversation("warm", "chat", [Turn("user", "My cat is called Tom.", "warm", 0)])
+        pipeline.mine([warm], list(generators()))  # spaCy loads once per chat: not in the turns timed
+
     def run():
-        session = ChatSession(assistant, source="bench")
+        session = ChatSession(assistant, source="bench", after_logged=after)
         start = time.perf_counter()
-        result = session.respond(PROMPT)
-        return result.ttft_s, time.perf_counter() - start, result.tokens, result.reply
+        result = session.respond(prompt)
+        replied = time.perf_counter()
+        session.settle()
+        return result.ttft_s, replied - start, result.tokens, result.reply, time.perf_counter() - replied
 
     return run
 
@@ -163,7 +186,8 @@ def measure(run, reps: int):
     samples = [run() for _ in range(reps)]
     ttft = statistics.median(s[0] for s in samples)
     seconds = statistics.median(s[1] for s in samples)
-    return ttft, seconds, samples[0][2], samples[0][3]
+    behind = statistics.median(s[4] if len(s) > 4 else 0.0 for s in samples)
+    return ttft, seconds, samples[0][2], samples[0][3], behind
 
 
 def main() -> None:
@@ -183,9 +207,14 @@ def main() -> None:
         rows = {}
         with tempfile.TemporaryDirectory() as home:
             runs = [("plain", plain), ("circadian", circadian_turn(backend, Path(home) / "a", models, args.tokens))]
-            runs.append(
-                ("circadian + memory", circadian_turn(backend, Path(home) / "m", models, args.tokens, memory=True))
-            )
+            told = [  # a message that tells something: it is indexed and its facts written, as chat does
+                ("circadian, told", circadian_turn(backend, Path(home) / "t", models, args.tokens, prompt=TOLD)),
+                (
+                    "circadian + memory",
+                    circadian_turn(backend, Path(home) / "m", models, args.tokens, memory=True, prompt=TOLD),
+                ),
+            ]
+            runs += told
             if backend == "torch":
                 for kind in ("adapter", "routed"):
                     runs.append(
@@ -194,21 +223,29 @@ def main() -> None:
             for name, run in runs:
                 rows[name] = measure(run, args.reps)
         label = {"torch": "transformers.generate", "mlx": "mlx_lm.stream_generate"}[backend]
-        for name, (ttft, secs, n, _text) in rows.items():
+        for name, (ttft, secs, n, _text, _behind) in rows.items():
             print(
                 f"{backend:<8} {label if name == 'plain' else 'circadian ChatSession' + name[9:]:<26} "
                 f"{ttft:>8.3f} {n / secs:>8.1f} {secs:>8.2f} {n:>7}"
             )
-        p_secs, p_n, p_text = rows["plain"][1:]
-        for name in [n for n in rows if n != "plain"]:
-            c_secs, c_n, c_text = rows[name][1:]
+        p_secs, p_n, p_text = rows["plain"][1:4]
+        for name in [n for n in rows if n not in ("plain", "circadian, told", "circadian + memory")]:
+            c_secs, c_n, c_text = rows[name][1:4]
             overhead = (c_secs / c_n) / (p_secs / p_n) - 1
             print(
                 f"{backend:<8} {name} overhead per token: {overhead * 100:+.1f}%  "
                 f"(same tokens: {p_n == c_n}, same text: {p_text == c_text})"
             )
-        c_secs, m_secs = rows["circadian"][1], rows["circadian + memory"][1]
-        print(f"{backend:<8} the memory index's cost per turn (search + indexing): {m_secs / c_secs - 1:+.1%}")
+        (c_secs, c_n, c_text), (m_secs, m_n, m_text, behind) = (
+            rows["circadian, told"][1:4],
+            rows["circadian + memory"][1:],
+        )
+        print(
+            f"{backend:<8} the memory index's cost per turn, the reply waits for it (search + indexing): "
+            f"{(m_secs / m_n) / (c_secs / c_n) - 1:+.1%} per token (same text: {c_text == m_text}); "
+            f"the turn's facts written after the reply, in the background: {behind:.3f} s "
+            f"({behind / m_secs:.1%} of the turn)"
+        )
         if "circadian + routed" in rows:
             a_secs, r_secs = rows["circadian + adapter"][1], rows["circadian + routed"][1]
             print(f"{backend:<8} the router's own cost per turn (routed vs adapter): {r_secs / a_secs - 1:+.1%}")

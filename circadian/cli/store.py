@@ -1,5 +1,5 @@
-"""Commands over what the home keeps: `status`, `adapters`, `rollback`, `memory`, `paths`, `config`,
-`models`, `backends`."""
+"""Commands over what the home keeps: `status`, `adapters`, `rollback`, `memory`, `backup`, `paths`,
+`config`, `models`, `backends`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ adapters_app = typer.Typer(no_args_is_help=True, help="The adapter store: versio
 config_app = typer.Typer(no_args_is_help=True, help="Show the configuration.")
 models_app = typer.Typer(no_args_is_help=True, help="The model cache (the embedded default model).")
 backends_app = typer.Typer(no_args_is_help=True, help="The installed backends.")
+backup_app = typer.Typer(
+    no_args_is_help=True,
+    help="Snapshots of the memories, imports, config and adapter versions, deduplicated by content.",
+)
 memory_app = typer.Typer(
     no_args_is_help=True, help="The memory index the chat recalls from, and the graduation ledger."
 )
@@ -327,3 +331,102 @@ def memory_rebuild(home: HomeOpt = None, json_out: JsonOpt = False):
         print_json({"entries": count, "path": str(memory_index.index_path(paths))})
         return
     print(f"indexed {count} turns in {memory_index.index_path(paths)}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _store(home, configured: Optional[Path] = None):
+    from circadian.store import backups
+
+    paths, config = setup(home)
+    return paths, config, (configured.expanduser() if configured else backups.destination(paths, config.backup.dir))
+
+
+StoreOpt = Annotated[Optional[Path], typer.Option("--store", help="the snapshot store (default: backup.dir)")]
+
+
+@backup_app.command("run")
+def backup_run(home: HomeOpt = None, json_out: JsonOpt = False):
+    """Take a snapshot now (also copied to backup.mirror), then apply retention (7 daily, 4 weekly, 12 monthly)."""
+    from circadian.store import backups
+
+    paths, config = setup(home)
+    done = backups.run(paths, config.backup, reason="backup run")
+    if json_out:
+        print_json(done)
+        return
+    print(
+        f"snapshot {done['id']}: {done['files']} files, {_size(done['bytes'])}, {_size(done['added_bytes'])} new, "
+        f"in {done['store']}"
+    )
+    if done["dropped"]:
+        print(f"retention: dropped {len(done['dropped'])} snapshot(s), freed {_size(done['freed_bytes'])}")
+    if "mirror" in done:
+        print(f"mirror: copied {_size(done['mirror']['copied_bytes'])} to {done['mirror']['store']}")
+
+
+@backup_app.command("list")
+def backup_list(home: HomeOpt = None, store: StoreOpt = None, json_out: JsonOpt = False):
+    """List the snapshots, oldest first: when, why, files, size, and what each added."""
+    from circadian.store import backups
+
+    _paths, _config, where = _store(home, store)
+    rows = [s.row() for s in backups.snapshots(where)]
+    if json_out:
+        print_json({"store": str(where), "snapshots": rows})
+        return
+    if not rows:
+        print(f"no snapshots yet in {where} (`circadian backup run`; every night takes one)")
+    for r in rows:
+        print(f"{r['id']}  {r['files']:>5} files  {_size(r['bytes']):>9}  +{_size(r['added_bytes']):>9}  {r['reason']}")
+
+
+@backup_app.command("verify")
+def backup_verify(
+    snapshot: Annotated[Optional[str], typer.Argument(help="one snapshot id (default: all)")] = None,
+    home: HomeOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Hash every stored file again; exit 1 if one is missing or changed."""
+    from circadian.store import backups
+
+    _paths, _config, where = _store(home, store)
+    found = backups.verify(where, snapshot)
+    if json_out:
+        print_json({"store": str(where), **found})
+    else:
+        for p in found["problems"]:
+            print(f"{p['snapshot']}  {p['file']}: {p['problem']}")
+        print(
+            f"{found['snapshots']} snapshot(s), {found['objects']} stored files: "
+            + (f"{len(found['problems'])} problem(s)" if found["problems"] else "all intact")
+        )
+    if found["problems"]:
+        raise typer.Exit(1)
+
+
+@backup_app.command("restore")
+def backup_restore(
+    snapshot: Annotated[str, typer.Argument(help="a snapshot id, or 'latest'")],
+    to: Annotated[Path, typer.Option("--to", help="a new home: a folder that does not exist or is empty")],
+    home: HomeOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Write a snapshot into a new home (never over a home in use); then `--home` or CIRCADIAN_HOME points at it."""
+    from circadian.store import backups
+
+    _paths, _config, where = _store(home, store)
+    restored = backups.restore(where, snapshot, to.expanduser().absolute())
+    if json_out:
+        print_json({**restored.row(), "home": str(to)})
+        return
+    print(f"restored snapshot {restored.id} ({len(restored.files)} files) into {to}")
+    print(f"use it: circadian status --home {to}   (the memory index is made again on first use)")

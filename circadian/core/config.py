@@ -236,6 +236,21 @@ class StoreSettings(_Section):
     keep: int = Field(5, ge=1, description="versions kept besides the current one, its parent and pinned ones")
 
 
+class BackupSettings(_Section):
+    """Snapshots of what cannot be made again (`circadian backup`): memories, imports, the inbox, the
+    config, the nights' records and every adapter version, deduplicated by content."""
+
+    dir: str = Field("", description="where snapshots are kept (empty: the home's backups/ folder)")
+    mirror: str = Field(
+        "", description="a second destination (another disk, a synced folder): each snapshot is copied there too"
+    )
+    keep_daily: int = Field(7, ge=0, description="days whose last snapshot is kept")
+    keep_weekly: int = Field(4, ge=0, description="weeks whose last snapshot is kept")
+    keep_monthly: int = Field(12, ge=0, description="months whose last snapshot is kept")
+    nightly: bool = Field(True, description="the night takes a snapshot before it changes anything")
+    before_prune: bool = Field(True, description="a snapshot before retention deletes an adapter version")
+
+
 class ScheduleSettings(_Section):
     """When and how the nightly job runs (`schedule install`, `daemon`, `sleep --scheduled`)."""
 
@@ -274,6 +289,7 @@ class Config(_Section):
     sleep: SleepSettings = SleepSettings()
     gate: GateSettings = GateSettings()
     store: StoreSettings = StoreSettings()
+    backup: BackupSettings = BackupSettings()
     schedule: ScheduleSettings = ScheduleSettings()
 
 

@@ -49,7 +49,7 @@ from circadian.night.cycle import RUN_TYPE, Cycle, hold, new_cycle_id, quarantin
 from circadian.night.lineage import generator_of, is_distill
 from circadian.night.purge import still_trained
 from circadian.night.training import Stopped, train_datasets
-from circadian.store import adapters, inbox, ledger, memories, memory_index
+from circadian.store import adapters, backups, inbox, ledger, memories, memory_index
 from circadian.store.records import SCHEMA_VERSION as RECORDS_VERSION
 from circadian.store.records import CycleSummary, RunLogLine, TrainBrief, TrainCallback, TrainEvent
 
@@ -163,6 +163,22 @@ class Sleep:
                     ),
                 )
             )
+        if config.backup.nightly:
+            self.backup("before the night " + cycle.id)
+
+    def backup(self, reason: str) -> None:
+        """Take a snapshot (store/backups.py). A failure is said, and the night goes on: it changes
+        nothing it cannot undo."""
+        try:
+            taken = backups.run(self.paths, self.config.backup, reason=reason)
+        except (CircadianError, OSError) as exc:
+            self.say(f"backup failed ({exc}); the night goes on")
+            return
+        dropped = f", retention dropped {len(taken['dropped'])}" if taken["dropped"] else ""
+        self.say(
+            f"backup: snapshot {taken['id']} in {taken['store']}: {taken['files']} files, "
+            f"{taken['added_bytes']:,} new bytes{dropped}"
+        )
 
     def load(self) -> None:
         config, paths = self.config, self.paths
@@ -713,9 +729,9 @@ class Sleep:
             )
             self.say(f"kept {version} as rejected; {active.version if active else 'the base model'} stays current")
         try:  # the night is committed: a retention problem is reported, never a failed night
-            for gone in adapters.prune(paths, config.store.keep):
+            for gone in backups.prune_versions(paths, config, say=self.say):
                 self.say(f"retention: deleted {gone}")
-        except CircadianError as exc:
+        except (CircadianError, OSError) as exc:
             self.say(f"retention skipped: {exc}")
 
     def report(self) -> CycleSummary:

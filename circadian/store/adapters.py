@@ -341,17 +341,21 @@ def set_pinned(paths: Paths, version: str, pinned: bool) -> list[str]:
     return sorted(current)
 
 
+def prunable(paths: Paths, keep: int) -> list[str]:
+    """The versions `prune` would delete: the oldest beyond `keep`, never the current one, its parent
+    or pinned ones."""
+    protected = set(pins(paths)) | set(lineage(paths, current_version(paths))[:2])
+    candidates = [m.version for m in list_versions(paths) if m.version not in protected]
+    return candidates[: max(0, len(candidates) - keep)]
+
+
 def prune(paths: Paths, keep: int) -> list[str]:
     """Delete the oldest versions beyond `keep`, never the current one, its parent or pinned ones.
 
     Return the deleted versions' names.
     """
-    protected = set(pins(paths)) | set(lineage(paths, current_version(paths))[:2])
-    versions = [m.version for m in list_versions(paths)]
-    candidates = [v for v in versions if v not in protected]
-    excess = len(candidates) - keep
     deleted = []
-    for version in candidates[: max(0, excess)]:
+    for version in prunable(paths, keep):
         entry = {
             "version": version,
             "parent": read_manifest(paths.adapters / version).parent,
