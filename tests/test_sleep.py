@@ -301,6 +301,7 @@ def test_forget_purge_deletes_the_turn_everywhere_and_the_report_offers_the_roll
         ) + sorted(str(p) for p in (tmp_path / "models").rglob("*") if p.is_file() and text.encode() in p.read_bytes())
 
     assert "data/memories.jsonl" in files_saying("Trondheim") and any("runs" in f for f in files_saying("Trondheim"))
+    assert any(f.startswith("backups/objects/") for f in files_saying("Trondheim"))  # the night's snapshot holds it
     refused = run_cli("forget", "--purge")
     assert_one_line_error(refused)
     assert_one_line_error(run_cli("forget", "--purge", "no-such-turn"))
@@ -308,7 +309,10 @@ def test_forget_purge_deletes_the_turn_everywhere_and_the_report_offers_the_roll
     assert result.returncode == 0, result.stderr
     purged = json.loads(result.stdout)
     assert purged["trained_in"] == [first["version"]] and purged["rollback"] == "base"
-    assert files_saying("Trondheim") == [] and files_saying("Lena") == []
+    assert files_saying("Trondheim") == [] and files_saying("Lena") == []  # the backups too
+    assert purged["snapshots"] and run_cli("backup", "verify").returncode == 0
+    assert run_cli("backup", "restore", "latest", "--to", str(tmp_path / "restored")).returncode == 0
+    assert "Biscuit" in (tmp_path / "restored" / "data" / "memories.jsonl").read_text()  # the rest is kept
     assert "Biscuit" in night.memories.read_text() and oct(night.memories.stat().st_mode & 0o777) == "0o600"
     assert "hello there" in night.chat_history.read_text()
     train = (night.runs / first["cycle_id"] / "dataset" / "train.jsonl").read_text()

@@ -142,13 +142,15 @@ def forget(
         return
     from circadian.night.purge import purge_turn
 
-    result = purge_turn(paths, turn)
+    result = purge_turn(paths, turn, setup(home)[1].backup)
     if json_out:
         print_json(asdict(result))
         return
     print(f"purged {turn}: removed from {paths.memories.name}, {result.history_lines} chat history line(s)")
     for file, count in result.files.items():
         print(f"  {file}: {count} item(s) removed")
+    if result.snapshots:
+        print(f"  backups: purged from {len(result.snapshots)} snapshot(s) ({', '.join(result.snapshots)})")
     if result.rollback:
         print(
             f"{', '.join(result.trained_in)} learned from it, and the current adapter still has it; "

@@ -5,7 +5,8 @@ then on), then removes what was made from the turn: from every night's folder in
 (dataset snapshots, evolution snapshots, summaries; the reports are rendered again), from the
 questions a stored router keeps (its manifest's hash follows), from the base model's cached
 answers in `models/eval_cache/`, from the quarantine, the memory index and the chat's typed-line
-history; it
+history, and from every backup snapshot that holds it (each is written out, purged the same way, and
+stored again; no snapshot is taken first, since it would keep what the user asked to delete); it
 records the purge in `data/purges.jsonl` (ids and versions only, never the text) and rewrites
 `data/memories.jsonl` without the turn last, so a purge that fails midway can be run again. An
 adapter already trained on it keeps what it learned: `still_trained` lists such purges while one
@@ -26,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from circadian.core.clock import now_iso
+from circadian.core.config import BackupSettings
 from circadian.core.errors import CircadianError
 from circadian.core.fsutil import append_jsonl, atomic_write_jsonl, atomic_write_text, read_jsonl
 from circadian.core.lock import HeldLock
 from circadian.core.paths import Paths
 from circadian.night import report
-from circadian.store import adapters, memories, memory_index, typed_history
+from circadian.store import adapters, backups, memories, memory_index, typed_history
 
 PURGED = "[purged]"
 MIN_TEXT = 8  # shorter texts ("ok", "thanks") are not searched for in other files
@@ -46,6 +48,7 @@ class Purged:
     files: dict[str, int] = field(default_factory=dict)  # file (relative to the home) -> items removed or blanked
     trained_in: list[str] = field(default_factory=list)
     rollback: str | None = None  # what `circadian rollback` target removes it from the current adapter
+    snapshots: list[str] = field(default_factory=list)  # backup snapshots it was purged from
 
 
 @dataclass
@@ -91,8 +94,9 @@ class _Needles:
         return value, 0
 
 
-def purge_turn(paths: Paths, record_id: str) -> Purged:
-    """Purge the turn `record_id` everywhere in the home; return what went.
+def purge_turn(paths: Paths, record_id: str, backup: BackupSettings | None = None) -> Purged:
+    """Purge the turn `record_id` everywhere in the home, and in every snapshot of the backups that
+    holds it (`backup`: where they are); return what went.
 
     Raise CircadianError if a sleep is running (its snapshot must not change under it) or no turn has
     that id.
@@ -103,46 +107,64 @@ def purge_turn(paths: Paths, record_id: str) -> Purged:
         lambda held: f"a sleep is running (cycle {held.get('cycle_id', '?')}); purge after it ends",
     )
     with lock:
-        record = next((r for r in memories.scan(paths).records if r.id == record_id), None)
-        if record is None:
-            raise CircadianError(
-                f"no turn {record_id} in {paths.memories.name} (`circadian forget --last` names the last)"
-            )
-        memories.forget(paths, record_id, reason="purge")  # never trained from now on, whatever happens next
-        said = {m.content for m in record.messages if m.role == "user"}
-        result = Purged(record_id)
-        needles = _Needles({record_id}, {t.strip() for t in said if len(t.strip()) >= MIN_TEXT})
-        asked_about: set[str] = set()
-        runs = sorted(p for p in paths.runs.iterdir() if p.is_dir()) if paths.runs.exists() else []
-        for run in runs:
-            _purge_run(paths, run, needles, result, asked_about)
-        asked_about -= _questions_kept(runs)  # a question another fact shares stays
-        asked = _Needles(needles.keys | asked_about, needles.texts)
-        for manifest in adapters.list_versions(paths):
-            router = paths.adapters / manifest.version / "router.json"
-            if router.exists():
-                value, count = asked.scrub(json.loads(router.read_text(encoding="utf-8")))
-                if count:
-                    adapters.rewrite_file(paths, manifest.version, router.name, json.dumps(value, indent=2))
-                    result.files[str(router.relative_to(paths.home))] = count
-        for file in sorted((paths.models / "eval_cache").glob("*.jsonl")):
-            _scrub_jsonl(paths, file, _Needles(set(asked_about), set()), result, key="prompt")  # questions of it only
-        if paths.quarantine.exists():
-            for file in sorted(paths.quarantine.glob("*.jsonl")):
-                _scrub_jsonl(paths, file, needles, result)
-        result.history_lines = typed_history.drop(paths.chat_history, said)
-        if removed := memory_index.remove_turn(paths, record_id):
-            result.files[str(memory_index.index_path(paths).relative_to(paths.home))] = removed
-        for aside in paths.data.glob(memory_index.index_path(paths).name + ".unreadable-*"):
-            aside.unlink()  # derived copies of the index, moved aside when unreadable: they may hold the turn
-            result.files[str(aside.relative_to(paths.home))] = 1
+        result = _purge_home(paths, record_id)
         result.trained_in = _learners(paths, record_id)
         append_jsonl(
             paths.data / "purges.jsonl", [{"ts": now_iso(), "forgets": record_id, "trained_in": result.trained_in}]
         )
-        memories.purge(paths, record_id)  # last: a purge that failed before this can be run again
+        memories.purge(paths, record_id)  # last in the home: a purge that failed before this can be run again
+        for store in backups.stores(paths, backup or BackupSettings()):
+            result.snapshots += backups.rewrite(
+                store,
+                lambda at, snapshot: backups.holds(at, snapshot, "data/memories.jsonl", record_id.encode()),
+                lambda home: _purge_copy(home, record_id),
+            )
     still = [s for s in still_trained(paths) if s["forgets"] == record_id]
     result.rollback = still[0]["rollback"] if still else None
+    return result
+
+
+def _purge_copy(paths: Paths, record_id: str) -> None:
+    """Purge the turn from a copy of a home (a snapshot written out as one), if it holds the turn."""
+    if any(r.id == record_id for r in memories.scan(paths).records):
+        _purge_home(paths, record_id)
+        memories.purge(paths, record_id)
+
+
+def _purge_home(paths: Paths, record_id: str) -> Purged:
+    """Everything of the purge but its record and the rewrite of the memories: the tombstone first, then
+    what was made from the turn, by lineage."""
+    record = next((r for r in memories.scan(paths).records if r.id == record_id), None)
+    if record is None:
+        raise CircadianError(f"no turn {record_id} in {paths.memories.name} (`circadian forget --last` names the last)")
+    memories.forget(paths, record_id, reason="purge")  # never trained from now on, whatever happens next
+    said = {m.content for m in record.messages if m.role == "user"}
+    result = Purged(record_id)
+    needles = _Needles({record_id}, {t.strip() for t in said if len(t.strip()) >= MIN_TEXT})
+    asked_about: set[str] = set()
+    runs = sorted(p for p in paths.runs.iterdir() if p.is_dir()) if paths.runs.exists() else []
+    for run in runs:
+        _purge_run(paths, run, needles, result, asked_about)
+    asked_about -= _questions_kept(runs)  # a question another fact shares stays
+    asked = _Needles(needles.keys | asked_about, needles.texts)
+    for manifest in adapters.list_versions(paths):
+        router = paths.adapters / manifest.version / "router.json"
+        if router.exists():
+            value, count = asked.scrub(json.loads(router.read_text(encoding="utf-8")))
+            if count:
+                adapters.rewrite_file(paths, manifest.version, router.name, json.dumps(value, indent=2))
+                result.files[str(router.relative_to(paths.home))] = count
+    for file in sorted((paths.models / "eval_cache").glob("*.jsonl")):
+        _scrub_jsonl(paths, file, _Needles(set(asked_about), set()), result, key="prompt")  # questions of it only
+    if paths.quarantine.exists():
+        for file in sorted(paths.quarantine.glob("*.jsonl")):
+            _scrub_jsonl(paths, file, needles, result)
+    result.history_lines = typed_history.drop(paths.chat_history, said)
+    if removed := memory_index.remove_turn(paths, record_id):
+        result.files[str(memory_index.index_path(paths).relative_to(paths.home))] = removed
+    for aside in paths.data.glob(memory_index.index_path(paths).name + ".unreadable-*"):
+        aside.unlink()  # derived copies of the index, moved aside when unreadable: they may hold the turn
+        result.files[str(aside.relative_to(paths.home))] = 1
     return result
 
 

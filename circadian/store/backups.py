@@ -26,9 +26,12 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+
+from filelock import FileLock
 
 from circadian.core.config import BackupSettings, Config
 from circadian.core.errors import CircadianError
@@ -47,6 +50,7 @@ INCLUDED = ("circadian.toml", "chat_history", "data", "adapters")
 LEFT_OUT_NAMES = ("memory_index.sqlite",)  # derived: `circadian memory rebuild` makes it again
 LEFT_OUT_PREFIXES = (".staging-",)
 LEFT_OUT_SUFFIXES = (".lock", ".tmp")
+LINKED_SUFFIXES = (".safetensors", ".npz", ".bin")
 
 
 @dataclass
@@ -152,10 +156,7 @@ def take(paths: Paths, store: Path, *, reason: str, kind: str = "routine", when:
             continue
         snapshot.files[relative.as_posix()] = {"sha256": digest, "size": size, "mode": source.stat().st_mode & 0o777}
         snapshot.added_bytes += added
-    atomic_write_json(
-        store / "snapshots" / f"{snapshot.id}.json",
-        {"schema_version": SCHEMA, "home": str(paths.home), **snapshot.__dict__},
-    )
+    _write_list(store, snapshot, str(paths.home))
     return snapshot
 
 
@@ -225,13 +226,83 @@ def apply_retention(store: Path, *, daily: int, weekly: int, monthly: int) -> tu
     dropped = [s.id for s in taken if s.id not in keep]
     for snapshot_id in dropped:
         (store / "snapshots" / f"{snapshot_id}.json").unlink()
-    named = {f["sha256"] for s in taken if s.id in keep for f in s.files.values()}
+    return dropped, collect(store)
+
+
+def _write_list(store: Path, snapshot: Snapshot, home: str = "", **extra) -> None:
+    atomic_write_json(
+        store / "snapshots" / f"{snapshot.id}.json",
+        {"schema_version": SCHEMA, "home": home, **snapshot.__dict__, **extra},
+    )
+
+
+def collect(store: Path) -> int:
+    """Delete the objects no snapshot names (and temporary files a kill left); return bytes freed."""
+    named = {f["sha256"] for s in snapshots(store) for f in s.files.values()}
     freed = 0
     for path in (store / "objects").glob("*/*") if (store / "objects").exists() else []:
         if path.name not in named:
             freed += path.stat().st_size
             path.unlink()
-    return dropped, freed
+    return freed
+
+
+def rewrite(store: Path, needs: Callable[[Path, Snapshot], bool], edit: Callable[[Paths], None]) -> list[str]:
+    """Change snapshots in place (a purge): each snapshot for which `needs(store, snapshot)` holds is
+    written out as a home in a work folder inside the store (weights hard-linked, the rest copied), `edit`
+    runs on that home, and what it holds then replaces the snapshot's list (atomically, its id and time
+    kept); the objects no snapshot names any more are deleted. Return the snapshots changed."""
+    with locked(store):
+        return _rewrite(store, needs, edit)
+
+
+def _rewrite(store: Path, needs, edit) -> list[str]:
+    changed = []
+    for snapshot in snapshots(store):
+        if not needs(store, snapshot):
+            continue
+        work = store / f".work-{snapshot.id}"
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            for name, entry in snapshot.files.items():
+                private_dir((work / name).parent)
+                source = _object(store, entry["sha256"])
+                try:  # weights are never edited (nothing writes them in place): linked, not copied
+                    if not name.endswith(LINKED_SUFFIXES):
+                        raise OSError
+                    os.link(source, work / name)
+                except OSError:  # every other file is copied: an append must never reach a stored object
+                    shutil.copyfile(source, work / name)
+            edit(Paths(work))
+            files = {}
+            for relative in home_files(Paths(work)):
+                digest = _put(store, work / relative)[0]
+                before = snapshot.files.get(relative.as_posix(), {})
+                files[relative.as_posix()] = {
+                    "sha256": digest,
+                    "size": (work / relative).stat().st_size,
+                    "mode": before.get("mode", PRIVATE_FILE_MODE),
+                }
+            snapshot.files = files
+            _write_list(store, snapshot, rewritten_at=datetime.now().astimezone().isoformat(timespec="seconds"))
+            changed.append(snapshot.id)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    if changed:
+        collect(store)
+    return changed
+
+
+def holds(store: Path, snapshot: Snapshot, name: str, needle: bytes) -> bool:
+    """Whether the snapshot's file `name` contains `needle`."""
+    entry = snapshot.files.get(name)
+    return bool(entry) and needle in _object(store, entry["sha256"]).read_bytes()
+
+
+def stores(paths: Paths, settings: BackupSettings) -> list[Path]:
+    """The snapshot stores that exist: the destination and the mirror."""
+    found = [destination(paths, settings.dir)] + ([Path(settings.mirror).expanduser()] if settings.mirror else [])
+    return [s for s in found if (s / "snapshots").is_dir()]
 
 
 def mirror(store: Path, other: Path, snapshot: Snapshot) -> int:
@@ -285,17 +356,26 @@ def restore(store: Path, snapshot_id: str, target: Path) -> Snapshot:
     return snapshot
 
 
+def locked(store: Path) -> FileLock:
+    """The store's lock: one snapshot, retention or rewrite at a time (a collection must never delete
+    what a snapshot being taken has stored but not listed yet)."""
+    private_dir(store)
+    return FileLock(str(store / "store.lock"), timeout=600, mode=PRIVATE_FILE_MODE)
+
+
 def run(paths: Paths, settings: BackupSettings, *, reason: str, kind: str = "routine") -> dict:
     """Take a snapshot, copy it to the mirror (if set), apply retention to both; return what was done."""
     store = destination(paths, settings.dir)
-    snapshot = take(paths, store, reason=reason, kind=kind)
     rule = {"daily": settings.keep_daily, "weekly": settings.keep_weekly, "monthly": settings.keep_monthly}
-    dropped, freed = apply_retention(store, **rule)
+    with locked(store):
+        snapshot = take(paths, store, reason=reason, kind=kind)
+        dropped, freed = apply_retention(store, **rule)
     out = {**snapshot.row(), "store": str(store), "dropped": dropped, "freed_bytes": freed}
     if settings.mirror:
         other = Path(settings.mirror).expanduser()
-        out["mirror"] = {"store": str(other), "copied_bytes": mirror(store, other, snapshot)}
-        out["mirror"]["dropped"], out["mirror"]["freed_bytes"] = apply_retention(other, **rule)
+        with locked(other):
+            out["mirror"] = {"store": str(other), "copied_bytes": mirror(store, other, snapshot)}
+            out["mirror"]["dropped"], out["mirror"]["freed_bytes"] = apply_retention(other, **rule)
     return out
 
 
