@@ -168,3 +168,20 @@ def test_the_real_chat_writes_a_turns_facts_to_the_index_after_the_reply(paths, 
     night = {"key": "night-1", "statement": "You adopted a beagle called Pepper.", "source_id": turn}
     memory_index.add_facts(paths, [night], source="night c1", turns={turn})
     assert [e.text for e in memory_index.facts(paths)] == [night["statement"]]  # the night's stand in for the day's
+
+
+def test_a_known_fact_that_matches_as_well_keeps_a_weaker_one_out(paths):
+    """After a night: "What town do I live in?" matches "You live in Haarlem." (learned) and "Tobias lives
+    in Gdansk." (not learned) on one word each. The adapter answers the first; giving the second only
+    lures the reply to Gdansk (bench dev-priya). An unknown fact that matches better is still given."""
+    facts = [
+        {"key": "haarlem", "statement": "You live in Haarlem.", "source_id": "t1"},
+        {"key": "tobias", "statement": "Tobias lives in Gdansk.", "source_id": "t2"},
+        {"key": "ines", "statement": "Your sister Ines teaches chemistry in Porto.", "source_id": "t3"},
+    ]
+    memory_index.add_facts(paths, facts, source="night c1")
+    asked = "What town do I live in?"
+    assert {e.fact for e in memory_index.search(paths, asked)} == {"haarlem", "tobias"}
+    assert memory_index.search(paths, asked, known={"haarlem"}) == []
+    found = memory_index.search(paths, "Where does my sister Ines live?", known={"haarlem"})
+    assert [e.fact for e in found] == ["ines"]  # it matches better than the known fact: given

@@ -307,7 +307,7 @@ def memory_search(
             paths,
             text,
             limit=config.chat.retrieval_entries,
-            skip_facts=ledger.graduated(paths, adapters.current_version(paths)),
+            known=ledger.graduated(paths, adapters.current_version(paths)),
         ),
     )
     rows = [{"text": e.text, "kind": e.kind, "turn": e.turn_id, "source": e.source, "score": e.score} for e in found]

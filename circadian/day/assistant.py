@@ -186,7 +186,7 @@ class ChatSession:
                 user_text,
                 limit=chat.retrieval_entries,
                 skip_turns=self.context_ids(),
-                skip_facts=ledger.graduated(paths, self.assistant.adapter_version),
+                known=ledger.graduated(paths, self.assistant.adapter_version),
             ),
         )
         kept, used = [], 0

@@ -204,10 +204,13 @@ def search(
     limit: int = 3,
     skip_turns: set[str] = frozenset(),
     skip_facts: set[str] = frozenset(),
+    known: set[str] = frozenset(),
 ) -> list[Entry]:
     """The entries that best match the content words of `message` (BM25), best first; never a
-    tombstoned turn's, nor those in `skip_turns` / `skip_facts` (the facts that graduated). A turn a
-    night has written facts from is found through its facts, not its own words."""
+    tombstoned turn's, nor those in `skip_turns` / `skip_facts`. The `known` facts (those the adapter
+    has learned) take their place in the ranking but are not given, nor is anything that does not
+    match better than one: when a fact the adapter answers matches as well, a weaker match only
+    distracts. A turn a night has written facts from is found through its facts, not its own words."""
     words = content_words(message)
     if not words or not index_path(paths).exists():
         return []
@@ -221,7 +224,9 @@ def search(
         ).fetchall()
         mined = {turn for (turn,) in db.execute("SELECT DISTINCT turn_id FROM entries WHERE kind = 'fact'")}
     found = [Entry(*row) for row in rows if row[2] not in gone and row[5] not in skip_facts]
-    return [e for e in found if e.kind == "fact" or e.turn_id not in mined][:limit]  # its facts stand for a turn
+    ranked = [e for e in found if e.kind == "fact" or e.turn_id not in mined][:limit]  # its facts stand for a turn
+    best_known = min((e.score for e in ranked if e.fact in known), default=float("inf"))
+    return [e for e in ranked if e.fact not in known and e.score < best_known - 1e-9]  # lower is better
 
 
 def facts(paths: Paths) -> list[Entry]:
