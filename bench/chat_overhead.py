@@ -170,6 +170,9 @@ def circadian_turn(
         warm = Conversation("warm", "chat", [Turn("user", "My cat is called Tom.", "warm", 0)])
         pipeline.mine([warm], list(generators()))  # spaCy loads once per chat: not in the turns timed
 
+    if memory:
+        run_direct.costs = direct_costs(assistant, paths)
+
     def run():
         session = ChatSession(assistant, source="bench", after_logged=after)
         start = time.perf_counter()
@@ -179,6 +182,34 @@ def circadian_turn(
         return result.ttft_s, replied - start, result.tokens, result.reply, time.perf_counter() - replied
 
     return run
+
+
+def run_direct():
+    """Holds the direct costs measured by `direct_costs` (set when the memory row is built)."""
+
+
+def direct_costs(assistant, paths: Paths, reps: int = 25) -> dict:
+    """The memory index's own work per turn, timed alone (median ms): the search before the reply
+    (ChatSession.recall: tokenizing, BM25, the ledger) and the turn's indexing after it (add_turn)."""
+    from circadian.store import memories, memory_index
+
+    session = ChatSession(assistant, source="bench")
+    searches, indexing = [], []
+    for n in range(reps):
+        start = time.perf_counter()
+        session.recall(TOLD)
+        searches.append(time.perf_counter() - start)
+        record = memories.make_record(
+            [{"role": "user", "content": f"{TOLD} ({n})"}, {"role": "assistant", "content": "OK."}],
+            session="direct",
+            model="bench",
+            adapter=None,
+            source="chat",
+        )
+        start = time.perf_counter()
+        memory_index.add_turn(paths, record)
+        indexing.append(time.perf_counter() - start)
+    return {"search_ms": statistics.median(searches) * 1e3, "index_ms": statistics.median(indexing) * 1e3}
 
 
 def measure(run, reps: int):
@@ -245,6 +276,13 @@ def main() -> None:
             f"{(m_secs / m_n) / (c_secs / c_n) - 1:+.1%} per token (same text: {c_text == m_text}); "
             f"the turn's facts written after the reply, in the background: {behind:.3f} s "
             f"({behind / m_secs:.1%} of the turn)"
+        )
+        costs = run_direct.costs
+        own = (costs["search_ms"] + costs["index_ms"]) / 1e3
+        print(
+            f"{backend:<8} timed alone: search {costs['search_ms']:.1f} ms + indexing {costs['index_ms']:.1f} ms "
+            f"= {own / c_secs:.2%} of a {c_secs:.2f} s turn (the rest of the difference above is the longer "
+            "prompt of what was recalled)"
         )
         if "circadian + routed" in rows:
             a_secs, r_secs = rows["circadian + adapter"][1], rows["circadian + routed"][1]

@@ -161,9 +161,11 @@ def test_the_real_chat_writes_a_turns_facts_to_the_index_after_the_reply(paths, 
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
-    turn = json.loads(paths.memories.read_text().splitlines()[0])["id"]
+    logged = json.loads(paths.memories.read_text().splitlines()[0])
+    turn = logged["id"]
     found = memory_index.search(paths, "Is Pepper our beagle?")
     assert found and all(e.kind == "fact" and e.source == "day" and e.turn_id == turn for e in found)
+    assert all(e.ts == logged["ts"] for e in found)  # each entry: its turn id, time and source
     assert any("Pepper" in e.text and e.text.startswith("You") for e in found)  # a statement, not the message
     night = {"key": "night-1", "statement": "You adopted a beagle called Pepper.", "source_id": turn}
     memory_index.add_facts(paths, [night], source="night c1", turns={turn})

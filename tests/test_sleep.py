@@ -27,7 +27,7 @@ def test_sleep_promotes_reports_and_follows_rollback(night):
         "I'm allergic to shellfish. #no-train",
         "My email is maya@example.org and I grew up in Zwolle.",
     )
-    first = sleep_json()
+    first = sleep_json(env={"CIRCADIAN_SLEEP__GRADUATE_WITHIN": "1"})  # a fact missed once is flagged
     assert first["outcome"] == "promoted", first
     v1 = first["version"]
     assert adapters.current_version(night) == v1
@@ -56,6 +56,11 @@ def test_sleep_promotes_reports_and_follows_rollback(night):
     brief = summary["ledger"]
     assert len(brief["graduated"]) == sum(i["hit"] for i in probed) and brief["version"] == v1
     assert brief["waiting"] == len(memory_index.facts(night)) - len(brief["graduated"])
+    missed = {i["statement"] for i in probed if not i["hit"]}
+    assert {n["statement"] for n in brief["not_learned"]} == missed and brief["within"] == 1
+    report_text = run_cli("report", first["cycle_id"]).stdout
+    assert all(statement in report_text for statement in missed)
+    assert ("Not learned in 1 night " in report_text) == bool(missed)
     shown = json.loads(run_cli("memory", "ledger", "--json").stdout)
     assert shown["adapter"] == v1 and {r["graduated"] for r in shown["facts"]} <= {True, False}
     assert sum(r["graduated"] for r in shown["facts"]) == len(brief["graduated"])

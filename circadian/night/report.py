@@ -207,10 +207,17 @@ def _ledger_lines(summary: CycleSummary) -> list[str]:
         "recalled into the prompt when they bear on a message.",
         "",
     ]
-    lines += [f"- graduated: {_cell(g['statement'], 120)} ({g['nights']} nights)" for g in found.get("graduated") or []]
+    lines += [
+        f"- graduated: {_cell(g['statement'], 120)} (in {g['nights']} night{'s' * (g['nights'] != 1)})"
+        for g in found.get("graduated") or []
+    ]
     if found.get("not_learned"):
-        lines += ["", f"Not learned in {found.get('within')} nights (retrieval keeps answering them):", ""]
-        lines += [f"- {_cell(n['statement'], 120)} (asked in {n['asked']} nights)" for n in found["not_learned"]]
+        within = found.get("within") or 0
+        lines += ["", f"Not learned in {within} night{'s' * (within != 1)} (retrieval keeps answering them):", ""]
+        lines += [
+            f"- {_cell(n['statement'], 120)} (asked in {n['asked']} night{'s' * (n['asked'] != 1)})"
+            for n in found["not_learned"]
+        ]
     return lines + [""]
 
 

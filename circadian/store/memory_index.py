@@ -153,19 +153,25 @@ def add_turn(paths: Paths, record: dict) -> bool:
 
 def add_facts(paths: Paths, facts: list[dict], *, source: str, turns: set[str] = frozenset()) -> int:
     """Index facts a night (or the chat, as a turn is logged) wrote ({"key", "statement",
-    "source_id"}), each replacing an older entry with its key (an update), after removing the facts
+    "source_id"}, and "ts" when known), each replacing an older entry with its key (an update), after removing the facts
     written earlier from `turns` (tonight's facts of a turn stand in for the day's); return how many."""
     rows = list(
         {
-            str(f["key"]): (str(f["statement"]), str(f.get("source_id") or ""), source, str(f["key"]))
+            str(f["key"]): (
+                str(f["statement"]),
+                str(f.get("source_id") or ""),
+                str(f.get("ts") or ""),
+                source,
+                str(f["key"]),
+            )
             for f in facts
             if f.get("statement") and f.get("key")
         }.values()
     )  # one entry a key: a statement with two answers is two facts of one key
     with _db(paths) as db:
         db.executemany("DELETE FROM entries WHERE kind = 'fact' AND turn_id = ?", [(t,) for t in sorted(turns)])
-        db.executemany("DELETE FROM entries WHERE kind = 'fact' AND fact = ?", [(r[3],) for r in rows])
-        db.executemany("INSERT INTO entries VALUES (?, 'fact', ?, '', ?, ?)", rows)
+        db.executemany("DELETE FROM entries WHERE kind = 'fact' AND fact = ?", [(r[4],) for r in rows])
+        db.executemany("INSERT INTO entries VALUES (?, 'fact', ?, ?, ?, ?)", rows)
     return len(rows)
 
 

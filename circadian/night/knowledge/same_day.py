@@ -30,5 +30,6 @@ def index_turn(paths, records: list[dict], turn_id: str, *, region: str = "US") 
     how many."""
     conversations = conversations_of([MemoryRecord.model_validate(r) for r in records], region)
     found = pipeline.mine(conversations, list(generators()))
-    facts = [f.to_dict() for f in found.facts if f.source_id == turn_id]
+    said_at = next((str(r.get("ts") or "") for r in records if r.get("id") == turn_id), "")
+    facts = [{**f.to_dict(), "ts": said_at} for f in found.facts if f.source_id == turn_id]
     return memory_index.add_facts(paths, facts, source="day", turns={turn_id}) if facts else 0
