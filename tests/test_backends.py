@@ -340,6 +340,46 @@ def test_blend_adapter_interpolates_between_start_and_trained(backend, tiny_mode
     assert nll() == pytest.approx(adapted, rel=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_muon_trains_the_lora_matrices_as_far_as_adamw_and_otherwise(backend, tiny_model):
+    """`train.optimizer = "muon"`: the rows are learned at the same learning rate as AdamW's (the step
+    sizes matched), by a different path (other weights)."""
+    from circadian.backends.tokens import encode_chat
+    from circadian.core.config import TrainSettings
+
+    model = get_backend(backend).load(LoadRequest("tiny", tiny_model))
+    rows = [
+        [{"role": "user", "content": f"Say code {i}."}, {"role": "assistant", "content": f"Code {i} is lantern."}]
+        for i in range(4)
+    ]
+    examples = [encode_chat(model.tokenizer, r, 64) for r in rows]
+    before = sum(s for s, _n in model.score(examples))
+
+    def trained(optimizer: str) -> float:
+        model.set_adapter(None, None)
+        steps = 8 if backend == "torch" else 3
+        settings = TrainSettings(
+            max_steps=steps,
+            max_epochs=steps,
+            batch_size=4,
+            learning_rate=0.01,
+            eval_every=100,
+            min_steps=0,
+            anchor_weight=0.0,
+            warmup_steps=0,
+            optimizer=optimizer,
+        )
+        model.train(examples, [], settings, lambda event: None)
+        return sum(s for s, _n in model.score(examples))
+
+    adamw, muon = trained("adamw"), trained("muon")
+    assert adamw < before and muon < before  # both learn the rows
+    assert abs(muon - adamw) > 1e-3  # by another path
+    # step sizes matched to AdamW's steady RMS (0.2): its first, sign-like steps move about 5x more, so a
+    # few steps of Muon make a fifth to a half of AdamW's progress here; unscaled, about a twentieth
+    assert (before - muon) > 0.15 * (before - adamw)
+
+
 def test_the_learning_rate_schedule_is_one_function_on_both_backends():
     import mlx.core as mx
 

@@ -224,7 +224,6 @@ class MLXModel:
 
         import mlx.core as mx
         import mlx.nn as nn
-        import mlx.optimizers as optim
         from mlx.utils import tree_flatten, tree_unflatten
         from mlx_lm.tuner.callbacks import TrainingCallback
         from mlx_lm.tuner.trainer import TrainingArgs
@@ -241,7 +240,7 @@ class MLXModel:
         ops = SimpleNamespace(minimum=mx.minimum, maximum=mx.maximum, cos=mx.cos, where=mx.where)
         peak = settings.learning_rate
         schedule = lambda step: peak * warmup_cosine(step, total=total, warmup=settings.warmup_steps, ops=ops)  # noqa: E731
-        optimizer = optim.AdamW(learning_rate=schedule, weight_decay=settings.weight_decay)
+        optimizer = self._optimizer(schedule, settings)
         counted = {"tokens": 0}
 
         def batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
@@ -389,6 +388,26 @@ class MLXModel:
             peak_memory_mb=self._peak_memory_mb(),
             curve=curve,
         )
+
+    def _optimizer(self, schedule, settings):
+        """AdamW, or with `train.optimizer = "muon"` mlx's Muon for the 2-D LoRA matrices and AdamW for
+        the rest. mlx's Muon has no step matching, so the matrices are grouped by their larger side d and
+        each group's learning rate is scaled by 0.2 * sqrt(d), as torch's `match_rms_adamw` does."""
+        import mlx.optimizers as optim
+        from mlx.utils import tree_flatten
+
+        adamw = optim.AdamW(learning_rate=schedule, weight_decay=settings.weight_decay)
+        if settings.optimizer != "muon":
+            return adamw
+        sides = sorted({max(v.shape) for _k, v in tree_flatten(self.model.trainable_parameters()) if v.ndim == 2})
+        muons = [
+            optim.Muon(
+                learning_rate=lambda step, d=d: 0.2 * d**0.5 * schedule(step), weight_decay=settings.weight_decay
+            )
+            for d in sides
+        ]
+        filters = [lambda _path, w, d=d: w.ndim == 2 and max(w.shape) == d for d in sides]
+        return optim.MultiOptimizer([*muons, adamw], filters)
 
     def _peak_memory_mb(self) -> float:
         import mlx.core as mx

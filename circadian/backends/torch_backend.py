@@ -694,6 +694,23 @@ class TorchModel:
             started = "new adapter on the base model"
         return started
 
+    def _optimizers(self, params, settings) -> list:
+        """The optimizers of a training run: AdamW (paged 8-bit in 4 bit), or with `train.optimizer =
+        "muon"` torch's Muon for the 2-D LoRA matrices, its step scaled to match AdamW's RMS (so the
+        same learning rate means the same step size), and AdamW for anything else (DoRA magnitudes)."""
+        import torch
+
+        if settings.optimizer != "muon":
+            return [self._optimizer(params, settings)]
+        matrices = [p for p in params if p.ndim == 2]
+        rest = [p for p in params if p.ndim != 2]
+        found = [
+            torch.optim.Muon(
+                matrices, lr=settings.learning_rate, weight_decay=settings.weight_decay, adjust_lr_fn="match_rms_adamw"
+            )
+        ]
+        return found + ([self._optimizer(rest, settings)] if rest else [])
+
     def _optimizer(self, params, settings):
         import torch
 
@@ -727,12 +744,15 @@ class TorchModel:
         if settings.anchor_weight > 0:
             self._cache_teacher(train, settings.batch_size)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self._optimizer(params, settings)
+        optimizers = self._optimizers(params, settings)
         lengths = [len(e) for e in train]
         total = total_steps(len(train), settings)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, total=total, warmup=settings.warmup_steps)
-        )
+        schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(
+                o, lambda step: warmup_cosine(step, total=total, warmup=settings.warmup_steps)
+            )
+            for o in optimizers
+        ]
         curve: list[dict] = []
 
         def snapshot():
@@ -760,9 +780,10 @@ class TorchModel:
                 loss = self._batch_loss(rows, settings.anchor_weight)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                for optimizer, scheduler in zip(optimizers, schedulers):
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
                 step += 1
                 tokens = sum(len(r) for r in rows)
                 trained_tokens += tokens
@@ -770,7 +791,7 @@ class TorchModel:
                 event = {
                     "iteration": step,
                     "train_loss": float(loss.detach()),
-                    "learning_rate": scheduler.get_last_lr()[0],
+                    "learning_rate": schedulers[0].get_last_lr()[0],
                     "tokens_per_second": trained_tokens / train_seconds,
                     "trained_tokens": trained_tokens,
                     "peak_memory_mb": self._peak_memory_mb(),

@@ -96,6 +96,11 @@ class TrainSettings(_Section):
     dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
     learning_rate: float = Field(1e-3, gt=0, description="peak learning rate (warm-up, then cosine to 10%)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw",
+        description="adamw, or muon: Muon (orthogonalized momentum) for the LoRA matrices, its step matched to "
+        "AdamW's size, with AdamW for the rest (bench/optimizers.md)",
+    )
     warmup_steps: int = Field(5, ge=0, description="linear warm-up steps")
     batch_size: int = Field(8, ge=1, description="rows per step (length-bucketed)")
     max_epochs: float = Field(3.0, gt=0, description="upper bound on passes over the data")
