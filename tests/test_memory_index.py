@@ -137,8 +137,8 @@ def test_an_index_that_is_no_longer_a_database_is_made_again(paths):
 
 def test_the_real_chat_writes_a_turns_facts_to_the_index_after_the_reply(paths, use_tiny):
     """`circadian chat` on a real terminal: each turn's facts (the parse generator, no model) are written
-    in the background once the reply has ended, and the chat waits for them before it exits; from then on
-    the statement stands for the raw message. A night's facts of the turn replace the day's."""
+    in the background once the reply has ended, beside the turn's own words, and the chat waits for them
+    before it exits. A night's facts of the turn replace the day's and stand for the turn."""
     import os
     import pty
     import sys
@@ -164,12 +164,14 @@ def test_the_real_chat_writes_a_turns_facts_to_the_index_after_the_reply(paths, 
     logged = json.loads(paths.memories.read_text().splitlines()[0])
     turn = logged["id"]
     found = memory_index.search(paths, "Is Pepper our beagle?")
-    assert found and all(e.kind == "fact" and e.source == "day" and e.turn_id == turn for e in found)
+    assert found and all(e.turn_id == turn for e in found) and {e.kind for e in found} == {"turn", "fact"}
     assert all(e.ts == logged["ts"] for e in found)  # each entry: its turn id, time and source
-    assert any("Pepper" in e.text and e.text.startswith("You") for e in found)  # a statement, not the message
+    assert all(e.source == "day" for e in found if e.kind == "fact")
+    assert any("Pepper" in e.text and e.text.startswith("You") for e in found)  # a statement, beside the message
     night = {"key": "night-1", "statement": "You adopted a beagle called Pepper.", "source_id": turn}
     memory_index.add_facts(paths, [night], source="night c1", turns={turn})
-    assert [e.text for e in memory_index.facts(paths)] == [night["statement"]]  # the night's stand in for the day's
+    assert [e.text for e in memory_index.facts(paths)] == [night["statement"]]  # the night's replace the day's
+    assert [e.text for e in memory_index.search(paths, "Is Pepper our beagle?")] == [night["statement"]]  # and the turn
 
 
 def test_a_known_fact_that_matches_as_well_keeps_a_weaker_one_out(paths):

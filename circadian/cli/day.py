@@ -40,8 +40,8 @@ def chat(home: HomeOpt = None, no_log: NoLogOpt = False, system: SystemOpt = Non
 
 def _facts_of_turn(paths, config):
     """What the chat does with each turn it indexed, in the background: write its facts to the memory
-    index (night/knowledge/same_day.py), unless chat.retrieval is off."""
-    if not config.chat.retrieval:
+    index (night/knowledge/same_day.py), unless chat.retrieval or chat.day_facts is off."""
+    if not (config.chat.retrieval and config.chat.day_facts):
         return None
     from circadian.night.knowledge.same_day import index_turn
 

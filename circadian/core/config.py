@@ -85,6 +85,11 @@ class ChatSettings(_Section):
     )
     retrieval_entries: int = Field(3, ge=1, le=20, description="most entries of the memory index put in a prompt")
     retrieval_tokens: int = Field(160, ge=16, le=4096, description="token budget of those entries")
+    day_facts: bool = Field(
+        True,
+        description="after each reply, write the turn's facts to the memory index in the background (parse "
+        "generator, beside the turn's own words; `chat` only)",
+    )
 
 
 class TrainSettings(_Section):

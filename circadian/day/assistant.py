@@ -151,7 +151,7 @@ class ChatSession:
         to the memory index with it); `settle()` waits for it."""
         self.assistant = assistant
         self.after_logged = after_logged
-        self._logged: list[dict] = []  # this session's indexed records, for after_logged
+        self._logged: list[dict] = []  # this session's logged records (never a no-train one), for after_logged
         self._behind: threading.Thread | None = None
         self._behind_error: str | None = None
         self.log = log and assistant.config.logging.enabled
@@ -311,8 +311,12 @@ class ChatSession:
             memories.append(self.assistant.paths, [record])
             record_id, tags = record["id"], record["tags"]
             try:  # after the reply: it never waits on this; the index is derived, so a failure is only said
-                if memory_index.add_turn(self.assistant.paths, record) and self.after_logged:
-                    self._logged.append(record)
+                indexed = memory_index.add_turn(self.assistant.paths, record)
+                if not memory_index.SKIP_TAGS & set(record["tags"]):
+                    self._logged.append(
+                        record
+                    )  # the conversation so far: an assistant's question gives an answer its subject
+                if indexed and self.after_logged:
                     self._in_background(list(self._logged), record["id"])
             except (OSError, sqlite3.Error) as exc:
                 note = f"the memory index could not take this turn ({exc}); the turn itself is logged"

@@ -228,7 +228,10 @@ def search(
             "ORDER BY bm25(entries) LIMIT ?",
             (query, limit * 4 + len(gone)),
         ).fetchall()
-        mined = {turn for (turn,) in db.execute("SELECT DISTINCT turn_id FROM entries WHERE kind = 'fact'")}
+        mined = {  # a night's facts stand for the turn; the chat's own (source "day") sit beside it
+            turn
+            for (turn,) in db.execute("SELECT DISTINCT turn_id FROM entries WHERE kind = 'fact' AND source != 'day'")
+        }
     found = [Entry(*row) for row in rows if row[2] not in gone and row[5] not in skip_facts]
     ranked = [e for e in found if e.kind == "fact" or e.turn_id not in mined][:limit]  # its facts stand for a turn
     best_known = min((e.score for e in ranked if e.fact in known), default=float("inf"))
