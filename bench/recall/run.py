@@ -160,6 +160,15 @@ def measure_day(home: Path, tmp: Path, day: dict, summary: dict, version: str | 
     }
 
 
+def publish(args, text: list[str], rows: list[dict]) -> None:
+    """Print the Markdown report, and write it (with its rows as JSON beside it) to --out if given."""
+    report = "\n".join(text) + "\n"
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+
+
 def fmt(value, spec=".0%") -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -282,11 +291,7 @@ def same_day(args, days: list[dict]) -> None:
         f"{fmt(r['general_with_injection'])} |"
         for r in rows
     ]
-    report = "\n".join(text) + "\n"
-    print(report)
-    if args.out:
-        args.out.write_text(report)
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    publish(args, text, rows)
 
 
 def after_night(args, days: list[dict]) -> None:
@@ -357,11 +362,7 @@ def after_night(args, days: list[dict]) -> None:
         f"{r['capability_changed']} | {r['night_seconds']} s |"
         for r in rows
     ]
-    report = "\n".join(text) + "\n"
-    print(report)
-    if args.out:
-        args.out.write_text(report)
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    publish(args, text, rows)
 
 
 def consecutive_nights(args, days: list[dict]) -> None:
@@ -501,11 +502,7 @@ def main() -> None:
     phrasings = sorted({k for r in rows for k in r["by_phrasing"]})
     text += ["| day | " + " | ".join(phrasings) + " |", "|---|" + "---|" * len(phrasings)]
     text += [f"| {r['day']} | " + " | ".join(fmt(r["by_phrasing"].get(k)) for k in phrasings) + " |" for r in rows]
-    report = "\n".join(text) + "\n"
-    print(report)
-    if args.out:
-        args.out.write_text(report)
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    publish(args, text, rows)
 
 
 if __name__ == "__main__":
