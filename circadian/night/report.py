@@ -199,12 +199,14 @@ def _ledger_lines(summary: CycleSummary) -> list[str]:
     found = summary.ledger or {}
     if not found or not (found.get("graduated") or found.get("not_learned") or found.get("waiting")):
         return []
+    done, waiting = len(found.get("graduated") or []), found.get("waiting", 0)
     lines = [
         "## Graduation",
         "",
-        f"{len(found.get('graduated') or [])} facts graduated tonight: the adapter answers them without being "
-        f"reminded, so the chat no longer puts them in its prompt. {found.get('waiting', 0)} facts are still "
-        "recalled into the prompt when they bear on a message.",
+        f"{done} fact{'s' * (done != 1)} graduated tonight: the adapter answers {'them' if done != 1 else 'it'} "
+        f"without being reminded, so the chat no longer puts {'them' if done != 1 else 'it'} in its prompt. "
+        f"{waiting} fact{'s are' if waiting != 1 else ' is'} still recalled into the prompt when "
+        f"{'they bear' if waiting != 1 else 'it bears'} on a message.",
         "",
     ]
     lines += [
