@@ -255,7 +255,7 @@ def same_day(args, days: list[dict]) -> None:
         tic = time.time()
         plain = ask(home, tmp, day["name"] + "-plain", probes, "base")
         recalled = cli(home, "eval", "recall", str(probe_file(tmp, day["name"] + "-recalled", probes)), "--retrieval")
-        injected = sum(bool(memory_index.about_the_user(q, memory_index.search(paths, q))) for q in general)
+        injected = sum(bool(memory_index.recall(paths, q, limit=3)) for q in general)  # as the chat recalls
         share = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
         row = {
             "day": day["name"],
@@ -319,7 +319,7 @@ def after_night(args, days: list[dict]) -> None:
         given = [
             item
             for item in capability
-            if memory_index.about_the_user(item["prompt"], memory_index.search(paths, item["prompt"], skip_facts=done))
+            if memory_index.recall(paths, item["prompt"], limit=3, known=done)  # as the chat recalls
         ]
         general = [{"question": i["prompt"], "answers": i["answers"]} for i in given]
         cap_plain = cli(home, "eval", "recall", str(probe_file(tmp, name + "-cap", general))) if general else None

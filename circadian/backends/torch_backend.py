@@ -323,8 +323,11 @@ class TorchModel:
     def routes(self, conversations: list[list[dict]]) -> list[bool]:
         """Given conversations, return for each whether the adapter answers it (True) or the base
         model does: the router's call on the last user message; True when there is no router."""
-        threshold = self.router.threshold if self.router is not None else 0.5
-        return [s is None or s >= threshold for s in self.route_scores(conversations)]
+        return [self._adapter_answers(s) for s in self.route_scores(conversations)]
+
+    def _adapter_answers(self, score: float | None) -> bool:
+        """The router's call on one score: no score (no router, no adapter) means the adapter's turn."""
+        return score is None or score >= self.router.threshold
 
     def answered_by(self, conversations: list[list[dict]]) -> list[str]:
         """Given conversations, return who answers each: "base" (no adapter on, or the router sends
@@ -376,7 +379,7 @@ class TorchModel:
         from peft import PeftModel
 
         score = self.route_scores([messages])[0]
-        use_adapter = score is None or score >= self.router.threshold
+        use_adapter = self._adapter_answers(score)
         self.last_route = "adapter" if use_adapter and isinstance(self.model, PeftModel) else "base"
         self.last_route_score = None if score is None else round(score, 4)
         was_training = self.model.training  # asked mid-training (learning evolution): answer as in eval

@@ -301,14 +301,8 @@ def memory_search(
     from circadian.store import adapters, ledger, memory_index
 
     paths, config = setup(home)
-    found = memory_index.about_the_user(
-        text,
-        memory_index.search(
-            paths,
-            text,
-            limit=config.chat.retrieval_entries,
-            known=ledger.graduated(paths, adapters.current_version(paths)),
-        ),
+    found = memory_index.recall(
+        paths, text, limit=config.chat.retrieval_entries, known=ledger.graduated(paths, adapters.current_version(paths))
     )
     rows = [{"text": e.text, "kind": e.kind, "turn": e.turn_id, "source": e.source, "score": e.score} for e in found]
     if json_out:

@@ -179,15 +179,12 @@ class ChatSession:
         if not chat.retrieval:
             return []
         paths = self.assistant.paths
-        found = memory_index.about_the_user(
+        found = memory_index.recall(
+            paths,
             user_text,
-            memory_index.search(
-                paths,
-                user_text,
-                limit=chat.retrieval_entries,
-                skip_turns=self.context_ids(),
-                known=ledger.graduated(paths, self.assistant.adapter_version),
-            ),
+            limit=chat.retrieval_entries,
+            skip_turns=self.context_ids(),
+            known=ledger.graduated(paths, self.assistant.adapter_version),
         )
         kept, used = [], 0
         for entry in found:
@@ -287,6 +284,7 @@ class ChatSession:
         if not reply:
             interrupted = True  # Ctrl-C before the first token, or an immediate end: the message is kept
         tags = [INTERRUPTED_TAG] if interrupted else []
+        route = self.route()
         record_id = None
         said = [{"role": "user", "content": user_text}] if user_text.strip() else []
         if self.log and said:
@@ -304,7 +302,7 @@ class ChatSession:
                     "tokens": tokens,
                     "ttft_s": round(first - started, 4) if first else None,
                     "tokens_per_second": round(tps, 2) if tps else None,
-                    "route": self.route(),
+                    "route": route,
                 },
                 recalled=[e.turn_id for e in self.recalled],
             )
@@ -339,7 +337,7 @@ class ChatSession:
             interrupted,
             note,
             [e.text for e in self.recalled],
-            self.route(),
+            route,
         )
 
     def _in_background(self, records: list[dict], turn_id: str) -> None:

@@ -706,13 +706,8 @@ class Sleep:
             "weights": weights,
         }
         today_trained = any(o.name == "today" and o.state == "trained" for o in self.night.outcomes)
-        asked = [
-            {"fact": item["fact"], "turn": item.get("source_id", ""), "hit": bool(item["hit"])}
-            for part in ("recall", "retention")
-            for item in (self.after.get(part) or {}).get("items", [])
-            if item.get("fact")
-        ]
-        adapters.commit(paths, staging, manifest, plan.trained_ids if decision.promote and today_trained else [], asked)
+        trained = plan.trained_ids if decision.promote and today_trained else []
+        adapters.commit(paths, staging, manifest, trained, ledger.asked_of(self.after))
         hold("commit:renamed")
         if decision.promote:
             inbox.set_state(paths, self.night.ids("trained"), "done", cycle_id=cycle.id, reason=f"learned in {version}")

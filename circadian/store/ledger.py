@@ -43,11 +43,16 @@ def asked_by_night(paths: Paths, cycle_id: str) -> list[dict]:
         summary = json.loads((paths.runs / cycle_id / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    after = summary.get("after") or {}
+    return asked_of(summary.get("after") or {})
+
+
+def asked_of(measured: dict) -> list[dict]:
+    """Given a candidate's measurements (evaluate.measure), what it was asked of its facts and whether
+    it answered: {"fact", "turn", "hit"} per recall and retention probe (ids only, no words)."""
     return [
         {"fact": item["fact"], "turn": item.get("source_id", ""), "hit": bool(item.get("hit"))}
         for part in ("recall", "retention")
-        for item in ((after.get(part) or {}).get("items") or [])
+        for item in ((measured.get(part) or {}).get("items") or [])
         if isinstance(item, dict) and isinstance(item.get("fact"), str)
     ]
 

@@ -248,3 +248,11 @@ def facts(paths: Paths) -> list[Entry]:
             "SELECT text, kind, turn_id, ts, source, fact, 0.0 FROM entries WHERE kind = 'fact' ORDER BY rowid"
         ).fetchall()
     return [Entry(*row) for row in rows if row[2] not in gone]
+
+
+def recall(
+    paths: Paths, message: str, *, limit: int, known: set[str] = frozenset(), skip_turns: set[str] = frozenset()
+) -> list[Entry]:
+    """What the chat gives a message: the search, kept only when the message speaks of the user
+    (about_the_user); the chat then cuts it to its token budget."""
+    return about_the_user(message, search(paths, message, limit=limit, known=known, skip_turns=skip_turns))
