@@ -151,6 +151,7 @@ def measure_day(home: Path, tmp: Path, day: dict, summary: dict, version: str | 
         else None,
         "night_seconds": summary.get("seconds"),
         "timings": summary.get("timings"),
+        "train": summary.get("train"),
         "by_phrasing": {k: share(v) for k, v in sorted(by_phrasing.items())},
         "misses": [
             {"question": p["question"], "expected": p["answers"], "answer": i["answer"]}

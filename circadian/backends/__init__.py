@@ -124,6 +124,11 @@ class LoadedModel(Protocol):
         """Write the active adapter's files into folder; return {file name: sha256}."""
         ...
 
+    def fuse_adapter(self, folder: Path) -> None:
+        """Write the base model with the active adapter fused into its weights (a full model folder:
+        weights, config, tokenizer) into folder; the adapter is gone from this model afterwards."""
+        ...
+
 
 @runtime_checkable
 class Backend(Protocol):

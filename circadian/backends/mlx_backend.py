@@ -437,6 +437,23 @@ class MLXModel:
         self.model.load_weights(blended, strict=False)
         mx.eval(self.model.parameters())
 
+    def fuse_adapter(self, folder: Path) -> None:
+        """Write the base model with the loaded adapter fused into its weights to `folder`, as
+        `mlx_lm fuse` does: each LoRA layer's fuse(), which de-quantizes a quantized base, adds the
+        update and quantizes it again with the same group size and bits. The adapter is gone from
+        this model afterwards."""
+        from mlx.utils import tree_unflatten
+        from mlx_lm.utils import load_config, save
+
+        if self.request_adapter is None:
+            raise CircadianError("no adapter to fuse: the base model is loaded alone")
+        fused = [(name, module.fuse()) for name, module in self.model.named_modules() if hasattr(module, "fuse")]
+        if fused:
+            self.model.update_modules(tree_unflatten(fused))
+        config = load_config(Path(self.request.model_path))
+        save(folder, self.request.model_path, self.model, self._wrapper, config, donate_model=False)
+        self.request_adapter = self.lora_config = self.adapter_version = None
+
     def save_adapter(self, folder: Path) -> dict[str, str]:
         import mlx.core as mx
         from mlx.utils import tree_flatten

@@ -99,3 +99,23 @@ def resolve_model(
     if name.count("/") != 1:
         raise CircadianError(f"model '{name}': not \"embedded\", an existing folder, or a repo id like org/name")
     return ResolvedModel(name, _from_hub(name, settings.revision), settings.revision)
+
+
+def resolve_base(
+    settings: ModelSettings, paths, base: str | None, *, say: Callable[[str], None] = lambda _msg: None
+) -> ResolvedModel:
+    """Given the model settings, the home's paths and the consolidated base a state sits on (None:
+    the configured model), return the model to load. A consolidated base is checked first: its weight
+    files present at their recorded sizes, and made from the configured model."""
+    from circadian.store import bases
+
+    configured = resolve_model(settings, paths.models, say=say)
+    if base is None:
+        return configured
+    manifest = bases.verify(paths, base)
+    if manifest.root_model and manifest.root_model != configured.name:
+        raise CircadianError(
+            f"the current base {base} was consolidated from {manifest.root_model}, but model.name is now "
+            f"{configured.name}; set model.name back, or `circadian adapters use VERSION` of a version on it"
+        )
+    return ResolvedModel(base, bases.folder(paths, base))

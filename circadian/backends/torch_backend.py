@@ -189,6 +189,7 @@ class TorchModel:
 
         hf_logging.disable_progress_bar()
         self.model_name = request.model_name
+        self.model_path = request.model_path
         self.device = resolve_device(request.device)
         dtype = resolve_dtype(request.dtype, self.device)
         kwargs: dict = {"dtype": dtype}
@@ -852,6 +853,36 @@ class TorchModel:
             origin = origin.to(device=trained.device, dtype=trained.dtype)  # load_file gives CPU tensors
             blended[key] = origin + factor * (trained - origin)
         set_peft_model_state_dict(self.model, blended)
+
+    def fuse_adapter(self, folder: Path) -> None:
+        """Write the base model with the loaded adapter merged into its weights (PEFT's
+        merge_and_unload) to `folder`: safetensors in the base's own dtype, config, tokenizer. The
+        adapter is gone from this model afterwards. A 4-bit base is loaded again unquantized and
+        merged there (merging into NF4 weights would round the update away); the fused base is
+        quantized again when it is loaded."""
+        import json
+
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        if not isinstance(self.model, PeftModel):
+            raise CircadianError("no adapter to fuse: the base model is loaded alone")
+        stored = json.loads((Path(self.model_path) / "config.json").read_text(encoding="utf-8"))
+        dtype = getattr(torch, str(stored.get("torch_dtype") or stored.get("dtype") or "float32"), torch.float32)
+        if self.quantized:
+            plain = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+            merged = PeftModel.from_pretrained(plain, str(self.adapter_path)).merge_and_unload()
+        else:
+            merged = self.model.merge_and_unload()
+            self.model = self.base = merged
+            self.adapter_version = self.adapter_path = self.router = None
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        folder.mkdir(parents=True, exist_ok=True)
+        merged.to(dtype).save_pretrained(str(folder), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(folder))
 
     def save_adapter(self, folder: Path) -> dict[str, str]:
         from peft import PeftModel

@@ -29,6 +29,7 @@ ORDER = (
     "report",
     "adapters",
     "rollback",
+    "consolidate",
     "schedule",
     "daemon",
     "ctl",
@@ -86,6 +87,7 @@ app.command()(night.sleep)
 app.command()(night.report)
 app.add_typer(store.adapters_app, name="adapters")
 app.command()(store.rollback)
+app.command()(night.consolidate)
 app.add_typer(store.memory_app, name="memory")
 app.add_typer(store.backup_app, name="backup")
 app.add_typer(shift.schedule_app, name="schedule")

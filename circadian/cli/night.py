@@ -1,4 +1,4 @@
-"""Commands of the night: `sleep`, `report`, `ctl`, `eval recall`."""
+"""Commands of the night: `sleep`, `report`, `consolidate`, `ctl`, `eval recall`."""
 
 from __future__ import annotations
 
@@ -68,6 +68,39 @@ def sleep(
         }
         router = {"router": summary.after.router} if summary.after and summary.after.router else {}
         print_json({k: v for k, v in summary.row().items() if k not in ("before", "after")} | brief | router)
+
+
+def consolidate(home: HomeOpt = None, json_out: JsonOpt = False):
+    """Fuse the current adapter into a new base model, and start a fresh adapter lineage on it.
+
+    Takes a backup first, checks the disk, measures the fused model against the adapter on recall,
+    capability and perplexity, and switches only if they agree and no general answer the router keeps
+    today is lost. `circadian rollback` goes back to the old base and the adapter. Exit 1 if refused.
+    """
+    from circadian.night.consolidate import consolidate as run
+
+    paths, config = setup(home)
+    result = run(paths, config, say=say)
+    if json_out:
+        print_json(result)
+    else:
+        c = result["check"]
+        for side in ("routed", "adapter", "fused"):
+            f = c[side]
+            print(
+                f"{side:<8} recall {_share(f['recall'])}  capability {_share(f['capability'])}  "
+                f"perplexity {f['perplexity']:.3f}"
+            )
+        if result["outcome"] == "consolidated":
+            print(f"consolidated {result['adapter_version']} into {result['name']}: the new base is current")
+        else:
+            print("not consolidated: " + "; ".join(c["reasons"]))
+    if result["outcome"] != "consolidated":
+        raise typer.Exit(1)
+
+
+def _share(value) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
 
 
 def render_plan(result: dict) -> str:

@@ -69,14 +69,15 @@ def render_status(info: dict) -> str:
 @adapters_app.command("list")
 def adapters_list(home: HomeOpt = None, json_out: JsonOpt = False):
     """List stored versions: outcome, recall, pins, which is current."""
-    from circadian.store import adapters
+    from circadian.store import adapters, bases
     from circadian.web.views import adapter_rows
 
     paths = home_paths(home)
     rows = adapter_rows(paths)[::-1]  # oldest first, the newest where the eye ends
-    current = adapters.current_version(paths)
+    current, base = adapters.current_version(paths), adapters.current_base(paths)
+    fused = [m.row() for m in bases.stored(paths)]
     if json_out:
-        print_json({"current": current, "versions": rows})
+        print_json({"current": current, "current_base": base, "versions": rows, "bases": fused})
         return
     if not rows:
         print("no adapters yet (the base model answers); `circadian sleep` trains one")
@@ -88,8 +89,15 @@ def adapters_list(home: HomeOpt = None, json_out: JsonOpt = False):
             if r["recall_before"] is not None and r["recall_after"] is not None
             else ""
         )
-        print(f"{flags} {r['version']}  {r['status'] or '?':<9} parent {r['parent'] or 'base':<24} {recall}")
-    print("* current  P pinned" + ("" if current else "   (current: base model)"))
+        print(
+            f"{flags} {r['version']}  {r['status'] or '?':<9} on {r['base'] or 'the model':<26} "
+            f"parent {r['parent'] or 'none':<24} {recall}"
+        )
+    for m in fused:
+        flag = "*" if base == m["name"] and current is None else " "
+        print(f"{flag}  {m['name']}  base      fused from {m['adapter_version']} on {m.get('parent_base') or 'the model'}")
+    where = f"   (current: {'base ' + base if base else 'the base model'})" if current is None else ""
+    print("* current  P pinned" + where)
 
 
 @adapters_app.command("show")
@@ -302,7 +310,7 @@ def memory_search(
 
     paths, config = setup(home)
     found = memory_index.recall(
-        paths, text, limit=config.chat.retrieval_entries, known=ledger.graduated(paths, adapters.current_version(paths))
+        paths, text, limit=config.chat.retrieval_entries, known=ledger.graduated(paths, adapters.head(paths))
     )
     rows = [{"text": e.text, "kind": e.kind, "turn": e.turn_id, "source": e.source, "score": e.score} for e in found]
     if json_out:

@@ -244,6 +244,12 @@ class StoreSettings(_Section):
     """The adapter store."""
 
     keep: int = Field(5, ge=1, description="versions kept besides the current one, its parent and pinned ones")
+    consolidate_after: int = Field(
+        30,
+        ge=0,
+        description="the nightly job fuses the adapter into a new base (`circadian consolidate`) after a promoted "
+        "night once the lineage is longer than this many nights; 0: never",
+    )
 
 
 class BackupSettings(_Section):
@@ -259,6 +265,7 @@ class BackupSettings(_Section):
     keep_monthly: int = Field(12, ge=0, description="months whose last snapshot is kept")
     nightly: bool = Field(True, description="the night takes a snapshot before it changes anything")
     before_prune: bool = Field(True, description="a snapshot before retention deletes an adapter version")
+    before_consolidate: bool = Field(True, description="a snapshot before `circadian consolidate` fuses an adapter")
 
 
 class ScheduleSettings(_Section):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from circadian.backends import GenerationSettings, LoadedModel, LoadRequest, select_backend
-from circadian.backends.resolve import resolve_model
+from circadian.backends.resolve import resolve_base
 from circadian.core.config import Config
 from circadian.core.errors import CircadianError, first_line
 from circadian.core.paths import Paths
@@ -37,8 +37,7 @@ class Assistant:
         self.config = config
         self.say = say
         self.backend = select_backend(config.model.backend)
-        resolved = resolve_model(config.model, paths.models, say=say)
-        self.model_name = resolved.name
+        base = adapters.current_base(paths)
         if adapter == "current":
             adapter_path, version = self._usable(adapters.active_adapter(paths))
         elif adapter is None:
@@ -50,9 +49,18 @@ class Assistant:
                 raise CircadianError(
                     f"adapter {adapter} was trained with the {chosen.manifest.backend} backend, not {self.backend.name}"
                 )
-            adapter_path, version = chosen.path, chosen.version
-        say(f"loading {resolved.name} on {self.backend.name}")
-        self.model: LoadedModel = self.backend.load(
+            adapter_path, version, base = chosen.path, chosen.version, chosen.manifest.base
+        self.model: LoadedModel = self._load(base, adapter_path, version)
+        self._seen_current = (adapters.current_version(paths), adapters.current_base(paths))
+        self._follows = adapter == "current"
+
+    def _load(self, base: str | None, adapter_path, version: str | None) -> LoadedModel:
+        """Load the base a state sits on (the configured model, or a consolidated one) with an adapter."""
+        config = self.config
+        resolved = resolve_base(config.model, self.paths, base, say=self.say)
+        self.model_name, self.base = resolved.name, base
+        self.say(f"loading {resolved.name} on {self.backend.name}")
+        return self.backend.load(
             LoadRequest(
                 model_name=resolved.name,
                 model_path=resolved.path,
@@ -63,8 +71,6 @@ class Assistant:
                 adapter_version=version,
             )
         )
-        self._seen_current = adapters.current_version(paths)
-        self._follows = adapter == "current"
 
     def _usable(self, active: adapters.ActiveAdapter | None):
         if active is None:
@@ -83,13 +89,17 @@ class Assistant:
 
     def follow_current(self) -> str | None:
         """Re-read adapters/CURRENT; switch adapters if it changed. Return a note if it did."""
-        current = adapters.current_version(self.paths)
+        current = (adapters.current_version(self.paths), adapters.current_base(self.paths))
         if not self._follows or current == self._seen_current:
             return None
         self._seen_current = current
         path, version = self._usable(adapters.active_adapter(self.paths))
-        self.model.set_adapter(path, version)
-        return f"now answering with adapter {version}" if version else "now answering with the base model"
+        if current[1] != self.base:  # a consolidation, or a rollback across one: another base model
+            self.model = self._load(current[1], path, version)
+        else:
+            self.model.set_adapter(path, version)
+        on = f" on {current[1]}" if current[1] else ""
+        return f"now answering with adapter {version}{on}" if version else f"now answering with the base model{on}"
 
 
 @dataclass
@@ -184,7 +194,7 @@ class ChatSession:
             user_text,
             limit=chat.retrieval_entries,
             skip_turns=self.context_ids(),
-            known=ledger.graduated(paths, self.assistant.adapter_version),
+            known=ledger.graduated(paths, adapters.head(paths)),
         )
         kept, used = [], 0
         for entry in found:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from circadian import __version__
 from circadian.backends import LoadRequest, select_backend
-from circadian.backends.resolve import resolve_model
+from circadian.backends.resolve import resolve_base
 from circadian.backends.tokens import encode_chat
 from circadian.core.clock import now_iso
 from circadian.core.config import Config
@@ -95,7 +95,7 @@ def load_sources(
         scan.records, trained=adapters.trained_ids(paths), forgotten=memories.forgotten_ids(paths)
     )
     backend = select_backend(config.model.backend)
-    resolved = resolve_model(config.model, paths.models, say=say)
+    resolved = resolve_base(config.model, paths, adapters.current_base(paths), say=say)
     active = adapters.active_adapter(paths)
     start = (active.path, active.version) if active and active.manifest.backend == backend.name else (None, None)
     model = backend.load(

@@ -40,3 +40,13 @@ class BaseAnswers:
         if rows:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             append_jsonl(self.path, rows)
+
+
+def eval_cache(models: Path, identity: str, backend: str, model, asking) -> BaseAnswers:
+    """The cache of a base model's evaluation answers (`identity`: distill.model_identity of its folder)
+    for a backend, the model settings' dtype and quantization, and a way of asking (evaluate.Asking)."""
+    from dataclasses import asdict
+
+    return BaseAnswers(
+        models / "eval_cache", [identity, backend, model.dtype, model.quantize, list(asdict(asking).values())]
+    )

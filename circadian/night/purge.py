@@ -172,7 +172,7 @@ def still_trained(paths: Paths) -> list[dict]:
     """Purged turns that a version in the current lineage was trained on: {forgets, purged, version,
     rollback} each, `rollback` being the stored version (or "base") that `circadian rollback` goes
     back to: the nearest stored ancestor older than every version that learned it."""
-    chain = adapters.lineage(paths, adapters.current_version(paths))
+    chain = adapters.lineage(paths, adapters.head(paths))
     found = []
     for line in read_jsonl(paths.data / "purges.jsonl"):
         entry = line.value or {}

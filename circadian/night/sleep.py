@@ -34,7 +34,7 @@ from datetime import datetime
 from circadian import __version__
 from circadian.backends import LoadRequest, TrainResult, select_backend
 from circadian.backends import router as router_file
-from circadian.backends.resolve import resolve_model
+from circadian.backends.resolve import resolve_base, resolve_model
 from circadian.backends.tokens import encode_chat, length_batches, padding_share, validate
 from circadian.core.clock import now_iso
 from circadian.core.config import Config
@@ -44,7 +44,7 @@ from circadian.core.fsutil import append_jsonl, atomic_write_json, read_jsonl, s
 from circadian.core.lock import sleep_lock
 from circadian.core.paths import Paths
 from circadian.night import choice, control, dataset, distill, evaluate, evolution, gate, report, routing
-from circadian.night.base_answers import BaseAnswers
+from circadian.night.base_answers import eval_cache
 from circadian.night.cycle import RUN_TYPE, Cycle, hold, new_cycle_id, quarantine_bad_lines, recover_interrupted
 from circadian.night.lineage import generator_of, is_distill
 from circadian.night.purge import still_trained
@@ -185,7 +185,8 @@ class Sleep:
         self.cycle.stage("load")
         self.asking = evaluate.Asking.of(config.chat)
         self.backend = select_backend(config.model.backend)
-        self.resolved = resolve_model(config.model, paths.models, say=self.say)
+        self.base_name = adapters.current_base(paths)  # a consolidated base (store/bases.py), or None
+        self.resolved = resolve_base(config.model, paths, self.base_name, say=self.say)
         self.active = active = adapters.active_adapter(paths)
         if active and active.manifest.backend != self.backend.name:
             raise CircadianError(
@@ -255,7 +256,7 @@ class Sleep:
             general=self.general,
             seed=config.train.seed,
             generators=self.generators,
-            graduated=ledger.graduated(paths, self.active.version if self.active else None),
+            graduated=ledger.graduated(paths, adapters.head(paths)),
         )
         plan.knowledge.generators = [f"{g.name} {g.version}" for g in self.generators] + [self.generator_reason]
         if plan.new_material < max(1, config.sleep.min_new_facts):
@@ -346,15 +347,12 @@ class Sleep:
             style_tokens=config.sleep.style_max_tokens,
             style_range=tuple(base["style_range"]) if base.get("style_range") else None,
             asking=self.asking,
-            cache=BaseAnswers(
-                self.paths.models / "eval_cache",
-                [
-                    distill.model_identity(self.resolved.path),
-                    self.backend.name,
-                    self.config.model.dtype,
-                    self.config.model.quantize,
-                    list(asdict(self.asking).values()),
-                ],
+            cache=eval_cache(
+                self.paths.models,
+                distill.model_identity(self.resolved.path),
+                self.backend.name,
+                self.config.model,
+                self.asking,
             ),
         )
 
@@ -668,6 +666,7 @@ class Sleep:
         manifest = {
             "version": version,
             "parent": active.version if active else None,
+            "base": self.base_name,
             "created_at": now_iso(),
             "cycle_id": cycle.id,
             "backend": self.backend.name,
@@ -934,7 +933,7 @@ def dry_run(paths: Paths, config: Config, console=None) -> dict:
     from rich.console import Console
 
     say = _say_on(console or Console())
-    resolved = resolve_model(config.model, paths.models, say=say)
+    resolved = resolve_base(config.model, paths, adapters.current_base(paths), say=say)
     _scan, selection, plan = prepare(paths, config, say)
     wanted = dataset.distill_wanted(plan, config.sleep, len(distill.prompts()))
     general, not_cached = distill.cached_rows(

@@ -6,8 +6,11 @@ learned), `graduation.json` (which facts its night's evaluation asked, and wheth
 without retrieval: store/ledger.py) and `manifest.json`, written last; its `weights` maps each
 weight file to its sha256, checked on every load. A version is staged in
 `adapters/.staging-<cycle>/` and renamed into place whole. `adapters/CURRENT` names the active
-version (absent: the base model) and is replaced atomically; `adapters/history.jsonl` records each
-change; `adapters/pins.json` lists versions retention never deletes."""
+version (absent or `base`: the base model; `base <name>`: a consolidated base, store/bases.py, with no
+adapter on it) and is replaced atomically; `adapters/history.jsonl` records each change;
+`adapters/pins.json` lists versions retention never deletes. Each version's manifest names the
+consolidated base it was trained on (`base`, None for the configured model), and the lineage runs
+on through a consolidation to the adapter that was fused, so a rollback can go back across it."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from circadian.core.clock import now_iso
 from circadian.core.errors import CircadianError
 from circadian.core.fsutil import (
     append_jsonl,
@@ -32,6 +36,7 @@ from circadian.core.fsutil import (
     sha256_file,
 )
 from circadian.core.paths import Paths
+from circadian.store import bases
 from circadian.store.records import SCHEMA_VERSION, AdapterManifest
 
 MANIFEST = "manifest.json"
@@ -70,13 +75,41 @@ def next_version(paths: Paths, when: datetime) -> str:
     return version_name(max(numbers, default=0) + 1, when)
 
 
-def current_version(paths: Paths) -> str | None:
-    """Given the home's paths, return the name in adapters/CURRENT, or None for the base model."""
+def _current_text(paths: Paths) -> str:
     try:
-        name = paths.current.read_text(encoding="utf-8").strip()
+        return paths.current.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
+        return ""
+
+
+def current_version(paths: Paths) -> str | None:
+    """Given the home's paths, return the name in adapters/CURRENT, or None for a base model."""
+    name = _current_text(paths)
+    return name if name and name != "base" and not name.startswith("base ") else None
+
+
+def current_base(paths: Paths) -> str | None:
+    """The consolidated base the current state sits on (store/bases.py), None for the configured
+    model: the current version's own base, or the one `base <name>` in CURRENT names."""
+    name = _current_text(paths)
+    if name.startswith("base "):
+        return name.removeprefix("base ").strip() or None
+    version = current_version(paths)
+    if version is None:
         return None
-    return name if name and name != "base" else None
+    if (paths.adapters / version / MANIFEST).exists():
+        return read_manifest(paths.adapters / version).base
+    return pruned(paths).get(version, {}).get("base")
+
+
+def head(paths: Paths) -> str | None:
+    """The newest version of the current lineage: the current version, or on a consolidated base
+    with no adapter yet, the version fused into it (its facts are in the weights now)."""
+    version = current_version(paths)
+    if version is None and (base := current_base(paths)):
+        with contextlib.suppress(CircadianError):
+            return bases.read(paths, base).adapter_version
+    return version
 
 
 def read_manifest(folder: Path) -> AdapterManifest:
@@ -163,17 +196,22 @@ def pruned(paths: Paths) -> dict[str, dict]:
 
 def lineage(paths: Paths, version: str | None) -> list[str]:
     """Given a version, return it and its ancestors by parent pointers (newest first), through
-    versions retention deleted (`pruned`)."""
+    versions retention deleted (`pruned`) and through consolidations (the first version on a
+    consolidated base continues the lineage of the adapter fused into that base)."""
     chain: list[str] = []
     gone: dict[str, dict] | None = None
     while version and version not in chain:
         if (paths.adapters / version / MANIFEST).exists():
-            parent = read_manifest(paths.adapters / version).parent
+            manifest = read_manifest(paths.adapters / version)
+            parent, base = manifest.parent, manifest.base
         else:
             gone = pruned(paths) if gone is None else gone
             if version not in gone:
                 break
-            parent = gone[version].get("parent")
+            parent, base = gone[version].get("parent"), gone[version].get("base")
+        if parent is None and base:  # the first version on a consolidated base: on to the adapter fused into it
+            with contextlib.suppress(CircadianError):
+                parent = bases.read(paths, base).adapter_version
         chain.append(version)
         version = parent
     return chain
@@ -190,7 +228,7 @@ def trained_ids(paths: Paths, version: str | None = None) -> set[str]:
     After a rollback the rolled-back versions' memories count as not yet trained again.
     """
     ids: set[str] = set()
-    for name in lineage(paths, version if version is not None else current_version(paths)):
+    for name in lineage(paths, version if version is not None else head(paths)):
         ids |= own_trained_ids(paths, name)
     return ids
 
@@ -260,44 +298,49 @@ def commit(paths: Paths, staging: Path, manifest: dict, ids: list[str], asked: l
     return final
 
 
-def set_current(paths: Paths, version: str | None, *, reason: str) -> str | None:
-    """Make version current (None: the base model), atomically; record it; return the previous one."""
-    previous = current_version(paths)
-    if version is None:
+def state_name(version: str | None, base: str | None) -> str | None:
+    """How a state is named in CURRENT and the history: a version, `base <name>` for a consolidated
+    base with no adapter, None for the configured model."""
+    return version or (f"base {base}" if base else None)
+
+
+def set_current(paths: Paths, version: str | None, *, reason: str, base: str | None = None) -> str | None:
+    """Make version current (None: the base model; with `base`, that consolidated base), atomically;
+    record it; return the previous state's name (state_name)."""
+    previous = state_name(current_version(paths), None if current_version(paths) else current_base(paths))
+    new = state_name(version, base)
+    if new is None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(paths.current)
     else:
-        atomic_write_text(paths.current, version + "\n")
+        atomic_write_text(paths.current, new + "\n")
     append_jsonl(
         paths.adapters / "history.jsonl",
-        [
-            {
-                "ts": datetime.now().astimezone().isoformat(timespec="seconds"),
-                "from": previous,
-                "to": version,
-                "reason": reason,
-            }
-        ],
+        [{"ts": now_iso(), "from": previous, "to": new, "reason": reason}],
     )
     return previous
 
 
 def use(paths: Paths, target: str, *, reason: str | None = None) -> tuple[str | None, str | None]:
-    """Make any stored version (its weights verified first), or "base", current.
+    """Make any stored version (its weights verified first), a consolidated base by name, or "base"
+    (the base the current state sits on, with no adapter) current.
 
-    Return (previous, new). Raise CircadianError if the target is unknown, fails verification or is
-    already current.
+    Return (previous, new) as state names. Raise CircadianError if the target is unknown, fails
+    verification or is already current.
     """
-    current = current_version(paths)
+    current = state_name(current_version(paths), None if current_version(paths) else current_base(paths))
     if target == "base":
-        new = None
+        version, base = None, current_base(paths)
+    elif bases.number(target) is not None and version_number(target) is None:
+        version, base = None, bases.verify(paths, target).name
     else:
         chosen = get(paths, target)
         verify_weights(chosen.path, chosen.manifest)
-        new = chosen.version
+        version, base = chosen.version, chosen.manifest.base
+    new = state_name(version, base)
     if new == current:
         raise CircadianError(f"{new or 'base'} is already current")
-    set_current(paths, new, reason=reason or f"use {new or 'base'}")
+    set_current(paths, version, base=base, reason=reason or f"use {new or 'base'}")
     return current, new
 
 
@@ -309,6 +352,13 @@ def rollback(paths: Paths, target: str | None = None) -> tuple[str | None, str |
     is not behind the current version (`use` makes any version current).
     """
     current = current_version(paths)
+    if current is None and target is None and (base := current_base(paths)):  # back across a consolidation
+        fused = bases.read(paths, base).adapter_version
+        if not (paths.adapters / fused).is_dir():
+            raise CircadianError(f"{fused}, the adapter fused into {base}, is not stored; restore it from a backup")
+        return use(paths, fused, reason=f"rollback across consolidation {base} to {fused}")
+    if current is None and target not in (None, "base") and target in lineage(paths, head(paths)):
+        return use(paths, target, reason=f"rollback to {target}")
     if current is None:
         raise CircadianError("nothing to roll back: the base model is already current")
     if target is None:
@@ -344,7 +394,8 @@ def set_pinned(paths: Paths, version: str, pinned: bool) -> list[str]:
 def prunable(paths: Paths, keep: int) -> list[str]:
     """The versions `prune` would delete: the oldest beyond `keep`, never the current one, its parent
     or pinned ones."""
-    protected = set(pins(paths)) | set(lineage(paths, current_version(paths))[:2])
+    fused = {m.adapter_version for m in bases.stored(paths)}  # what rollback across a consolidation goes back to
+    protected = set(pins(paths)) | set(lineage(paths, head(paths))[:2]) | fused
     candidates = [m.version for m in list_versions(paths) if m.version not in protected]
     return candidates[: max(0, len(candidates) - keep)]
 
@@ -359,6 +410,7 @@ def prune(paths: Paths, keep: int) -> list[str]:
         entry = {
             "version": version,
             "parent": read_manifest(paths.adapters / version).parent,
+            "base": read_manifest(paths.adapters / version).base,
             "trained_ids": sorted(own_trained_ids(paths, version)),
             "asked": own_asked(paths, version),
             "pruned_at": datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -2,8 +2,9 @@
 
 A snapshot holds the config, the memories and tombstones, the imports, the inbox, the quarantine,
 the nights' records (`data/runs/`), every adapter version with CURRENT, pins and the pruned ledger,
-and the chat's typed-line history. It leaves out what is made again from those (the memory index,
-the model cache, locks, the control folder, staging folders). The store is a folder:
+the consolidated bases (`models/<base>-c<N>/`, store/bases.py) and the chat's typed-line history.
+It leaves out what is made again from those (the memory index, the model cache, locks, the control
+folder, staging folders). The store is a folder:
 `objects/<aa>/<sha256>` holds each distinct file content once (an adapter unchanged since the last
 snapshot costs nothing twice), and `snapshots/<id>.json` lists a snapshot's files with their hash,
 size and mode, written last and atomically, so a snapshot cut short by a kill is simply absent and
@@ -43,7 +44,7 @@ from circadian.core.fsutil import (
     sha256_file,
 )
 from circadian.core.paths import Paths
-from circadian.store import adapters
+from circadian.store import adapters, bases
 
 SCHEMA = 1
 INCLUDED = ("circadian.toml", "chat_history", "data", "adapters")
@@ -97,7 +98,8 @@ def _wanted(relative: Path) -> bool:
 def home_files(paths: Paths) -> list[Path]:
     """The files of the home a snapshot holds, relative to the home, sorted."""
     found = []
-    for top in INCLUDED:
+    fused = [f"models/{m.name}" for m in bases.stored(paths)]  # consolidated bases: the user's data is in them
+    for top in (*INCLUDED, *fused):
         start = paths.home / top
         if start.is_file():
             found.append(Path(top))

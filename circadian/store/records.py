@@ -5,7 +5,8 @@
 - `CycleSummary`: `data/runs/<cycle>/summary.json`, everything the report renders;
 - `LiveStatus`: `control/status.json`, what a running sleep is doing;
 - `TrainEvent`: the training callback's events, also the lines of `data/runs/<cycle>/metrics.jsonl`;
-- `AdapterManifest`: `adapters/<version>/manifest.json`.
+- `AdapterManifest`: `adapters/<version>/manifest.json`;
+- `BaseManifest`: `models/<base>-c<N>/circadian-model.json`, a consolidated base (store/bases.py).
 
 Each carries a `schema_version`. Reading ignores keys it does not know (a newer writer's) and fills
 keys an older writer did not have, so old records read forward; renamed keys are read under their
@@ -290,10 +291,30 @@ class AdapterManifest(Record):
     peak_memory_mb: float | None = None
     circadian_version: str = ""
     weights: dict[str, str] = {}
+    base: str | None = None  # the consolidated base it was trained on (store/bases.py); None: the configured model
 
     def figures(self, side: str) -> BriefMetrics:
         """The brief figures of the current adapter ("before") or of this candidate ("after")."""
         return BriefMetrics.model_validate(self.metrics.get(side) or {})
+
+
+class BaseManifest(Record):
+    """`circadian-model.json` of a consolidated base: the adapter fused into the weights of its parent
+    base, the hashes of what was written, and the check of the fused model against the adapter."""
+
+    name: str
+    number: int
+    parent_base: str | None = None  # the consolidated base it was fused onto; None: the configured model
+    root_model: str = ""  # the configured model the chain of bases started from
+    adapter_version: str
+    adapter_weights: dict[str, str] = {}
+    backend: str
+    created_at: str = ""
+    weights: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    check: dict = {}
+    seconds: float | None = None
+    circadian_version: str = ""
 
 
 class CycleSummary(Record):

@@ -224,6 +224,7 @@ def adapter_rows(paths: Paths) -> list[dict]:
                 "pinned": m.version in pinned,
                 "status": m.gate.get("decision"),
                 "parent": m.parent,
+                "base": m.base,
                 "created_at": m.created_at,
                 "cycle_id": m.cycle_id,
                 "backend": m.backend,
@@ -278,7 +279,7 @@ def ledger_rows(paths: Paths, config: Config) -> list[dict]:
     """The graduation ledger of the current adapter: each fact the nights wrote, whether it has
     graduated (the adapter answers it without retrieval), the nights it took, or why it still waits
     (`circadian memory ledger` and the dashboard's memory page)."""
-    found = ledger.states(paths, adapters.current_version(paths))
+    found = ledger.states(paths, adapters.head(paths))
     within = config.sleep.graduate_within
     rows = []
     for entry in memory_index.facts(paths):
