@@ -341,6 +341,34 @@ def test_blend_adapter_interpolates_between_start_and_trained(backend, tiny_mode
 
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_fuse_adapter_writes_a_base_that_scores_as_the_adapter_did(backend, tiny_model, tmp_path):
+    """`circadian consolidate`'s fuse: the folder written loads as a plain model of the same backend and
+    gives the adapter's log-likelihoods, not the base's."""
+    from circadian.backends.tokens import encode_chat
+
+    model = get_backend(backend).load(LoadRequest("tiny", tiny_model))
+    rows = [
+        encode_chat(
+            model.tokenizer,
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, friend."}],
+            64,
+        )
+    ]
+    base = model.score(rows)[0][0]
+    make = _make_peft_adapter if backend == "torch" else _make_mlx_adapter
+    model.set_adapter(make(tiny_model, tmp_path / "v0001-fuse", "v0001-fuse"), "v0001-fuse")
+    adapted = model.score(rows)[0][0]
+    assert abs(adapted - base) > 1e-2
+    model.fuse_adapter(tmp_path / "fused")
+    assert model.adapter_version is None
+    fused = get_backend(backend).load(LoadRequest("fused", tmp_path / "fused"))
+    assert fused.score(rows)[0][0] == pytest.approx(adapted, rel=1e-3)
+    assert {p.suffix for p in (tmp_path / "fused").iterdir()} >= {".safetensors", ".json"}
+    with pytest.raises(CircadianError, match="no adapter to fuse"):
+        fused.fuse_adapter(tmp_path / "again")
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_muon_trains_the_lora_matrices_as_far_as_adamw_and_otherwise(backend, tiny_model):
     """`train.optimizer = "muon"`: the rows are learned at the same learning rate as AdamW's (the step
     sizes matched), by a different path (other weights)."""

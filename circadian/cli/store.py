@@ -95,7 +95,8 @@ def adapters_list(home: HomeOpt = None, json_out: JsonOpt = False):
         )
     for m in fused:
         flag = "*" if base == m["name"] and current is None else " "
-        print(f"{flag}  {m['name']}  base      fused from {m['adapter_version']} on {m.get('parent_base') or 'the model'}")
+        on = m.get("parent_base") or "the model"
+        print(f"{flag}  {m['name']}  base      fused from {m['adapter_version']} on {on}")
     where = f"   (current: {'base ' + base if base else 'the base model'})" if current is None else ""
     print("* current  P pinned" + where)
 

@@ -74,6 +74,17 @@ def lineage_nights(paths: Paths) -> int:
     return count
 
 
+def due(paths: Paths, config: Config) -> str | None:
+    """Why the nightly job should consolidate now (None: it should not): the lineage is longer than
+    `store.consolidate_after` nights, and the current version was not tried before."""
+    after, version = config.store.consolidate_after, adapters.current_version(paths)
+    if not after or version is None or (nights := lineage_nights(paths)) <= after:
+        return None
+    if any(a.get("adapter_version") == version for a in attempts(paths)):
+        return None
+    return f"the lineage holds {nights} nights, more than store.consolidate_after ({after})"
+
+
 def _probes(paths: Paths, lineage: list[str]) -> list[dict]:
     """The recall probes of the nights that trained the lineage's stored versions (one per question)."""
     seen, found = set(), []

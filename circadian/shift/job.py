@@ -120,6 +120,29 @@ def run_scheduled(paths: Paths, config: Config, *, console=None, now: Callable[[
         notify(f"circadian: the night failed: {exc}", enabled=config.schedule.notify)
         raise
     message = outcome_line(summary)
+    fused = consolidate_if_due(paths, config, night) if summary.outcome == "promoted" else None
+    if fused:
+        message += f"; {fused}"
     how = notify(message, enabled=config.schedule.notify)
     line = log_line(paths, f"{message} (notified by {how})")
-    return {"ran": True, "line": line, "summary": summary, "notified_by": how}
+    return {"ran": True, "line": line, "summary": summary, "notified_by": how, "consolidation": fused}
+
+
+def consolidate_if_due(paths: Paths, config: Config, night: date) -> str | None:
+    """After a promoted night, `circadian consolidate` when the lineage is long enough
+    (night/consolidate.py `due`); return what it did in a few words, None when it was not due. A
+    consolidation that cannot run or is refused leaves the night's adapter current and is logged."""
+    from circadian.night import consolidate
+
+    why = consolidate.due(paths, config)
+    if why is None:
+        return None
+    log_line(paths, f"night {night}: consolidating: {why}")
+    try:
+        result = consolidate.consolidate(paths, config, say=lambda m: log_line(paths, f"night {night}: {m}"))
+    except CircadianError as exc:
+        log_line(paths, f"night {night}: consolidation did not run: {exc}")
+        return f"consolidation did not run ({exc})"
+    if result["outcome"] == "consolidated":
+        return f"consolidated {result['adapter_version']} into {result['name']}"
+    return f"not consolidated ({'; '.join(result['check']['reasons'])})"
