@@ -233,6 +233,11 @@ class MLXModel:
         from circadian.backends.training import EarlyStopping, total_steps, warmup_cosine
 
         self._trained_state = None
+        mx.reset_peak_memory()  # the peak this reports is training's own
+        if settings.grad_accumulation > 1:
+            raise CircadianError(
+                "train.grad_accumulation is not supported on the mlx backend yet; lower train.batch_size instead"
+            )
 
         mx.random.seed(settings.seed)
         started = self._make_trainable(settings)
@@ -410,9 +415,21 @@ class MLXModel:
         return optim.MultiOptimizer([*muons, adamw], filters)
 
     def _peak_memory_mb(self) -> float:
+        """mlx's peak since training began (backends/memory.py)."""
         import mlx.core as mx
 
         return mx.get_peak_memory() / 2**20
+
+    def weight_bytes(self) -> int:
+        """The bytes the model's arrays take as loaded (a LoRA layer's own matrices included)."""
+        from mlx.utils import tree_flatten
+
+        return sum(v.nbytes for _k, v in tree_flatten(self.model.parameters()))
+
+    def weight_dtype(self) -> str:
+        from mlx.utils import tree_flatten
+
+        return str(tree_flatten(self.model.parameters())[0][1].dtype).removeprefix("mlx.core.")
 
     def blend_adapter(self, start: Path | None, factor: float) -> None:
         """Move the trained adapter back toward `start` (None: the base model): every adapter leaf

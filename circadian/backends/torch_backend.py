@@ -191,6 +191,10 @@ class TorchModel:
         self.model_name = request.model_name
         self.model_path = request.model_path
         self.device = resolve_device(request.device)
+        if self.device == "cpu":
+            from circadian.backends import memory
+
+            memory.return_freed_memory()
         dtype = resolve_dtype(request.dtype, self.device)
         kwargs: dict = {"dtype": dtype}
         if request.quantize == "4bit":
@@ -725,13 +729,18 @@ class TorchModel:
         return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
 
     def _peak_memory_mb(self) -> float:
-        import resource
+        """The peak since training began (backends/memory.py): the CUDA allocator's, or the process's."""
+        from circadian.backends import memory
 
-        import torch
+        return memory.measured_peak("torch", self.device) / memory.MB
 
-        if self.device == "cuda":
-            return torch.cuda.max_memory_allocated() / 2**20
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    def weight_bytes(self) -> int:
+        """The bytes the base model's parameters and buffers take as loaded."""
+        tensors = [*self.base.parameters(), *self.base.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def weight_dtype(self) -> str:
+        return str(next(self.base.parameters()).dtype).removeprefix("torch.")
 
     def train(self, train: list, valid: list, settings, callback: TrainCallback) -> TrainResult:
         import time
@@ -739,9 +748,11 @@ class TorchModel:
         import torch
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
+        from circadian.backends import memory
         from circadian.backends.tokens import length_batches
         from circadian.backends.training import EarlyStopping, total_steps, warmup_cosine
 
+        memory.reset_peak("torch", self.device)  # the peak this reports is training's own
         torch.manual_seed(settings.seed)
         self._trained_state = None
         started = self._make_trainable(settings)
@@ -781,8 +792,13 @@ class TorchModel:
             for batch in length_batches(lengths, settings.batch_size, seed=settings.seed + epoch):
                 tic = time.perf_counter()
                 rows = [train[i] for i in batch]
-                loss = self._batch_loss(rows, settings.anchor_weight)
-                loss.backward()
+                loss = torch.zeros(())
+                micro = -(-len(rows) // settings.grad_accumulation)  # rows per micro-batch, same step
+                for start in range(0, len(rows), micro):
+                    part = rows[start : start + micro]
+                    share = self._batch_loss(part, settings.anchor_weight) * (len(part) / len(rows))
+                    share.backward()
+                    loss = loss + share.detach().cpu()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 for optimizer, scheduler in zip(optimizers, schedulers):
                     optimizer.step()

@@ -108,6 +108,15 @@ class TrainSettings(_Section):
     )
     warmup_steps: int = Field(5, ge=0, description="linear warm-up steps")
     batch_size: int = Field(8, ge=1, description="rows per step (length-bucketed)")
+    grad_accumulation: int = Field(
+        1, ge=1, description="micro-batches per step (torch): less memory, the same rows per optimizer step"
+    )
+    memory_limit_mb: int = Field(
+        0,
+        ge=0,
+        description="most memory training may take (0: detected: the GPU's, Metal's working set, or the RAM "
+        "available); a night whose estimate is above it shrinks its micro-batches, or stops saying why",
+    )
     max_epochs: float = Field(3.0, gt=0, description="upper bound on passes over the data")
     max_steps: int = Field(400, ge=1, description="upper bound on optimizer steps")
     eval_every: int = Field(8, ge=1, description="steps between validation losses")

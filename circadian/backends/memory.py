@@ -1,0 +1,263 @@
+"""How much memory a night's training will take, predicted before it starts, and the peak it really took.
+
+The estimate is built up from the parts that hold memory while an adapter trains:
+- weights: every parameter of the base at the dtype it is loaded in (4-bit: the decoder's linear
+  weights at about half a byte each, the rest as loaded);
+- adapter: the LoRA matrices in fp32 with their gradients, the optimizer's state (AdamW: two
+  moments; Muon: one) and the two copies training keeps (the best checkpoint, the start);
+- activations: what autograd keeps for the backward pass, per token and layer, from the model's
+  shape (norm inputs, q/k/v/o, the MLP's three projections; no attention probabilities, as the
+  attention is fused: transformers' SDPA keeps none); with gradient checkpointing only each layer's
+  input, plus one layer's worth recomputed;
+- logits: the vocabulary-wide rows of the loss. The torch backend computes them `LOSS_CHUNK`
+  positions at a time (logits, their log-softmax and its gradient); MLX keeps the batch's whole
+  logits, and the base's too for the KL anchor;
+- runtime: what the process holds besides: measured (its resident memory, minus the weights when
+  they are loaded), on the CPU only. A GPU's and MLX's peaks count tensors alone.
+
+`measured_peak` reads the real peak since `reset_peak`: torch.cuda's allocator peak, mlx's peak, or
+on a CPU the process's high-water mark (Linux: VmHWM, reset through /proc/self/clear_refs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import struct
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+MB = 2**20
+LOSS_CHUNK = 1024  # torch_backend's positions per logits chunk
+ADAPTER_BYTES = {"adamw": 24, "muon": 20}  # fp32 param, grad, optimizer state, two snapshots
+# elements autograd keeps per token and layer (fitted once against measured peaks: bench/memory_estimate.py)
+PER_HIDDEN, PER_ATTENTION, PER_KV, PER_MLP = 4, 3, 2, 4
+M_MMAP_THRESHOLD = -3  # glibc mallopt: allocations above this size are mmapped, and unmapped when freed
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs of a model: its shape (config.json) and its parameter counts."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    params: int  # every parameter
+    linear_params: int  # those of the decoder's linear layers (what LoRA wraps and 4 bit quantizes)
+
+    @classmethod
+    def of_folder(cls, folder: Path) -> Shape:
+        """Read a model folder's config.json and its safetensors headers (no weights are loaded)."""
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = config.get("text_config", config)
+        hidden, heads = config["hidden_size"], config["num_attention_heads"]
+        params = linear = 0
+        for file in sorted(folder.glob("*.safetensors")):
+            with file.open("rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                count = 1
+                for d in info["shape"]:
+                    count *= d
+                params += count
+                if ".layers." in name and name.endswith("proj.weight"):
+                    linear += count
+        return cls(
+            layers=config["num_hidden_layers"],
+            hidden=hidden,
+            intermediate=config.get("intermediate_size", 4 * hidden),
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads", heads),
+            head_dim=config.get("head_dim") or hidden // heads,
+            vocab=config["vocab_size"],
+            params=params,
+            linear_params=linear,
+        )
+
+    def lora_params(self, rank: int) -> int:
+        """LoRA parameters on every linear layer of the decoder (q, k, v, o, gate, up, down)."""
+        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)
+        return self.layers * rank * per_layer
+
+
+@dataclass
+class Estimate:
+    """A predicted peak, in bytes by part, and what it was predicted for."""
+
+    backend: str
+    device: str
+    batch_size: int
+    tokens: int  # the longest row, as batches are padded to it
+    checkpointing: bool
+    weights: int
+    adapter: int
+    activations: int
+    logits: int
+    runtime: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.adapter + self.activations + self.logits + self.runtime
+
+    def row(self) -> dict:
+        """The estimate as a manifest keeps it: the parts and the total in MB."""
+        parts = ("weights", "adapter", "activations", "logits", "runtime")
+        return {
+            **{k: v for k, v in asdict(self).items() if k not in parts},
+            **{f"{k}_mb": round(getattr(self, k) / MB, 1) for k in parts},
+            "total_mb": round(self.total / MB, 1),
+        }
+
+    def line(self) -> str:
+        return (
+            f"{self.total / MB:,.0f} MB (weights {self.weights / MB:,.0f}, adapter and optimizer "
+            f"{self.adapter / MB:,.0f}, activations {self.activations / MB:,.0f}"
+            f"{' checkpointed' if self.checkpointing else ''}, logits {self.logits / MB:,.0f}, runtime "
+            f"{self.runtime / MB:,.0f}) for batches of {self.batch_size} rows of up to {self.tokens} tokens"
+        )
+
+
+def element_bytes(dtype: str) -> int:
+    return {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}.get(dtype.replace("torch.", ""), 4)
+
+
+def estimate(
+    shape: Shape,
+    *,
+    backend: str,
+    device: str,
+    dtype: str,
+    quantize: str,
+    rank: int,
+    optimizer: str,
+    batch_size: int,
+    tokens: int,
+    checkpointing: bool,
+    anchored: bool,
+    runtime: int,
+) -> Estimate:
+    """Predict the peak of training with these settings (`dtype`: the weights as loaded; `tokens`:
+    the longest row; `anchored`: whether the night has KL-anchor rows; `runtime`: measured)."""
+    width = element_bytes(dtype)
+    if quantize == "4bit":
+        weights = int(shape.linear_params * 0.56) + (shape.params - shape.linear_params) * width
+    else:
+        weights = shape.params * width
+    adapter = shape.lora_params(rank) * ADAPTER_BYTES.get(optimizer, 24)
+    positions = batch_size * tokens
+    h, q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
+    per_token = PER_HIDDEN * h + PER_ATTENTION * q + PER_KV * kv + PER_MLP * i  # SDPA: no [s, s] probabilities
+    if checkpointing:
+        activations = positions * width * (shape.layers * h + per_token)
+    else:
+        activations = positions * width * shape.layers * per_token
+    if backend == "mlx":
+        logits = positions * shape.vocab * width * (10 if anchored else 6)
+    else:
+        logits = min(LOSS_CHUNK, positions) * shape.vocab * 4 * 3
+    return Estimate(backend, device, batch_size, tokens, checkpointing, weights, adapter, activations, logits, runtime)
+
+
+def return_freed_memory() -> bool:
+    """On Linux with glibc, have every allocation of 64 kB or more mapped on its own, so that a freed
+    tensor goes back to the system at once. Without it the heap keeps what a step freed, fragments,
+    and the night's resident peak grew to 1.7x its tensors' (bench/MEMORY.md); with it the peak is
+    what the estimate counts. Return whether it was set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 * 1024))
+    except (OSError, AttributeError):
+        return False
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def resident_bytes() -> int:
+    """The process's resident memory now (Linux; elsewhere its peak so far)."""
+    kb = _status_kb("VmRSS")
+    if kb is not None:
+        return kb * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def reset_peak(backend: str, device: str) -> bool:
+    """Start measuring the peak from now; return whether the platform could reset it."""
+    if backend == "mlx":
+        import mlx.core as mx
+
+        mx.reset_peak_memory()
+        return True
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+        return True
+    except OSError:
+        return False
+
+
+def measured_peak(backend: str, device: str) -> int:
+    """The peak since reset_peak, in bytes, as the estimate counts it."""
+    if backend == "mlx":
+        import mlx.core as mx
+
+        return int(mx.get_peak_memory())
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    kb = _status_kb("VmHWM")
+    if kb is not None:
+        return kb * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def available_bytes(backend: str, device: str) -> int | None:
+    """The memory training may use here: the GPU's, Metal's working set, or the RAM available now
+    plus what the process holds (None when it cannot be told)."""
+    if backend == "mlx":
+        import mlx.core as mx
+
+        info = mx.device_info() if hasattr(mx, "device_info") else {}
+        return info.get("max_recommended_working_set_size") or info.get("memory_size")
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 + resident_bytes()
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
