@@ -69,24 +69,8 @@ def one(name: str) -> dict:
         max_length=tokens,
         grad_checkpoint=ckpt,
     )
-    shape = memory.Shape.of_folder(folder)
     weights = model.weight_bytes()
-    dtype = model.weight_dtype()
-    runtime = max(0, memory.resident_bytes() - weights) if model.device == "cpu" and backend_name == "torch" else 0
-    predicted = memory.estimate(
-        shape,
-        backend=backend_name,
-        device=model.device if backend_name == "torch" else "mlx",
-        dtype=dtype,
-        quantize="none",
-        rank=settings.rank,
-        optimizer=settings.optimizer,
-        batch_size=batch,
-        tokens=max(len(r) for r in rows),
-        checkpointing=ckpt,
-        anchored=True,
-        runtime=runtime,
-    )
+    predicted = memory.for_training(model, settings, rows)  # what the night does before it trains
     result = model.train(rows, rows[:2], settings, lambda _e: None)
     return {
         "config": name,

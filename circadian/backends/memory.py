@@ -145,9 +145,14 @@ def estimate(
     checkpointing: bool,
     anchored: bool,
     runtime: int,
+    loss_positions: int | None = None,
+    teacher_positions: int = 0,
 ) -> Estimate:
     """Predict the peak of training with these settings (`dtype`: the weights as loaded; `tokens`:
-    the longest row; `anchored`: whether the night has KL-anchor rows; `runtime`: measured)."""
+    the longest row; `anchored`: whether the night has KL-anchor rows; `runtime`: measured;
+    `loss_positions`: the most positions one batch computes the loss on, its targets and its anchor
+    rows' every position (default: all); `teacher_positions`: the most anchor positions one batch of
+    the teacher's cache reads)."""
     width = element_bytes(dtype)
     if quantize == "4bit":
         weights = int(shape.linear_params * 0.56) + (shape.params - shape.linear_params) * width
@@ -163,8 +168,9 @@ def estimate(
         activations = positions * width * shape.layers * per_token
     if backend == "mlx":
         logits = positions * shape.vocab * width * (10 if anchored else 6)
-    else:
-        logits = min(LOSS_CHUNK, positions) * shape.vocab * 4 * 3
+    else:  # the loss: logits, log-softmax, their gradient; the teacher's cache: logits, log-softmax
+        loss = min(LOSS_CHUNK, positions if loss_positions is None else loss_positions)
+        logits = max(3 * loss, 2 * min(LOSS_CHUNK, teacher_positions)) * shape.vocab * 4
     return Estimate(backend, device, batch_size, tokens, checkpointing, weights, adapter, activations, logits, runtime)
 
 
@@ -261,3 +267,107 @@ def available_bytes(backend: str, device: str) -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return None
+
+
+def _run_estimate(shape: Shape, settings, examples: list, **known) -> Estimate:
+    """estimate() for a training run's rows: the longest row, and the loss and teacher positions of the
+    worst batch (rows are length-bucketed, so the longest rows share one)."""
+    micro = -(-settings.batch_size // settings.grad_accumulation)
+    worst = lambda values: sum(sorted(values, reverse=True)[:micro])  # noqa: E731
+    return estimate(
+        shape,
+        rank=settings.rank,
+        optimizer=settings.optimizer,
+        batch_size=micro,
+        tokens=min(settings.max_length, max((len(e) for e in examples), default=1)),
+        checkpointing=settings.grad_checkpoint or known["quantize"] == "4bit",
+        anchored=any(getattr(e, "anchor", False) for e in examples),
+        loss_positions=worst([len(e) - 1 if getattr(e, "anchor", False) else e.targets for e in examples]),
+        teacher_positions=worst([len(e) - 1 for e in examples if getattr(e, "anchor", False)]),
+        **known,
+    )
+
+
+def for_training(model, settings, examples: list, *, quantize: str = "none") -> Estimate:
+    """Given a loaded model (LoadedModel), the train settings and the tokenized rows of a training run,
+    the estimate of its peak: the weights as loaded, the runtime measured now, the rest predicted."""
+    device = "mlx" if model.backend == "mlx" else model.device
+    weights = model.weight_bytes()
+    cpu = model.backend == "torch" and device == "cpu"
+    found = _run_estimate(
+        Shape.of_folder(Path(model.model_path)),
+        settings,
+        examples,
+        backend=model.backend,
+        device=device,
+        dtype=model.weight_dtype(),
+        quantize=quantize,
+        runtime=max(0, resident_bytes() - weights) if cpu else 0,
+    )
+    found.weights = weights
+    return found
+
+
+def fit_to_limit(model, settings, examples: list, *, quantize: str, limit: int | None):
+    """Given the limit in bytes (None: none known), return (settings, estimate, note): the settings
+    as they are when the estimate fits; on torch, with the batch split into more micro-batches
+    (gradient accumulation: the same rows per optimizer step) until it fits, said in `note`. Raise
+    CircadianError, before anything trains, when nothing fits."""
+    from circadian.core.errors import CircadianError
+
+    found = for_training(model, settings, examples, quantize=quantize)
+    if limit is None or found.total <= limit:
+        return settings, found, None
+    first, tried = found, settings
+    while model.backend == "torch" and tried.grad_accumulation < settings.batch_size:
+        tried = tried.model_copy(update={"grad_accumulation": min(settings.batch_size, 2 * tried.grad_accumulation)})
+        found = for_training(model, tried, examples, quantize=quantize)
+        if found.total <= limit:
+            micro = -(-tried.batch_size // tried.grad_accumulation)
+            return (
+                tried,
+                found,
+                f"memory: the estimate {first.total / MB:,.0f} MB is above the limit {limit / MB:,.0f} MB; training "
+                f"in micro-batches of {micro} rows ({tried.grad_accumulation} per step, the same rows per step)",
+            )
+    raise CircadianError(
+        f"training would take about {found.line()}, more than the {limit / MB:,.0f} MB "
+        "it may use (train.memory_limit_mb, or what this machine has); lower train.max_length or train.rank, or set "
+        "train.grad_checkpoint = true"
+    )
+
+
+def before_loading(model_path: Path, backend: str, model_settings, settings, examples: list) -> Estimate:
+    """The estimate before any model is loaded (`circadian sleep --estimate`): the weights from the
+    folder's safetensors headers at the dtype the backend will load them in, the runtime measured now
+    with the backend's libraries imported."""
+    shape = Shape.of_folder(model_path)
+    if backend == "mlx":
+        import mlx.core  # noqa: F401
+
+        device, dtype = "mlx", "float16"
+        stored = sum(p.stat().st_size for p in model_path.glob("*.safetensors"))
+    else:
+        import peft  # noqa: F401
+        import torch
+        import transformers  # noqa: F401
+
+        wanted = model_settings.device
+        device = "cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu"
+        dtype = (
+            model_settings.dtype if model_settings.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+        )
+        stored = None
+    found = _run_estimate(
+        shape,
+        settings,
+        examples,
+        backend=backend,
+        device=device,
+        dtype=dtype,
+        quantize=model_settings.quantize,
+        runtime=resident_bytes() if backend == "torch" and device == "cpu" else 0,
+    )
+    if stored is not None:
+        found.weights = stored
+    return found

@@ -72,6 +72,7 @@ class MLXModel:
 
         self.request = request
         self.model_name = request.model_name
+        self.model_path = request.model_path
         self.device = str(mx.default_device())
         self.adapter_version: str | None = None
         self.set_adapter(request.adapter_path, request.adapter_version)

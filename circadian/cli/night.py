@@ -18,6 +18,10 @@ eval_app = typer.Typer(no_args_is_help=True, help="Measure an adapter.")
 def sleep(
     home: HomeOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what tonight would train; write nothing")] = False,
+    estimate: Annotated[
+        bool,
+        typer.Option("--estimate", help="predict tonight's training peak memory against the limit; write nothing"),
+    ] = False,
     scheduled: Annotated[
         bool,
         typer.Option(
@@ -52,6 +56,16 @@ def sleep(
                     "outcome": outcome["summary"].outcome if outcome.get("summary") else None,
                 }
             )
+        return
+    if estimate:
+        found = plan_only(paths, config, console)["memory"]
+        if json_out:
+            print_json(found)
+            return
+        limit = f"{found['limit_mb']:,} MB" if found["limit_mb"] else "unknown"
+        verdict = "fits" if found["fits"] else "is above it: the night trains in smaller micro-batches, or stops"
+        print(f"training would take about {found['line']}")
+        print(f"limit {limit} (train.memory_limit_mb, or 90% of this machine's): the estimate {verdict}")
         return
     if dry_run:
         result = plan_only(paths, config, console)

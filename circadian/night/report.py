@@ -161,6 +161,16 @@ def _measured_lines(summary: CycleSummary) -> list[str]:
                 f"- {masks['targets']} of {masks['tokens']} tokens trained ({masks['target_ratio']:.0%}, "
                 f"assistant turns only); padding {summary.padding_share or 0:.1%}"
             )
+        if memory := summary.memory:
+            e = memory["estimate"]
+            error = f" ({memory['error']:+.0%})" if memory.get("error") is not None else ""
+            limit = f"; limit {memory['limit_mb']:,} MB" if memory.get("limit_mb") else ""
+            lines.append(
+                f"- memory: estimated {e['total_mb']:,.0f} MB before training (weights {e['weights_mb']:,.0f}, "
+                f"adapter and optimizer {e['adapter_mb']:,.0f}, activations {e['activations_mb']:,.0f}, logits "
+                f"{e['logits_mb']:,.0f}, runtime {e['runtime_mb']:,.0f}), measured peak {memory['measured_mb']:,.0f} MB"
+                f"{error}{limit}"
+            )
         lines.append("")
     return lines
 

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
+from pathlib import Path
 
 from circadian import __version__
 from circadian.backends import LoadRequest, TrainResult, select_backend
@@ -115,6 +116,8 @@ class Sleep:
     def __init__(self, cycle: Cycle, paths: Paths, config: Config, console, on_event: TrainCallback | None = None):
         self.cycle, self.paths, self.config, self.console, self.on_event = cycle, paths, config, console, on_event
         self.say = cycle.say
+        self.memory_estimates: list[dict] = []  # one per dataset trained: the estimate, then the measured peak
+        self.memory: dict | None = None  # the one with the highest measured peak, and the estimate's error
 
     def run(self) -> CycleSummary:
         try:
@@ -530,6 +533,7 @@ class Sleep:
     def _train_one(self, model, train_ex, valid_ex, on_event: TrainCallback) -> TrainResult:
         """One backend training run, with a progress bar and every event appended to metrics.jsonl."""
         metrics_path = self.cycle.dir / "metrics.jsonl"
+        settings = self.fit_memory(model, train_ex)  # before anything trains: it may stop the night here
         with _progress(self.console) as progress:
             task = progress.add_task("training", total=None, info="")
 
@@ -552,7 +556,38 @@ class Sleep:
                 )
                 return decision
 
-            return model.train(train_ex, valid_ex, self.config.train, callback)
+            result = model.train(train_ex, valid_ex, settings, callback)
+        measured = result.peak_memory_mb
+        estimated = self.memory_estimates[-1]
+        self.memory_estimates[-1] = {**estimated, "measured_mb": round(measured, 1)}
+        worst = max(self.memory_estimates, key=lambda m: m["measured_mb"])
+        error = worst["estimate"]["total_mb"] / worst["measured_mb"] - 1 if worst["measured_mb"] else None
+        self.memory = {**worst, "error": round(error, 3) if error is not None else None}
+        return result
+
+    def fit_memory(self, model, train_ex: list):
+        """The train settings that fit the memory limit (backends/memory.py), said; raise before training
+        when none does."""
+        from circadian.backends import memory
+
+        config = self.config
+        limit = config.train.memory_limit_mb * memory.MB if config.train.memory_limit_mb else None
+        if limit is None and (available := memory.available_bytes(model.backend, getattr(model, "device", ""))):
+            limit = int(available * 0.9)
+        settings, found, note = memory.fit_to_limit(
+            model, config.train, train_ex, quantize=config.model.quantize, limit=limit
+        )
+        if note:
+            self.say(note)
+        self.say(f"memory: training estimated at {found.line()}")
+        self.memory_estimates.append(
+            {
+                "estimate": found.row(),
+                "limit_mb": round(limit / memory.MB) if limit else None,
+                "grad_accumulation": settings.grad_accumulation,
+            }
+        )
+        return settings
 
     def route(self) -> None:
         """Fit the candidate's router (sleep.router, backends that read features) and say its misroutes."""
@@ -701,6 +736,7 @@ class Sleep:
             "train": TrainBrief.model_validate(asdict(result)).row(),
             "tokens_per_second": round(result.tokens_per_second, 1),
             "peak_memory_mb": round(result.peak_memory_mb, 1),
+            "memory": self.memory,
             "circadian_version": __version__,
             "weights": weights,
         }
@@ -746,6 +782,7 @@ class Sleep:
                 masks=asdict(self.masks) | {"target_ratio": self.masks.target_ratio},
                 padding_share=self.padding,
                 train=TrainBrief.model_validate(asdict(self.result)),
+                memory=self.memory,
                 before=self.before,
                 after=self.after,
                 gate=self.decision.as_dict(),
@@ -928,6 +965,22 @@ def _dry_run_generators(setting: str):
     return pipeline.choose(setting), f"sleep.generator is {setting}"
 
 
+def memory_estimate(model_path: Path, config: Config, train_ex: list) -> dict:
+    """The training peak predicted before loading (backends/memory.py), against the limit: configured
+    (train.memory_limit_mb) or 90% of what this machine has."""
+    from circadian.backends import memory
+
+    backend = select_backend(config.model.backend).name
+    found = memory.before_loading(model_path, backend, config.model, config.train, train_ex)
+    limit = config.train.memory_limit_mb * memory.MB or int((memory.available_bytes(backend, found.device) or 0) * 0.9)
+    return {
+        **found.row(),
+        "line": found.line(),
+        "limit_mb": round(limit / memory.MB) if limit else None,
+        "fits": not limit or found.total <= limit,
+    }
+
+
 def dry_run(paths: Paths, config: Config, console=None) -> dict:
     """Steps 1-3 with nothing written: what tonight would train."""
     from rich.console import Console
@@ -945,7 +998,10 @@ def dry_run(paths: Paths, config: Config, console=None) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-    train_ex = _tokenize(tokenizer, plan.train, config.train.max_length, system_prompt=config.chat.system_prompt)
+    anchors = config.train.anchor_weight > 0
+    train_ex = _tokenize(
+        tokenizer, plan.train, config.train.max_length, anchors=anchors, system_prompt=config.chat.system_prompt
+    )
     masks = validate(train_ex) if train_ex else None
     result = {
         "dry_run": True,
@@ -961,6 +1017,7 @@ def dry_run(paths: Paths, config: Config, console=None) -> dict:
         "capability_questions": len(evaluate.load_capability(config.sleep.capability_questions)),
         "masks": (asdict(masks) | {"target_ratio": masks.target_ratio}) if masks else None,
         "sample_rows": [r["messages"] for r in plan.train[:5]],
+        "memory": memory_estimate(resolved.path, config, train_ex),
     }
     if not_cached:
         say(f"{not_cached} of {wanted} general prompts would be answered by the base model first (not cached yet)")

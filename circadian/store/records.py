@@ -343,6 +343,7 @@ class CycleSummary(Record):
     masks: dict | None = None
     padding_share: float | None = None
     train: TrainBrief | None = None
+    memory: dict | None = None  # the training peak: estimated before (backends/memory.py) and measured
     before: Measurement | None = None
     after: Measurement | None = None
     gate: dict | None = None
