@@ -292,6 +292,7 @@ class AdapterManifest(Record):
     circadian_version: str = ""
     weights: dict[str, str] = {}
     base: str | None = None  # the consolidated base it was trained on (store/bases.py); None: the configured model
+    memory: dict | None = None  # the training peak, estimated before and measured (backends/memory.py)
 
     def figures(self, side: str) -> BriefMetrics:
         """The brief figures of the current adapter ("before") or of this candidate ("after")."""
