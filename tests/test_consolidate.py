@@ -26,17 +26,52 @@ def _sleep(env=None) -> dict:
     return json.loads(result.stdout)
 
 
-def test_the_nightly_job_consolidates_a_long_lineage_and_the_next_night_grows_a_new_one_on_it(night):
+def _held(point: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [*CLI, "consolidate"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CIRCADIAN_HOLD_AT": point, "CIRCADIAN_HOLD_SECONDS": "120"},
+    )
+    deadline = time.time() + 300
+    for line in proc.stderr:
+        if f"holding at {point}" in line:
+            return proc
+        assert time.time() < deadline
+    raise AssertionError(f"consolidate ended before {point}: rc={proc.wait()}")
+
+
+def test_kills_leave_the_adapter_then_the_nightly_job_consolidates_and_a_new_lineage_grows_on_the_base(night):
     assert_one_line_error(run_cli("consolidate"))  # nothing to consolidate yet: no adapter
     say(night, "My dog is called Biscuit.")
     v1 = _sleep()["version"]
+
+    # a kill at any point of `circadian consolidate` leaves v1 current and verified
+    history = night.adapters / "history.jsonl"
+    staged = night.home / "models" / ".staging-tiny-llama-c1"
+    for point in ("consolidate:started", "consolidate:fused", "consolidate:renamed"):
+        proc = _held(point)
+        if point == "consolidate:started":
+            assert_one_line_error(run_cli("sleep"))  # the consolidation holds the sleep lock
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert adapters.current_version(night) == v1 and adapters.active_adapter(night).version == v1, point
+        assert len(history.read_text().splitlines()) == 1, point
+        assert staged.is_dir() == (point == "consolidate:fused"), point  # the next attempt removes it
+    assert [b.name for b in bases.stored(night)] == ["tiny-llama-c1"]  # renamed, never made current
+    assert adapters.current_base(night) is None
+
+    # the nightly job: a promoted night past store.consolidate_after consolidates (a name is never reused)
     say(night, "I grew up in Zwolle.")
     config, _ = load_config(night.config, overrides={"store.consolidate_after": (1, "test")})
     outcome = run_scheduled(night, config, now=lambda: datetime(2026, 12, 1, 23, 0).astimezone())
     v2 = outcome["summary"].version
-    name = "tiny-llama-c1"
+    name = "tiny-llama-c2"
     assert outcome["consolidation"] == f"consolidated {v2} into {name}"
     assert "consolidated" in (night.logs / "nightly.log").read_text()
+    assert not list((night.home / "models").glob(".staging-*"))
 
     # the new base: current with no adapter, its files checked and private, in the home's backups
     assert night.current.read_text().strip() == f"base {name}"
@@ -62,7 +97,7 @@ def test_the_nightly_job_consolidates_a_long_lineage_and_the_next_night_grows_a_
     assert adapters.lineage(night, v3) == [v3, v2, v1]
     listed = json.loads(run_cli("adapters", "list", "--json").stdout)
     assert {r["version"]: r["base"] for r in listed["versions"]} == {v1: None, v2: None, v3: name}
-    assert [b["name"] for b in listed["bases"]] == [name] and listed["current_base"] == name
+    assert [b["name"] for b in listed["bases"]] == ["tiny-llama-c1", name] and listed["current_base"] == name
 
     # rollback: to the new base alone, then across the consolidation to the adapter that was fused
     assert json.loads(run_cli("rollback", "--json").stdout) == {"current": f"base {name}", "previous": v3}
@@ -71,47 +106,6 @@ def test_the_nightly_job_consolidates_a_long_lineage_and_the_next_night_grows_a_
     asked = run_cli("ask", "Hello", "--no-log")
     assert asked.returncode == 0 and name not in asked.stderr  # the configured model again
     assert adapters.prunable(night, keep=0) == [v3]  # v2, fused into the base, is kept for rollback
-
-
-def _held(point: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [*CLI, "consolidate"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "CIRCADIAN_HOLD_AT": point, "CIRCADIAN_HOLD_SECONDS": "120"},
-    )
-    deadline = time.time() + 300
-    for line in proc.stderr:
-        if f"holding at {point}" in line:
-            return proc
-        assert time.time() < deadline
-    raise AssertionError(f"consolidate ended before {point}: rc={proc.wait()}")
-
-
-def test_a_kill_at_any_point_of_a_consolidation_leaves_the_adapter_current(night):
-    say(night, "My dog is called Biscuit.")
-    v1 = _sleep()["version"]
-    history = night.adapters / "history.jsonl"
-    staged = night.home / "models" / ".staging-tiny-llama-c1"
-    for point in ("consolidate:started", "consolidate:fused", "consolidate:renamed"):
-        proc = _held(point)
-        refused = run_cli("sleep")  # the consolidation holds the sleep lock
-        assert_one_line_error(refused)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert adapters.current_version(night) == v1 and adapters.active_adapter(night).version == v1, point
-        assert len(history.read_text().splitlines()) == 1, point
-        assert staged.is_dir() == (point == "consolidate:fused"), point  # the next attempt removes it
-    assert [b.name for b in bases.stored(night)] == ["tiny-llama-c1"]  # renamed, never made current
-    assert adapters.current_base(night) is None
-    done = run_cli("consolidate", "--json")
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout)
-    assert result["outcome"] == "consolidated" and result["name"] == "tiny-llama-c2"  # a name is never reused
-    assert not list((night.home / "models").glob(".staging-*"))
-    assert adapters.current_base(night) == "tiny-llama-c2"
 
 
 def _measured(hits: dict[str, list[bool]], ppl: float) -> dict:
