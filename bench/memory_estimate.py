@@ -21,12 +21,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 CONFIGS = {
-    # name: (model, backend, batch size, row tokens, gradient checkpointing)
-    "embedded-torch-b8-256": ("embedded", "torch", 8, 256, False),
-    "embedded-torch-b4-512-ckpt": ("embedded", "torch", 4, 512, True),
-    "tiny-torch-b8-512": ("tiny", "torch", 8, 512, False),
-    "tiny-mlx-b8-256": ("tiny", "mlx", 8, 256, False),
-    "tiny-mlx-b4-128": ("tiny", "mlx", 4, 128, False),
+    # name: (model, backend, batch size, row tokens, gradient checkpointing, optimizer)
+    "embedded-torch-b8-256": ("embedded", "torch", 8, 256, False, "adamw"),
+    "embedded-torch-b8-256-muon": ("embedded", "torch", 8, 256, False, "muon"),
+    "embedded-torch-b4-512-ckpt": ("embedded", "torch", 4, 512, True, "adamw"),
+    "tiny-torch-b8-512": ("tiny", "torch", 8, 512, False, "adamw"),
+    "tiny-mlx-b8-256": ("tiny", "mlx", 8, 256, False, "adamw"),
+    "tiny-mlx-b4-128": ("tiny", "mlx", 4, 128, False, "adamw"),
 }
 
 
@@ -50,7 +51,7 @@ def one(name: str) -> dict:
     from circadian.backends.tokens import encode_chat
     from circadian.core.config import TrainSettings
 
-    which, backend_name, batch, tokens, ckpt = CONFIGS[name]
+    which, backend_name, batch, tokens, ckpt, optimizer = CONFIGS[name]
     folder = model_folder(which)
     model = get_backend(backend_name).load(LoadRequest(which, folder))
     words = " ".join(f"word{i % 97}" for i in range(tokens))
@@ -68,6 +69,7 @@ def one(name: str) -> dict:
         warmup_steps=0,
         max_length=tokens,
         grad_checkpoint=ckpt,
+        optimizer=optimizer,
     )
     weights = model.weight_bytes()
     predicted = memory.for_training(model, settings, rows)  # what the night does before it trains
@@ -78,6 +80,7 @@ def one(name: str) -> dict:
         "measured_mb": round(result.peak_memory_mb, 1),
         "error": predicted.total / (result.peak_memory_mb * memory.MB) - 1,
         "weights_loaded_mb": round(weights / memory.MB, 1),
+        "tokens_per_second": round(result.tokens_per_second, 1),
     }
 
 
@@ -105,15 +108,15 @@ def main() -> None:
         "# Memory estimate against the measured training peak (bench/memory_estimate.py)",
         "",
         "| configuration | weights | adapter + optimizer | activations | logits | runtime | estimate | measured "
-        "| error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| error | tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         e = r["estimate"]
         lines.append(
             f"| {r['config']} | {e['weights_mb']:.0f} | {e['adapter_mb']:.0f} | {e['activations_mb']:.0f} | "
             f"{e['logits_mb']:.0f} | {e['runtime_mb']:.0f} | {e['total_mb']:.0f} MB | {r['measured_mb']:.0f} MB | "
-            f"{r['error']:+.0%} |"
+            f"{r['error']:+.0%} | {r['tokens_per_second']:.0f} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

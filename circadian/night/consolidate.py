@@ -11,8 +11,9 @@ against the adapter it replaces, and start a fresh adapter lineage on it.
    model is loaded from there and measured on the same sets.
 4. The check. The fused model must agree with the adapter alone within noise (the fuse is the
    same function), and must not answer fewer general questions than the user gets today by more
-   than the gate allows: a router that kept general questions on the base model cannot come along
-   into the weights, so an adapter that breaks them when it answers alone is not fused.
+   than `gate.max_capability_drop`, nor raise the general perplexity by more than
+   `gate.max_total_ppl_drift`: a router that kept general questions on the base model cannot come
+   along into the weights, so an adapter that breaks them when it answers alone is not fused.
 5. Only then: the manifest last, the staged folder renamed into place, and `adapters/CURRENT`
    names the new base with no adapter (`base <name>`). The next night starts a new lineage on it;
    `circadian rollback` goes back to the old base and the adapter that was fused.
@@ -130,10 +131,12 @@ def _differing(a: dict, b: dict) -> int:
     return sum(x["hit"] != y["hit"] for x, y in zip(a["items"], b["items"]))
 
 
-def check(routed: dict, alone: dict, fused: dict, max_capability_drop: float) -> dict:
+def check(routed: dict, alone: dict, fused: dict, max_capability_drop: float, max_ppl_drift: float = 0.05) -> dict:
     """Given the measurements of the adapter through its router, alone and fused, return the check:
-    whether the fused model agrees with the adapter alone within noise, and whether it keeps the
-    general answers the user gets now within the gate's capability bound; the reasons it fails."""
+    whether the fused model agrees with the adapter alone within noise, and whether it keeps what the
+    user gets now: the general answers within `max_capability_drop`, the general perplexity within
+    `max_ppl_drift` (the gate's bound against the base: through its router the adapter scores general
+    text as the base does); the reasons it fails."""
     reasons = []
     drift = fused["perplexity"] / alone["perplexity"] - 1
     if abs(drift) > PPL_NOISE:
@@ -150,6 +153,12 @@ def check(routed: dict, alone: dict, fused: dict, max_capability_drop: float) ->
             f"({broke} change) that its router keeps on the base model today (gate.max_capability_drop "
             f"{max_capability_drop:.0%})"
         )
+    rise = fused["perplexity"] / routed["perplexity"] - 1
+    if rise > max_ppl_drift + 1e-9:
+        reasons.append(
+            f"fused, the general perplexity rises {rise:+.1%} over what the router gives today "
+            f"(gate.max_total_ppl_drift {max_ppl_drift:.0%})"
+        )
     brief = lambda m: {  # noqa: E731
         "recall": m["recall"]["score"],
         "capability": m["capability"]["score"],
@@ -162,6 +171,7 @@ def check(routed: dict, alone: dict, fused: dict, max_capability_drop: float) ->
         "adapter": brief(alone),
         "fused": brief(fused),
         "perplexity_drift": round(drift, 5),
+        "perplexity_rise": round(rise, 5),
         "recall_differing": _differing(alone["recall"], fused["recall"]),
         "capability_differing": _differing(alone["capability"], fused["capability"]),
         "questions": {"recall": fused["recall"]["n"], "capability": fused["capability"]["n"]},
@@ -235,7 +245,7 @@ def _consolidate(paths: Paths, config: Config, say: Callable[[str], None]) -> di
     fused = _measure(fused_model, sets, config, asking, None, say, f"{name} (fused)")
     del fused_model
     gc.collect()
-    result = check(routed, alone, fused, config.gate.max_capability_drop)
+    result = check(routed, alone, fused, config.gate.max_capability_drop, config.gate.max_total_ppl_drift)
     entry = {
         "ts": now_iso(),
         "name": name,
