@@ -69,10 +69,22 @@ def main() -> None:
     home = args.home / "home"
     home.mkdir(parents=True)
     (home / "circadian.toml").write_text(CONFIG.format(model=tiny))
-    pets = ["Biscuit", "Mochi", "Rolo", "Pip", "Juno", "Olive", "Taco", "Miso", "Nori", "Ziggy", "Luna", "Bean"]
+    said = [
+        "My dog is called Biscuit.",
+        "My sister is called Lena.",
+        "I live in Zwolle.",
+        "My cat is called Rolo.",
+        "I work as an electrician.",
+        "My brother is called Tomasz.",
+        "My favourite colour is green.",
+        "My boss is called Ines.",
+        "I was born in Porto.",
+        "My neighbour is called Arjen.",
+    ]
+    outcomes = []
     for night in range(args.nights):
-        cli(home, "ask", f"Our pet number {night + 1} is called {pets[night % len(pets)]}.")
-        cli(home, "sleep")
+        cli(home, "ask", said[night % len(said)])
+        outcomes.append(json.loads(cli(home, "sleep", "--json").stdout).get("outcome"))
     snapshot = json.loads(cli(home, "backup", "run", "--json").stdout)
     listed = json.loads(cli(home, "backup", "list", "--json").stdout)
     tic = time.time()
@@ -101,6 +113,7 @@ def main() -> None:
         "",
         f"Tiny test model, {args.nights} nights through `circadian sleep`, each with its own snapshot first.",
         "",
+        f"- nights: {', '.join(o or '?' for o in outcomes)}",
         f"- versions stored: {len(versions)} (retention `store.keep`), {sum(adapter_sizes) / 1e6:.2f} MB of adapters",
         f"- snapshots kept: {len(snapshots)}; the last holds {snapshot['files']} files, "
         f"{snapshot['bytes'] / 1e6:.2f} MB, and added {snapshot['added_bytes'] / 1e6:.3f} MB",
