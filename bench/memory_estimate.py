@@ -52,6 +52,7 @@ def one(name: str) -> dict:
     from circadian.core.config import TrainSettings
 
     which, backend_name, batch, tokens, ckpt, optimizer = CONFIGS[name]
+    memory.return_freed_memory()  # the tensors' peak, which the estimate counts (nights: when memory is short)
     folder = model_folder(which)
     model = get_backend(backend_name).load(LoadRequest(which, folder))
     words = " ".join(f"word{i % 97}" for i in range(tokens))

@@ -70,6 +70,27 @@ def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeo
     )
 
 
+def start_held(command: str, point: str, seconds: float = 300, env: dict | None = None) -> subprocess.Popen:
+    """Start `circadian <command>` holding at a crash-test point (night/cycle.py `hold`); return it once
+    it says so, for the test to SIGKILL it or act beside it."""
+    import time
+
+    proc = subprocess.Popen(
+        [*CLI, command],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {}), "CIRCADIAN_HOLD_AT": point, "CIRCADIAN_HOLD_SECONDS": str(seconds)},
+    )
+    deadline = time.time() + 300
+    for line in proc.stderr:
+        if f"holding at {point}" in line:
+            return proc
+        assert time.time() < deadline
+    raise AssertionError(f"{command} ended before reaching {point}: rc={proc.wait()}")
+
+
 def assert_one_line_error(result) -> None:
     """A user error: non-zero exit, exactly one line on stderr, no traceback."""
     assert result.returncode != 0, result

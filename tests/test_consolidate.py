@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import time
 from datetime import datetime
 
-from conftest import CLI, ROOT, assert_one_line_error, run_cli, say
+from conftest import assert_one_line_error, run_cli, say, start_held
 
 from circadian.core.config import load_config
 from circadian.night.consolidate import check
@@ -24,23 +22,6 @@ def _sleep(env=None) -> dict:
     result = run_cli("sleep", "--json", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
-
-
-def _held(point: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [*CLI, "consolidate"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "CIRCADIAN_HOLD_AT": point, "CIRCADIAN_HOLD_SECONDS": "120"},
-    )
-    deadline = time.time() + 300
-    for line in proc.stderr:
-        if f"holding at {point}" in line:
-            return proc
-        assert time.time() < deadline
-    raise AssertionError(f"consolidate ended before {point}: rc={proc.wait()}")
 
 
 def test_kills_leave_the_adapter_then_the_nightly_job_consolidates_and_a_new_lineage_grows_on_the_base(
@@ -55,7 +36,7 @@ def test_kills_leave_the_adapter_then_the_nightly_job_consolidates_and_a_new_lin
     history = night.adapters / "history.jsonl"
     staged = night.home / "models" / ".staging-tiny-llama-c1"
     for point in ("consolidate:started", "consolidate:fused", "consolidate:renamed"):
-        proc = _held(point)
+        proc = start_held("consolidate", point, 120)
         if point == "consolidate:started":
             assert_one_line_error(run_cli("sleep"))  # the consolidation holds the sleep lock
         proc.send_signal(signal.SIGKILL)

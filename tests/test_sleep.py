@@ -4,12 +4,10 @@ report, nothing-to-learn, rollback, dry run, the lock, and SIGKILL at several st
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import time
 
-from conftest import CLI, ROOT, assert_one_line_error, run_cli, say
+from conftest import assert_one_line_error, run_cli, say, start_held
 
 from circadian.store import adapters
 
@@ -131,20 +129,7 @@ def test_sleep_with_nothing_to_learn_is_not_an_error(night):
 
 
 def _start_held(point: str, seconds: float = 300, env: dict | None = None) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [*CLI, "sleep"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {}), "CIRCADIAN_HOLD_AT": point, "CIRCADIAN_HOLD_SECONDS": str(seconds)},
-    )
-    deadline = time.time() + 300
-    for line in proc.stderr:
-        if f"holding at {point}" in line:
-            return proc
-        assert time.time() < deadline
-    raise AssertionError(f"sleep ended before reaching {point}: rc={proc.wait()}")
+    return start_held("sleep", point, seconds, env)
 
 
 # the killed nights measure less: they never reach a decision

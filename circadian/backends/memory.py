@@ -174,11 +174,15 @@ def estimate(
     return Estimate(backend, device, batch_size, tokens, checkpointing, weights, adapter, activations, logits, runtime)
 
 
+HEAP_FACTOR = 1.7  # a CPU night's resident peak over its tensors' when glibc's heap keeps what steps free
+
+
 def return_freed_memory() -> bool:
     """On Linux with glibc, have every allocation of 64 kB or more mapped on its own, so that a freed
     tensor goes back to the system at once. Without it the heap keeps what a step freed, fragments,
-    and the night's resident peak grew to 1.7x its tensors' (bench/MEMORY.md); with it the peak is
-    what the estimate counts. Return whether it was set."""
+    and a night's resident peak runs 1.6-2x its tensors' (bench/MEMORY.md); with it the peak is what
+    the estimate counts, but training runs about 20% slower (75 against 94 tokens/s on the embedded
+    model's night-sized rows), so the night sets it only when memory is short. Return whether it was set."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -316,8 +320,13 @@ def fit_to_limit(model, settings, examples: list, *, quantize: str, limit: int |
     from circadian.core.errors import CircadianError
 
     found = for_training(model, settings, examples, quantize=quantize)
+    heap = model.backend == "torch" and found.device == "cpu"
+    if heap and limit is not None and found.total * HEAP_FACTOR > limit and return_freed_memory():
+        heap_note = "memory: freed tensors go back to the system at once (the heap would not fit; slower)"
+    else:
+        heap_note = None
     if limit is None or found.total <= limit:
-        return settings, found, None
+        return settings, found, heap_note
     first, tried = found, settings
     while model.backend == "torch" and tried.grad_accumulation < settings.batch_size:
         tried = tried.model_copy(update={"grad_accumulation": min(settings.batch_size, 2 * tried.grad_accumulation)})

@@ -191,10 +191,6 @@ class TorchModel:
         self.model_name = request.model_name
         self.model_path = request.model_path
         self.device = resolve_device(request.device)
-        if self.device == "cpu":
-            from circadian.backends import memory
-
-            memory.return_freed_memory()
         dtype = resolve_dtype(request.dtype, self.device)
         kwargs: dict = {"dtype": dtype}
         if request.quantize == "4bit":

@@ -49,7 +49,8 @@ def render_status(info: dict) -> str:
     lines = [
         f"home      {info['home']} ({info['home_source']})",
         f"model     {info['model']} on {info['backend']}",
-        f"adapter   {info['adapter'] or 'none (base model)'}",
+        f"adapter   {info['adapter'] or 'none (base model)'}"
+        + (f" on the consolidated base {info['base']}" if info.get("base") else ""),
         f"memories  {mem['turns']} turns in {mem['sessions']} sessions ({mem['no_train']} no-train, "
         f"{mem['forgotten']} forgotten, {mem['unreadable_lines']} unreadable)",
         f"last      {last.get('cycle_id', '?') + ' ' + str(last.get('outcome', '')) if last else 'no cycle yet'}",

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from circadian.core.clock import now_iso
 from circadian.core.errors import CircadianError
 from circadian.core.fsutil import (
@@ -37,7 +35,7 @@ from circadian.core.fsutil import (
 )
 from circadian.core.paths import Paths
 from circadian.store import bases
-from circadian.store.records import SCHEMA_VERSION, AdapterManifest
+from circadian.store.records import SCHEMA_VERSION, AdapterManifest, read_json
 
 MANIFEST = "manifest.json"
 TRAINED_IDS = "trained_ids.json"
@@ -114,13 +112,12 @@ def head(paths: Paths) -> str | None:
 
 def read_manifest(folder: Path) -> AdapterManifest:
     """Given an adapter folder, return its manifest. Raise CircadianError if missing or malformed."""
-    path = folder / MANIFEST
-    try:
-        return AdapterManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise CircadianError(f"adapter {folder.name}: no {MANIFEST} (incomplete or not an adapter)") from None
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise CircadianError(f"adapter {folder.name}: unreadable {MANIFEST} ({str(exc).splitlines()[0]})") from None
+    return read_json(
+        folder / MANIFEST,
+        AdapterManifest,
+        what=f"adapter {folder.name}",
+        missing=f"no {MANIFEST} (incomplete or not an adapter)",
+    )
 
 
 def verify_weights(folder: Path, manifest: AdapterManifest) -> None:

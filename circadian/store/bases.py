@@ -13,18 +13,15 @@ cache, and are private (0700 / 0600): the weights encode the conversations.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from circadian.core.errors import CircadianError
 from circadian.core.fsutil import atomic_write_json, private_dir, sha256_file
 from circadian.core.paths import Paths
-from circadian.store.records import SCHEMA_VERSION, BaseManifest
+from circadian.store.records import SCHEMA_VERSION, BaseManifest, read_json
 
 MANIFEST = "circadian-model.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+-c(\d+)$")
@@ -53,13 +50,12 @@ def read(paths: Paths, name: str) -> BaseManifest:
     stored base (a name that is not a base's never leaves the home's models folder)."""
     if number(name) is None:
         raise CircadianError(f"'{name}' is not the name of a consolidated base (like smollm2-135m-instruct-c1)")
-    path = folder(paths, name) / MANIFEST
-    try:
-        return BaseManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise CircadianError(f"no consolidated base '{name}' (models/{name}/{MANIFEST} is missing)") from None
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise CircadianError(f"consolidated base {name}: unreadable {MANIFEST} ({str(exc).splitlines()[0]})") from None
+    return read_json(
+        folder(paths, name) / MANIFEST,
+        BaseManifest,
+        what=f"consolidated base {name}",
+        missing=f"not stored (models/{name}/{MANIFEST} is missing)",
+    )
 
 
 def stored(paths: Paths) -> list[BaseManifest]:

@@ -384,12 +384,13 @@ def read_all(path: Path, model: type[T]) -> list[T]:
     return [record for _line, record in read_lines(path, model) if record is not None]
 
 
-def read_json(path: Path, model: type[T]) -> T:
-    """Given a JSON file and a record type, return the record. Raise CircadianError naming the file if it
-    is missing, unreadable or not such a record."""
+def read_json(path: Path, model: type[T], *, what: str | None = None, missing: str = "") -> T:
+    """Given a JSON file and a record type, return the record. Raise CircadianError naming the file (or
+    `what` it is, with `missing` said when it is absent) if it is missing, unreadable or not such a record."""
     try:
         return model.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
-        raise CircadianError(f"{path}: no such file") from None
+        raise CircadianError(f"{what}: {missing}" if what else f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValidationError) as exc:
-        raise CircadianError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
+        where = f"{what}: unreadable {path.name}" if what else f"{path}: unreadable"
+        raise CircadianError(f"{where} ({str(exc).splitlines()[0]})") from None

@@ -39,6 +39,7 @@ def status(paths: Paths, config: Config) -> dict:
         "model": config.model.name,
         "backend": auto_backend_name() if backend == "auto" else backend,
         "adapter": adapters.current_version(paths),
+        "base": adapters.current_base(paths),
         "memories": memories.counts(paths),
         "last_cycle": last_line(paths.run_log),
         "schedule": when,
