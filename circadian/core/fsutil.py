@@ -81,6 +81,17 @@ def atomic_write_json(path: Path, obj: Any, mode: int = PRIVATE_FILE_MODE) -> No
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", mode)
 
 
+def publish_folder(staging: Path, final: Path, manifest_name: str, manifest: dict) -> Path:
+    """Given a staged folder, make it and its files private, write its manifest last (atomically), and
+    rename it to `final` whole, so a folder with a manifest is always complete. Return `final`."""
+    for file in staging.iterdir():
+        os.chmod(file, PRIVATE_FILE_MODE)
+    os.chmod(staging, PRIVATE_DIR_MODE)
+    atomic_write_json(staging / manifest_name, manifest)
+    os.replace(staging, final)
+    return final
+
+
 def lock_for(path: Path, timeout: float = 30.0) -> FileLock:
     """Given a data file, return the FileLock that guards its appends (`<file>.lock` beside it)."""
     return FileLock(str(path) + ".lock", timeout=timeout, mode=PRIVATE_FILE_MODE)

@@ -29,6 +29,7 @@ from circadian.core.fsutil import (
     append_jsonl,
     atomic_write_json,
     atomic_write_text,
+    publish_folder,
     read_jsonl,
     read_state_json,
     sha256_file,
@@ -283,16 +284,12 @@ def rewrite_file(paths: Paths, version: str, name: str, text: str) -> None:
 def commit(paths: Paths, staging: Path, manifest: dict, ids: list[str], asked: list[dict] = ()) -> Path:
     """Given a staged folder holding weights, write trained ids, what the night asked of its facts
     (`asked`) and the manifest (last), then rename it to its version name. Return the version's folder."""
-    for file in staging.iterdir():  # weights encode the conversations: private like them
-        os.chmod(file, 0o600)
     atomic_write_json(staging / TRAINED_IDS, sorted(ids))
     atomic_write_json(staging / GRADUATION, list(asked))
     manifest = {"schema_version": SCHEMA_VERSION, **manifest}
     AdapterManifest.model_validate(manifest)
-    atomic_write_json(staging / MANIFEST, manifest)
-    final = paths.adapters / manifest["version"]
-    os.replace(staging, final)
-    return final
+    # weights encode the conversations: private like them
+    return publish_folder(staging, paths.adapters / manifest["version"], MANIFEST, manifest)
 
 
 def state_name(version: str | None, base: str | None) -> str | None:

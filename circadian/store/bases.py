@@ -13,13 +13,12 @@ cache, and are private (0700 / 0600): the weights encode the conversations.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
 
 from circadian.core.errors import CircadianError
-from circadian.core.fsutil import atomic_write_json, private_dir, sha256_file
+from circadian.core.fsutil import private_dir, publish_folder, sha256_file
 from circadian.core.paths import Paths
 from circadian.store.records import SCHEMA_VERSION, BaseManifest, read_json
 
@@ -104,15 +103,9 @@ def weight_hashes(staged: Path) -> tuple[dict[str, str], dict[str, int]]:
 def commit(staged: Path, manifest: dict) -> Path:
     """Given a staged folder holding a fused model, write its manifest (last) and rename it into
     place. Return the base's folder."""
-    for file in staged.iterdir():
-        os.chmod(file, 0o600)
-    os.chmod(staged, 0o700)
     manifest = {"schema_version": SCHEMA_VERSION, **manifest}
     BaseManifest.model_validate(manifest)
-    atomic_write_json(staged / MANIFEST, manifest)
-    final = staged.parent / manifest["name"]
-    os.replace(staged, final)
-    return final
+    return publish_folder(staged, staged.parent / manifest["name"], MANIFEST, manifest)
 
 
 def verify(paths: Paths, name: str, *, full: bool = False) -> BaseManifest:
