@@ -21,13 +21,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 CONFIGS = {
-    # name: (model, backend, batch size, row tokens, gradient checkpointing, optimizer)
-    "embedded-torch-b8-256": ("embedded", "torch", 8, 256, False, "adamw"),
-    "embedded-torch-b8-256-muon": ("embedded", "torch", 8, 256, False, "muon"),
-    "embedded-torch-b4-512-ckpt": ("embedded", "torch", 4, 512, True, "adamw"),
-    "tiny-torch-b8-512": ("tiny", "torch", 8, 512, False, "adamw"),
-    "tiny-mlx-b8-256": ("tiny", "mlx", 8, 256, False, "adamw"),
-    "tiny-mlx-b4-128": ("tiny", "mlx", 4, 128, False, "adamw"),
+    # name: (model, backend, batch size, row tokens, gradient checkpointing, optimizer, train.mixed_precision)
+    "embedded-torch-b8-256": ("embedded", "torch", 8, 256, False, "adamw", "off"),
+    "embedded-torch-b8-256-muon": ("embedded", "torch", 8, 256, False, "muon", "off"),
+    "embedded-torch-b4-512-ckpt": ("embedded", "torch", 4, 512, True, "adamw", "off"),
+    "embedded-torch-b8-256-bf16": ("embedded", "torch", 8, 256, False, "adamw", "bfloat16"),
+    "embedded-torch-b4-512-ckpt-bf16": ("embedded", "torch", 4, 512, True, "adamw", "bfloat16"),
+    "tiny-torch-b8-512": ("tiny", "torch", 8, 512, False, "adamw", "off"),
+    "tiny-mlx-b8-256": ("tiny", "mlx", 8, 256, False, "adamw", "off"),
+    "tiny-mlx-b4-128": ("tiny", "mlx", 4, 128, False, "adamw", "off"),
 }
 
 
@@ -51,7 +53,7 @@ def one(name: str) -> dict:
     from circadian.backends.tokens import encode_chat
     from circadian.core.config import TrainSettings
 
-    which, backend_name, batch, tokens, ckpt, optimizer = CONFIGS[name]
+    which, backend_name, batch, tokens, ckpt, optimizer, mixed = CONFIGS[name]
     memory.return_freed_memory()  # the tensors' peak, which the estimate counts (nights: when memory is short)
     folder = model_folder(which)
     model = get_backend(backend_name).load(LoadRequest(which, folder))
@@ -71,6 +73,7 @@ def one(name: str) -> dict:
         max_length=tokens,
         grad_checkpoint=ckpt,
         optimizer=optimizer,
+        mixed_precision=mixed,
     )
     weights = model.weight_bytes()
     predicted = memory.for_training(model, settings, rows)  # what the night does before it trains

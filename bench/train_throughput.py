@@ -90,19 +90,29 @@ def real_night(day_name: str, model_dir: Path) -> None:
         del model
         random.Random(0).shuffle(examples)
         plain_tps, plain_tokens = plain_peft(model_dir, examples, trained["steps"], config.batch_size)
+        amp_tps, _ = plain_peft(model_dir, examples, trained["steps"], config.batch_size, autocast=True)
     print(
         f"night on {day_name}: {len(night_rows)} rows, {trained['steps']} steps of {config.batch_size}; training stage "
         f"{stage:.0f} s, of which {trained['train_seconds']:.0f} s in steps"
     )
     print(f"plain transformers+PEFT loop:     {plain_tps:7.1f} tokens/s ({plain_tokens} tokens, steps only)")
+    print(f"the same loop in bf16 autocast:   {amp_tps:7.1f} tokens/s (steps only)")
     print(
         f"circadian night (whole stage):    {ours_tps:7.1f} tokens/s ({trained['trained_tokens']} tokens; "
         f"{trained['tokens_per_second']:.1f} tokens/s in its steps)"
     )
-    print(f"ratio: {ours_tps / plain_tps:.2f}x (steps only: {trained['tokens_per_second'] / plain_tps:.2f}x)")
+    print(
+        f"circadian trained in {trained.get('precision', 'float32')}; ratio: {ours_tps / plain_tps:.2f}x (steps only: "
+        f"{trained['tokens_per_second'] / plain_tps:.2f}x); against the autocast loop {ours_tps / amp_tps:.2f}x "
+        f"(steps only {trained['tokens_per_second'] / amp_tps:.2f}x)"
+    )
 
 
-def plain_peft(model_dir: Path, examples, steps: int, batch: int) -> tuple[float, int]:
+def plain_peft(model_dir: Path, examples, steps: int, batch: int, autocast: bool = False) -> tuple[float, int]:
+    """The PEFT recipe's loop; `autocast`: its forward passes in bfloat16 autocast, as
+    torch's mixed-precision recipe writes it."""
+    import contextlib
+
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -128,7 +138,8 @@ def plain_peft(model_dir: Path, examples, steps: int, batch: int) -> tuple[float
                 attention[r, : len(e)] = 1
                 labels[r, : len(e)] = torch.tensor([t if m else -100 for t, m in zip(e.ids, e.mask)])
             tic = time.perf_counter()
-            loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+            with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+                loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()

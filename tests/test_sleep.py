@@ -146,6 +146,7 @@ BLENDING = {
     "CIRCADIAN_TRAIN__MAX_STEPS": "30",
     "CIRCADIAN_TRAIN__LEARNING_RATE": "0.05",
     "CIRCADIAN_TRAIN__PATIENCE": "100",
+    "CIRCADIAN_TRAIN__MIXED_PRECISION": "off",  # the step budget that breaks it was found with float32 steps
 }
 
 

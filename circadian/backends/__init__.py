@@ -83,6 +83,7 @@ class TrainResult:
     train_seconds: float
     peak_memory_mb: float
     curve: list[dict] = field(default_factory=list)
+    precision: str = "float32"  # what the training steps computed in: the weights' dtype, or "bfloat16 autocast"
 
 
 @runtime_checkable

@@ -8,7 +8,9 @@ The estimate is built up from the parts that hold memory while an adapter trains
 - activations: what autograd keeps for the backward pass, per token and layer, from the model's
   shape (norm inputs, q/k/v/o, the MLP's three projections; no attention probabilities, as the
   attention is fused: transformers' SDPA keeps none); with gradient checkpointing only each layer's
-  input, plus one layer's worth recomputed;
+  input, plus one layer's worth recomputed; in bfloat16 autocast (`train.mixed_precision`) what the
+  products keep is bfloat16 but the norms' and the residual stream's float32 (AUTOCAST_KEPT bytes an
+  element on average, fitted), plus the bfloat16 copies of the decoder's weights that the products keep;
 - logits: the vocabulary-wide rows of the loss. The torch backend computes them `LOSS_CHUNK`
   positions at a time (logits, their log-softmax and its gradient); MLX keeps the batch's whole
   logits, and the base's too for the KL anchor;
@@ -29,11 +31,14 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from circadian.backends import precision
+
 MB = 2**20
 LOSS_CHUNK = 1024  # torch_backend's positions per logits chunk
 ADAPTER_BYTES = {"adamw": 24, "muon": 20}  # fp32 param, grad, optimizer state, two snapshots
 # elements autograd keeps per token and layer (fitted once against measured peaks: bench/memory_estimate.py)
 PER_HIDDEN, PER_ATTENTION, PER_KV, PER_MLP = 4, 3, 2, 4
+AUTOCAST_KEPT = 2.75  # bytes per kept element in bfloat16 autocast (fitted the same way: bench/MEMORY.md)
 M_MMAP_THRESHOLD = -3  # glibc mallopt: allocations above this size are mmapped, and unmapped when freed
 
 
@@ -147,13 +152,15 @@ def estimate(
     runtime: int,
     loss_positions: int | None = None,
     teacher_positions: int = 0,
+    autocast: bool = False,
 ) -> Estimate:
     """Predict the peak of training with these settings (`dtype`: the weights as loaded; `tokens`:
     the longest row; `anchored`: whether the night has KL-anchor rows; `runtime`: measured;
     `loss_positions`: the most positions one batch computes the loss on, its targets and its anchor
     rows' every position (default: all); `teacher_positions`: the most anchor positions one batch of
-    the teacher's cache reads)."""
+    the teacher's cache reads; `autocast`: the steps in bfloat16 autocast)."""
     width = element_bytes(dtype)
+    kept = AUTOCAST_KEPT if autocast else width  # what one element autograd keeps takes
     if quantize == "4bit":
         weights = int(shape.linear_params * 0.56) + (shape.params - shape.linear_params) * width
     else:
@@ -162,10 +169,12 @@ def estimate(
     positions = batch_size * tokens
     h, q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
     per_token = PER_HIDDEN * h + PER_ATTENTION * q + PER_KV * kv + PER_MLP * i  # SDPA: no [s, s] probabilities
-    if checkpointing:
-        activations = positions * width * (shape.layers * h + per_token)
+    if checkpointing:  # each layer's input (the residual stream, in the weights' dtype), one layer recomputed
+        activations = int(positions * (width * shape.layers * h + kept * per_token))
     else:
-        activations = positions * width * shape.layers * per_token
+        activations = int(positions * kept * shape.layers * per_token)
+    if autocast:  # each product's bfloat16 copy of its weight, kept for the backward pass (one layer's if recomputed)
+        activations += 2 * (shape.linear_params // shape.layers if checkpointing else shape.linear_params)
     if backend == "mlx":
         logits = positions * shape.vocab * width * (10 if anchored else 6)
     else:  # the loss: logits, log-softmax, their gradient; the teacher's cache: logits, log-softmax
@@ -285,6 +294,8 @@ def _run_estimate(shape: Shape, settings, examples: list, **known) -> Estimate:
         batch_size=micro,
         tokens=min(settings.max_length, max((len(e) for e in examples), default=1)),
         checkpointing=settings.grad_checkpoint or known["quantize"] == "4bit",
+        autocast=known["backend"] == "torch"
+        and precision.training_autocast(settings.mixed_precision, known["device"], known["dtype"]),
         anchored=any(getattr(e, "anchor", False) for e in examples),
         loss_positions=worst([len(e) - 1 if getattr(e, "anchor", False) else e.targets for e in examples]),
         teacher_positions=worst([len(e) - 1 for e in examples if getattr(e, "anchor", False)]),

@@ -393,6 +393,7 @@ class MLXModel:
             train_seconds=seconds,
             peak_memory_mb=self._peak_memory_mb(),
             curve=curve,
+            precision=self.weight_dtype(),
         )
 
     def _optimizer(self, schedule, settings):

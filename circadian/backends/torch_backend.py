@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from circadian.backends import Chunk, GenerationSettings, LoadRequest, TrainResult, router
+from circadian.backends import Chunk, GenerationSettings, LoadRequest, TrainResult, precision, router
 from circadian.backends.router import Router
 from circadian.core.errors import CircadianError, first_line
 
@@ -752,6 +752,13 @@ class TorchModel:
         torch.manual_seed(settings.seed)
         self._trained_state = None
         started = self._make_trainable(settings)
+        autocast = precision.training_autocast(settings.mixed_precision, self.device, self.weight_dtype())
+
+        def steps_precision():  # the steps' forward passes (backward follows the dtypes they chose), validation
+            if not autocast:
+                return contextlib.nullcontext()
+            return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
+
         if settings.anchor_weight > 0:
             self._cache_teacher(train, settings.batch_size)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -770,7 +777,8 @@ class TorchModel:
             return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(self.model).items()}
 
         stopping = EarlyStopping.of(settings)
-        stopping.start(self._mean_loss(valid, settings.batch_size) if valid else None)
+        with steps_precision():
+            stopping.start(self._mean_loss(valid, settings.batch_size) if valid else None)
         best_state = snapshot()
         event = {
             "iteration": 0,
@@ -792,7 +800,8 @@ class TorchModel:
                 micro = -(-len(rows) // settings.grad_accumulation)  # rows per micro-batch, same step
                 for start in range(0, len(rows), micro):
                     part = rows[start : start + micro]
-                    share = self._batch_loss(part, settings.anchor_weight) * (len(part) / len(rows))
+                    with steps_precision():
+                        share = self._batch_loss(part, settings.anchor_weight) * (len(part) / len(rows))
                     share.backward()
                     loss = loss + share.detach().cpu()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -815,7 +824,8 @@ class TorchModel:
                     "total_steps": total,
                 }
                 if valid and (step % settings.eval_every == 0 or step == total):
-                    val = self._mean_loss(valid, settings.batch_size)
+                    with steps_precision():
+                        val = self._mean_loss(valid, settings.batch_size)
                     event["val_loss"] = val
                     if stopping.observe(step, val):
                         best_state = snapshot()
@@ -844,6 +854,7 @@ class TorchModel:
             train_seconds=train_seconds,
             peak_memory_mb=self._peak_memory_mb(),
             curve=curve,
+            precision="bfloat16 autocast" if autocast else self.weight_dtype(),
         )
 
     def blend_adapter(self, start: Path | None, factor: float) -> None:

@@ -127,6 +127,12 @@ class TrainSettings(_Section):
     min_delta: float = Field(0.005, ge=0, description="smallest validation improvement that counts")
     anchor_weight: float = Field(1.0, ge=0, description="weight of the KL-to-base term on distilled general rows")
     grad_checkpoint: bool = Field(False, description="gradient checkpointing (less memory, slower)")
+    mixed_precision: Literal["auto", "bfloat16", "off"] = Field(
+        "auto",
+        description="torch, float32 weights: the training steps in bfloat16 autocast (the adapter and the "
+        "optimizer stay float32); auto: where the processor computes bfloat16 natively (AVX512-BF16 or AMX, "
+        "Arm BF16, a CUDA GPU that supports it), about 2.5x faster on such a CPU (bench/THROUGHPUT.md)",
+    )
     max_length: int = Field(512, ge=16, description="longest training row, in tokens")
     seed: int = Field(0, description="seed for batching and initialisation")
 

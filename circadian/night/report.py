@@ -154,7 +154,7 @@ def _measured_lines(summary: CycleSummary) -> list[str]:
             f"- {train.steps} steps, best at step {train.best_step} ({train.stop_reason})",
             f"- validation loss {_num(train.initial_val_loss)} → {_num(train.best_val_loss)}",
             f"- {train.trained_tokens} tokens at {train.tokens_per_second:.0f} tokens/s "
-            f"in {train.train_seconds:.0f} s; peak memory {train.peak_memory_mb:.0f} MB",
+            f"in {train.train_seconds:.0f} s ({train.precision}); peak memory {train.peak_memory_mb:.0f} MB",
         ]
         if masks:
             lines.append(

@@ -527,7 +527,7 @@ class Sleep:
             self.say(f"learning progress on the selection splits: {reward:+.4f} (the policy's reward)")
         self.say(
             f"trained {result.steps} steps ({result.stop_reason}); best step {result.best_step}, "
-            f"{result.tokens_per_second:.0f} tokens/s, peak memory {result.peak_memory_mb:.0f} MB"
+            f"{result.tokens_per_second:.0f} tokens/s ({result.precision}), peak memory {result.peak_memory_mb:.0f} MB"
         )
 
     def _train_one(self, model, train_ex, valid_ex, on_event: TrainCallback) -> TrainResult:

@@ -116,6 +116,7 @@ class TrainBrief(Record):
     tokens_per_second: float = 0.0
     train_seconds: float = 0.0
     peak_memory_mb: float = 0.0
+    precision: str = "float32"
 
 
 class RunLogLine(Record):
