@@ -117,7 +117,9 @@ class TrainSettings(_Section):
         description="most memory training may take (0: detected: the GPU's, Metal's working set, or the RAM "
         "available); a night whose estimate is above it shrinks its micro-batches, or stops saying why",
     )
-    max_epochs: float = Field(3.0, gt=0, description="upper bound on passes over the data")
+    max_epochs: float = Field(
+        5.0, gt=0, description="upper bound on passes over the data (3 until session 15: bench/recall/RESULTS.md)"
+    )
     max_steps: int = Field(400, ge=1, description="upper bound on optimizer steps")
     eval_every: int = Field(8, ge=1, description="steps between validation losses")
     patience: int = Field(3, ge=1, description="evaluations without improvement before early stop")
