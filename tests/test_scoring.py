@@ -13,6 +13,9 @@ from circadian.night.scoring import is_hit
         ("Your birthday is the 14th of March.", ["14 of March"], True),  # the key misses without normalizing
         ("It is March 14.", ["14 March"], True),  # a day and a month, in either order
         ("Oct 14th", ["October 14"], True),
+        ("Your methods by fri.", ["Friday"], True),  # a weekday's abbreviation
+        ("Choir is on Thurs now.", ["thursday"], True),
+        ("The cat sat on the mat in the sun.", ["Saturday", "Sunday"], False),  # words first, not days
         ("I love blueberry jam.", ["blue"], False),  # whole words only
         ("Blue, definitely.", ["blue"], True),
         ("You are thirty years old.", ["30"], True),

@@ -5,7 +5,8 @@ the 14th of March."
 Both texts become a list of words: lowercase, accents kept, punctuation dropped (but not inside a
 word: "ghp_x1", "Kestrel-7741" and "3.5" stay whole), ordinals and number words as digits ("third",
 "3rd" -> "3"; "twenty-five" -> "25"), month names and their abbreviations as one form ("Oct" ->
-"october"), and filler words of dates ("of", "the") dropped. An answer is a hit when its words appear
+"october"), weekdays' abbreviations that are no other English word as the day ("fri" -> "friday";
+not "sat", "sun" or "wed"), and filler words of dates ("of", "the") dropped. An answer is a hit when its words appear
 in the reply in order, next to each other, or, for a date (a day and a month), in either order.
 """
 
@@ -75,6 +76,16 @@ MONTHS = [
     "december",
 ]
 MONTH_FORMS = {**{m: m for m in MONTHS}, **{m[:3]: m for m in MONTHS}, "sept": "september"}
+WEEKDAY_FORMS = {
+    "mon": "monday",
+    "tue": "tuesday",
+    "tues": "tuesday",
+    "weds": "wednesday",
+    "thu": "thursday",
+    "thur": "thursday",
+    "thurs": "thursday",
+    "fri": "friday",
+}
 FILLER = {"of", "the"}
 _WORD = re.compile(r"[\w]+(?:[\-_.'’][\w]+)*")
 
@@ -104,7 +115,7 @@ def words(text: str) -> list[str]:
         word = word.rstrip(".'")
         if word.endswith("'s"):
             word = word[:-2]
-        word = MONTH_FORMS.get(word, word)
+        word = MONTH_FORMS.get(word, WEEKDAY_FORMS.get(word, word))
         word = _number(word)
         if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")) and word.isalpha():
             word = word[:-1]  # "peanuts" answers "peanut", "mondays" answers "Monday"
