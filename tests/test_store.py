@@ -258,6 +258,19 @@ def test_gate_capability_drops_add_up_against_the_base():
     assert any("capability vs the base model" in r for r in decision.reasons)
 
 
+def test_gate_holds_the_style_check_to_the_base_model_not_to_a_lucky_current_adapter():
+    """The current adapter's router sent a style prompt to the adapter, which passed there (0.80 against the
+    base model's 0.77); a candidate that sends it back to the base model is unchanged, not worse."""
+    before = {**BEFORE, "style": {"score": 0.80}}
+    back_to_base = {**before, "recall": {"score": 0.9}, "val_loss": 0.6, "style": {"score": 0.77}}
+    assert not gate.decide(before, back_to_base, GateSettings()).promote  # no base known: vs the current
+    decision = gate.decide(before, back_to_base, GateSettings(), base_style=0.77)
+    assert decision.promote and any("style check vs the base model held" in r for r in decision.reasons)
+    worse = {**back_to_base, "style": {"score": 0.73}}
+    decision = gate.decide(before, worse, GateSettings(), base_style=0.77)
+    assert not decision.promote and any("style check vs the base model dropped" in r for r in decision.reasons)
+
+
 def test_gate_total_drift_against_base():
     after = {"recall": {"score": 0.9}, "val_loss": 0.6, "capability": {"score": 1.0}, "perplexity": 16.2}
     assert not gate.decide(BEFORE, after, GateSettings(), base_perplexity=15.0).promote

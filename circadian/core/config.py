@@ -234,7 +234,11 @@ class GateSettings(_Section):
         0.02, ge=0, le=1, description="largest allowed drop of the capability score vs the base model"
     )
     max_style_drop: float = Field(
-        0.0, ge=0, le=1, description="largest allowed drop of the style check's pass share vs the current adapter"
+        0.0,
+        ge=0,
+        le=1,
+        description="largest allowed drop of the style check's pass share vs the base model's (a version from "
+        "before session 15, which did not keep the base's: vs the current adapter)",
     )
     max_ppl_drift: float = Field(
         0.02, ge=0, description="largest allowed general-perplexity rise vs the current adapter"

@@ -28,12 +28,18 @@ def decide(
     settings: GateSettings,
     base_perplexity: float | None = None,
     base_capability: float | None = None,
+    base_style: float | None = None,
 ) -> Decision:
     """Given the current and candidate metrics (evaluate.measure) and the gate settings, decide.
 
     Promote when recall or validation loss improved, the capability score did not drop by more
     than allowed (per night and against the base), the style check's pass share did not drop by
-    more than allowed, and general perplexity stayed within bounds (per night and against the base).
+    more than allowed below the base model's (`base_style`; unknown: below the current adapter's),
+    and general perplexity stayed within bounds (per night and against the base).
+
+    The style check is held to the base model, not to the current adapter: its 30 prompts go to the
+    base model through the router, so a prompt the current adapter's router happened to send to the
+    adapter, and that passed there, would otherwise fail every later night that sends it back.
     """
     reasons: list[str] = []
     learned = False
@@ -55,16 +61,17 @@ def decide(
     c1 = score_of(after, "capability")
     for name, was, allowed in (
         ("capability", score_of(before, "capability"), settings.max_capability_drop),
-        ("style check", score_of(before, "style"), settings.max_style_drop),
+        ("style check", score_of(before, "style") if base_style is None else base_style, settings.max_style_drop),
     ):
         now = c1 if name == "capability" else score_of(after, "style")
+        against = " vs the base model" if name == "style check" and base_style is not None else ""
         if was is None or now is None:
             continue
         if was - now > allowed + 1e-9:
             safe = False
-            reasons.append(f"{name} dropped {was:.2f} -> {now:.2f} (allowed {allowed:.2f})")
+            reasons.append(f"{name}{against} dropped {was:.2f} -> {now:.2f} (allowed {allowed:.2f})")
         else:
-            reasons.append(f"{name} held ({was:.2f} -> {now:.2f})")
+            reasons.append(f"{name}{against} held ({was:.2f} -> {now:.2f})")
     if (
         base_capability is not None
         and c1 is not None

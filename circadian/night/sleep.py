@@ -631,9 +631,12 @@ class Sleep:
         known = (active.manifest.metrics.get("base") if active else None) or {}
         self.base = {
             "capability": known.get("capability", None if active else evaluate.score_of(self.before, "capability")),
+            "style": known.get("style", None if active else evaluate.score_of(self.before, "style")),
             "style_range": self.measure_sets["style_range"],
         }
-        decision = gate.decide(self.before, self.after, config.gate, self.base_ppl, self.base["capability"])
+        decision = gate.decide(
+            self.before, self.after, config.gate, self.base_ppl, self.base["capability"], self.base["style"]
+        )
         self.say(f"gate: {'PROMOTE' if decision.promote else 'REJECT'} ({'; '.join(decision.reasons)})")
         self.decision, self.blend = decision, None
         if (
@@ -655,7 +658,9 @@ class Sleep:
         for factor in scales:
             self.model.blend_adapter(start_path, factor)
             metrics = self.measure(f"candidate blended x{factor:g}")
-            decision = gate.decide(self.before, metrics, self.config.gate, self.base_ppl, self.base["capability"])
+            decision = gate.decide(
+                self.before, metrics, self.config.gate, self.base_ppl, self.base["capability"], self.base["style"]
+            )
             tried.append({"factor": factor, "metrics": evaluate.brief_metrics(metrics), "gate": decision.as_dict()})
             self.say(
                 f"gate, blend x{factor:g}: {'PROMOTE' if decision.promote else 'REJECT'} "
