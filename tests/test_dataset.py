@@ -162,6 +162,21 @@ def test_older_facts_not_yet_graduated_are_replayed_first():
         assert {f["key"] for f in plan.replayed_facts} == {p["fact"] for p in plan.retention_probes} == {left}
 
 
+def test_two_nights_facts_worded_alike_never_train_a_held_out_wording():
+    """Two brothers, one told on each night: both are asked "What is my brother's name?". Replayed, the
+    older one's rows must not train a wording tonight holds out, nor its probe be asked in one tonight trains
+    (this night stopped with the leak check's AssertionError before)."""
+    older = _record("My brother Arjun is a dentist in Pune.")
+    fresh = _record("My brother Kacper just turned twelve.")
+    selection = dataset.select([older, fresh], trained={older.id}, forgotten=set())
+    plan = dataset.build(selection, SleepSettings(replay_facts=10))
+    dataset.check_no_leak(plan)
+    assert plan.replayed_facts and any("Arjun" in str(r) for r in plan.train)  # the older brother still replays
+    trained = {r["messages"][0]["content"] for r in plan.train}
+    held = {r["messages"][0]["content"] for r in plan.valid} | {p["question"] for p in plan.probes}
+    assert not trained & held and not trained & {p["question"] for p in plan.retention_probes}
+
+
 def test_build_redacts_before_training_and_splits_without_leaks():
     records = [
         _record("My email is maya@example.org and my dog is called Biscuit."),

@@ -195,12 +195,16 @@ def build(
         for old_fact, new_fact in new.replaced + crossed
     ]
     again = fact_rows.build(replayed, salt=salt, seed=seed, valid=False)
+    # two builds may word a question alike ("Where am I from?" for two nights' facts): a replayed row never
+    # trains tonight's held-out wordings, and an older fact's probe is not asked in a wording tonight trains
+    held = _questions(plan.valid) | {p["question"] for p in plan.probes}
     per_fact: Counter = Counter()
     for r in again.train:  # three rows a replayed fact
-        per_fact[r["lineage"]["fact"]] += 1
-        if per_fact[r["lineage"]["fact"]] <= 3 and not r["lineage"].get("profile"):
+        if per_fact[r["lineage"]["fact"]] < 3 and not r["lineage"].get("profile") and not _questions([r]) & held:
+            per_fact[r["lineage"]["fact"]] += 1
             plan.train.append(r)
-    plan.retention_probes += again.probes
+    trained = _questions(plan.train)
+    plan.retention_probes += [p for p in again.probes if p["question"] not in trained]
     plan.replayed_facts = [f.to_dict() for f in replayed]
 
     conversations = [r for r in selection.new if r.is_conversation]
@@ -322,13 +326,14 @@ def distill_wanted(plan: Plan, settings: SleepSettings, available: int) -> int:
     return min(available, max(settings.distill_prompts, math.ceil(settings.distill_per_fact_row * facts)))
 
 
+def _questions(rows: list[dict]) -> set[str]:
+    """The user messages of the fact rows among `rows`."""
+    return {m["content"] for row in rows if is_fact(row) for m in row["messages"] if m["role"] == "user"}
+
+
 def check_no_leak(plan: Plan) -> None:
     """Raise AssertionError if a fact question trained on is also a validation or probe wording."""
-
-    def prompts(rows):
-        return {m["content"] for row in rows if is_fact(row) for m in row["messages"] if m["role"] == "user"}
-
-    train = prompts(plan.train)
-    held_out = prompts(plan.valid) | {p["question"] for p in plan.probes + plan.retention_probes}
+    train = _questions(plan.train)
+    held_out = _questions(plan.valid) | {p["question"] for p in plan.probes + plan.retention_probes}
     leaked = train & held_out
     assert not leaked, f"held-out wording leaked into training: {sorted(leaked)[:3]}"
