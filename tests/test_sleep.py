@@ -138,11 +138,12 @@ LIGHT = {
     "CIRCADIAN_SLEEP__STYLE_PROMPTS": "2",
     "CIRCADIAN_SLEEP__GENERATOR": "rules",  # no English pipeline to load in each of 15 processes
 }
-# a night that breaks the style bound (the router off, a hard step budget), so the blended fallback runs
+# a night that breaks the perplexity bounds (the router off, so the adapter answers the general text; a hard
+# step budget), so the blended fallback runs
 BLENDING = {
     "CIRCADIAN_SLEEP__ROUTER": "false",
-    "CIRCADIAN_SLEEP__STYLE_PROMPTS": "6",
-    "CIRCADIAN_GATE__MAX_STYLE_DROP": "0",
+    "CIRCADIAN_GATE__MAX_PPL_DRIFT": "0",
+    "CIRCADIAN_GATE__MAX_TOTAL_PPL_DRIFT": "0",
     "CIRCADIAN_TRAIN__MAX_STEPS": "30",
     "CIRCADIAN_TRAIN__LEARNING_RATE": "0.05",
     "CIRCADIAN_TRAIN__PATIENCE": "100",
