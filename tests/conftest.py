@@ -91,6 +91,34 @@ def start_held(command: str, point: str, seconds: float = 300, env: dict | None 
     raise AssertionError(f"{command} ended before reaching {point}: rc={proc.wait()}")
 
 
+def code_rows(tokenizer, n: int = 4) -> list:
+    """n short chat rows ("Say code i." -> "Code i is lantern."), tokenized for a backend to train on."""
+    from circadian.backends.tokens import encode_chat
+
+    chats = [
+        [{"role": "user", "content": f"Say code {i}."}, {"role": "assistant", "content": f"Code {i} is lantern."}]
+        for i in range(n)
+    ]
+    return [encode_chat(tokenizer, c, 64) for c in chats]
+
+
+def few_steps(steps: int, **settings):
+    """TrainSettings for `steps` plain steps on code_rows: batches of 4, a high learning rate, no warm-up,
+    no anchor, no early stop; `settings` adds to them."""
+    from circadian.core.config import TrainSettings
+
+    return TrainSettings(
+        max_steps=steps,
+        max_epochs=steps,
+        batch_size=4,
+        learning_rate=0.01,
+        min_steps=0,
+        warmup_steps=0,
+        anchor_weight=0.0,
+        **{"eval_every": 100, **settings},
+    )
+
+
 def assert_one_line_error(result) -> None:
     """A user error: non-zero exit, exactly one line on stderr, no traceback."""
     assert result.returncode != 0, result

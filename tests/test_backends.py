@@ -9,7 +9,7 @@ import threading
 import types
 
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, code_rows, few_steps, run_cli
 
 from circadian.backends import (
     GenerationSettings,
@@ -372,31 +372,13 @@ def test_fuse_adapter_writes_a_base_that_scores_as_the_adapter_did(backend, tiny
 def test_muon_trains_the_lora_matrices_as_far_as_adamw_and_otherwise(backend, tiny_model):
     """`train.optimizer = "muon"`: the rows are learned at the same learning rate as AdamW's (the step
     sizes matched), by a different path (other weights)."""
-    from circadian.backends.tokens import encode_chat
-    from circadian.core.config import TrainSettings
-
     model = get_backend(backend).load(LoadRequest("tiny", tiny_model))
-    rows = [
-        [{"role": "user", "content": f"Say code {i}."}, {"role": "assistant", "content": f"Code {i} is lantern."}]
-        for i in range(4)
-    ]
-    examples = [encode_chat(model.tokenizer, r, 64) for r in rows]
+    examples = code_rows(model.tokenizer)
     before = sum(s for s, _n in model.score(examples))
 
     def trained(optimizer: str) -> float:
         model.set_adapter(None, None)
-        steps = 8 if backend == "torch" else 3
-        settings = TrainSettings(
-            max_steps=steps,
-            max_epochs=steps,
-            batch_size=4,
-            learning_rate=0.01,
-            eval_every=100,
-            min_steps=0,
-            anchor_weight=0.0,
-            warmup_steps=0,
-            optimizer=optimizer,
-        )
+        settings = few_steps(8 if backend == "torch" else 3, optimizer=optimizer)
         model.train(examples, [], settings, lambda event: None)
         return sum(s for s, _n in model.score(examples))
 

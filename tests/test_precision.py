@@ -7,10 +7,9 @@ from __future__ import annotations
 import platform
 
 import pytest
+from conftest import code_rows, few_steps
 
 from circadian.backends import LoadRequest, get_backend, precision
-from circadian.backends.tokens import encode_chat
-from circadian.core.config import TrainSettings
 
 
 def test_auto_turns_autocast_on_only_where_the_processor_has_bfloat16(tmp_path):
@@ -36,26 +35,12 @@ def test_bfloat16_steps_learn_as_float32_steps_do_and_the_adapter_stays_float32(
     from peft import get_peft_model_state_dict
 
     model = get_backend("torch").load(LoadRequest("tiny", tiny_model))
-    rows = [
-        [{"role": "user", "content": f"Say code {i}."}, {"role": "assistant", "content": f"Code {i} is lantern."}]
-        for i in range(4)
-    ]
-    examples = [encode_chat(model.tokenizer, r, 64) for r in rows]
+    examples = code_rows(model.tokenizer)
     before = sum(s for s, _n in model.score(examples))
     runs = {}
     for mixed in ("off", "bfloat16"):
         model.set_adapter(None, None)
-        settings = TrainSettings(
-            max_steps=8,
-            max_epochs=8,
-            batch_size=4,
-            learning_rate=0.01,
-            eval_every=4,
-            min_steps=0,
-            warmup_steps=0,
-            anchor_weight=0.0,
-            mixed_precision=mixed,
-        )
+        settings = few_steps(8, eval_every=4, mixed_precision=mixed)
         result = model.train(examples, examples[:2], settings, lambda event: None)
         state = get_peft_model_state_dict(model.model)
         assert {str(t.dtype) for t in state.values()} == {"torch.float32"}  # the adapter and its steps' sums

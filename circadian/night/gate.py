@@ -59,19 +59,22 @@ def decide(
             reasons.append(f"validation loss did not fall ({v0:.3f} -> {v1:.3f})")
     safe = True
     c1 = score_of(after, "capability")
-    for name, was, allowed in (
-        ("capability", score_of(before, "capability"), settings.max_capability_drop),
-        ("style check", score_of(before, "style") if base_style is None else base_style, settings.max_style_drop),
+    style_name, style_was = (
+        ("style check", score_of(before, "style"))
+        if base_style is None
+        else ("style check vs the base model", base_style)
+    )
+    for name, was, now, allowed in (
+        ("capability", score_of(before, "capability"), c1, settings.max_capability_drop),
+        (style_name, style_was, score_of(after, "style"), settings.max_style_drop),
     ):
-        now = c1 if name == "capability" else score_of(after, "style")
-        against = " vs the base model" if name == "style check" and base_style is not None else ""
         if was is None or now is None:
             continue
         if was - now > allowed + 1e-9:
             safe = False
-            reasons.append(f"{name}{against} dropped {was:.2f} -> {now:.2f} (allowed {allowed:.2f})")
+            reasons.append(f"{name} dropped {was:.2f} -> {now:.2f} (allowed {allowed:.2f})")
         else:
-            reasons.append(f"{name}{against} held ({was:.2f} -> {now:.2f})")
+            reasons.append(f"{name} held ({was:.2f} -> {now:.2f})")
     if (
         base_capability is not None
         and c1 is not None

@@ -635,8 +635,11 @@ class Sleep:
             "style_n": known.get("style_n", None if active else (self.before.get("style") or {}).get("n")),
             "style_range": self.measure_sets["style_range"],
         }
+        # the base model's style score counts only when it was measured on as many prompts as tonight's
+        # (otherwise the gate compares with the current adapter's)
+        self.base_style = self.base["style"] if self.base["style_n"] == len(self.style_items) else None
         decision = gate.decide(
-            self.before, self.after, config.gate, self.base_ppl, self.base["capability"], self._base_style()
+            self.before, self.after, config.gate, self.base_ppl, self.base["capability"], self.base_style
         )
         self.say(f"gate: {'PROMOTE' if decision.promote else 'REJECT'} ({'; '.join(decision.reasons)})")
         self.decision, self.blend = decision, None
@@ -647,12 +650,6 @@ class Sleep:
             and hasattr(self.model, "blend_adapter")
         ):
             self.after, self.decision, self.blend = self.blended_fallback(decision)
-
-    def _base_style(self) -> float | None:
-        """The base model's style score when it was measured on as many prompts as tonight's (None: the
-        gate compares with the current adapter's instead)."""
-        tonight = (self.after.get("style") or {}).get("n")
-        return self.base["style"] if tonight is not None and self.base.get("style_n") == tonight else None
 
     def blended_fallback(self, full_decision: gate.Decision):
         """The candidate learned but broke a capability or perplexity bound: try it blended back toward
@@ -666,7 +663,7 @@ class Sleep:
             self.model.blend_adapter(start_path, factor)
             metrics = self.measure(f"candidate blended x{factor:g}")
             decision = gate.decide(
-                self.before, metrics, self.config.gate, self.base_ppl, self.base["capability"], self._base_style()
+                self.before, metrics, self.config.gate, self.base_ppl, self.base["capability"], self.base_style
             )
             tried.append({"factor": factor, "metrics": evaluate.brief_metrics(metrics), "gate": decision.as_dict()})
             self.say(
