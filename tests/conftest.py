@@ -107,16 +107,8 @@ def few_steps(steps: int, **settings):
     no anchor, no early stop; `settings` adds to them."""
     from circadian.core.config import TrainSettings
 
-    return TrainSettings(
-        max_steps=steps,
-        max_epochs=steps,
-        batch_size=4,
-        learning_rate=0.01,
-        min_steps=0,
-        warmup_steps=0,
-        anchor_weight=0.0,
-        **{"eval_every": 100, **settings},
-    )
+    plain = {"batch_size": 4, "learning_rate": 0.01, "min_steps": 0, "warmup_steps": 0, "anchor_weight": 0.0}
+    return TrainSettings(max_steps=steps, max_epochs=steps, **{**plain, "eval_every": 100, **settings})
 
 
 def assert_one_line_error(result) -> None:

@@ -273,7 +273,6 @@ def test_kl_anchor_keeps_the_base_distribution_where_cross_entropy_moves_it(back
     """Anchor rows trained with the KL-to-base term leave the model's scores near the base; the
     same rows trained with plain cross-entropy (anchor_weight 0) move them. Both backends."""
     from circadian.backends.tokens import encode_chat
-    from circadian.core.config import TrainSettings
 
     model = get_backend(backend).load(LoadRequest("tiny", tiny_model))
     rows = [
@@ -292,16 +291,7 @@ def test_kl_anchor_keeps_the_base_distribution_where_cross_entropy_moves_it(back
         for e in examples:
             e.anchor = True
         steps = 12 if backend == "torch" else 4  # MLX on a Linux CPU is slow
-        settings = TrainSettings(
-            max_steps=steps,
-            max_epochs=steps,
-            batch_size=4,
-            learning_rate=0.02,
-            eval_every=100,
-            min_steps=0,
-            anchor_weight=weight,
-            warmup_steps=0,
-        )
+        settings = few_steps(steps, learning_rate=0.02, anchor_weight=weight)
         model.train(examples, [], settings, lambda event: None)
         return sum(abs(a - b) for a, b in zip((s for s, _n in model.score(probe)), base)) / len(base)
 
