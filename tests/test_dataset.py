@@ -162,6 +162,20 @@ def test_older_facts_not_yet_graduated_are_replayed_first():
         assert {f["key"] for f in plan.replayed_facts} == {p["fact"] for p in plan.retention_probes} == {left}
 
 
+def test_replay_rows_sets_how_many_rows_each_older_fact_trains():
+    fresh = _record("My dog is called Biscuit.")
+    older = _record("My sister Lena lives in Oslo and works as a nurse.")
+    selection = dataset.select([fresh, older], trained={older.id}, forgotten=set())
+
+    def per_fact(rows: int) -> list[int]:
+        plan = dataset.build(selection, SleepSettings(replay_rows=rows))
+        replayed = {f["key"] for f in plan.replayed_facts}
+        return [sum(r.get("lineage", {}).get("fact") == key for r in plan.train) for key in sorted(replayed)]
+
+    assert per_fact(1) and set(per_fact(1)) == {1}
+    assert max(per_fact(5)) > 3 and all(n <= 5 for n in per_fact(5))
+
+
 def test_two_nights_facts_worded_alike_never_train_a_held_out_wording():
     """Two brothers, one told on each night: both are asked "What is my brother's name?". Replayed, the
     older one's rows must not train a wording tonight holds out, nor its probe be asked in one tonight trains

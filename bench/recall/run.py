@@ -371,7 +371,7 @@ def consecutive_nights(args, days: list[dict]) -> None:
     home = args.home / "home"
     Paths(home).ensure()
     (home / "circadian.toml").write_text((f'[model]\nname = "{args.model}"\n' if args.model else "") + args.config)
-    grid, outcomes, general = [], [], []
+    grid, outcomes, general, routed = [], [], [], []
     for n, day in enumerate(days, start=1):
         tmp = args.home / f"{day['name']}-files"
         tmp.mkdir(parents=True)
@@ -380,11 +380,13 @@ def consecutive_nights(args, days: list[dict]) -> None:
         outcomes.append(f"{summary.get('outcome')} {summary.get('version') or ''} in {summary.get('seconds', 0):.0f} s")
         general.append(general_figures(summary))
         current = cli(home, "status")["adapter"] or "base"
-        row = {}
+        row, to_base = {}, {}
         for earlier in days[:n]:
             items = ask(home, tmp, f"{earlier['name']}-night{n}", earlier["probes"], current)
             row[earlier["name"]] = sum(i["hit"] for i in items) / len(items) if items else None
+            to_base[earlier["name"]] = f"{sum(i.get('answered_by') == 'base' for i in items)} of {len(items)}"
         grid.append(row)
+        routed.append(to_base)
         print(
             f"night {n} ({day['name']}): {outcomes[-1]}; " + ", ".join(f"{k} {fmt(v)}" for k, v in row.items()),
             file=sys.stderr,
@@ -402,6 +404,15 @@ def consecutive_nights(args, days: list[dict]) -> None:
         f"| {n} | {outcomes[n - 1]} | " + " | ".join(fmt(row.get(d)) if d in row else "" for d in names) + " |"
         for n, row in enumerate(grid, start=1)
     ]
+    lines += [
+        "",
+        "Of each day's probes, how many the router sent to the base model after each night (those cannot be "
+        "answered from the adapter).",
+        "",
+        "| night | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    lines += [f"| {n} | " + " | ".join(row.get(d, "") for d in names) + " |" for n, row in enumerate(routed, start=1)]
     lines += [
         "",
         "General behaviour of each night's candidate (capability: 227 questions; style: 30 chat prompts; "
@@ -425,7 +436,7 @@ def consecutive_nights(args, days: list[dict]) -> None:
     if args.out:
         args.out.write_text(report)
         args.out.with_suffix(".json").write_text(
-            json.dumps({"grid": grid, "outcomes": outcomes, "general": general}, indent=1) + "\n"
+            json.dumps({"grid": grid, "to_base": routed, "outcomes": outcomes, "general": general}, indent=1) + "\n"
         )
 
 

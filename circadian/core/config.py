@@ -146,7 +146,16 @@ class SleepSettings(_Section):
         1, ge=0, description="fewer new facts (and no new conversations) = nothing to learn tonight"
     )
     replay_facts: int = Field(
-        40, ge=0, description="older facts replayed each night against forgetting (those not yet learned first)"
+        100,
+        ge=0,
+        description="older facts replayed each night against forgetting (those not yet learned first; 40 until "
+        "session 16)",
+    )
+    replay_rows: int = Field(
+        6,
+        ge=1,
+        description="rows trained for each replayed older fact, its first questions then its topics (3 until "
+        "session 16: bench/recall/RESULTS.md)",
     )
     graduate_within: int = Field(
         3,
