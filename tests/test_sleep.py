@@ -148,6 +148,7 @@ BLENDING = {
     "CIRCADIAN_TRAIN__LEARNING_RATE": "0.05",
     "CIRCADIAN_TRAIN__PATIENCE": "100",
     "CIRCADIAN_TRAIN__MIXED_PRECISION": "off",  # the step budget that breaks it was found with float32 steps
+    "CIRCADIAN_SLEEP__REPLAY_ROWS": "3",  # and with three rows for the replayed fact
 }
 
 
