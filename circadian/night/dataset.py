@@ -200,7 +200,11 @@ def build(
     held = _questions(plan.valid) | {p["question"] for p in plan.probes}
     per_fact: Counter = Counter()
     for r in again.train:  # `replay_rows` rows a replayed fact
-        if per_fact[r["lineage"]["fact"]] < settings.replay_rows and not r["lineage"].get("profile") and not _questions([r]) & held:
+        if (
+            per_fact[r["lineage"]["fact"]] < settings.replay_rows
+            and not r["lineage"].get("profile")
+            and not _questions([r]) & held
+        ):
             per_fact[r["lineage"]["fact"]] += 1
             plan.train.append(r)
     trained = _questions(plan.train)
