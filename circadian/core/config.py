@@ -154,8 +154,8 @@ class SleepSettings(_Section):
     replay_rows: int = Field(
         6,
         ge=1,
-        description="rows trained for each replayed older fact, its first questions then its topics (3 until "
-        "session 16: bench/recall/RESULTS.md)",
+        description="rows trained for each replayed older fact: its questions first, then its reverse and "
+        "topic rows (3 until session 16: bench/recall/RESULTS.md)",
     )
     graduate_within: int = Field(
         3,
