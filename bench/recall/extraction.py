@@ -20,6 +20,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
+sys.path.insert(0, str(HERE))
+
+from run import chat_records, matches  # noqa: E402
 
 from circadian.night import dataset  # noqa: E402
 from circadian.night.knowledge import rows as fact_rows  # noqa: E402
@@ -29,28 +32,19 @@ from circadian.store import memories  # noqa: E402
 
 def records_of(day: dict) -> list:
     """The day's memory records, as bench/recall/run.py logs them (chat turns, or imported conversations)."""
-    out = []
-    for n, session in enumerate(day["sessions"]):
-        if day.get("source") == "import":
-            out.append(
-                memories.make_record(session, session=f"import-{n}", model="bench", adapter=None, source="import:bench")
-            )
-            continue
-        for i, message in enumerate(session):
-            if message["role"] != "user":
-                continue
-            after = session[i + 1] if i + 1 < len(session) else None
-            reply = after["content"] if after and after["role"] == "assistant" else "OK."
-            messages = [{"role": "user", "content": message["content"]}, {"role": "assistant", "content": reply}]
-            out.append(
-                memories.make_record(messages, session=f"{day['name']}-{n}", model="bench", adapter=None, source="chat")
-            )
-    return [memories.MemoryRecord.model_validate(r) for r in out]
+    if day.get("source") == "import":
+        made = [
+            memories.make_record(s, session=f"import-{n}", model="bench", adapter=None, source="import:bench")
+            for n, s in enumerate(day["sessions"])
+        ]
+    else:
+        made = chat_records(day)
+    return [memories.MemoryRecord.model_validate(r) for r in made]
 
 
 def carries(fact, answers: list[str]) -> bool:
-    text = set(words(fact.statement + " " + " ".join(fact.answers)))
-    return any(set(words(a)) <= text for a in answers if words(a))
+    """Whether a written fact carries one of the answers (run.py's test of a fact against a labelled one)."""
+    return matches(set(words(fact.statement + " " + " ".join(fact.answers))), {"answers": answers})
 
 
 def diagnose(day: dict, show: bool) -> dict:
@@ -72,8 +66,7 @@ def diagnose(day: dict, show: bool) -> dict:
                 lines.append(f"      fact: {f.statement}")
             for q in questions[:6]:
                 lines.append(f"      q: {q}")
-    labelled = [f for f in day["facts"]]
-    false = [f for f in knowledge.facts if not any(carries(f, lab["answers"]) for lab in labelled)]
+    false = [f for f in knowledge.facts if not any(carries(f, lab["answers"]) for lab in day["facts"])]
     if show:
         lines += [f"  FALSE: {f.statement}   <- {f.sentence[:90]}" for f in false]
         print(f"## {day['name']}\n" + "\n".join(lines))

@@ -59,26 +59,25 @@ def log_day(home: Path, day: dict, tmp: Path) -> None:
         file.write_text("".join(json.dumps({"messages": s}, ensure_ascii=False) + "\n" for s in day["sessions"]))
         cli(home, "import", str(file))
         return
+    for record in chat_records(day):
+        memories.append(paths, [record])
+
+
+def chat_records(day: dict) -> list[dict]:
+    """A chat day's records, as the chat logs them: one per user message, with the assistant reply after it."""
+    out = []
     for n, session in enumerate(day["sessions"]):
-        sid = f"{day['name']}-{n}"
         for i, message in enumerate(session):
             if message["role"] != "user":
                 continue
             reply = (
                 session[i + 1]["content"] if i + 1 < len(session) and session[i + 1]["role"] == "assistant" else "OK."
             )
-            memories.append(
-                paths,
-                [
-                    memories.make_record(
-                        [{"role": "user", "content": message["content"]}, {"role": "assistant", "content": reply}],
-                        session=sid,
-                        model="bench",
-                        adapter=None,
-                        source="chat",
-                    )
-                ],
+            messages = [{"role": "user", "content": message["content"]}, {"role": "assistant", "content": reply}]
+            out.append(
+                memories.make_record(messages, session=f"{day['name']}-{n}", model="bench", adapter=None, source="chat")
             )
+    return out
 
 
 def probe_file(tmp: Path, name: str, probes: list[dict]) -> Path:
