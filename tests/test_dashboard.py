@@ -239,9 +239,11 @@ def test_live_page_follows_a_real_sleep_and_its_buttons_steer_it(paths, tiny_mod
         assert points >= 3
         screenshot_shows(browser, tmp_path, "live-running", "step", "tokens/s", "ETA")
         browser.find_element("id", "btn-pause").click()
+        wait_until(lambda: browser.find_element("id", "ctl-result").text == "pause requested", 20, "the pause request")
         wait_until(lambda: browser.find_element("id", "live-state").text == "paused", 60, "paused on the page")
         assert control.read_status(paths.control).state == "paused"
         browser.find_element("id", "btn-stop").click()
+        wait_until(lambda: browser.find_element("id", "ctl-result").text == "stop requested", 20, "the stop request")
         out, err = sleeper.communicate(timeout=120)
     finally:
         if sleeper.poll() is None:
