@@ -108,6 +108,27 @@ def test_a_router_survives_saving_and_its_cache_answers_as_the_base_model(adapte
     assert second[len(PERSONAL) :] == ["cached"] * len(GENERAL) and second[: len(PERSONAL)] == first[: len(PERSONAL)]
 
 
+def test_the_feature_cache_gives_the_base_models_features_and_reads_the_model_once(adapted, tmp_path):
+    import torch
+
+    from circadian.night.base_features import BaseFeatures
+
+    model, _base = adapted  # the adapter is on: features are read with it off, as the router reads them
+    layers = model.router_layers()
+    fresh = model.features(GENERAL, layers)
+    cache = BaseFeatures(tmp_path / "cache", ["tiny", layers])
+    assert torch.allclose(cache.features(model, GENERAL, layers), fresh, atol=1e-4)
+    again = BaseFeatures(tmp_path / "cache", ["tiny", layers])  # a later night, from the file
+    assert set(again.known) == set(GENERAL)
+    assert torch.allclose(again.features(None, GENERAL[::-1], layers), fresh.flip(0), atol=1e-4)  # no model read
+    assert BaseFeatures(tmp_path / "cache", ["tiny", [0]]).known == {}  # other layers: another file
+    again.path.write_bytes(b"torn")  # an unreadable file is read again from the model
+    assert BaseFeatures(tmp_path / "cache", ["tiny", layers]).known == {}
+    assert torch.allclose(
+        BaseFeatures(tmp_path / "cache", ["tiny", layers]).features(model, GENERAL, layers), fresh, atol=1e-4
+    )
+
+
 def test_the_repetition_penalty_changes_replies_the_same_way_streamed_and_batched(tiny_model):
     model = get_backend("torch").load(LoadRequest("tiny", tiny_model))
     asking = evaluate.Asking(repetition_penalty=1.8, repetition_context=16)

@@ -46,6 +46,7 @@ from circadian.core.lock import sleep_lock
 from circadian.core.paths import Paths
 from circadian.night import choice, control, dataset, distill, evaluate, evolution, gate, report, routing
 from circadian.night.base_answers import eval_cache
+from circadian.night.base_features import feature_cache
 from circadian.night.cycle import RUN_TYPE, Cycle, hold, new_cycle_id, quarantine_bad_lines, recover_interrupted
 from circadian.night.lineage import generator_of, is_distill
 from circadian.night.purge import still_trained
@@ -596,7 +597,14 @@ class Sleep:
         if not self.config.sleep.router or not hasattr(model, "features"):
             return
         self.cycle.stage("route")
-        self.router = routing.fit_router(model, plan.train, self.current_router)
+        cache = feature_cache(
+            self.paths.models,
+            distill.model_identity(self.resolved.path),
+            self.backend.name,
+            self.config.model,
+            model.router_layers(),
+        )
+        self.router = routing.fit_router(model, plan.train, self.current_router, cache)
         model.router = self.router
         if self.router is None:
             self.say("router: no fact questions tonight; every turn uses the adapter")
@@ -606,6 +614,7 @@ class Sleep:
             self.router,
             facts=[p["question"] for p in plan.probes + plan.retention_probes],
             general=[c["prompt"] for c in self.capability] + [s["prompt"] for s in self.style_items],
+            cache=cache,
         )
         r = self.routing
         self.say(
