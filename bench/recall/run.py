@@ -446,7 +446,7 @@ def main() -> None:
     parser.add_argument("--model", help="model.name for the bench homes (default: the embedded model)")
     parser.add_argument("--home", type=Path, default=Path("/tmp/circadian-recall-bench"))
     parser.add_argument("--out", type=Path, help="write the results here (Markdown; a .json beside it)")
-    parser.add_argument("--config", default="", help="extra TOML for every bench home's circadian.toml")
+    parser.add_argument("--config", default="", help="extra TOML for every bench home's circadian.toml: the text, or a file holding it")
     parser.add_argument(
         "--blends",
         action="store_true",
@@ -481,6 +481,8 @@ def main() -> None:
         days = [d for d in days if d["name"] in wanted]
     import shutil
 
+    if args.config and Path(args.config).is_file():
+        args.config = Path(args.config).read_text(encoding="utf-8")
     if not args.blends and "[gate]" not in args.config:
         args.config = "[gate]\nfallback_scales = []\n" + args.config
 
