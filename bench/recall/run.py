@@ -446,7 +446,9 @@ def main() -> None:
     parser.add_argument("--model", help="model.name for the bench homes (default: the embedded model)")
     parser.add_argument("--home", type=Path, default=Path("/tmp/circadian-recall-bench"))
     parser.add_argument("--out", type=Path, help="write the results here (Markdown; a .json beside it)")
-    parser.add_argument("--config", default="", help="extra TOML for every bench home's circadian.toml: the text, or a file holding it")
+    parser.add_argument(
+        "--config", default="", help="extra TOML for every bench home's circadian.toml: the text, or a file holding it"
+    )
     parser.add_argument(
         "--blends",
         action="store_true",
