@@ -15,12 +15,22 @@ from pathlib import Path
 from circadian.core.fsutil import append_jsonl
 
 
+def keyed_path(folder: Path, kind: str, identity, suffix: str) -> Path:
+    """The cache file `<kind>-<key><suffix>` in `folder`, its key a short hash of `identity` (JSON-able)."""
+    return folder / f"{kind}-{hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]}{suffix}"
+
+
+def base_identity(identity: str, backend: str, model) -> list:
+    """What makes a base model's outputs what they are: its folder's identity (distill.model_identity),
+    the backend, and the model settings' dtype and quantization."""
+    return [identity, backend, model.dtype, model.quantize]
+
+
 class BaseAnswers:
     """The cache for one base model and one way of asking (`identity`: any JSON-able value)."""
 
     def __init__(self, folder: Path, identity):
-        key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
-        self.path = folder / f"answers-{key}.jsonl"
+        self.path = keyed_path(folder, "answers", identity, ".jsonl")
         self.known: dict[tuple[str, int], str] = {}
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").split("\n"):
@@ -47,6 +57,4 @@ def eval_cache(models: Path, identity: str, backend: str, model, asking) -> Base
     for a backend, the model settings' dtype and quantization, and a way of asking (evaluate.Asking)."""
     from dataclasses import asdict
 
-    return BaseAnswers(
-        models / "eval_cache", [identity, backend, model.dtype, model.quantize, list(asdict(asking).values())]
-    )
+    return BaseAnswers(models / "eval_cache", [*base_identity(identity, backend, model), list(asdict(asking).values())])

@@ -9,20 +9,18 @@ pickle of {"texts", "features"} written atomically; an unreadable file is read a
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from pathlib import Path
 
 from circadian.core.fsutil import atomic_write_bytes
+from circadian.night.base_answers import base_identity, keyed_path
 
 
 class BaseFeatures:
     """The cache for one base model and one set of router layers (`identity`: any JSON-able value)."""
 
     def __init__(self, folder: Path, identity):
-        key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
-        self.path = folder / f"features-{key}.pt"
+        self.path = keyed_path(folder, "features", identity, ".pt")
         self.known: dict = {}
         self._load()
 
@@ -47,15 +45,13 @@ class BaseFeatures:
             texts_known = list(self.known)
             torch.save({"texts": texts_known, "features": torch.stack([self.known[t] for t in texts_known])}, buffer)
             atomic_write_bytes(self.path, buffer.getvalue(), mode=0o644)
-        if not texts:
-            return torch.empty((0, 0))
         return torch.stack([self.known[t] for t in texts])
 
 
 def feature_cache(models: Path, identity: str, backend: str, model, layers: list[int]) -> BaseFeatures:
     """The router-feature cache of a base model (`identity`: distill.model_identity of its folder) for a
     backend, the model settings' dtype and quantization, and the router's layers."""
-    return BaseFeatures(models / "eval_cache", [identity, backend, model.dtype, model.quantize, list(layers)])
+    return BaseFeatures(models / "eval_cache", [*base_identity(identity, backend, model), list(layers)])
 
 
 __all__ = ["BaseFeatures", "feature_cache"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from circadian.backends import LoadedModel
 from circadian.core.fsutil import append_jsonl
+from circadian.night.base_answers import keyed_path
 from circadian.night.evaluate import PLAIN, Asking
 from circadian.night.evaluate import answers as answer_many
 from circadian.night.lineage import DISTILL
@@ -43,8 +44,7 @@ def cache_path(cache_dir: Path, model_path: Path, asking: Asking = PLAIN) -> Pat
     identity = [model_identity(model_path), MAX_TOKENS]
     if asking != PLAIN:
         identity.append([asking.system_prompt, asking.repetition_penalty, asking.repetition_context])
-    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
-    return cache_dir / f"answers-{key}.jsonl"
+    return keyed_path(cache_dir, "answers", identity, ".jsonl")
 
 
 def _read_cache(path: Path) -> dict[str, str]:
