@@ -34,14 +34,7 @@ def fact_questions(train_rows: list[dict], earlier: Router | None) -> list[str]:
     return list(dict.fromkeys(q for q in questions if q.strip()))
 
 
-def shipped_features(model, texts: list[str], layers: list[int], cache: BaseFeatures | None):
-    """The base model's features of shipped prompts: from `cache` when given, else read now."""
-    return cache.features(model, texts, layers) if cache else model.features(texts, layers)
-
-
-def fit_router(
-    model, train_rows: list[dict], earlier: Router | None, cache: BaseFeatures | None = None
-) -> Router | None:
+def fit_router(model, train_rows: list[dict], earlier: Router | None, cache: BaseFeatures) -> Router | None:
     """Given the trained model (it reads features with its adapter off), tonight's training rows and
     the current adapter's router, return the candidate's router (None when there is no fact question).
     `cache` holds the base model's features of the general prompts (night/base_features.py)."""
@@ -49,18 +42,16 @@ def fit_router(
     if not questions:
         return None
     layers = model.router_layers()
-    general = shipped_features(model, general_prompts(), layers, cache)
+    general = cache.features(model, general_prompts(), layers)
     return fit(model.features(questions, layers), general, layers=layers, questions=questions)
 
 
-def misroutes(
-    model, router: Router, *, facts: list[str], general: list[str], cache: BaseFeatures | None = None
-) -> dict:
-    """Given held-out fact questions and shipped general prompts (their features from `cache` when
-    given), return how many the router sends the wrong way, and the router's cost for one turn
-    (seconds, features of one message and the classifier)."""
+def misroutes(model, router: Router, *, facts: list[str], general: list[str], cache: BaseFeatures) -> dict:
+    """Given held-out fact questions and shipped general prompts (their features from `cache`), return
+    how many the router sends the wrong way, and the router's cost for one turn (seconds, features of
+    one message and the classifier)."""
     to_adapter = router.wants_adapter(model.features(facts, router.layers)) if facts else []
-    general_to_adapter = router.wants_adapter(shipped_features(model, general, router.layers, cache)) if general else []
+    general_to_adapter = router.wants_adapter(cache.features(model, general, router.layers)) if general else []
     tic = time.perf_counter()
     for text in general[:8] or ["hello"]:
         router.wants_adapter(model.features([text], router.layers))
