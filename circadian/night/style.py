@@ -1,8 +1,8 @@
 """The style check: does a model still chat like the base model? Over ordinary chat prompts
 (`eval/style.jsonl`), a reply passes when
 
-- it is in the language of the prompt (langid, restricted to the languages the set uses and their
-  neighbours);
+- it is in the language of the prompt (py3langid, langid.py's model in a form that loads in a second
+  rather than six; restricted to the languages the set uses and their neighbours);
 - its length in words is within the base model's range on the same prompts (half its shortest
   reply to one and a half times its longest);
 - it has no repeated-phrase loop: no four-word phrase three times, and no sentence twice.
@@ -25,9 +25,9 @@ _SENTENCE = re.compile(r"[^.!?\n]+")
 
 @cache
 def _identifier():
-    from langid.langid import LanguageIdentifier, model
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-    identifier = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     identifier.set_languages(LANGUAGES)
     return identifier
 
