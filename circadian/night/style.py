@@ -1,8 +1,8 @@
 """The style check: does a model still chat like the base model? Over ordinary chat prompts
 (`eval/style.jsonl`), a reply passes when
 
-- it is in the language of the prompt (py3langid, langid.py's model in a form that loads in a second
-  rather than six; restricted to the languages the set uses and their neighbours);
+- it is in the language of the prompt (py3langid, a maintained fork of langid.py whose model loads in
+  a second rather than six; restricted to the languages the set uses and their neighbours);
 - its length in words is within the base model's range on the same prompts (half its shortest
   reply to one and a half times its longest);
 - it has no repeated-phrase loop: no four-word phrase three times, and no sentence twice.
