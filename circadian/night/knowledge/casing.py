@@ -15,6 +15,7 @@ the capitals, and the facts keep the user's own spelling.
 from __future__ import annotations
 
 import re
+from functools import cache
 
 from circadian.backends.tokens import Example, text_ids
 
@@ -24,10 +25,14 @@ SENTENCE_START = re.compile(r"(?:^|[.!?]\s+|\n\s*)$")
 CAPITAL = re.compile(r"[A-Z]")
 
 
+@cache
 def _common_words() -> frozenset[str]:
+    """English stop words and the chat spellings the parser writes out ("im", "shes"): never names."""
     from spacy.lang.en.stop_words import STOP_WORDS
 
-    return frozenset(STOP_WORDS) | {"im", "ive", "dont", "cant", "didnt", "thats", "gonna", "wanna", "gotta"}
+    from circadian.night.knowledge.parse import CHAT_SPELLINGS
+
+    return frozenset(STOP_WORDS) | frozenset(CHAT_SPELLINGS)
 
 
 def is_lowercase_chat(text: str) -> bool:
@@ -47,31 +52,34 @@ def candidates(text: str, common: frozenset[str]) -> list[re.Match]:
     return [m for m in WORD.finditer(text) if m.group(0) not in common and not SENTENCE_START.search(text[: m.start()])]
 
 
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _scored_from(ids: list[int], start: int) -> Example:
+    """The example that scores `ids` from position `start` to the end."""
+    return Example(ids, [0] * start + [1] * (len(ids) - start))
+
+
 class Capitals:
     """Truecases messages with a loaded model (any backend: its tokenizer and `score`)."""
 
     def __init__(self, model, margin: float = MARGIN, batch_size: int = 16):
         self.model, self.margin, self.batch_size = model, margin, batch_size
 
-    def _example(self, text: str, prefix: int) -> Example:
-        ids = text_ids(self.model.tokenizer, text)
-        return Example(ids, [0] * prefix + [1] * (len(ids) - prefix))
-
     def __call__(self, texts: list[str]) -> list[str]:
         """Given messages, return them with the capitals the model prefers (same lengths, same letters)."""
-        common = _common_words()
+        tokenizer, common = self.model.tokenizer, _common_words()
         pairs, where = [], []
         for n, text in enumerate(texts):
-            for m in candidates(text, common):
-                capital = text[: m.start()] + m.group(0).capitalize() + text[m.end() :]
-                written_ids = text_ids(self.model.tokenizer, text)
-                capital_ids = text_ids(self.model.tokenizer, capital)
-                shared = 0
-                while shared < min(len(written_ids), len(capital_ids)) and written_ids[shared] == capital_ids[shared]:
-                    shared += 1
+            found = candidates(text, common)
+            written_ids = text_ids(tokenizer, text) if found else []
+            for m in found:
+                capital_ids = text_ids(tokenizer, text[: m.start()] + m.group(0).capitalize() + text[m.end() :])
+                shared = _shared_prefix(written_ids, capital_ids)
                 if shared == 0:
                     continue  # nothing before the word to predict it from
-                pairs += [self._example(text, shared), self._example(capital, shared)]
+                pairs += [_scored_from(written_ids, shared), _scored_from(capital_ids, shared)]
                 where.append((n, m))
         if not pairs:
             return list(texts)

@@ -267,6 +267,7 @@ CHAT_SPELLINGS = {
     "shouldnt": "shouldn't",
     "gonna": "going to",
     "wanna": "want to",
+    "gotta": "got to",
 }  # not "its", "id", "ill", "wont", "were", "well": each is also a word
 
 
