@@ -287,6 +287,7 @@ def parse(texts, capitals=None):
             yield doc
             continue
         words = [text[t.idx : t.idx + len(t)] for t in doc]
+        capitalized = {t.i for w, t in zip(words, doc) if named[t.idx : t.idx + len(t)] != w}
         as_written = pipeline()(text)
         aligned = [t.text for t in as_written] == words
         cased_only = [w != t.text and named[t.idx : t.idx + len(t)] == w for w, t in zip(words, doc)]
@@ -314,6 +315,7 @@ def parse(texts, capitals=None):
             deps=[t.dep_ for t in doc],
             ents=ents,
             sent_starts=[bool(t.is_sent_start) for t in doc],
+            user_data={"capitalized": frozenset(capitalized)},
         )
 
 
@@ -476,7 +478,29 @@ def _person_token(t) -> bool:
 
 
 def _name_of(t) -> str:
-    return " ".join([c.text for c in t.children if c.dep_ == "compound"] + [t.text])
+    return " ".join([c.text for c in t.children if c.dep_ == "compound" and c.pos_ == "PROPN"] + [t.text])
+
+
+def _capitalized(t) -> bool:
+    """Whether a word has a capital, as the user wrote it or as the night's model reads lowercase chat
+    (`parse`'s `capitals`: "my flatmate oskar")."""
+    return t.text[:1].isupper() or t.i in t.doc.user_data.get("capitalized", ())
+
+
+def _named_relation(t):
+    """The common noun a possessed name follows ("my flatmate Oskar", parsed with "flatmate" as a
+    modifier of the name), or None."""
+    if t.pos_ != "PROPN" or not _capitalized(t) or not any(c.dep_ == "poss" and c.lower_ in FIRST for c in t.children):
+        return None
+    before = t.doc[t.i - 1] if t.i > 0 else None
+    if (
+        before is not None
+        and before.head == t
+        and before.dep_ in ("amod", "compound", "nmod")
+        and before.pos_ == "NOUN"
+    ):
+        return before
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ answers
@@ -488,8 +512,10 @@ def _answer_spans(clause, doc) -> list:
     ids = {t.i for t in clause}
     spans, taken = [], set()
     for ent in doc.ents:
-        if any(c.dep_ == "poss" and c.lower_ in FIRST for t in ent for c in t.children):
-            continue  # "our van" tagged PERSON: what the user owns is a thing, not a name
+        if any(c.dep_ == "poss" and c.lower_ in FIRST for t in ent for c in t.children) and not any(
+            _named_relation(t) for t in ent
+        ):
+            continue  # "our van" tagged PERSON: what the user owns is a thing, not a name ("my flatmate Oskar" is)
         if ent.label_ in ANSWER_LABELS and all(t.i in ids for t in ent) and not any(t.lower_ in FIRST for t in ent):
             if ent.label_ in ("DATE", "TIME") and any(t.lower_ in RELATIVE_TIME for t in ent):
                 taken |= {t.i for t in ent}
@@ -502,7 +528,7 @@ def _answer_spans(clause, doc) -> list:
         root = chunk.root
         if root.pos_ == "PRON" or root.lower_ in FIRST:
             continue
-        if root.dep_ in ("nsubj", "nsubjpass") and not (root.pos_ == "PROPN" and root.text[:1].isupper()):
+        if root.dep_ in ("nsubj", "nsubjpass") and not (root.pos_ == "PROPN" and _capitalized(root)):
             continue  # "our van needs brakes", "choir is on tuesdays": what it is about, not an answer
         if root.dep_ in ("dobj", "attr", "pobj", "oprd", "appos", "conj", "dative") or root.pos_ == "PROPN":
             spans.append(list(chunk))
@@ -510,9 +536,9 @@ def _answer_spans(clause, doc) -> list:
     for t in clause:  # numbers and proper nouns the chunker did not take
         if (
             t.i not in taken
-            and (t.pos_ == "NUM" or t.like_num or (t.pos_ == "PROPN" and t.text[:1].isupper()))
+            and (t.pos_ == "NUM" or t.like_num or (t.pos_ == "PROPN" and _capitalized(t)))
             and t.lower_ not in FIRST
-            and not any(c.dep_ == "poss" and c.lower_ in FIRST for c in t.children)
+            and (_named_relation(t) is not None or not any(c.dep_ == "poss" and c.lower_ in FIRST for c in t.children))
         ):
             spans.append([t])
             taken.add(t.i)
@@ -1006,6 +1032,8 @@ class ParseGenerator:
                     )
             if other is not None and (t.pos_ == "PROPN" or t.dep_ == "appos"):
                 out[t.i] = relation(other)
+            elif t.i in ids and (modifier := _named_relation(t)) is not None:  # "my flatmate Oskar is vegan"
+                out[t.i] = relation(modifier)
         by_verb = set()
         if head.lemma_.lower() in NAMING_VERBS and any(c.dep_ == "nsubj" and c.lower_ in FIRST for c in head.children):
             names = [c for c in head.children if c.pos_ == "PROPN" and c.dep_ in ("oprd", "dobj", "attr", "xcomp")]
