@@ -469,7 +469,7 @@ main(sys.argv[1:])
 
 def test_out_of_memory_at_load_is_one_line(embedded_model, tmp_path):
     """The real `ask` under an address-space limit 300 MB above what the libraries take: the tokenizer
-    (about 100 MB of address space, its Rust threads included) fits, the embedded model's weights
+    (about 100 MB of address space, measured) fits, the embedded model's weights
     (about 540 MB in float32) do not, and the user reads one line. With 150 MB the tokenizer's Rust
     code itself could not allocate and aborted the process, which no Python code can catch."""
     import subprocess
