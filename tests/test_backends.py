@@ -458,11 +458,11 @@ def test_unreadable_weights_are_one_line(tiny_model, tmp_path):
 
 
 OUT_OF_MEMORY = """
-import resource, sys
+import os, resource, sys
 import torch, transformers  # mapped before the limit, as a process that has started would have them
 from circadian.cli import main
 size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
-resource.setrlimit(resource.RLIMIT_AS, (size + 300 * 2**20, resource.RLIM_INFINITY))
+resource.setrlimit(resource.RLIMIT_AS, (size + int(os.environ["HEADROOM_MB"]) * 2**20, resource.RLIM_INFINITY))
 main(sys.argv[1:])
 """
 
@@ -482,11 +482,36 @@ def test_out_of_memory_at_load_is_one_line(embedded_model, tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HEADROOM_MB": "300"},
     )
     last = result.stderr.strip().splitlines()[-1]  # after the "· loading" progress line
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert last.startswith("circadian: out of memory loading"), result.stderr[-2000:]
+
+
+def test_a_first_build_short_of_memory_or_time_is_one_line_and_leaves_nothing(tmp_path):
+    """The real `models build` into an empty model cache: under an address-space limit 150 MB above
+    the libraries the GGUF reader fails in native code (it raised "SystemError: error return without
+    exception set", a traceback, and at 300 MB it stalled for minutes); with a time limit shorter than
+    the conversion it is stopped. Each ends in one line, and no half-built model is left behind."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "limited.py"
+    script.write_text(OUT_OF_MEMORY)
+    models = tmp_path / "models"
+    env = {**os.environ, "CIRCADIAN_HOME": str(tmp_path / "home"), "CIRCADIAN_MODELS_DIR": str(models)}
+    for argv, headroom, expected in (
+        ([str(script), "models", "build"], "150", "address-space limit of"),
+        (["-m", "circadian", "models", "build", "--time-limit", "1"], "0", "took more than 1 s and was stopped"),
+    ):
+        result = subprocess.run(
+            [sys.executable, *argv], capture_output=True, text=True, timeout=300, env={**env, "HEADROOM_MB": headroom}
+        )
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert last.startswith("circadian: building the embedded model") and expected in last, last
+        assert [p.name for p in models.iterdir()] == [".build.lock"]
 
 
 def _tiny_cohere(target, tokenizer_source):

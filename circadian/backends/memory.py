@@ -270,16 +270,30 @@ def available_bytes(backend: str, device: str) -> int | None:
         import torch
 
         return torch.cuda.get_device_properties(0).total_memory
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024 + resident_bytes()
-    except OSError:
-        pass
+    free = free_bytes()
+    if free is not None:
+        return free + resident_bytes()
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return None
+
+
+def free_bytes() -> int | None:
+    """The RAM a new process could take now (Linux's MemAvailable), or None where it cannot be told."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def address_space_limit() -> int | None:
+    """This process's address-space limit (`ulimit -v`) in bytes, or None when there is none."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def _run_estimate(shape: Shape, settings, examples: list, **known) -> Estimate:

