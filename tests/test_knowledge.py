@@ -234,3 +234,13 @@ def test_model_replies_recorded_from_the_embedded_model_are_not_capable_and_a_go
     assert capable.capable, capable.reason
     mined = parse_reply(recorded["capable"][0], calibration.cases()[0][0])
     assert {"Pixie", "Idris"} <= {a for f in mined.facts for a in f.answers}
+
+
+def test_a_where_question_keeps_from_at_its_end():
+    """ "from Bergen" is asked "Where is Oskar from?": without its preposition the question asks where
+    Oskar is now, which the statement does not say."""
+    found = facts_of(chat("Oskar is from Bergen", "my sister comes from Lyon", "we moved here from Leeds in 2019"))
+    questions = {q for f in found for q in f.questions}
+    for asked in ("Where is Oskar from?", "Where does my sister come from?", "Where did we move from in 2019?"):
+        assert asked in questions, sorted(questions)
+    assert "Where is Oskar?" not in questions and "Tell me where my sister comes from." in questions

@@ -83,6 +83,7 @@ ANSWER_LABELS = {
     "PERCENT",
 }
 WHERE_PREPS = {"in", "at", "to", "from", "near", "into"}
+STRANDED_PREPS = {"from"}  # a where-question keeps it at its end: "Where is she from?"
 CHANGE_WORDS = {"now", "instead", "anymore", "actually", "changed", "switched", "moved", "nowadays"}
 CONDITIONAL = {"if", "unless"}
 HYPOTHETICAL = {"if", "unless", "whether", "wish", "maybe", "would", "could", "might", "should"}
@@ -645,8 +646,10 @@ def _question(clause, head, subject, span, names) -> list[str]:
         return []  # "Mochi, our shiba": the naming questions ask for it
     wh, with_prep = _wh_word(span, subject)
     remove = {x.i for x in root.subtree} | span_ids
+    stranded = ""  # "from Bergen" asks "Where is Oskar from?", not "Where is Oskar?"
     if with_prep and root.dep_ == "pobj":
         remove.add(root.head.i)
+        stranded = root.head.lower_ if root.head.lower_ in STRANDED_PREPS else ""
     if wh == "how many":
         remove -= {root.head.i}
     cut = next((t.i for t in clause if t.text == "," and t.i > max(head.i, max(span_ids))), None)
@@ -683,17 +686,19 @@ def _question(clause, head, subject, span, names) -> list[str]:
             body = [t for t in body if t.i != root.head.i]
         if aux is not None:
             aux_text = CONTRACTIONS.get(aux.lower_, aux.lower_)
-            out.append(_question_text(f"{asked} {aux_text} {subject_text} {first(body)}"))
-            out.append(("indirect", f"{asked} {subject_text} {aux_text} {first(body)}"))
+            rest = " ".join(x for x in (first(body), stranded) if x)
+            out.append(_question_text(f"{asked} {aux_text} {subject_text} {rest}"))
+            out.append(("indirect", f"{asked} {subject_text} {aux_text} {rest}"))
             continue
         if head.pos_ != "VERB":
             continue
         do = "did" if head.tag_ == "VBD" else "does" if head.tag_ == "VBZ" else "do"
         before = first([t for t in body if t.i < head.i])
         after = first([t for t in body if t.i > head.i])
-        out.append(_question_text(" ".join(x for x in (asked, do, subject_text, before, head.lemma_, after) if x)))
-        as_said = first([t for t in body if t.i <= head.i or t.i == head.i] + [t for t in body if t.i > head.i])
-        out.append(("indirect", " ".join(x for x in (asked, subject_text, as_said) if x)))
+        words = (asked, do, subject_text, before, head.lemma_, stranded, after)
+        out.append(_question_text(" ".join(x for x in words if x)))
+        as_said = (first([t for t in body if t.i <= head.i]), stranded, after)
+        out.append(("indirect", " ".join(x for x in (asked, subject_text, *as_said) if x)))
     questions = []
     for item in out:
         if isinstance(item, tuple):
