@@ -244,3 +244,5 @@ def test_a_where_question_keeps_from_at_its_end():
     for asked in ("Where is Oskar from?", "Where does my sister come from?", "Where did we move from in 2019?"):
         assert asked in questions, sorted(questions)
     assert "Where is Oskar?" not in questions and "Tell me where my sister comes from." in questions
+    # "from Leeds" hangs on "here": the year's question keeps both, not "When did we move Leeds?"
+    assert "When did we move here from Leeds?" in questions, sorted(questions)

@@ -83,6 +83,7 @@ ANSWER_LABELS = {
     "PERCENT",
 }
 WHERE_PREPS = {"in", "at", "to", "from", "near", "into"}
+PLACE_ADVERBS = {"here", "there"}
 STRANDED_PREPS = {"from"}  # a where-question keeps it at its end: "Where is she from?"
 CHANGE_WORDS = {"now", "instead", "anymore", "actually", "changed", "switched", "moved", "nowadays"}
 CONDITIONAL = {"if", "unless"}
@@ -650,14 +651,28 @@ def _question(clause, head, subject, span, names) -> list[str]:
     if with_prep and root.dep_ == "pobj":
         remove.add(root.head.i)
         stranded = root.head.lower_ if root.head.lower_ in STRANDED_PREPS else ""
+        if root.head.head.lower_ in PLACE_ADVERBS:  # "moved here from Leeds": "Where did we move from?"
+            remove.add(root.head.head.i)
     if wh == "how many":
         remove -= {root.head.i}
     cut = next((t.i for t in clause if t.text == "," and t.i > max(head.i, max(span_ids))), None)
     clause = [t for t in clause if cut is None or t.i < cut]  # after a comma: an aside
-    keep = [t for t in clause if t.dep_ in CORE_DEPS or t.i == head.i or t.head.i not in {c.i for c in clause}]
+    keep = [
+        t
+        for t in clause
+        if t.dep_ in CORE_DEPS
+        or t.i == head.i
+        or t.head.i not in {c.i for c in clause}
+        or (t.dep_ == "advmod" and t.lower_ in PLACE_ADVERBS)  # "moved here from Leeds"
+    ]
     keep = [t for t in keep if not (t.dep_ == "prep" and _idiom(t)) and not _is_filler(t)]
-    kept_ids = {t.i for t in keep}
-    keep = [t for t in keep if t.head.i in kept_ids or t.i == head.i or t.i in {x.i for x in subject.subtree}]
+    subject_tree = {x.i for x in subject.subtree}
+    while True:  # a word whose head was left out goes too ("in 2019" without "moved" is nothing)
+        kept_ids = {t.i for t in keep}
+        kept = [t for t in keep if t.head.i in kept_ids or t.i == head.i or t.i in subject_tree]
+        if len(kept) == len(keep):
+            break
+        keep = kept
     subject_ids = {t.i for t in subject.subtree}
     subject_core = [
         t
